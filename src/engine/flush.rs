@@ -1,0 +1,139 @@
+//! The background thread: flushes frozen memtables to segments and, in buffered durability,
+//! fsyncs the WAL on its interval.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::files;
+use super::memtable::Memtable;
+use super::version::Segment;
+use super::Engine;
+use crate::error::{Error, Result};
+use crate::format::manifest::SegmentRecord;
+use crate::format::segment::{SegmentReader, SegmentWriter};
+use crate::options::Durability;
+
+/// The thread's main loop. Returns on shutdown or after a failure (which poisons the store).
+pub(super) fn run(engine: &Arc<Engine>) {
+    let sync_every = match engine.opts.durability {
+        Durability::Buffered { interval } => Some(interval),
+        Durability::Sync => None,
+    };
+    let mut last_sync = Instant::now();
+    loop {
+        let job = {
+            let mut g = engine.bg.lock();
+            loop {
+                if engine.is_shut_down() || engine.poison.lock().is_some() {
+                    return;
+                }
+                if let Some(m) = engine.current().frozen.first() {
+                    break Some(Arc::clone(m));
+                }
+                match sync_every {
+                    Some(every) if last_sync.elapsed() >= every => break None,
+                    Some(every) => {
+                        engine.bg_cv.wait_for(&mut g, every - last_sync.elapsed());
+                    }
+                    None => engine.bg_cv.wait(&mut g),
+                }
+            }
+        };
+        if sync_every.is_some() && last_sync.elapsed() >= sync_every.unwrap_or(Duration::MAX) {
+            last_sync = Instant::now();
+            if let Err(e) = engine.sync() {
+                engine.set_poison(format!("background WAL sync failed: {e}"));
+                return;
+            }
+        }
+        if let Some(mem) = job {
+            if let Err(e) = flush_one(engine, &mem) {
+                engine.set_poison(format!("flush failed: {e}"));
+                return;
+            }
+            let _g = engine.bg.lock();
+            engine.bg_cv.notify_all();
+        }
+    }
+}
+
+/// Writes `mem` (the oldest frozen memtable) to a new segment, records it in the manifest with
+/// the new WAL horizon, swaps it into the version and deletes the WAL files it made obsolete.
+fn flush_one(engine: &Engine, mem: &Arc<Memtable>) -> Result<()> {
+    let number = engine.next_file_number.fetch_add(1, Ordering::SeqCst);
+    let path = files::segment_path(&engine.dir, number);
+    let file = engine.fs.create(&path).map_err(|e| Error::io(&path, e))?;
+    let mut writer = SegmentWriter::new(file, engine.opts.compression, engine.opts.block_bytes);
+    for (conv, run) in mem.sorted_runs() {
+        for m in &run {
+            if !writer.add(m).map_err(|e| Error::io(&path, e))? {
+                return Err(Error::corruption(
+                    &path,
+                    0,
+                    format!(
+                        "memtable run of conversation {conv} is not gapless at id {}",
+                        m.id
+                    ),
+                ));
+            }
+        }
+    }
+    let summary = writer.finish().map_err(|e| Error::io(&path, e))?;
+    engine
+        .fs
+        .sync_dir(&engine.dir)
+        .map_err(|e| Error::io(&engine.dir, e))?;
+    let data = engine.fs.map(&path).map_err(|e| Error::io(&path, e))?;
+    let reader = SegmentReader::open(&path, data)?;
+    let segment = Arc::new(Segment::new(number, 0, reader, Arc::clone(&engine.fs)));
+
+    // Only this thread edits the manifest, so the read-modify-write below cannot race.
+    let mut manifest = engine.manifest.lock();
+    let mut next = manifest.clone();
+    next.segments.push(SegmentRecord {
+        number,
+        level: 0,
+        file_bytes: summary.file_bytes,
+        messages: summary.messages,
+    });
+    // WAL files below the next-oldest memtable's first file hold only flushed data.
+    let horizon = {
+        let v = engine.current();
+        v.frozen
+            .iter()
+            .find(|m| !Arc::ptr_eq(m, mem))
+            .map_or(v.active.first_wal(), |m| m.first_wal())
+    };
+    next.log_number = horizon;
+    next.next_file_number = engine.next_file_number.load(Ordering::SeqCst);
+    files::write_manifest(&*engine.fs, &engine.dir, &next)?;
+    *manifest = next;
+    drop(manifest);
+
+    engine.edit_version(|v| {
+        v.frozen.retain(|m| !Arc::ptr_eq(m, mem));
+        v.segments.push(segment);
+    });
+    engine.counters.flushes.fetch_add(1, Ordering::Relaxed);
+    engine
+        .counters
+        .flush_bytes_written
+        .fetch_add(summary.file_bytes, Ordering::Relaxed);
+    delete_obsolete_wals(engine, horizon);
+    Ok(())
+}
+
+fn delete_obsolete_wals(engine: &Engine, horizon: u64) {
+    let Ok(names) = engine.fs.list(&engine.dir) else {
+        return;
+    };
+    for name in names {
+        if let Some(files::FileKind::Wal(n)) = files::parse_name(&name) {
+            if n < horizon {
+                // Best effort: leftovers are removed at the next open.
+                let _ = engine.fs.remove(&engine.dir.join(name));
+            }
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! The in-memory table of recent messages.
+//!
+//! Ids only grow inside a conversation, so a memtable is a hash map from conversation to the
+//! run of its newest messages: an append is a `Vec::push`, never a sorted insert. Sorting by
+//! conversation happens once, when the frozen memtable is flushed.
+
+use parking_lot::RwLock;
+use rustc_hash::FxHashMap;
+
+use crate::types::{ConversationId, Message};
+
+/// Bookkeeping bytes charged per message on top of its content (struct, hash map share).
+const PER_MESSAGE_OVERHEAD: usize = std::mem::size_of::<Message>() + 16;
+
+#[derive(Debug, Default)]
+struct Inner {
+    runs: FxHashMap<ConversationId, Vec<Message>>,
+    bytes: usize,
+    messages: usize,
+}
+
+/// A memtable. Only the write leader inserts; readers share it through `Arc`.
+#[derive(Debug)]
+pub struct Memtable {
+    inner: RwLock<Inner>,
+    /// The first WAL file whose records this memtable holds; once it is flushed, every WAL
+    /// file below the next memtable's `first_wal` is obsolete.
+    first_wal: u64,
+}
+
+impl Memtable {
+    /// An empty memtable fed by WAL files numbered `first_wal` and up.
+    pub fn new(first_wal: u64) -> Self {
+        Memtable {
+            inner: RwLock::new(Inner::default()),
+            first_wal,
+        }
+    }
+
+    /// See the field.
+    pub fn first_wal(&self) -> u64 {
+        self.first_wal
+    }
+
+    /// Approximate memory held.
+    pub fn bytes(&self) -> usize {
+        self.inner.read().bytes
+    }
+
+    /// Messages held.
+    pub fn len(&self) -> usize {
+        self.inner.read().messages
+    }
+
+    /// True if no message was inserted.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Inserts messages. REQUIRES: each message's id is the next one of its conversation.
+    pub fn insert<'a>(&self, messages: impl IntoIterator<Item = &'a Message>) {
+        let mut inner = self.inner.write();
+        for m in messages {
+            inner.bytes += PER_MESSAGE_OVERHEAD
+                + m.content.len()
+                + m.attachment.as_ref().map_or(0, |a| a.len())
+                + m.mentions.len() * 8;
+            inner.messages += 1;
+            inner
+                .runs
+                .entry(m.conversation)
+                .or_default()
+                .push(m.clone());
+        }
+    }
+
+    /// The first and last id of `conv` held here.
+    pub fn range(&self, conv: ConversationId) -> Option<(u64, u64)> {
+        let inner = self.inner.read();
+        let run = inner.runs.get(&conv)?;
+        Some((run.first()?.id.0, run.last()?.id.0))
+    }
+
+    /// Appends the messages of `conv` with ids in `lo..=hi` to `out`, oldest first.
+    pub fn collect(&self, conv: ConversationId, lo: u64, hi: u64, out: &mut Vec<Message>) {
+        let inner = self.inner.read();
+        let Some(run) = inner.runs.get(&conv) else {
+            return;
+        };
+        let Some(first) = run.first().map(|m| m.id.0) else {
+            return;
+        };
+        if hi < first || lo > hi {
+            return;
+        }
+        let from = lo.saturating_sub(first) as usize;
+        let to = ((hi - first) as usize).min(run.len().saturating_sub(1));
+        if from <= to {
+            out.extend_from_slice(&run[from..=to]);
+        }
+    }
+
+    /// Every message, sorted by (conversation, id): the order a segment is written in.
+    pub fn sorted_runs(&self) -> Vec<(ConversationId, Vec<Message>)> {
+        let inner = self.inner.read();
+        let mut runs: Vec<(ConversationId, Vec<Message>)> =
+            inner.runs.iter().map(|(c, v)| (*c, v.clone())).collect();
+        runs.sort_unstable_by_key(|(c, _)| *c);
+        runs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{MessageId, MessageKind, UserId};
+    use bytes::Bytes;
+
+    fn msg(conv: u64, id: u64) -> Message {
+        Message {
+            conversation: ConversationId(conv),
+            id: MessageId(id),
+            sender: UserId(1),
+            timestamp_ms: id,
+            kind: MessageKind::Normal,
+            content: Bytes::from_static(b"hi"),
+            attachment: None,
+            reply_to: None,
+            mentions: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn ranges_and_collect() {
+        let mt = Memtable::new(3);
+        let msgs: Vec<Message> = (5..=9).map(|i| msg(1, i)).chain([msg(2, 1)]).collect();
+        mt.insert(&msgs);
+        assert_eq!(mt.len(), 6);
+        assert_eq!(mt.range(ConversationId(1)), Some((5, 9)));
+        assert_eq!(mt.range(ConversationId(3)), None);
+        let mut out = Vec::new();
+        mt.collect(ConversationId(1), 7, 100, &mut out);
+        assert_eq!(
+            out.iter().map(|m| m.id.0).collect::<Vec<_>>(),
+            vec![7, 8, 9]
+        );
+        out.clear();
+        mt.collect(ConversationId(1), 0, 5, &mut out);
+        assert_eq!(out.len(), 1);
+        out.clear();
+        mt.collect(ConversationId(1), 0, 4, &mut out);
+        mt.collect(ConversationId(1), 10, 20, &mut out);
+        assert!(out.is_empty());
+        let runs = mt.sorted_runs();
+        assert_eq!(runs.len(), 2);
+        assert_eq!(runs[0].0, ConversationId(1));
+    }
+}

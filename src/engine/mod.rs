@@ -1,0 +1,228 @@
+//! The LSM engine: write-ahead log with group commit, memtables, flush to segments, manifest,
+//! recovery. It stores messages keyed by conversation and knows nothing of chat semantics
+//! (membership, receipts) built on top of it.
+
+mod block_cache;
+mod commit;
+pub(crate) mod files;
+mod flush;
+mod log_writer;
+mod memtable;
+mod recovery;
+mod stats;
+mod version;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex};
+
+pub use stats::Stats;
+
+use self::block_cache::BlockCache;
+use self::commit::WriteQueue;
+use self::log_writer::LogWriter;
+use self::stats::Counters;
+use self::version::Version;
+use crate::error::{Error, Result};
+use crate::format::manifest::ManifestState;
+use crate::fs::{DirLock, FileSystem};
+use crate::options::Options;
+use crate::types::{ConversationId, Message};
+
+/// Shared state of an open store. Background threads hold an `Arc<Engine>`; the public
+/// [`Store`](crate::Store) handle shuts them down when the last handle is dropped.
+pub(crate) struct Engine {
+    dir: PathBuf,
+    opts: Options,
+    fs: Arc<dyn FileSystem>,
+    /// The current version; readers clone the `Arc` and read without further locking.
+    version: Mutex<Arc<Version>>,
+    /// Writers waiting to be committed by a leader.
+    queue: Mutex<WriteQueue>,
+    queue_cv: Condvar,
+    /// Held by the write leader for a whole group commit (and by freeze).
+    leader: Mutex<commit::LeaderScratch>,
+    /// The WAL file being appended to. Lock order: `leader` before `wal`.
+    wal: Mutex<LogWriter>,
+    /// Last persisted manifest; only the flusher changes it.
+    manifest: Mutex<ManifestState>,
+    next_file_number: AtomicU64,
+    /// Signals for the background thread (work to do, shutdown) and for writers waiting on it.
+    bg: Mutex<()>,
+    bg_cv: Condvar,
+    shutdown: AtomicBool,
+    /// Set after a failed WAL write or flush: the store refuses writes from then on.
+    poison: Mutex<Option<String>>,
+    cache: BlockCache,
+    counters: Counters,
+    _lock: Box<dyn DirLock>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Opens (or creates) the store in `dir` and recovers its state.
+    pub(crate) fn open(dir: PathBuf, opts: Options) -> Result<Arc<Engine>> {
+        recovery::open(dir, opts)
+    }
+
+    /// Starts the background flush thread.
+    pub(crate) fn spawn_background(self: &Arc<Self>) -> Result<std::thread::JoinHandle<()>> {
+        let engine = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("chatstore-flush".into())
+            .spawn(move || flush::run(&engine))
+            .map_err(|e| Error::io(&self.dir, e))
+    }
+
+    /// Asks the background thread to stop and syncs the WAL.
+    pub(crate) fn shutdown(&self) -> Result<()> {
+        self.shutdown.store(true, Ordering::Release);
+        {
+            let _g = self.bg.lock();
+            self.bg_cv.notify_all();
+        }
+        self.queue_cv.notify_all();
+        self.wal.lock().sync().map(|_| ())
+    }
+
+    pub(crate) fn is_shut_down(&self) -> bool {
+        self.shutdown.load(Ordering::Acquire)
+    }
+
+    /// The current version.
+    fn current(&self) -> Arc<Version> {
+        Arc::clone(&self.version.lock())
+    }
+
+    /// Applies `edit` to a copy of the current version and installs it, atomically with
+    /// respect to other edits.
+    fn edit_version<T>(&self, edit: impl FnOnce(&mut Version) -> T) -> T {
+        let mut cur = self.version.lock();
+        let mut v = (**cur).clone();
+        let out = edit(&mut v);
+        *cur = Arc::new(v);
+        out
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.is_shut_down() {
+            return Err(Error::Closed);
+        }
+        match &*self.poison.lock() {
+            Some(why) => Err(Error::Poisoned(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn set_poison(&self, why: String) {
+        let mut p = self.poison.lock();
+        if p.is_none() {
+            *p = Some(why);
+        }
+        drop(p);
+        let _g = self.bg.lock();
+        self.bg_cv.notify_all();
+    }
+
+    /// Last message id of `conv` (0 if none).
+    pub(crate) fn last_id(&self, conv: ConversationId) -> u64 {
+        self.current().last_id(conv)
+    }
+
+    /// Messages of `conv` with ids in `lo..=hi`, oldest first, from one consistent version.
+    pub(crate) fn read_range(
+        &self,
+        conv: ConversationId,
+        lo: u64,
+        hi: u64,
+    ) -> Result<Vec<Message>> {
+        let v = self.current();
+        self.read_range_in(&v, conv, lo, hi)
+    }
+
+    fn read_range_in(
+        &self,
+        v: &Version,
+        conv: ConversationId,
+        lo: u64,
+        hi: u64,
+    ) -> Result<Vec<Message>> {
+        let mut out =
+            Vec::with_capacity(hi.saturating_sub(lo).saturating_add(1).min(1024) as usize);
+        let touched = v.collect(&self.cache, conv, lo, hi, &mut out)?;
+        self.counters.reads.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .segments_read
+            .fetch_add(touched, Ordering::Relaxed);
+        Ok(out)
+    }
+
+    /// The last id and a read of `lo(last)..=hi(last)` from the same version.
+    pub(crate) fn read_relative(
+        &self,
+        conv: ConversationId,
+        range: impl FnOnce(u64) -> Result<(u64, u64)>,
+    ) -> Result<Vec<Message>> {
+        let v = self.current();
+        let last = v.last_id(conv);
+        let (lo, hi) = range(last)?;
+        self.read_range_in(&v, conv, lo, hi)
+    }
+
+    /// Freezes the active memtable and waits until every frozen memtable is in a segment.
+    pub(crate) fn flush(&self) -> Result<()> {
+        self.check_writable()?;
+        {
+            let mut scratch = self.leader.lock();
+            if !self.current().active.is_empty() {
+                self.freeze(&mut scratch)?;
+            }
+        }
+        let mut g = self.bg.lock();
+        loop {
+            self.check_writable()?;
+            if self.current().frozen.is_empty() {
+                return Ok(());
+            }
+            self.bg_cv.wait(&mut g);
+        }
+    }
+
+    /// Fsyncs the WAL.
+    pub(crate) fn sync(&self) -> Result<()> {
+        if self.wal.lock().sync()? {
+            self.counters.wal_syncs.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        let v = self.current();
+        let (hits, misses, cache_bytes) = self.cache.counters();
+        let mut s = self.counters.snapshot();
+        s.memtable_bytes = v.active.bytes() as u64;
+        s.memtable_messages = v.active.len() as u64;
+        s.frozen_memtables = v.frozen.len() as u64;
+        s.frozen_memtable_bytes = v.frozen.iter().map(|m| m.bytes() as u64).sum();
+        s.segments = v.segments.len() as u64;
+        for seg in &v.segments {
+            s.segment_bytes += seg.reader.file_bytes();
+            s.segment_messages += seg.reader.message_count();
+            s.segment_logical_bytes += seg.reader.logical_bytes();
+        }
+        s.wal_file_bytes = self.wal.lock().len();
+        s.block_cache_hits = hits;
+        s.block_cache_misses = misses;
+        s.block_cache_bytes = cache_bytes;
+        s
+    }
+}

@@ -1,0 +1,86 @@
+//! Counters the engine keeps and the [`Stats`] snapshot it reports.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A snapshot of the store's counters and sizes. Counters run from when the store was opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Messages appended since open.
+    pub messages_appended: u64,
+    /// Group commits (one WAL write each) since open.
+    pub write_groups: u64,
+    /// WAL fsyncs since open.
+    pub wal_syncs: u64,
+    /// WAL bytes written since open.
+    pub wal_bytes_written: u64,
+    /// Size of the current WAL file.
+    pub wal_file_bytes: u64,
+    /// Approximate bytes held by the active memtable.
+    pub memtable_bytes: u64,
+    /// Messages in the active memtable.
+    pub memtable_messages: u64,
+    /// Frozen memtables waiting for flush.
+    pub frozen_memtables: u64,
+    /// Approximate bytes held by frozen memtables.
+    pub frozen_memtable_bytes: u64,
+    /// Live segments.
+    pub segments: u64,
+    /// Bytes of live segment files.
+    pub segment_bytes: u64,
+    /// Messages in live segments.
+    pub segment_messages: u64,
+    /// Logical (pre-encoding) bytes of the messages in live segments.
+    pub segment_logical_bytes: u64,
+    /// Memtables flushed since open.
+    pub flushes: u64,
+    /// Segment bytes written by flushes since open.
+    pub flush_bytes_written: u64,
+    /// Times a writer waited for a flush to catch up.
+    pub write_stalls: u64,
+    /// Total time writers waited for flushes, in microseconds.
+    pub write_stall_micros: u64,
+    /// Range reads served since open.
+    pub reads: u64,
+    /// Segments touched by those reads (divide by `reads` for read amplification).
+    pub segments_read: u64,
+    /// Block cache hits.
+    pub block_cache_hits: u64,
+    /// Block cache misses (blocks read and decoded).
+    pub block_cache_misses: u64,
+    /// Bytes of decoded blocks in the cache.
+    pub block_cache_bytes: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub messages_appended: AtomicU64,
+    pub write_groups: AtomicU64,
+    pub wal_syncs: AtomicU64,
+    pub wal_bytes_written: AtomicU64,
+    pub flushes: AtomicU64,
+    pub flush_bytes_written: AtomicU64,
+    pub write_stalls: AtomicU64,
+    pub write_stall_micros: AtomicU64,
+    pub reads: AtomicU64,
+    pub segments_read: AtomicU64,
+}
+
+impl Counters {
+    pub fn snapshot(&self) -> Stats {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Stats {
+            messages_appended: l(&self.messages_appended),
+            write_groups: l(&self.write_groups),
+            wal_syncs: l(&self.wal_syncs),
+            wal_bytes_written: l(&self.wal_bytes_written),
+            flushes: l(&self.flushes),
+            flush_bytes_written: l(&self.flush_bytes_written),
+            write_stalls: l(&self.write_stalls),
+            write_stall_micros: l(&self.write_stall_micros),
+            reads: l(&self.reads),
+            segments_read: l(&self.segments_read),
+            ..Stats::default()
+        }
+    }
+}

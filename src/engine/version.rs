@@ -1,0 +1,192 @@
+//! A version: one consistent set of memtables and segments that reads run against.
+//!
+//! The engine swaps in a new `Arc<Version>` whenever a memtable is frozen or flushed; a reader
+//! clones the current one and is unaffected by later swaps. Within one version every message
+//! lives in exactly one place, and for a given conversation the places hold consecutive id
+//! ranges in age order: segments (oldest first), frozen memtables, the active memtable.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use super::block_cache::BlockCache;
+use super::memtable::Memtable;
+use crate::error::Result;
+use crate::format::segment::SegmentReader;
+use crate::fs::FileSystem;
+use crate::types::{ConversationId, Message};
+
+/// A live segment file. When it becomes obsolete the file is removed as soon as the last
+/// version (and so the last reader) using it lets go.
+#[derive(Debug)]
+pub struct Segment {
+    /// File number.
+    pub number: u64,
+    /// Compaction level.
+    #[expect(
+        dead_code,
+        reason = "read by compaction, which picks segments by level"
+    )]
+    pub level: u32,
+    /// The open file.
+    pub reader: SegmentReader,
+    obsolete: AtomicBool,
+    fs: Arc<dyn FileSystem>,
+}
+
+impl Segment {
+    /// Wraps an open segment.
+    pub fn new(number: u64, level: u32, reader: SegmentReader, fs: Arc<dyn FileSystem>) -> Self {
+        Segment {
+            number,
+            level,
+            reader,
+            obsolete: AtomicBool::new(false),
+            fs,
+        }
+    }
+
+    /// Marks the file for deletion once unused.
+    #[expect(
+        dead_code,
+        reason = "called by compaction when it replaces this segment"
+    )]
+    pub fn mark_obsolete(&self) {
+        self.obsolete.store(true, Ordering::Release);
+    }
+
+    /// Appends the messages of `conv` with ids in `lo..=hi` to `out`, reading blocks through
+    /// `cache`. Returns whether the segment held any of them (for read-amplification stats).
+    pub fn collect(
+        &self,
+        cache: &BlockCache,
+        conv: ConversationId,
+        lo: u64,
+        hi: u64,
+        out: &mut Vec<Message>,
+    ) -> Result<bool> {
+        let Some((first, last)) = self.reader.conversation_range(conv) else {
+            return Ok(false);
+        };
+        let from = lo.max(first);
+        let to = hi.min(last);
+        if from > to {
+            return Ok(false);
+        }
+        let Some(mut b) = self.reader.find_block(conv, from) else {
+            return Ok(false);
+        };
+        let want = (to - from + 1) as usize;
+        let start = out.len();
+        while out.len() - start < want && b < self.reader.block_count() {
+            let block = cache.get_or_load((self.number, b as u32), || self.reader.read_block(b))?;
+            let before = out.len();
+            let next = from + (before - start) as u64;
+            block.collect(conv, next, to, out);
+            if out.len() == before {
+                break;
+            }
+            b += 1;
+        }
+        if out.len() - start != want {
+            return Err(crate::Error::corruption(
+                self.reader.path(),
+                0,
+                format!(
+                    "conversation {conv} ids {from}..={to} are in the index but not all in the blocks"
+                ),
+            ));
+        }
+        Ok(true)
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        if self.obsolete.load(Ordering::Acquire) {
+            // Best effort: a file left behind is collected at the next open.
+            let _ = self.fs.remove(self.reader.path());
+        }
+    }
+}
+
+/// One consistent view of the store's data.
+#[derive(Debug, Clone)]
+pub struct Version {
+    /// The memtable writes go to.
+    pub active: Arc<Memtable>,
+    /// Frozen memtables waiting for flush, oldest first.
+    pub frozen: Vec<Arc<Memtable>>,
+    /// Live segments, oldest first.
+    pub segments: Vec<Arc<Segment>>,
+}
+
+impl Version {
+    /// The last message id of `conv` (0 if it has none). Looks newest-first and stops at the
+    /// first place that holds the conversation, since newer places hold higher ids.
+    pub fn last_id(&self, conv: ConversationId) -> u64 {
+        if let Some((_, last)) = self.active.range(conv) {
+            return last;
+        }
+        for m in self.frozen.iter().rev() {
+            if let Some((_, last)) = m.range(conv) {
+                return last;
+            }
+        }
+        for s in self.segments.iter().rev() {
+            if let Some((_, last)) = s.reader.conversation_range(conv) {
+                return last;
+            }
+        }
+        0
+    }
+
+    /// Appends the messages of `conv` with ids in `lo..=hi` to `out`, oldest first.
+    /// Returns how many segments were read.
+    pub fn collect(
+        &self,
+        cache: &BlockCache,
+        conv: ConversationId,
+        lo: u64,
+        hi: u64,
+        out: &mut Vec<Message>,
+    ) -> Result<u64> {
+        let mut touched = 0;
+        if lo > hi {
+            return Ok(0);
+        }
+        // Segments hold the oldest ids; skip the search entirely when the memtables already
+        // start at or below `lo`.
+        let mem_first = self
+            .frozen
+            .iter()
+            .chain(std::iter::once(&self.active))
+            .filter_map(|m| m.range(conv).map(|r| r.0))
+            .min();
+        if mem_first.is_none_or(|f| f > lo) {
+            // Walk newest-first to find the segments that overlap, stopping at the first one
+            // that reaches down to `lo`: older segments hold only older ids.
+            let mut overlapping: Vec<&Arc<Segment>> = Vec::new();
+            for s in self.segments.iter().rev() {
+                let Some((first, last)) = s.reader.conversation_range(conv) else {
+                    continue;
+                };
+                if first <= hi && last >= lo {
+                    overlapping.push(s);
+                }
+                if first <= lo {
+                    break;
+                }
+            }
+            for s in overlapping.into_iter().rev() {
+                if s.collect(cache, conv, lo, hi, out)? {
+                    touched += 1;
+                }
+            }
+        }
+        for m in &self.frozen {
+            m.collect(conv, lo, hi, out);
+        }
+        self.active.collect(conv, lo, hi, out);
+        Ok(touched)
+    }
+}

@@ -1,0 +1,214 @@
+//! The payload of a WAL batch record: the entries one write call made, applied all or nothing.
+//!
+//! ```text
+//! batch   := count:varint entry{count}
+//! entry   := tag:u8 body
+//! tag 1   := message: conv:varint id:varint sender:varint timestamp_ms:varint kind:u8
+//!            flags:u8 content_len:varint content
+//!            [attachment_len:varint attachment]   if flags & HAS_ATTACHMENT
+//!            [reply_to:varint]                    if flags & HAS_REPLY
+//!            [n:varint user:varint{n}]            if flags & HAS_MENTIONS
+//! ```
+//! Tags are part of the format and never change; new entry kinds take new tags.
+
+use bytes::Bytes;
+
+use super::coding::{put_varint, Reader};
+use crate::types::{ConversationId, Message, MessageId, MessageKind, UserId};
+
+/// Entry tag of an appended message.
+pub const TAG_MESSAGE: u8 = 1;
+
+/// Flag bits shared by the WAL entry and the segment flags column.
+pub mod flags {
+    /// The message has an attachment link.
+    pub const HAS_ATTACHMENT: u8 = 1;
+    /// The message replies to another.
+    pub const HAS_REPLY: u8 = 2;
+    /// The message mentions users.
+    pub const HAS_MENTIONS: u8 = 4;
+    /// Every defined bit.
+    pub const ALL: u8 = HAS_ATTACHMENT | HAS_REPLY | HAS_MENTIONS;
+}
+
+/// Largest number of mentions a decoder accepts for one message.
+pub const MAX_MENTIONS: usize = 1 << 16;
+
+/// Flag bits describing the optional fields of `m`.
+pub fn message_flags(m: &Message) -> u8 {
+    let mut f = 0;
+    if m.attachment.is_some() {
+        f |= flags::HAS_ATTACHMENT;
+    }
+    if m.reply_to.is_some() {
+        f |= flags::HAS_REPLY;
+    }
+    if !m.mentions.is_empty() {
+        f |= flags::HAS_MENTIONS;
+    }
+    f
+}
+
+/// Appends the batch header for `count` entries.
+pub fn put_count(buf: &mut Vec<u8>, count: usize) {
+    put_varint(buf, count as u64);
+}
+
+/// Appends a message entry.
+pub fn put_message(buf: &mut Vec<u8>, m: &Message) {
+    buf.push(TAG_MESSAGE);
+    put_varint(buf, m.conversation.0);
+    put_varint(buf, m.id.0);
+    put_varint(buf, m.sender.0);
+    put_varint(buf, m.timestamp_ms);
+    buf.push(m.kind as u8);
+    let f = message_flags(m);
+    buf.push(f);
+    put_varint(buf, m.content.len() as u64);
+    buf.extend_from_slice(&m.content);
+    if let Some(a) = &m.attachment {
+        put_varint(buf, a.len() as u64);
+        buf.extend_from_slice(a);
+    }
+    if let Some(r) = m.reply_to {
+        put_varint(buf, r.0);
+    }
+    if !m.mentions.is_empty() {
+        put_varint(buf, m.mentions.len() as u64);
+        for u in &m.mentions {
+            put_varint(buf, u.0);
+        }
+    }
+}
+
+/// A decoded batch entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// An appended message.
+    Message(Message),
+}
+
+/// Decodes every entry of a batch payload. `payload` is a slice of `owner`, so message content
+/// can share its memory. Returns a static reason on malformed input.
+pub fn decode(owner: &Bytes, payload: &[u8]) -> Result<Vec<Entry>, &'static str> {
+    let base = (payload.as_ptr() as usize).wrapping_sub(owner.as_ptr() as usize);
+    if base > owner.len() || owner.len() - base < payload.len() {
+        return Err("batch payload is not inside its buffer");
+    }
+    let mut r = Reader::new(payload);
+    let count = r.len(payload.len()).ok_or("bad entry count")?;
+    let mut out = Vec::with_capacity(count);
+    let slice = |r: &mut Reader<'_>, n: usize| -> Result<Bytes, &'static str> {
+        let at = r.position();
+        r.bytes(n).ok_or("field runs past the record")?;
+        Ok(owner.slice(base + at..base + at + n))
+    };
+    for _ in 0..count {
+        match r.u8().ok_or("truncated entry")? {
+            TAG_MESSAGE => {
+                let conversation = ConversationId(r.varint().ok_or("bad conversation")?);
+                let id = MessageId(r.varint().ok_or("bad id")?);
+                let sender = UserId(r.varint().ok_or("bad sender")?);
+                let timestamp_ms = r.varint().ok_or("bad timestamp")?;
+                let kind = MessageKind::from_u8(r.u8().ok_or("bad kind")?).ok_or("bad kind")?;
+                let f = r.u8().ok_or("bad flags")?;
+                if f & !flags::ALL != 0 {
+                    return Err("unknown flag bits");
+                }
+                let n = r.len(payload.len()).ok_or("bad content length")?;
+                let content = slice(&mut r, n)?;
+                let attachment = if f & flags::HAS_ATTACHMENT != 0 {
+                    let n = r.len(payload.len()).ok_or("bad attachment length")?;
+                    Some(slice(&mut r, n)?)
+                } else {
+                    None
+                };
+                let reply_to = if f & flags::HAS_REPLY != 0 {
+                    Some(MessageId(r.varint().ok_or("bad reply id")?))
+                } else {
+                    None
+                };
+                let mut mentions = Vec::new();
+                if f & flags::HAS_MENTIONS != 0 {
+                    let n = r
+                        .len(MAX_MENTIONS.min(r.remaining()))
+                        .ok_or("bad mentions")?;
+                    mentions.reserve(n);
+                    for _ in 0..n {
+                        mentions.push(UserId(r.varint().ok_or("bad mention")?));
+                    }
+                }
+                if id.0 == 0 {
+                    return Err("message id 0");
+                }
+                out.push(Entry::Message(Message {
+                    conversation,
+                    id,
+                    sender,
+                    timestamp_ms,
+                    kind,
+                    content,
+                    attachment,
+                    reply_to,
+                    mentions,
+                }));
+            }
+            _ => return Err("unknown entry tag"),
+        }
+    }
+    if !r.is_empty() {
+        return Err("trailing bytes after the last entry");
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(conv: u64, id: u64) -> Message {
+        Message {
+            conversation: ConversationId(conv),
+            id: MessageId(id),
+            sender: UserId(7),
+            timestamp_ms: 1_700_000_000_000u64.wrapping_add(id),
+            kind: MessageKind::Normal,
+            content: Bytes::from(format!("message {id}")),
+            attachment: None,
+            reply_to: None,
+            mentions: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn entries_round_trip_with_every_optional_field() {
+        let mut full = msg(3, 9);
+        full.kind = MessageKind::System;
+        full.attachment = Some(Bytes::from_static(b"https://assets/x.png"));
+        full.reply_to = Some(MessageId(4));
+        full.mentions = vec![UserId(1), UserId(u64::MAX)];
+        let msgs = vec![msg(1, 1), full, msg(u64::MAX, u64::MAX)];
+        let mut buf = vec![0xAA];
+        put_count(&mut buf, msgs.len());
+        for m in &msgs {
+            put_message(&mut buf, m);
+        }
+        let owner = Bytes::from(buf);
+        let got = decode(&owner, &owner[1..]).unwrap();
+        let want: Vec<Entry> = msgs.into_iter().map(Entry::Message).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn truncations_are_errors_not_panics() {
+        let mut buf = Vec::new();
+        put_count(&mut buf, 1);
+        let mut m = msg(1, 1);
+        m.mentions = vec![UserId(5)];
+        put_message(&mut buf, &m);
+        let owner = Bytes::from(buf.clone());
+        for cut in 0..buf.len() {
+            assert!(decode(&owner, &owner[..cut]).is_err(), "cut {cut}");
+        }
+    }
+}

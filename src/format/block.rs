@@ -1,0 +1,579 @@
+//! Columnar segment blocks: a run of messages sorted by (conversation, id), one column per field.
+//! See `docs/format-segment.md` for the byte layout.
+//!
+//! Chat data is what makes the columns small: ids inside a conversation are gapless, so a block
+//! stores only each conversation run's first id; senders come from a handful of members
+//! (dictionary + one byte per row); timestamps are small deltas; content is text, compressed
+//! with the whole block.
+
+use bytes::Bytes;
+
+use super::batch::{flags, MAX_MENTIONS};
+use super::coding::{get_u32, put_u32, put_varint, unzigzag, zigzag, Reader};
+use crate::options::Compression;
+use crate::types::{ConversationId, Message, MessageId, MessageKind, UserId};
+
+/// Bytes after the stored body: uncompressed_len:u32 | compression:u8 | crc:u32.
+pub const BLOCK_TRAILER_LEN: usize = 9;
+/// Largest uncompressed block a reader accepts.
+pub const MAX_BLOCK_LEN: usize = 64 << 20;
+
+/// Compression codes stored in the trailer. Part of the format; values never change.
+const CODEC_NONE: u8 = 0;
+const CODEC_LZ4: u8 = 1;
+const CODEC_ZSTD: u8 = 2;
+
+/// A conversation's rows inside a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run {
+    /// The conversation.
+    pub conversation: ConversationId,
+    /// Id of the run's first row; the following rows have the following ids.
+    pub first_id: u64,
+    /// First row of the run in the block.
+    pub start_row: u32,
+    /// Number of rows.
+    pub len: u32,
+}
+
+/// Accumulates messages (in (conversation, id) order) and encodes them as one block.
+#[derive(Debug, Default)]
+pub struct BlockBuilder {
+    runs: Vec<Run>,
+    senders: Vec<u64>,
+    timestamps: Vec<u64>,
+    kind_flags: Vec<u8>,
+    replies: Vec<u8>,
+    mentions: Vec<u8>,
+    content_lens: Vec<u8>,
+    content: Vec<u8>,
+    attachment_lens: Vec<u8>,
+    attachments: Vec<u8>,
+}
+
+impl BlockBuilder {
+    /// An empty builder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Rows added so far.
+    pub fn rows(&self) -> usize {
+        self.senders.len()
+    }
+
+    /// True if nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.senders.is_empty()
+    }
+
+    /// Rough uncompressed size of the block so far.
+    pub fn estimated_len(&self) -> usize {
+        self.content.len() + self.attachments.len() + self.rows() * 8 + self.mentions.len()
+    }
+
+    /// The (conversation, id) of the first row, if any.
+    pub fn first_key(&self) -> Option<(ConversationId, u64)> {
+        self.runs.first().map(|r| (r.conversation, r.first_id))
+    }
+
+    /// Whether `m` may follow the rows already added: same conversation with the next id, or
+    /// a later conversation.
+    pub fn accepts(&self, m: &Message) -> bool {
+        match self.runs.last() {
+            None => true,
+            Some(r) if r.conversation == m.conversation => m.id.0 == r.first_id + u64::from(r.len),
+            Some(r) => m.conversation > r.conversation,
+        }
+    }
+
+    /// Adds a message. REQUIRES: `self.accepts(m)`; otherwise the row is refused and `false`
+    /// returned, leaving the builder unchanged.
+    pub fn add(&mut self, m: &Message) -> bool {
+        if !self.accepts(m) || self.rows() >= u32::MAX as usize {
+            return false;
+        }
+        let row = self.rows() as u32;
+        match self.runs.last_mut() {
+            Some(r) if r.conversation == m.conversation => r.len += 1,
+            _ => self.runs.push(Run {
+                conversation: m.conversation,
+                first_id: m.id.0,
+                start_row: row,
+                len: 1,
+            }),
+        }
+        self.senders.push(m.sender.0);
+        self.timestamps.push(m.timestamp_ms);
+        let f = super::batch::message_flags(m);
+        self.kind_flags.push(m.kind as u8 | (f << 4));
+        if let Some(r) = m.reply_to {
+            // Replies point backwards, usually not far: store the distance.
+            put_varint(&mut self.replies, zigzag(m.id.0.wrapping_sub(r.0) as i64));
+        }
+        if !m.mentions.is_empty() {
+            put_varint(&mut self.mentions, m.mentions.len() as u64);
+            for u in &m.mentions {
+                put_varint(&mut self.mentions, u.0);
+            }
+        }
+        put_varint(&mut self.content_lens, m.content.len() as u64);
+        self.content.extend_from_slice(&m.content);
+        if let Some(a) = &m.attachment {
+            put_varint(&mut self.attachment_lens, a.len() as u64);
+            self.attachments.extend_from_slice(a);
+        }
+        true
+    }
+
+    /// Encodes the block (body, compressed, plus trailer) onto `out` and resets the builder.
+    pub fn finish_into(&mut self, compression: Compression, out: &mut Vec<u8>) {
+        let mut body = Vec::with_capacity(self.estimated_len() + 64);
+        put_varint(&mut body, self.rows() as u64);
+        put_varint(&mut body, self.runs.len() as u64);
+        let mut prev_conv = 0u64;
+        for r in &self.runs {
+            put_varint(&mut body, r.conversation.0 - prev_conv);
+            prev_conv = r.conversation.0;
+            put_varint(&mut body, r.first_id);
+            put_varint(&mut body, u64::from(r.len));
+        }
+        // Sender dictionary, sorted, delta-coded; rows store an index into it.
+        let mut dict = self.senders.clone();
+        dict.sort_unstable();
+        dict.dedup();
+        put_varint(&mut body, dict.len() as u64);
+        let mut prev = 0u64;
+        for &s in &dict {
+            put_varint(&mut body, s - prev);
+            prev = s;
+        }
+        for &s in &self.senders {
+            let idx = dict.binary_search(&s).unwrap_or(0);
+            if dict.len() <= 256 {
+                body.push(idx as u8);
+            } else {
+                put_varint(&mut body, idx as u64);
+            }
+        }
+        let mut prev_ts = 0u64;
+        for &t in &self.timestamps {
+            put_varint(&mut body, zigzag(t.wrapping_sub(prev_ts) as i64));
+            prev_ts = t;
+        }
+        body.extend_from_slice(&self.kind_flags);
+        for section in [
+            &self.replies,
+            &self.mentions,
+            &self.content_lens,
+            &self.attachment_lens,
+            &self.content,
+            &self.attachments,
+        ] {
+            put_varint(&mut body, section.len() as u64);
+            body.extend_from_slice(section);
+        }
+        *self = BlockBuilder::default();
+
+        let start = out.len();
+        let codec = match compression {
+            Compression::None => CODEC_NONE,
+            Compression::Lz4 => {
+                let c = lz4_flex::block::compress(&body);
+                if c.len() < body.len() {
+                    out.extend_from_slice(&c);
+                    CODEC_LZ4
+                } else {
+                    CODEC_NONE
+                }
+            }
+            Compression::Zstd(level) => match zstd::bulk::compress(&body, level) {
+                Ok(c) if c.len() < body.len() => {
+                    out.extend_from_slice(&c);
+                    CODEC_ZSTD
+                }
+                _ => CODEC_NONE,
+            },
+        };
+        if codec == CODEC_NONE {
+            out.extend_from_slice(&body);
+        }
+        put_u32(out, body.len() as u32);
+        out.push(codec);
+        let crc = crc32fast::hash(&out[start..]);
+        put_u32(out, crc);
+    }
+}
+
+/// A decoded block, ready to hand out messages. Content shares memory with `data`.
+#[derive(Debug)]
+pub struct Block {
+    data: Bytes,
+    runs: Vec<Run>,
+    senders: Vec<u64>,
+    timestamps: Vec<u64>,
+    kind_flags: Vec<u8>,
+    replies: Vec<u64>,
+    mention_starts: Vec<u32>,
+    mentions: Vec<u64>,
+    content_offsets: Vec<u32>,
+    attachment_offsets: Vec<u32>,
+}
+
+/// Checks a stored block's checksum and returns its uncompressed body.
+/// `stored` is the block as on disk, trailer included.
+pub fn unpack(stored: &Bytes) -> Result<Bytes, &'static str> {
+    if stored.len() < BLOCK_TRAILER_LEN {
+        return Err("block shorter than its trailer");
+    }
+    let t = stored.len() - BLOCK_TRAILER_LEN;
+    let crc = get_u32(stored, t + 5).ok_or("short trailer")?;
+    if crc32fast::hash(&stored[..t + 5]) != crc {
+        return Err("block checksum mismatch");
+    }
+    let raw_len = get_u32(stored, t).ok_or("short trailer")? as usize;
+    if raw_len > MAX_BLOCK_LEN {
+        return Err("block length over the limit");
+    }
+    let body = stored.slice(..t);
+    let out = match stored[t + 4] {
+        CODEC_NONE => body,
+        CODEC_LZ4 => Bytes::from(
+            lz4_flex::block::decompress(&body, raw_len).map_err(|_| "lz4 decode failed")?,
+        ),
+        CODEC_ZSTD => {
+            Bytes::from(zstd::bulk::decompress(&body, raw_len).map_err(|_| "zstd decode failed")?)
+        }
+        _ => return Err("unknown compression"),
+    };
+    if out.len() != raw_len {
+        return Err("uncompressed length mismatch");
+    }
+    Ok(out)
+}
+
+impl Block {
+    /// Decodes an uncompressed block body.
+    pub fn decode(data: Bytes) -> Result<Block, &'static str> {
+        let buf: &[u8] = &data;
+        let mut r = Reader::new(buf);
+        let rows = r.len(buf.len()).ok_or("bad row count")?;
+        let nruns = r.len(rows).ok_or("bad run count")?;
+        let mut runs = Vec::with_capacity(nruns);
+        let mut conv = 0u64;
+        let mut row = 0u32;
+        for i in 0..nruns {
+            let delta = r.varint().ok_or("bad run")?;
+            if i > 0 && delta == 0 {
+                return Err("runs out of order");
+            }
+            conv = conv.checked_add(delta).ok_or("conversation overflow")?;
+            let first_id = r.varint().ok_or("bad run id")?;
+            let len = r.len(rows).ok_or("bad run length")? as u32;
+            if len == 0 || first_id == 0 || first_id.checked_add(u64::from(len)).is_none() {
+                return Err("bad run");
+            }
+            runs.push(Run {
+                conversation: ConversationId(conv),
+                first_id,
+                start_row: row,
+                len,
+            });
+            row = row.checked_add(len).ok_or("row overflow")?;
+        }
+        if row as usize != rows {
+            return Err("runs do not cover the rows");
+        }
+        let ndict = r.len(rows).ok_or("bad sender dictionary")?;
+        let mut dict = Vec::with_capacity(ndict);
+        let mut prev = 0u64;
+        for _ in 0..ndict {
+            prev = prev
+                .checked_add(r.varint().ok_or("bad sender")?)
+                .ok_or("sender overflow")?;
+            dict.push(prev);
+        }
+        let mut senders = Vec::with_capacity(rows);
+        for _ in 0..rows {
+            let idx = if ndict <= 256 {
+                usize::from(r.u8().ok_or("bad sender index")?)
+            } else {
+                r.len(ndict).ok_or("bad sender index")?
+            };
+            senders.push(*dict.get(idx).ok_or("sender index out of range")?);
+        }
+        let mut timestamps = Vec::with_capacity(rows);
+        let mut ts = 0u64;
+        for _ in 0..rows {
+            ts = ts.wrapping_add(unzigzag(r.varint().ok_or("bad timestamp")?) as u64);
+            timestamps.push(ts);
+        }
+        let kind_flags = r.bytes(rows).ok_or("bad flags column")?.to_vec();
+        let mut sections = [(0usize, 0usize); 6];
+        for s in sections.iter_mut() {
+            let n = r.len(buf.len()).ok_or("bad section length")?;
+            let start = r.position();
+            r.bytes(n).ok_or("section runs past the block")?;
+            *s = (start, start + n);
+        }
+        if !r.is_empty() {
+            return Err("trailing bytes in block");
+        }
+        let [replies_s, mentions_s, clens_s, alens_s, content_s, attach_s] = sections;
+
+        let mut replies = vec![0u64; rows];
+        let mut mention_starts = Vec::with_capacity(rows + 1);
+        let mut mentions = Vec::new();
+        let mut content_offsets = Vec::with_capacity(rows + 1);
+        let mut attachment_offsets = Vec::with_capacity(rows + 1);
+        let mut rr = Reader::new(&buf[replies_s.0..replies_s.1]);
+        let mut mr = Reader::new(&buf[mentions_s.0..mentions_s.1]);
+        let mut cr = Reader::new(&buf[clens_s.0..clens_s.1]);
+        let mut ar = Reader::new(&buf[alens_s.0..alens_s.1]);
+        let mut coff = content_s.0;
+        let mut aoff = attach_s.0;
+        mention_starts.push(0);
+        content_offsets.push(coff as u32);
+        attachment_offsets.push(aoff as u32);
+        for run in &runs {
+            for i in 0..run.len {
+                let row = (run.start_row + i) as usize;
+                let id = run.first_id + u64::from(i);
+                let kf = kind_flags[row];
+                MessageKind::from_u8(kf & 0x0f).ok_or("bad kind")?;
+                let f = kf >> 4;
+                if f & !flags::ALL != 0 {
+                    return Err("unknown flag bits");
+                }
+                if f & flags::HAS_REPLY != 0 {
+                    let d = unzigzag(rr.varint().ok_or("bad reply")?);
+                    replies[row] = id.wrapping_sub(d as u64);
+                }
+                if f & flags::HAS_MENTIONS != 0 {
+                    let n = mr
+                        .len(MAX_MENTIONS.min(mr.remaining()))
+                        .ok_or("bad mentions")?;
+                    for _ in 0..n {
+                        mentions.push(mr.varint().ok_or("bad mention")?);
+                    }
+                }
+                mention_starts.push(mentions.len() as u32);
+                coff += cr.len(content_s.1 - coff).ok_or("bad content length")?;
+                content_offsets.push(coff as u32);
+                if f & flags::HAS_ATTACHMENT != 0 {
+                    aoff += ar.len(attach_s.1 - aoff).ok_or("bad attachment length")?;
+                }
+                attachment_offsets.push(aoff as u32);
+            }
+        }
+        if coff != content_s.1 || aoff != attach_s.1 {
+            return Err("content lengths do not match the content column");
+        }
+        if !rr.is_empty() || !mr.is_empty() || !cr.is_empty() || !ar.is_empty() {
+            return Err("trailing bytes in a column");
+        }
+        Ok(Block {
+            data,
+            runs,
+            senders,
+            timestamps,
+            kind_flags,
+            replies,
+            mention_starts,
+            mentions,
+            content_offsets,
+            attachment_offsets,
+        })
+    }
+
+    /// The conversation runs in this block, in order.
+    pub fn runs(&self) -> &[Run] {
+        &self.runs
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.senders.len()
+    }
+
+    /// Memory this decoded block holds, for cache accounting.
+    pub fn footprint(&self) -> usize {
+        self.data.len() + self.rows() * 45 + self.mentions.len() * 8 + 128
+    }
+
+    /// The run of `conv` in this block.
+    pub fn run_of(&self, conv: ConversationId) -> Option<&Run> {
+        let i = self
+            .runs
+            .binary_search_by_key(&conv, |r| r.conversation)
+            .ok()?;
+        self.runs.get(i)
+    }
+
+    /// Appends the messages of `conv` with ids in `lo..=hi` found in this block to `out`.
+    pub fn collect(&self, conv: ConversationId, lo: u64, hi: u64, out: &mut Vec<Message>) {
+        let Some(run) = self.run_of(conv) else {
+            return;
+        };
+        let last = run.first_id + u64::from(run.len) - 1;
+        let from = lo.max(run.first_id);
+        let to = hi.min(last);
+        let mut id = from;
+        while id <= to {
+            let row = run.start_row as usize + (id - run.first_id) as usize;
+            out.push(self.message(row, conv, id));
+            id += 1;
+        }
+    }
+
+    fn message(&self, row: usize, conv: ConversationId, id: u64) -> Message {
+        let kf = self.kind_flags[row];
+        let f = kf >> 4;
+        let range = |offs: &[u32]| offs[row] as usize..offs[row + 1] as usize;
+        Message {
+            conversation: conv,
+            id: MessageId(id),
+            sender: UserId(self.senders[row]),
+            timestamp_ms: self.timestamps[row],
+            kind: MessageKind::from_u8(kf & 0x0f).unwrap_or_default(),
+            content: self.data.slice(range(&self.content_offsets)),
+            attachment: (f & flags::HAS_ATTACHMENT != 0)
+                .then(|| self.data.slice(range(&self.attachment_offsets))),
+            reply_to: (f & flags::HAS_REPLY != 0).then_some(MessageId(self.replies[row])),
+            mentions: self.mentions[range(&self.mention_starts)]
+                .iter()
+                .map(|&u| UserId(u))
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(conv: u64, id: u64, text: &str) -> Message {
+        Message {
+            conversation: ConversationId(conv),
+            id: MessageId(id),
+            sender: UserId(100 + id % 3),
+            timestamp_ms: 1_700_000_000_000 + id * 1000,
+            kind: MessageKind::Normal,
+            content: Bytes::copy_from_slice(text.as_bytes()),
+            attachment: None,
+            reply_to: None,
+            mentions: Vec::new(),
+        }
+    }
+
+    fn sample() -> Vec<Message> {
+        let mut v = Vec::new();
+        for id in 5..40 {
+            let mut m = msg(2, id, &format!("hello number {id} from conversation two"));
+            if id % 7 == 0 {
+                m.attachment = Some(Bytes::from(format!("https://a/{id}.png")));
+            }
+            if id % 5 == 0 {
+                m.reply_to = Some(MessageId(id - 3));
+                m.mentions = vec![UserId(1), UserId(id)];
+                m.kind = MessageKind::System;
+            }
+            v.push(m);
+        }
+        v.push(msg(9, 1, ""));
+        v.push(msg(u64::MAX, 1, "last"));
+        v
+    }
+
+    fn round_trip(compression: Compression, msgs: &[Message]) -> Block {
+        let mut b = BlockBuilder::new();
+        for m in msgs {
+            assert!(b.add(m));
+        }
+        let mut out = Vec::new();
+        b.finish_into(compression, &mut out);
+        assert!(b.is_empty());
+        Block::decode(unpack(&Bytes::from(out)).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn blocks_round_trip_with_every_codec() {
+        let msgs = sample();
+        for c in [Compression::None, Compression::Lz4, Compression::Zstd(3)] {
+            let block = round_trip(c, &msgs);
+            let mut got = Vec::new();
+            for conv in [2, 9, u64::MAX] {
+                block.collect(ConversationId(conv), 0, u64::MAX, &mut got);
+            }
+            assert_eq!(got, msgs, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn collect_honours_bounds() {
+        let block = round_trip(Compression::Lz4, &sample());
+        let mut got = Vec::new();
+        block.collect(ConversationId(2), 10, 12, &mut got);
+        let ids: Vec<u64> = got.iter().map(|m| m.id.0).collect();
+        assert_eq!(ids, vec![10, 11, 12]);
+        got.clear();
+        block.collect(ConversationId(3), 0, u64::MAX, &mut got);
+        assert!(got.is_empty());
+    }
+
+    #[test]
+    fn builder_refuses_out_of_order_rows() {
+        let mut b = BlockBuilder::new();
+        assert!(b.add(&msg(5, 1, "a")));
+        assert!(!b.add(&msg(5, 3, "gap")));
+        assert!(!b.add(&msg(4, 1, "earlier conversation")));
+        assert!(b.add(&msg(5, 2, "b")));
+        assert_eq!(b.rows(), 2);
+    }
+
+    #[test]
+    fn many_senders_use_wide_indexes() {
+        let msgs: Vec<Message> = (1..=600)
+            .map(|id| {
+                let mut m = msg(1, id, "x");
+                m.sender = UserId(id * 13);
+                m
+            })
+            .collect();
+        let block = round_trip(Compression::None, &msgs);
+        let mut got = Vec::new();
+        block.collect(ConversationId(1), 1, 600, &mut got);
+        assert_eq!(got, msgs);
+    }
+
+    #[test]
+    fn every_flipped_bit_is_caught_by_the_checksum() {
+        let mut b = BlockBuilder::new();
+        for m in sample().iter().take(5) {
+            b.add(m);
+        }
+        let mut out = Vec::new();
+        b.finish_into(Compression::Lz4, &mut out);
+        for byte in 0..out.len() {
+            let mut bad = out.clone();
+            bad[byte] ^= 0x10;
+            assert!(unpack(&Bytes::from(bad)).is_err(), "byte {byte}");
+        }
+    }
+
+    #[test]
+    fn decoding_garbage_never_panics() {
+        let mut seed = 0x1234_5678_u64;
+        for len in 0..300 {
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed as u8
+                })
+                .collect();
+            let _ = Block::decode(Bytes::from(bytes));
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! # chatstore
+//!
+//! An embedded storage engine made for chat messages: an LSM-style column store keyed by
+//! conversation, with per-conversation message ids that start at 1 and never skip.
+//!
+//! - **Write-ahead log** with group commit: concurrent writers share one fsync.
+//! - **Memtable** that appends per conversation (ids only grow, so no sorted inserts).
+//! - **Segments**: immutable, columnar, compressed files with a conversation index, so the
+//!   newest messages of a conversation are one binary search and one block away.
+//! - **Manifest** replaced atomically; **recovery** replays the WAL tail and cuts a torn tail,
+//!   but reports real damage with the file and offset.
+//!
+//! ```
+//! use chatstore::{ConversationId, MessageId, NewMessage, Store, UserId};
+//!
+//! # fn main() -> chatstore::Result<()> {
+//! let dir = tempfile::tempdir().map_err(|e| chatstore::Error::InvalidOption(e.to_string()))?;
+//! let store = Store::open(dir.path())?;
+//! let chat = ConversationId(42);
+//! let alice = UserId(1);
+//!
+//! let first = store.append(chat, NewMessage::text(alice, "hello"))?;
+//! assert_eq!(first.id, MessageId(1));
+//! store.append(chat, NewMessage::text(alice, "anyone here?"))?;
+//!
+//! let newest = store.latest(chat, 50)?;
+//! assert_eq!(newest.len(), 2);
+//! assert_eq!(newest[1].text(), Some("anyone here?"));
+//!
+//! // Page backwards from the oldest message we have.
+//! let older = store.before(chat, newest[1].id, 50)?;
+//! assert_eq!(older[0].id, MessageId(1));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Formats are documented in `docs/` (WAL, segment, manifest). Errors are values of
+//! [`Error`]; nothing in the public API panics on bad input or bad bytes.
+
+#![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+mod engine;
+mod error;
+pub mod format;
+pub mod fs;
+mod options;
+mod store;
+mod types;
+
+pub use engine::Stats;
+pub use error::{Error, Result};
+pub use options::{Compression, Durability, Options};
+pub use store::Store;
+pub use types::{ConversationId, Message, MessageId, MessageKind, NewMessage, UserId};

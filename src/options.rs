@@ -1,0 +1,100 @@
+//! Knobs for opening a store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::fs::{FileSystem, StdFileSystem};
+
+/// When an acknowledged write is on stable storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Every write call returns after its WAL record is fsynced. Concurrent writers share one
+    /// fsync (group commit). An acknowledged message survives power loss. The default.
+    Sync,
+    /// Writes return once their WAL record is in the OS page cache; the WAL is fsynced in the
+    /// background every `interval`. A process crash loses nothing; a power loss may lose the
+    /// last `interval` of writes (never a gap in ids: lost ids are reused).
+    Buffered {
+        /// How often the background thread fsyncs the WAL.
+        interval: Duration,
+    },
+}
+
+/// How segment blocks are compressed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    /// Stored as is.
+    None,
+    /// LZ4 (fast, moderate ratio).
+    Lz4,
+    /// Zstandard at the given level (1..=22; 3 is a good default).
+    Zstd(i32),
+}
+
+/// Options for [`Store::open_with`](crate::Store::open_with).
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Durability of acknowledged writes.
+    pub durability: Durability,
+    /// Size at which the active memtable is frozen and flushed to a segment.
+    pub memtable_bytes: usize,
+    /// How many frozen memtables may wait for flush before writers are slowed down.
+    pub max_frozen_memtables: usize,
+    /// Largest accepted message (content plus attachment link), in bytes.
+    pub max_message_bytes: usize,
+    /// Compression of segment blocks.
+    pub compression: Compression,
+    /// Target uncompressed size of a segment block.
+    pub block_bytes: usize,
+    /// Bytes of decoded blocks kept in the block cache.
+    pub block_cache_bytes: usize,
+    /// Create the directory and an empty store if there is none.
+    pub create_if_missing: bool,
+    /// The file system the store reads and writes through. Tests swap in a fault-injecting one.
+    pub fs: Arc<dyn FileSystem>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            durability: Durability::Sync,
+            memtable_bytes: 32 << 20,
+            max_frozen_memtables: 2,
+            max_message_bytes: 64 << 10,
+            compression: Compression::Zstd(3),
+            block_bytes: 32 << 10,
+            block_cache_bytes: 64 << 20,
+            create_if_missing: true,
+            fs: Arc::new(StdFileSystem),
+        }
+    }
+}
+
+impl Options {
+    pub(crate) fn validate(&self) -> crate::Result<()> {
+        let bad = |m: &str| Err(crate::Error::InvalidOption(m.to_string()));
+        if self.memtable_bytes < 4096 {
+            return bad("memtable_bytes must be at least 4096");
+        }
+        if self.max_frozen_memtables == 0 {
+            return bad("max_frozen_memtables must be at least 1");
+        }
+        if self.max_message_bytes == 0 || self.max_message_bytes > (16 << 20) {
+            return bad("max_message_bytes must be between 1 and 16 MiB");
+        }
+        if self.block_bytes < 512 || self.block_bytes > (4 << 20) {
+            return bad("block_bytes must be between 512 bytes and 4 MiB");
+        }
+        if let Compression::Zstd(level) = self.compression {
+            if !(1..=22).contains(&level) {
+                return bad("zstd level must be in 1..=22");
+            }
+        }
+        if let Durability::Buffered { interval } = self.durability {
+            if interval.is_zero() {
+                return bad("buffered durability needs a non-zero sync interval");
+            }
+        }
+        Ok(())
+    }
+}

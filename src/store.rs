@@ -1,0 +1,193 @@
+//! The public handle: [`Store`].
+
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use parking_lot::Mutex;
+
+use crate::engine::{Engine, Stats};
+use crate::error::{Error, Result};
+use crate::options::Options;
+use crate::types::{ConversationId, Message, MessageId, NewMessage};
+
+/// An open chatstore. Cheap to clone and share between threads (`Send + Sync`); the store
+/// closes when the last clone is dropped (or on [`Store::close`]).
+#[derive(Clone, Debug)]
+pub struct Store {
+    handle: Arc<Handle>,
+}
+
+#[derive(Debug)]
+struct Handle {
+    engine: Arc<Engine>,
+    background: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Handle {
+    fn stop(&self) -> Result<()> {
+        let synced = self.engine.shutdown();
+        if let Some(t) = self.background.lock().take() {
+            // A panicked background thread has nothing more to give; its failure already
+            // poisoned the store.
+            let _ = t.join();
+        }
+        synced
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+fn check_after(conv: ConversationId, id: MessageId, last: u64) -> Result<()> {
+    if id.0 > last {
+        return Err(Error::IdOutOfRange {
+            conversation: conv,
+            id,
+            last: MessageId(last),
+        });
+    }
+    Ok(())
+}
+
+fn check_existing(conv: ConversationId, id: MessageId, last: u64) -> Result<()> {
+    if id.0 == 0 || id.0 > last {
+        return Err(Error::IdOutOfRange {
+            conversation: conv,
+            id,
+            last: MessageId(last),
+        });
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Opens the store in `path` with default [`Options`], creating it if needed.
+    pub fn open(path: impl AsRef<Path>) -> Result<Store> {
+        Store::open_with(path, Options::default())
+    }
+
+    /// Opens the store in `path` with `options`.
+    ///
+    /// Errors: [`Error::Locked`] if another open store holds the directory,
+    /// [`Error::NotAStore`] if it holds other files, [`Error::UnsupportedVersion`] for files
+    /// from a newer format, [`Error::Corruption`] naming the file and offset of damage.
+    pub fn open_with(path: impl AsRef<Path>, options: Options) -> Result<Store> {
+        let engine = Engine::open(path.as_ref().to_path_buf(), options)?;
+        let background = engine.spawn_background()?;
+        Ok(Store {
+            handle: Arc::new(Handle {
+                engine,
+                background: Mutex::new(Some(background)),
+            }),
+        })
+    }
+
+    fn engine(&self) -> &Engine {
+        &self.handle.engine
+    }
+
+    /// Appends a message to `conv` and returns it with its id (the conversation's previous
+    /// last id + 1) and server timestamp. Durable on return in [`Durability::Sync`].
+    ///
+    /// [`Durability::Sync`]: crate::Durability::Sync
+    pub fn append(&self, conv: ConversationId, message: NewMessage) -> Result<Message> {
+        let mut v = self.engine().write(vec![(conv, message)])?;
+        v.pop()
+            .ok_or_else(|| Error::Poisoned("write returned no message".into()))
+    }
+
+    /// Appends many messages (to one or many conversations) as one atomic WAL record: after a
+    /// crash either all of them are there or none. Returns them in the given order.
+    pub fn append_batch(
+        &self,
+        messages: Vec<(ConversationId, NewMessage)>,
+    ) -> Result<Vec<Message>> {
+        self.engine().write(messages)
+    }
+
+    /// The conversation's last message id (`MessageId(0)` if it has no messages).
+    pub fn last_id(&self, conv: ConversationId) -> MessageId {
+        MessageId(self.engine().last_id(conv))
+    }
+
+    /// The message with `id`, if it exists.
+    pub fn get(&self, conv: ConversationId, id: MessageId) -> Result<Option<Message>> {
+        if id.0 == 0 {
+            return Ok(None);
+        }
+        Ok(self.engine().read_range(conv, id.0, id.0)?.pop())
+    }
+
+    /// The newest `n` messages, oldest first.
+    pub fn latest(&self, conv: ConversationId, n: usize) -> Result<Vec<Message>> {
+        self.engine()
+            .read_relative(conv, |last| Ok((last.saturating_sub(n as u64) + 1, last)))
+    }
+
+    /// Up to `n` messages just before `id` (exclusive), oldest first: the next page back.
+    /// `id` must be an existing message id.
+    pub fn before(&self, conv: ConversationId, id: MessageId, n: usize) -> Result<Vec<Message>> {
+        self.engine().read_relative(conv, |last| {
+            check_existing(conv, id, last)?;
+            Ok((id.0.saturating_sub(n as u64).max(1), id.0 - 1))
+        })
+    }
+
+    /// Up to `n` messages just after `id` (exclusive), oldest first: forward sync from a
+    /// cursor. `id` may be 0 (from the start) up to the last id (returns nothing).
+    pub fn after(&self, conv: ConversationId, id: MessageId, n: usize) -> Result<Vec<Message>> {
+        self.engine().read_relative(conv, |last| {
+            check_after(conv, id, last)?;
+            let hi = id.0.saturating_add(n as u64).min(last);
+            Ok((id.0 + 1, hi))
+        })
+    }
+
+    /// The message `id` with up to `n` messages on each side, oldest first: jumping to a
+    /// message (a search hit, a reply) with its context.
+    pub fn around(&self, conv: ConversationId, id: MessageId, n: usize) -> Result<Vec<Message>> {
+        self.engine().read_relative(conv, |last| {
+            check_existing(conv, id, last)?;
+            let lo = id.0.saturating_sub(n as u64).max(1);
+            let hi = id.0.saturating_add(n as u64).min(last);
+            Ok((lo, hi))
+        })
+    }
+
+    /// Writes every message in memory to segments and waits for it.
+    pub fn flush(&self) -> Result<()> {
+        self.engine().flush()
+    }
+
+    /// Makes every acknowledged write durable (useful in buffered durability).
+    pub fn sync(&self) -> Result<()> {
+        self.engine().sync()
+    }
+
+    /// Counters and sizes.
+    pub fn stats(&self) -> Stats {
+        self.engine().stats()
+    }
+
+    /// Stops background work and syncs the WAL, reporting any error. Other clones of this
+    /// handle get [`Error::Closed`] afterwards. Dropping the last clone does the same silently.
+    pub fn close(self) -> Result<()> {
+        self.handle.stop()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn store_is_send_and_sync() {
+        assert_send_sync::<Store>();
+    }
+}

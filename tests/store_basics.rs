@@ -1,0 +1,331 @@
+//! Appends and reads through the public API, across flushes and reopens.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chatstore::{
+    Compression, ConversationId, Durability, Error, MessageId, MessageKind, NewMessage, Options,
+    Store, UserId,
+};
+
+fn small_options() -> Options {
+    Options {
+        memtable_bytes: 16 << 10,
+        block_bytes: 2 << 10,
+        ..Options::default()
+    }
+}
+
+fn text(sender: u64, s: &str) -> NewMessage {
+    NewMessage::text(UserId(sender), s)
+}
+
+fn ids(msgs: &[chatstore::Message]) -> Vec<u64> {
+    msgs.iter().map(|m| m.id.0).collect()
+}
+
+#[test]
+fn ids_start_at_one_and_are_per_conversation() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let a = ConversationId(1);
+    let b = ConversationId(2);
+    assert_eq!(store.append(a, text(1, "a1")).unwrap().id, MessageId(1));
+    assert_eq!(store.append(b, text(1, "b1")).unwrap().id, MessageId(1));
+    assert_eq!(store.append(a, text(2, "a2")).unwrap().id, MessageId(2));
+    assert_eq!(store.last_id(a), MessageId(2));
+    assert_eq!(store.last_id(ConversationId(3)), MessageId(0));
+    let got = store.get(a, MessageId(2)).unwrap().unwrap();
+    assert_eq!(got.text(), Some("a2"));
+    assert_eq!(got.sender, UserId(2));
+    assert!(store.get(a, MessageId(3)).unwrap().is_none());
+    assert!(store.get(a, MessageId(0)).unwrap().is_none());
+}
+
+#[test]
+fn reads_agree_across_memtable_and_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(dir.path(), small_options()).unwrap();
+    let conv = ConversationId(7);
+    let mut expected = Vec::new();
+    for i in 1..=1000u64 {
+        let body = format!("message number {i} with some words to compress");
+        let mut m = text(i % 3, &body);
+        if i % 10 == 0 {
+            m = m
+                .with_reply_to(MessageId(i - 1))
+                .with_mentions(vec![UserId(9)]);
+        }
+        if i % 17 == 0 {
+            m = m.with_attachment("https://assets.example/x.jpg");
+        }
+        // Interleave another conversation so blocks hold several.
+        store
+            .append(ConversationId(i % 5 + 100), text(1, "noise"))
+            .unwrap();
+        expected.push(store.append(conv, m).unwrap());
+        if i == 400 {
+            store.flush().unwrap();
+        }
+    }
+    assert!(store.stats().segments >= 1, "{:?}", store.stats());
+
+    let latest = store.latest(conv, 50).unwrap();
+    assert_eq!(latest, expected[950..].to_vec());
+    // Page backwards through the whole history.
+    let mut cursor = latest[0].id;
+    let mut pages = vec![latest];
+    while cursor.0 > 1 {
+        let page = store.before(conv, cursor, 50).unwrap();
+        cursor = page[0].id;
+        pages.push(page);
+    }
+    pages.reverse();
+    let all: Vec<_> = pages.into_iter().flatten().collect();
+    assert_eq!(all, expected);
+
+    let fwd = store.after(conv, MessageId(0), 3).unwrap();
+    assert_eq!(ids(&fwd), vec![1, 2, 3]);
+    assert!(store.after(conv, MessageId(1000), 10).unwrap().is_empty());
+    let around = store.around(conv, MessageId(400), 2).unwrap();
+    assert_eq!(ids(&around), vec![398, 399, 400, 401, 402]);
+    let edge = store.around(conv, MessageId(1), 2).unwrap();
+    assert_eq!(ids(&edge), vec![1, 2, 3]);
+}
+
+#[test]
+fn reopen_returns_everything_and_ids_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut expected = Vec::new();
+    {
+        let store = Store::open_with(dir.path(), small_options()).unwrap();
+        for i in 0..300u64 {
+            expected.push(
+                store
+                    .append(ConversationId(i % 4), text(i, &format!("m{i}")))
+                    .unwrap(),
+            );
+        }
+        store.close().unwrap();
+    }
+    for round in 0..3 {
+        let store = Store::open_with(dir.path(), small_options()).unwrap();
+        for c in 0..4 {
+            let conv = ConversationId(c);
+            let want: Vec<_> = expected
+                .iter()
+                .filter(|m| m.conversation == conv)
+                .cloned()
+                .collect();
+            assert_eq!(store.latest(conv, 10_000).unwrap(), want, "round {round}");
+            let next = store.append(conv, text(1, "after reopen")).unwrap();
+            assert_eq!(next.id.0, want.len() as u64 + 1);
+            expected.push(next);
+        }
+        if round == 1 {
+            store.flush().unwrap();
+        }
+    }
+}
+
+#[test]
+fn batches_are_atomic_and_ordered() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let batch: Vec<_> = (0..10)
+        .map(|i| (ConversationId(i % 2), text(1, &format!("b{i}"))))
+        .collect();
+    let out = store.append_batch(batch).unwrap();
+    assert_eq!(out.len(), 10);
+    assert_eq!(out[0].id, MessageId(1));
+    assert_eq!(out[2].id, MessageId(2));
+    assert_eq!(out[9].id, MessageId(5));
+    // A batch with one bad reply is refused whole.
+    let bad = vec![
+        (ConversationId(0), text(1, "fine")),
+        (
+            ConversationId(0),
+            text(1, "bad").with_reply_to(MessageId(99)),
+        ),
+    ];
+    assert!(matches!(
+        store.append_batch(bad),
+        Err(Error::IdOutOfRange { .. })
+    ));
+    assert_eq!(store.last_id(ConversationId(0)), MessageId(5));
+    assert_eq!(store.append_batch(Vec::new()).unwrap(), Vec::new());
+}
+
+#[test]
+fn bad_input_gets_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        max_message_bytes: 100,
+        ..Options::default()
+    };
+    let store = Store::open_with(dir.path(), opts).unwrap();
+    let conv = ConversationId(1);
+    assert!(matches!(
+        store.append(conv, text(1, "")),
+        Err(Error::EmptyMessage)
+    ));
+    let big = "x".repeat(101);
+    assert!(matches!(
+        store.append(conv, text(1, &big)),
+        Err(Error::MessageTooLarge {
+            size: 101,
+            limit: 100
+        })
+    ));
+    // An attachment alone is a message.
+    let m = store
+        .append(conv, NewMessage::new(UserId(1), "").with_attachment("u"))
+        .unwrap();
+    assert_eq!(m.id, MessageId(1));
+    assert!(matches!(
+        store.before(conv, MessageId(0), 5),
+        Err(Error::IdOutOfRange { .. })
+    ));
+    assert!(matches!(
+        store.before(conv, MessageId(2), 5),
+        Err(Error::IdOutOfRange { .. })
+    ));
+    assert!(matches!(
+        store.after(conv, MessageId(2), 5),
+        Err(Error::IdOutOfRange { .. })
+    ));
+    assert!(matches!(
+        store.around(ConversationId(9), MessageId(1), 5),
+        Err(Error::IdOutOfRange { .. })
+    ));
+    assert!(store.latest(ConversationId(9), 5).unwrap().is_empty());
+    assert!(store.before(conv, MessageId(1), 5).unwrap().is_empty());
+}
+
+#[test]
+fn invalid_options_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for opts in [
+        Options {
+            memtable_bytes: 10,
+            ..Options::default()
+        },
+        Options {
+            compression: Compression::Zstd(0),
+            ..Options::default()
+        },
+        Options {
+            durability: Durability::Buffered {
+                interval: Duration::ZERO,
+            },
+            ..Options::default()
+        },
+    ] {
+        assert!(matches!(
+            Store::open_with(dir.path(), opts),
+            Err(Error::InvalidOption(_))
+        ));
+    }
+}
+
+#[test]
+fn a_second_open_is_refused_while_the_first_is_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert!(matches!(Store::open(dir.path()), Err(Error::Locked { .. })));
+    drop(store);
+    Store::open(dir.path()).unwrap();
+}
+
+#[test]
+fn foreign_directories_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), b"hello").unwrap();
+    assert!(matches!(
+        Store::open(dir.path()),
+        Err(Error::NotAStore { .. })
+    ));
+    let missing = dir.path().join("missing");
+    let opts = Options {
+        create_if_missing: false,
+        ..Options::default()
+    };
+    assert!(matches!(
+        Store::open_with(&missing, opts),
+        Err(Error::Io { .. })
+    ));
+}
+
+#[test]
+fn closed_handles_refuse_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let other = store.clone();
+    store.close().unwrap();
+    assert!(matches!(
+        other.append(ConversationId(1), text(1, "late")),
+        Err(Error::Closed)
+    ));
+}
+
+#[test]
+fn kinds_and_compressions_round_trip() {
+    for compression in [Compression::None, Compression::Lz4, Compression::Zstd(3)] {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            compression,
+            ..small_options()
+        };
+        let store = Store::open_with(dir.path(), opts.clone()).unwrap();
+        let sys = store
+            .append(
+                ConversationId(1),
+                text(0, "alice joined").with_kind(MessageKind::System),
+            )
+            .unwrap();
+        store.flush().unwrap();
+        drop(store);
+        let store = Store::open_with(dir.path(), opts).unwrap();
+        assert_eq!(
+            store.get(ConversationId(1), MessageId(1)).unwrap(),
+            Some(sys)
+        );
+    }
+}
+
+#[test]
+fn concurrent_writers_get_gapless_ids_and_share_fsyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open_with(dir.path(), small_options()).unwrap());
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                (0..200)
+                    .map(|i| {
+                        store
+                            .append(ConversationId(i % 3), text(t, &format!("t{t} m{i}")))
+                            .unwrap()
+                            .id
+                            .0
+                    })
+                    .collect::<Vec<u64>>()
+            })
+        })
+        .collect();
+    let mut all: Vec<u64> = Vec::new();
+    for t in threads {
+        all.extend(t.join().unwrap());
+    }
+    let stats = store.stats();
+    assert_eq!(stats.messages_appended, 1600);
+    assert!(stats.wal_syncs <= stats.write_groups + stats.flushes + 1);
+    for c in 0..3 {
+        let msgs = store.latest(ConversationId(c), 10_000).unwrap();
+        let got: Vec<u64> = ids(&msgs);
+        let want: Vec<u64> = (1..=msgs.len() as u64).collect();
+        assert_eq!(got, want);
+    }
+    all.sort_unstable();
+    assert_eq!(all.len(), 1600);
+}
