@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use crate::types::{ConversationId, MessageId};
+use crate::types::{ConversationId, MessageId, UserId};
 
 /// A specialised `Result` for chatstore operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -87,6 +87,27 @@ pub enum Error {
     /// A conversation that has no messages (and is therefore unknown to the engine).
     #[error("conversation {0} is unknown")]
     UnknownConversation(ConversationId),
+
+    /// A user the store does not know (see [`ChatStore::register_user`](crate::ChatStore::register_user)).
+    #[error("user {0} is unknown")]
+    UnknownUser(UserId),
+
+    /// The user is not (or no longer) a member of the conversation.
+    #[error("user {user} is not a member of conversation {conversation}")]
+    NotAMember {
+        /// The user.
+        user: UserId,
+        /// The conversation.
+        conversation: ConversationId,
+    },
+
+    /// A group must have at least one member.
+    #[error("a group needs at least one member")]
+    EmptyGroup,
+
+    /// An argument that makes no sense (the message says which).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
 
     /// An option value that makes no sense.
     #[error("invalid option: {0}")]

@@ -40,14 +40,20 @@
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod chat;
 mod engine;
 mod error;
 pub mod format;
 pub mod fs;
 mod options;
+pub mod presence;
 mod store;
 mod types;
 
+pub use chat::{
+    ChatOptions, ChatStore, Conversation, ConversationKind, Cursors, InboxCursor, InboxEntry,
+    InboxPage, MessageReceipts, ReceiptState, Unread,
+};
 pub use engine::Stats;
 pub use error::{Error, Result};
 pub use options::{Compression, Durability, Options};

@@ -1,4 +1,5 @@
-//! A byte-bounded cache of decoded segment blocks, shared by all readers.
+//! A byte-bounded cache of decoded segment blocks (message and state blocks), shared by all
+//! readers.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -7,22 +8,55 @@ use quick_cache::sync::Cache;
 use quick_cache::Weighter;
 
 use crate::format::block::Block;
+use crate::format::state_block::StateBlock;
 
-/// (segment number, block index). Segment numbers are never reused, so keys never go stale.
-pub type BlockKey = (u64, u32);
+/// Which section of a segment a block is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Section {
+    /// Columnar message blocks.
+    Messages,
+    /// Key-value state blocks.
+    State,
+}
+
+/// (segment number, section, block index). Segment numbers are never reused, so keys never go
+/// stale.
+pub type BlockKey = (u64, Section, u32);
+
+/// A decoded block of either kind.
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "always behind an Arc and built once per block read"
+)]
+pub enum CachedBlock {
+    /// A message block.
+    Messages(Block),
+    /// A state block.
+    State(StateBlock),
+}
+
+impl CachedBlock {
+    fn footprint(&self) -> usize {
+        match self {
+            CachedBlock::Messages(b) => b.footprint(),
+            CachedBlock::State(b) => b.footprint(),
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug)]
 struct BlockWeight;
 
-impl Weighter<BlockKey, Arc<Block>> for BlockWeight {
-    fn weight(&self, _key: &BlockKey, block: &Arc<Block>) -> u64 {
+impl Weighter<BlockKey, Arc<CachedBlock>> for BlockWeight {
+    fn weight(&self, _key: &BlockKey, block: &Arc<CachedBlock>) -> u64 {
         block.footprint() as u64
     }
 }
 
 /// The cache plus hit counters.
 pub struct BlockCache {
-    cache: Cache<BlockKey, Arc<Block>, BlockWeight>,
+    cache: Cache<BlockKey, Arc<CachedBlock>, BlockWeight>,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -36,7 +70,7 @@ impl std::fmt::Debug for BlockCache {
 }
 
 impl BlockCache {
-    /// A cache holding up to `bytes` of decoded blocks (0 disables it).
+    /// A cache holding up to `bytes` of decoded blocks.
     pub fn new(bytes: usize) -> Self {
         let items = (bytes / (16 << 10)).max(16);
         BlockCache {
@@ -50,8 +84,8 @@ impl BlockCache {
     pub fn get_or_load<E>(
         &self,
         key: BlockKey,
-        load: impl FnOnce() -> Result<Block, E>,
-    ) -> Result<Arc<Block>, E> {
+        load: impl FnOnce() -> Result<CachedBlock, E>,
+    ) -> Result<Arc<CachedBlock>, E> {
         if let Some(b) = self.cache.get(&key) {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(b);

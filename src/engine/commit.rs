@@ -1,14 +1,21 @@
-//! The write path: group commit.
+//! The write path: transactions committed in groups.
 //!
-//! Writers queue their batch and wait. The first writer to find no leader becomes the leader:
-//! it takes every queued batch, assigns ids, frames one WAL record per batch into one buffer,
-//! writes it with one `write`, issues one fsync for the whole group (in `Sync` durability), then
-//! makes the messages visible in the memtable and hands each writer its result. Writers that
-//! arrive meanwhile form the next group, so under load one fsync serves many writers.
+//! A write is a closure run against a [`Txn`]: it may read state, append messages and set
+//! state keys; everything it does becomes one WAL record, applied all or nothing. Writers queue
+//! their closure and wait. The first writer to find no leader becomes the leader: it takes every
+//! queued closure, runs them one after another (each sees the effects of those before it),
+//! frames one record per successful closure into one buffer, writes it with one `write`, issues
+//! one fsync for the whole group (in `Sync` durability), then makes the results visible in the
+//! memtable and hands each writer its outcome. Writers arriving meanwhile form the next group,
+//! so under load one fsync serves many writers, and closures are serialized without a lock
+//! held across the fsync.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
+use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 
 use super::files;
@@ -17,19 +24,18 @@ use super::memtable::Memtable;
 use super::version::Version;
 use super::Engine;
 use crate::error::{Error, Result};
+use crate::format::state_block::MAX_KEY_LEN;
 use crate::format::{batch, wal};
 use crate::options::Durability;
 use crate::types::{ConversationId, Message, MessageId, NewMessage};
-use std::sync::Arc;
 
-type Batch = Vec<(ConversationId, NewMessage)>;
-type Outcome = Result<Vec<Message>>;
+type Job = Box<dyn FnOnce(&mut Txn<'_>) -> Result<()> + Send>;
 
-/// Writers waiting for a leader, and results waiting for their writers.
+/// Writers waiting for a leader, and outcomes waiting for their writers.
 #[derive(Default)]
 pub(crate) struct WriteQueue {
-    pending: Vec<(u64, Batch)>,
-    done: FxHashMap<u64, Outcome>,
+    pending: Vec<(u64, Job)>,
+    done: FxHashMap<u64, Result<()>>,
     next_ticket: u64,
     leader_active: bool,
 }
@@ -39,7 +45,102 @@ pub(crate) struct WriteQueue {
 pub(crate) struct LeaderScratch {
     frame: Vec<u8>,
     /// Last id assigned in this group per conversation.
-    assigned: FxHashMap<ConversationId, u64>,
+    ids: FxHashMap<ConversationId, u64>,
+    /// State written in this group.
+    state: FxHashMap<Bytes, Option<Bytes>>,
+}
+
+/// One transaction's view and effects. Reads see the store as of the start of the group plus
+/// the effects of earlier transactions in the group and of this one.
+pub(crate) struct Txn<'a> {
+    version: &'a Version,
+    engine: &'a Engine,
+    group_ids: &'a FxHashMap<ConversationId, u64>,
+    group_state: &'a FxHashMap<Bytes, Option<Bytes>>,
+    now: u64,
+    messages: Vec<Message>,
+    state: Vec<(Bytes, Option<Bytes>)>,
+}
+
+impl Txn<'_> {
+    /// Server time of this commit group, in ms since the Unix epoch.
+    pub fn now_ms(&self) -> u64 {
+        self.now
+    }
+
+    /// The conversation's last id including appends made earlier in the group or this txn.
+    pub fn last_id(&self, conv: ConversationId) -> u64 {
+        if let Some(m) = self.messages.iter().rev().find(|m| m.conversation == conv) {
+            return m.id.0;
+        }
+        match self.group_ids.get(&conv) {
+            Some(&id) => id,
+            None => self.version.last_id(conv),
+        }
+    }
+
+    /// The current value of state `key`.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
+        if let Some((_, v)) = self.state.iter().rev().find(|(k, _)| k.as_ref() == key) {
+            return Ok(v.clone());
+        }
+        if let Some(v) = self.group_state.get(key) {
+            return Ok(v.clone());
+        }
+        self.version.state_get(&self.engine.cache, key)
+    }
+
+    /// Appends a message, giving it the conversation's next id.
+    pub fn append(&mut self, conv: ConversationId, m: NewMessage) -> Result<Message> {
+        self.engine.check_message(&m)?;
+        let last = self.last_id(conv);
+        if let Some(r) = m.reply_to {
+            if r.0 == 0 || r.0 > last {
+                return Err(Error::IdOutOfRange {
+                    conversation: conv,
+                    id: r,
+                    last: MessageId(last),
+                });
+            }
+        }
+        let msg = Message {
+            conversation: conv,
+            id: MessageId(last + 1),
+            sender: m.sender,
+            timestamp_ms: self.now,
+            kind: m.kind,
+            content: m.content,
+            attachment: m.attachment,
+            reply_to: m.reply_to,
+            mentions: m.mentions,
+        };
+        self.messages.push(msg.clone());
+        Ok(msg)
+    }
+
+    /// Sets state `key` to `value`.
+    pub fn put(&mut self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<()> {
+        let key = key.into();
+        if key.len() > MAX_KEY_LEN {
+            return Err(Error::InvalidOption(format!(
+                "state key of {} bytes is over the {MAX_KEY_LEN}-byte limit",
+                key.len()
+            )));
+        }
+        self.state.push((key, Some(value.into())));
+        Ok(())
+    }
+
+    /// Deletes state `key`.
+    #[expect(dead_code, reason = "used by retention and compaction of chat records")]
+    pub fn delete(&mut self, key: impl Into<Bytes>) -> Result<()> {
+        let key = key.into();
+        if key.len() > MAX_KEY_LEN {
+            return Ok(());
+        }
+        self.state.push((key, None));
+        Ok(())
+    }
 }
 
 fn now_ms() -> u64 {
@@ -54,35 +155,64 @@ fn copy_error(e: &Error) -> Error {
             path: path.clone(),
             source: std::io::Error::new(source.kind(), source.to_string()),
         },
+        Error::Closed => Error::Closed,
+        Error::Poisoned(why) => Error::Poisoned(why.clone()),
         other => Error::Poisoned(other.to_string()),
     }
 }
 
 impl Engine {
-    /// Appends a batch atomically (one WAL record) and returns the stored messages.
-    pub(crate) fn write(&self, batch: Batch) -> Outcome {
-        self.check_writable()?;
+    pub(crate) fn check_message(&self, m: &NewMessage) -> Result<()> {
+        if m.content.is_empty() && m.attachment.is_none() {
+            return Err(Error::EmptyMessage);
+        }
+        if m.size() > self.opts.max_message_bytes {
+            return Err(Error::MessageTooLarge {
+                size: m.size(),
+                limit: self.opts.max_message_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Appends a batch of messages atomically (one WAL record).
+    pub(crate) fn write(&self, batch: Vec<(ConversationId, NewMessage)>) -> Result<Vec<Message>> {
         for (_, m) in &batch {
-            if m.content.is_empty() && m.attachment.is_none() {
-                return Err(Error::EmptyMessage);
-            }
-            if m.size() > self.opts.max_message_bytes {
-                return Err(Error::MessageTooLarge {
-                    size: m.size(),
-                    limit: self.opts.max_message_bytes,
-                });
-            }
+            self.check_message(m)?;
         }
         if batch.is_empty() {
             return Ok(Vec::new());
         }
+        self.transact(move |txn| {
+            batch
+                .into_iter()
+                .map(|(conv, m)| txn.append(conv, m))
+                .collect()
+        })
+    }
+
+    /// Runs `f` as a transaction in the next commit group and returns its result once its
+    /// effects are committed (durable in `Sync` durability) and visible.
+    pub(crate) fn transact<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Txn<'_>) -> Result<T> + Send + 'static,
+    {
+        self.check_writable()?;
+        let slot: Arc<Mutex<Option<T>>> = Arc::new(Mutex::new(None));
+        let out = Arc::clone(&slot);
+        let job: Job = Box::new(move |txn| {
+            let v = f(txn)?;
+            *out.lock() = Some(v);
+            Ok(())
+        });
         let mut q = self.queue.lock();
         let ticket = q.next_ticket;
         q.next_ticket += 1;
-        q.pending.push((ticket, batch));
-        loop {
+        q.pending.push((ticket, job));
+        let outcome = loop {
             if let Some(outcome) = q.done.remove(&ticket) {
-                return outcome;
+                break outcome;
             }
             if !q.leader_active {
                 q.leader_active = true;
@@ -96,11 +226,15 @@ impl Engine {
                 continue;
             }
             self.queue_cv.wait(&mut q);
-        }
+        };
+        drop(q);
+        outcome?;
+        let value = slot.lock().take();
+        value.ok_or_else(|| Error::Poisoned("transaction produced no result".into()))
     }
 
     /// Commits one group as leader.
-    fn commit_group(&self, group: Vec<(u64, Batch)>) -> Vec<(u64, Outcome)> {
+    fn commit_group(&self, group: Vec<(u64, Job)>) -> Vec<(u64, Result<()>)> {
         let mut scratch = self.leader.lock();
         let scratch = &mut *scratch;
         if let Err(e) = self.check_writable() {
@@ -112,30 +246,50 @@ impl Engine {
         let version = self.current();
         let now = now_ms();
         scratch.frame.clear();
-        scratch.assigned.clear();
-        let mut outcomes: Vec<(u64, Outcome)> = Vec::with_capacity(group.len());
-        let mut accepted = 0usize;
-        for (ticket, items) in group {
-            match self.assign(&version, scratch, items, now) {
-                Ok(msgs) => {
-                    let start = wal::begin_record(&mut scratch.frame);
-                    batch::put_count(&mut scratch.frame, msgs.len());
-                    for m in &msgs {
-                        batch::put_message(&mut scratch.frame, m);
-                    }
-                    wal::finish_record(&mut scratch.frame, start, wal::RecordType::Batch);
-                    accepted += msgs.len();
-                    outcomes.push((ticket, Ok(msgs)));
+        scratch.ids.clear();
+        scratch.state.clear();
+        let mut outcomes: Vec<(u64, Result<()>)> = Vec::with_capacity(group.len());
+        let mut messages: Vec<Message> = Vec::new();
+        let mut state: Vec<(Bytes, Option<Bytes>)> = Vec::new();
+        for (ticket, job) in group {
+            let mut txn = Txn {
+                version: &version,
+                engine: self,
+                group_ids: &scratch.ids,
+                group_state: &scratch.state,
+                now,
+                messages: Vec::new(),
+                state: Vec::new(),
+            };
+            let result = job(&mut txn);
+            let Txn {
+                messages: txn_messages,
+                state: txn_state,
+                ..
+            } = txn;
+            if result.is_ok() && !(txn_messages.is_empty() && txn_state.is_empty()) {
+                let start = wal::begin_record(&mut scratch.frame);
+                batch::put_count(&mut scratch.frame, txn_messages.len() + txn_state.len());
+                for m in &txn_messages {
+                    batch::put_message(&mut scratch.frame, m);
+                    scratch.ids.insert(m.conversation, m.id.0);
                 }
-                Err(e) => outcomes.push((ticket, Err(e))),
+                for (k, v) in &txn_state {
+                    batch::put_state(&mut scratch.frame, k, v.as_deref());
+                    scratch.state.insert(k.clone(), v.clone());
+                }
+                wal::finish_record(&mut scratch.frame, start, wal::RecordType::Batch);
+                messages.extend(txn_messages);
+                state.extend(txn_state);
             }
+            outcomes.push((ticket, result));
         }
-        if accepted == 0 {
+        if scratch.frame.is_empty() {
             return outcomes;
         }
         if let Err(e) = self.write_wal(&scratch.frame) {
-            // Ids were handed out but the record may be half on disk: refuse further writes
-            // until a reopen decides, from the log itself, what was committed.
+            // The record may be half on disk: refuse further writes until a reopen decides,
+            // from the log itself, what was committed.
             self.set_poison(format!("WAL write failed: {e}"));
             for (_, o) in outcomes.iter_mut() {
                 if o.is_ok() {
@@ -144,15 +298,10 @@ impl Engine {
             }
             return outcomes;
         }
-        version.active.insert(
-            outcomes
-                .iter()
-                .filter_map(|(_, o)| o.as_ref().ok())
-                .flatten(),
-        );
+        version.active.apply(&messages, &state);
         self.counters
             .messages_appended
-            .fetch_add(accepted as u64, Ordering::Relaxed);
+            .fetch_add(messages.len() as u64, Ordering::Relaxed);
         self.counters.write_groups.fetch_add(1, Ordering::Relaxed);
         if version.active.bytes() >= self.opts.memtable_bytes {
             if let Err(e) = self.freeze(scratch) {
@@ -160,54 +309,6 @@ impl Engine {
             }
         }
         outcomes
-    }
-
-    /// Gives each message of a batch its id, checking what can only be checked in order.
-    fn assign(
-        &self,
-        version: &Version,
-        scratch: &mut LeaderScratch,
-        items: Batch,
-        now: u64,
-    ) -> Result<Vec<Message>> {
-        let mut msgs = Vec::with_capacity(items.len());
-        // Ids this batch takes, applied to `scratch.assigned` only if the whole batch is valid.
-        let mut local: Vec<(ConversationId, u64)> = Vec::new();
-        for (conv, m) in items {
-            let last = match local.iter().rev().find(|(c, _)| *c == conv) {
-                Some(&(_, id)) => id,
-                None => match scratch.assigned.get(&conv) {
-                    Some(&id) => id,
-                    None => version.last_id(conv),
-                },
-            };
-            if let Some(r) = m.reply_to {
-                if r.0 == 0 || r.0 > last {
-                    return Err(Error::IdOutOfRange {
-                        conversation: conv,
-                        id: r,
-                        last: MessageId(last),
-                    });
-                }
-            }
-            let id = last + 1;
-            local.push((conv, id));
-            msgs.push(Message {
-                conversation: conv,
-                id: MessageId(id),
-                sender: m.sender,
-                timestamp_ms: now,
-                kind: m.kind,
-                content: m.content,
-                attachment: m.attachment,
-                reply_to: m.reply_to,
-                mentions: m.mentions,
-            });
-        }
-        for (conv, id) in local {
-            scratch.assigned.insert(conv, id);
-        }
-        Ok(msgs)
     }
 
     fn write_wal(&self, frame: &[u8]) -> Result<()> {

@@ -79,6 +79,18 @@ fn flush_one(engine: &Engine, mem: &Arc<Memtable>) -> Result<()> {
             }
         }
     }
+    for (key, value) in mem.sorted_state() {
+        if !writer
+            .add_state(&key, value.as_deref())
+            .map_err(|e| Error::io(&path, e))?
+        {
+            return Err(Error::corruption(
+                &path,
+                0,
+                "memtable state keys out of order",
+            ));
+        }
+    }
     let summary = writer.finish().map_err(|e| Error::io(&path, e))?;
     engine
         .fs

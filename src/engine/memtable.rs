@@ -2,8 +2,13 @@
 //!
 //! Ids only grow inside a conversation, so a memtable is a hash map from conversation to the
 //! run of its newest messages: an append is a `Vec::push`, never a sorted insert. Sorting by
-//! conversation happens once, when the frozen memtable is flushed.
+//! conversation happens once, when the frozen memtable is flushed. State entries (small
+//! key-value records the layers above keep) live in a sorted map beside the runs.
 
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use bytes::Bytes;
 use parking_lot::RwLock;
 use rustc_hash::FxHashMap;
 
@@ -11,10 +16,13 @@ use crate::types::{ConversationId, Message};
 
 /// Bookkeeping bytes charged per message on top of its content (struct, hash map share).
 const PER_MESSAGE_OVERHEAD: usize = std::mem::size_of::<Message>() + 16;
+/// Bookkeeping bytes charged per state entry (tree node share, two `Bytes`).
+const STATE_OVERHEAD: usize = 96;
 
 #[derive(Debug, Default)]
 struct Inner {
     runs: FxHashMap<ConversationId, Vec<Message>>,
+    state: BTreeMap<Bytes, Option<Bytes>>,
     bytes: usize,
     messages: usize,
 }
@@ -52,13 +60,20 @@ impl Memtable {
         self.inner.read().messages
     }
 
-    /// True if no message was inserted.
+    /// True if nothing (no message, no state) was inserted.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        let inner = self.inner.read();
+        inner.messages == 0 && inner.state.is_empty()
     }
 
-    /// Inserts messages. REQUIRES: each message's id is the next one of its conversation.
-    pub fn insert<'a>(&self, messages: impl IntoIterator<Item = &'a Message>) {
+    /// Inserts messages and sets state keys (`None` deletes; later entries win) under one
+    /// lock, so a reader sees all of a commit or none of it.
+    /// REQUIRES: each message's id is the next one of its conversation.
+    pub fn apply<'a>(
+        &self,
+        messages: impl IntoIterator<Item = &'a Message>,
+        state: &[(Bytes, Option<Bytes>)],
+    ) {
         let mut inner = self.inner.write();
         for m in messages {
             inner.bytes += PER_MESSAGE_OVERHEAD
@@ -72,6 +87,42 @@ impl Memtable {
                 .or_default()
                 .push(m.clone());
         }
+        for (k, v) in state {
+            inner.bytes += STATE_OVERHEAD + k.len() + v.as_ref().map_or(0, Bytes::len);
+            inner.state.insert(k.clone(), v.clone());
+        }
+    }
+
+    /// The state entry for `key`: `None` if this memtable has none, `Some(None)` if deleted.
+    pub fn state_get(&self, key: &[u8]) -> Option<Option<Bytes>> {
+        self.inner.read().state.get(key).cloned()
+    }
+
+    /// Up to `limit` state entries with keys in `from..` that start with `prefix`, in order.
+    pub fn state_scan(
+        &self,
+        prefix: &[u8],
+        from: &[u8],
+        limit: usize,
+    ) -> Vec<(Bytes, Option<Bytes>)> {
+        let inner = self.inner.read();
+        inner
+            .state
+            .range::<[u8], _>((Bound::Included(from), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Every state entry, sorted by key.
+    pub fn sorted_state(&self) -> Vec<(Bytes, Option<Bytes>)> {
+        let inner = self.inner.read();
+        inner
+            .state
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// The first and last id of `conv` held here.
@@ -134,7 +185,7 @@ mod tests {
     fn ranges_and_collect() {
         let mt = Memtable::new(3);
         let msgs: Vec<Message> = (5..=9).map(|i| msg(1, i)).chain([msg(2, 1)]).collect();
-        mt.insert(&msgs);
+        mt.apply(&msgs, &[]);
         assert_eq!(mt.len(), 6);
         assert_eq!(mt.range(ConversationId(1)), Some((5, 9)));
         assert_eq!(mt.range(ConversationId(3)), None);

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex};
 
+pub(crate) use commit::Txn;
 pub use stats::Stats;
 
 use self::block_cache::BlockCache;
@@ -178,6 +179,14 @@ impl Engine {
         self.read_range_in(&v, conv, lo, hi)
     }
 
+    /// A consistent read view of the whole store.
+    pub(crate) fn snapshot(&self) -> Snapshot<'_> {
+        Snapshot {
+            engine: self,
+            version: self.current(),
+        }
+    }
+
     /// Freezes the active memtable and waits until every frozen memtable is in a segment.
     pub(crate) fn flush(&self) -> Result<()> {
         self.check_writable()?;
@@ -224,5 +233,45 @@ impl Engine {
         s.block_cache_misses = misses;
         s.block_cache_bytes = cache_bytes;
         s
+    }
+}
+
+/// A read view pinned to one version: every read through it sees the same state, whatever
+/// commits or flushes happen meanwhile.
+pub(crate) struct Snapshot<'a> {
+    engine: &'a Engine,
+    version: Arc<Version>,
+}
+
+impl Snapshot<'_> {
+    /// Last message id of `conv` (0 if none).
+    pub(crate) fn last_id(&self, conv: ConversationId) -> u64 {
+        self.version.last_id(conv)
+    }
+
+    /// Messages of `conv` with ids in `lo..=hi`, oldest first.
+    pub(crate) fn read_range(
+        &self,
+        conv: ConversationId,
+        lo: u64,
+        hi: u64,
+    ) -> Result<Vec<Message>> {
+        self.engine.read_range_in(&self.version, conv, lo, hi)
+    }
+
+    /// The value of state `key`.
+    pub(crate) fn state_get(&self, key: &[u8]) -> Result<Option<bytes::Bytes>> {
+        self.version.state_get(&self.engine.cache, key)
+    }
+
+    /// Up to `limit` live state entries with keys in `from..` that start with `prefix`.
+    pub(crate) fn state_scan(
+        &self,
+        prefix: &[u8],
+        from: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(bytes::Bytes, bytes::Bytes)>> {
+        self.version
+            .state_scan(&self.engine.cache, prefix, from, limit)
     }
 }

@@ -223,7 +223,15 @@ fn replay(fs: &dyn FileSystem, dir: &Path, wals: &[u64], base: &Version) -> Resu
                     let entries = batch::decode(&data, payload)
                         .map_err(|why| Error::corruption(&path, offset, why))?;
                     let mut msgs = Vec::with_capacity(entries.len());
-                    for Entry::Message(m) in entries {
+                    let mut state = Vec::new();
+                    for entry in entries {
+                        let m = match entry {
+                            Entry::Message(m) => m,
+                            Entry::State(k, v) => {
+                                state.push((k, v));
+                                continue;
+                            }
+                        };
                         let prev = match last.get(&m.conversation) {
                             Some(&id) => id,
                             None => base.last_id(m.conversation),
@@ -241,7 +249,7 @@ fn replay(fs: &dyn FileSystem, dir: &Path, wals: &[u64], base: &Version) -> Resu
                         last.insert(m.conversation, m.id.0);
                         msgs.push(m);
                     }
-                    base.active.insert(&msgs);
+                    base.active.apply(&msgs, &state);
                 }
                 ReadStep::End { .. } => break,
                 ReadStep::TornTail { offset } if newest => {

@@ -8,7 +8,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use super::block_cache::BlockCache;
+use bytes::Bytes;
+
+use super::block_cache::{BlockCache, CachedBlock, Section};
 use super::memtable::Memtable;
 use crate::error::Result;
 use crate::format::segment::SegmentReader;
@@ -78,7 +80,12 @@ impl Segment {
         let want = (to - from + 1) as usize;
         let start = out.len();
         while out.len() - start < want && b < self.reader.block_count() {
-            let block = cache.get_or_load((self.number, b as u32), || self.reader.read_block(b))?;
+            let cached = cache.get_or_load((self.number, Section::Messages, b as u32), || {
+                self.reader.read_block(b).map(CachedBlock::Messages)
+            })?;
+            let CachedBlock::Messages(block) = &*cached else {
+                break;
+            };
             let before = out.len();
             let next = from + (before - start) as u64;
             block.collect(conv, next, to, out);
@@ -97,6 +104,53 @@ impl Segment {
             ));
         }
         Ok(true)
+    }
+}
+
+impl Segment {
+    fn state_block(&self, cache: &BlockCache, i: usize) -> Result<Arc<CachedBlock>> {
+        cache.get_or_load((self.number, Section::State, i as u32), || {
+            self.reader.read_state_block(i).map(CachedBlock::State)
+        })
+    }
+
+    /// The state entry for `key` in this segment (`Some(None)` for a tombstone).
+    pub fn state_get(&self, cache: &BlockCache, key: &[u8]) -> Result<Option<Option<Bytes>>> {
+        let Some(i) = self.reader.find_state_block(key) else {
+            return Ok(None);
+        };
+        match &*self.state_block(cache, i)? {
+            CachedBlock::State(b) => Ok(b.get(key)),
+            CachedBlock::Messages(_) => Ok(None),
+        }
+    }
+
+    /// State entries with keys in `from..` that start with `prefix`, in order.
+    pub fn state_scan(
+        &self,
+        cache: &BlockCache,
+        prefix: &[u8],
+        from: &[u8],
+        out: &mut Vec<(Bytes, Option<Bytes>)>,
+    ) -> Result<()> {
+        let mut i = self.reader.find_state_block(from).unwrap_or(0);
+        while i < self.reader.state_block_count() {
+            let cached = self.state_block(cache, i)?;
+            let CachedBlock::State(b) = &*cached else {
+                return Ok(());
+            };
+            for (k, v) in b.entries_from(from) {
+                if !k.starts_with(prefix) {
+                    if k.as_ref() > prefix {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                out.push((k.clone(), v.clone()));
+            }
+            i += 1;
+        }
+        Ok(())
     }
 }
 
@@ -138,6 +192,52 @@ impl Version {
             }
         }
         0
+    }
+
+    /// The value of state `key`, newest source first (`None` if absent or deleted).
+    pub fn state_get(&self, cache: &BlockCache, key: &[u8]) -> Result<Option<Bytes>> {
+        if let Some(v) = self.active.state_get(key) {
+            return Ok(v);
+        }
+        for m in self.frozen.iter().rev() {
+            if let Some(v) = m.state_get(key) {
+                return Ok(v);
+            }
+        }
+        for s in self.segments.iter().rev() {
+            if let Some(v) = s.state_get(cache, key)? {
+                return Ok(v);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Up to `limit` live state entries with keys in `from..` starting with `prefix`, merged
+    /// across every source (the newest source's entry wins; deleted keys are left out).
+    pub fn state_scan(
+        &self,
+        cache: &BlockCache,
+        prefix: &[u8],
+        from: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Bytes, Bytes)>> {
+        let from = from.max(prefix);
+        // Oldest first, so inserting into the map lets newer sources overwrite older ones.
+        let mut merged: std::collections::BTreeMap<Bytes, Option<Bytes>> = Default::default();
+        let mut buf = Vec::new();
+        for s in &self.segments {
+            buf.clear();
+            s.state_scan(cache, prefix, from, &mut buf)?;
+            merged.extend(buf.drain(..));
+        }
+        for m in self.frozen.iter().chain(std::iter::once(&self.active)) {
+            merged.extend(m.state_scan(prefix, from, usize::MAX));
+        }
+        Ok(merged
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .take(limit)
+            .collect())
     }
 
     /// Appends the messages of `conv` with ids in `lo..=hi` to `out`, oldest first.

@@ -8,6 +8,8 @@
 //!            [attachment_len:varint attachment]   if flags & HAS_ATTACHMENT
 //!            [reply_to:varint]                    if flags & HAS_REPLY
 //!            [n:varint user:varint{n}]            if flags & HAS_MENTIONS
+//! tag 2   := put:    key_len:varint key value_len:varint value
+//! tag 3   := delete: key_len:varint key
 //! ```
 //! Tags are part of the format and never change; new entry kinds take new tags.
 
@@ -18,6 +20,10 @@ use crate::types::{ConversationId, Message, MessageId, MessageKind, UserId};
 
 /// Entry tag of an appended message.
 pub const TAG_MESSAGE: u8 = 1;
+/// Entry tag of a state put.
+pub const TAG_PUT: u8 = 2;
+/// Entry tag of a state delete.
+pub const TAG_DELETE: u8 = 3;
 
 /// Flag bits shared by the WAL entry and the segment flags column.
 pub mod flags {
@@ -81,11 +87,24 @@ pub fn put_message(buf: &mut Vec<u8>, m: &Message) {
     }
 }
 
+/// Appends a state put (`Some`) or delete (`None`) entry.
+pub fn put_state(buf: &mut Vec<u8>, key: &[u8], value: Option<&[u8]>) {
+    buf.push(if value.is_some() { TAG_PUT } else { TAG_DELETE });
+    put_varint(buf, key.len() as u64);
+    buf.extend_from_slice(key);
+    if let Some(v) = value {
+        put_varint(buf, v.len() as u64);
+        buf.extend_from_slice(v);
+    }
+}
+
 /// A decoded batch entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
     /// An appended message.
     Message(Message),
+    /// A state key set to a value (`Some`) or deleted (`None`).
+    State(Bytes, Option<Bytes>),
 }
 
 /// Decodes every entry of a batch payload. `payload` is a slice of `owner`, so message content
@@ -153,6 +172,19 @@ pub fn decode(owner: &Bytes, payload: &[u8]) -> Result<Vec<Entry>, &'static str>
                     mentions,
                 }));
             }
+            tag @ (TAG_PUT | TAG_DELETE) => {
+                let n = r
+                    .len(super::state_block::MAX_KEY_LEN)
+                    .ok_or("bad key length")?;
+                let key = slice(&mut r, n)?;
+                let value = if tag == TAG_PUT {
+                    let n = r.len(payload.len()).ok_or("bad value length")?;
+                    Some(slice(&mut r, n)?)
+                } else {
+                    None
+                };
+                out.push(Entry::State(key, value));
+            }
             _ => return Err("unknown entry tag"),
         }
     }
@@ -189,13 +221,22 @@ mod tests {
         full.mentions = vec![UserId(1), UserId(u64::MAX)];
         let msgs = vec![msg(1, 1), full, msg(u64::MAX, u64::MAX)];
         let mut buf = vec![0xAA];
-        put_count(&mut buf, msgs.len());
+        put_count(&mut buf, msgs.len() + 3);
         for m in &msgs {
             put_message(&mut buf, m);
         }
+        put_state(&mut buf, b"key", Some(b"value"));
+        put_state(&mut buf, b"gone", None);
+        put_state(&mut buf, b"", Some(b""));
         let owner = Bytes::from(buf);
         let got = decode(&owner, &owner[1..]).unwrap();
-        let want: Vec<Entry> = msgs.into_iter().map(Entry::Message).collect();
+        let mut want: Vec<Entry> = msgs.into_iter().map(Entry::Message).collect();
+        want.push(Entry::State(
+            Bytes::from_static(b"key"),
+            Some(Bytes::from_static(b"value")),
+        ));
+        want.push(Entry::State(Bytes::from_static(b"gone"), None));
+        want.push(Entry::State(Bytes::new(), Some(Bytes::new())));
         assert_eq!(got, want);
     }
 

@@ -174,35 +174,39 @@ impl BlockBuilder {
             body.extend_from_slice(section);
         }
         *self = BlockBuilder::default();
-
-        let start = out.len();
-        let codec = match compression {
-            Compression::None => CODEC_NONE,
-            Compression::Lz4 => {
-                let c = lz4_flex::block::compress(&body);
-                if c.len() < body.len() {
-                    out.extend_from_slice(&c);
-                    CODEC_LZ4
-                } else {
-                    CODEC_NONE
-                }
-            }
-            Compression::Zstd(level) => match zstd::bulk::compress(&body, level) {
-                Ok(c) if c.len() < body.len() => {
-                    out.extend_from_slice(&c);
-                    CODEC_ZSTD
-                }
-                _ => CODEC_NONE,
-            },
-        };
-        if codec == CODEC_NONE {
-            out.extend_from_slice(&body);
-        }
-        put_u32(out, body.len() as u32);
-        out.push(codec);
-        let crc = crc32fast::hash(&out[start..]);
-        put_u32(out, crc);
+        pack(&body, compression, out);
     }
+}
+
+/// Compresses `body` (unless that does not shrink it) and appends it with its trailer to `out`.
+pub fn pack(body: &[u8], compression: Compression, out: &mut Vec<u8>) {
+    let start = out.len();
+    let codec = match compression {
+        Compression::None => CODEC_NONE,
+        Compression::Lz4 => {
+            let c = lz4_flex::block::compress(body);
+            if c.len() < body.len() {
+                out.extend_from_slice(&c);
+                CODEC_LZ4
+            } else {
+                CODEC_NONE
+            }
+        }
+        Compression::Zstd(level) => match zstd::bulk::compress(body, level) {
+            Ok(c) if c.len() < body.len() => {
+                out.extend_from_slice(&c);
+                CODEC_ZSTD
+            }
+            _ => CODEC_NONE,
+        },
+    };
+    if codec == CODEC_NONE {
+        out.extend_from_slice(body);
+    }
+    put_u32(out, body.len() as u32);
+    out.push(codec);
+    let crc = crc32fast::hash(&out[start..]);
+    put_u32(out, crc);
 }
 
 /// A decoded block, ready to hand out messages. Content shares memory with `data`.

@@ -6,5 +6,6 @@ pub mod block;
 pub mod coding;
 pub mod manifest;
 pub mod segment;
+pub mod state_block;
 
 pub mod wal;

@@ -2,15 +2,21 @@
 //! index, a conversation index and a footer. See `docs/format-segment.md`.
 //!
 //! ```text
-//! segment      := header block* block_index conv_index footer
+//! segment      := header block* state_block* block_index conv_index state_index footer
 //! header       := magic:u64 = SEGMENT_MAGIC | version:u32 | reserved:u32 = 0         (16 bytes)
 //! block        := body | uncompressed_len:u32 | codec:u8 | crc:u32   (see format::block)
+//! state_block  := same framing, body per format::state_block
 //! block_index  := (first_conv:u64 | first_id:u64 | offset:u64 | len:u32 | rows:u32){block_count}
 //! conv_index   := (conv:u64 | first_id:u64 | last_id:u64){conv_count}
+//! state_index  := (offset:u64 | len:u32 | key_pos:u32){state_block_count}
+//!                 (key_len:varint | first_key){state_block_count}
 //! footer       := block_index_offset:u64 | block_count:u32 | conv_count:u32 |
-//!                 message_count:u64 | logical_bytes:u64 | index_crc:u32 | version:u32 |
-//!                 footer_crc:u32 | reserved:u32 = 0 | magic:u64 = SEGMENT_MAGIC     (56 bytes)
+//!                 message_count:u64 | logical_bytes:u64 | state_index_offset:u64 |
+//!                 state_block_count:u32 | state_entry_count:u32 | state_index_len:u32 |
+//!                 index_crc:u32 | version:u32 | footer_crc:u32 | magic:u64   (72 bytes)
 //! ```
+//! `key_pos` is the offset of a state block's first key from the start of the key area;
+//! `index_crc` covers the three indexes, `footer_crc` the footer bytes before it.
 //! Both indexes are fixed-width and sorted, so a lookup is a binary search over the mapped file:
 //! opening a segment reads only its footer and checks the index checksum.
 
@@ -18,8 +24,10 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use super::block::{unpack, Block, BlockBuilder};
+use super::block::{pack, unpack, Block, BlockBuilder};
 use super::coding::{get_u32, get_u64, put_u32, put_u64};
+use super::coding::{put_varint, Reader};
+use super::state_block::{StateBlock, StateBlockBuilder, MAX_KEY_LEN};
 use crate::error::{Error, Result};
 use crate::fs::WritableFile;
 use crate::options::Compression;
@@ -32,7 +40,11 @@ pub const SEGMENT_VERSION: u32 = 1;
 /// Size of the file header.
 pub const HEADER_LEN: usize = 16;
 /// Size of the footer.
-pub const FOOTER_LEN: usize = 56;
+pub const FOOTER_LEN: usize = 72;
+/// Size of a state index entry.
+pub const STATE_ENTRY_LEN: usize = 16;
+/// Target uncompressed size of a state block (small: state is read by point lookups).
+pub const STATE_BLOCK_BYTES: usize = 4096;
 /// Size of a block index entry.
 pub const BLOCK_ENTRY_LEN: usize = 32;
 /// Size of a conversation index entry.
@@ -51,6 +63,8 @@ pub struct SegmentSummary {
     pub blocks: u64,
     /// Bytes of message content, attachment links and fixed fields before encoding.
     pub logical_bytes: u64,
+    /// State entries (tombstones included).
+    pub state_entries: u64,
 }
 
 /// Writes a segment to a file. Messages must arrive in (conversation, id) order with gapless
@@ -64,6 +78,9 @@ pub struct SegmentWriter {
     offset: u64,
     block_index: Vec<u8>,
     conv_index: Vec<(u64, u64, u64)>,
+    state: StateBlockBuilder,
+    state_started: bool,
+    state_index: Vec<(u64, u32, Vec<u8>)>,
     summary: SegmentSummary,
 }
 
@@ -94,12 +111,19 @@ impl SegmentWriter {
             offset: 0,
             block_index: Vec::new(),
             conv_index: Vec::new(),
+            state: StateBlockBuilder::new(),
+            state_started: false,
+            state_index: Vec::new(),
             summary: SegmentSummary::default(),
         }
     }
 
-    /// Adds a message. Returns `false` (and adds nothing) if it is out of order.
+    /// Adds a message. Returns `false` (and adds nothing) if it is out of order or state
+    /// entries were already added.
     pub fn add(&mut self, m: &Message) -> std::io::Result<bool> {
+        if self.state_started {
+            return Ok(false);
+        }
         match self.conv_index.last_mut() {
             Some(last) if last.0 == m.conversation.0 => {
                 if m.id.0 != last.2 + 1 {
@@ -146,6 +170,47 @@ impl SegmentWriter {
         Ok(())
     }
 
+    /// Adds a state entry (`None` = tombstone). REQUIRES: every message was added before, and
+    /// keys arrive strictly increasing; returns `false` (adding nothing) otherwise.
+    pub fn add_state(&mut self, key: &[u8], value: Option<&[u8]>) -> std::io::Result<bool> {
+        if key.len() > MAX_KEY_LEN {
+            return Ok(false);
+        }
+        if !self.state_started {
+            self.finish_block()?;
+            self.state_started = true;
+        }
+        if let Some((_, _, last_first)) = self.state_index.last() {
+            if self.state.is_empty() && key <= last_first.as_slice() {
+                return Ok(false);
+            }
+        }
+        if !self.state.add(key, value) {
+            return Ok(false);
+        }
+        self.summary.state_entries += 1;
+        if self.state.estimated_len() >= STATE_BLOCK_BYTES {
+            self.finish_state_block()?;
+        }
+        Ok(true)
+    }
+
+    fn finish_state_block(&mut self) -> std::io::Result<()> {
+        let Some(first) = self.state.first_key().map(<[u8]>::to_vec) else {
+            return Ok(());
+        };
+        let body = self.state.finish();
+        let start = self.out.len();
+        pack(&body, self.compression, &mut self.out);
+        let len = (self.out.len() - start) as u32;
+        self.state_index
+            .push((self.offset + start as u64, len, first));
+        if self.out.len() >= (1 << 20) {
+            self.drain()?;
+        }
+        Ok(())
+    }
+
     fn drain(&mut self) -> std::io::Result<()> {
         self.file.write_all(&self.out)?;
         self.offset += self.out.len() as u64;
@@ -156,6 +221,7 @@ impl SegmentWriter {
     /// Writes the indexes and footer and fsyncs the file.
     pub fn finish(mut self) -> std::io::Result<SegmentSummary> {
         self.finish_block()?;
+        self.finish_state_block()?;
         let block_index_offset = self.offset + self.out.len() as u64;
         let index_start = self.out.len();
         self.out.extend_from_slice(&self.block_index);
@@ -164,6 +230,18 @@ impl SegmentWriter {
             put_u64(&mut self.out, first);
             put_u64(&mut self.out, last);
         }
+        let state_index_offset = self.offset + self.out.len() as u64;
+        let state_start = self.out.len();
+        let mut keys = Vec::new();
+        for (offset, len, first) in &self.state_index {
+            put_u64(&mut self.out, *offset);
+            put_u32(&mut self.out, *len);
+            put_u32(&mut self.out, keys.len() as u32);
+            put_varint(&mut keys, first.len() as u64);
+            keys.extend_from_slice(first);
+        }
+        self.out.extend_from_slice(&keys);
+        let state_index_len = (self.out.len() - state_start) as u32;
         let index_crc = crc32fast::hash(&self.out[index_start..]);
         let footer_start = self.out.len();
         put_u64(&mut self.out, block_index_offset);
@@ -171,11 +249,14 @@ impl SegmentWriter {
         put_u32(&mut self.out, self.conv_index.len() as u32);
         put_u64(&mut self.out, self.summary.messages);
         put_u64(&mut self.out, self.summary.logical_bytes);
+        put_u64(&mut self.out, state_index_offset);
+        put_u32(&mut self.out, self.state_index.len() as u32);
+        put_u32(&mut self.out, self.summary.state_entries as u32);
+        put_u32(&mut self.out, state_index_len);
         put_u32(&mut self.out, index_crc);
         put_u32(&mut self.out, SEGMENT_VERSION);
         let footer_crc = crc32fast::hash(&self.out[footer_start..]);
         put_u32(&mut self.out, footer_crc);
-        put_u32(&mut self.out, 0);
         put_u64(&mut self.out, SEGMENT_MAGIC);
         self.drain()?;
         self.file.sync()?;
@@ -196,6 +277,10 @@ pub struct SegmentReader {
     conv_count: usize,
     message_count: u64,
     logical_bytes: u64,
+    state_index_offset: usize,
+    state_block_count: usize,
+    state_keys_offset: usize,
+    state_entry_count: u64,
 }
 
 /// Location and size of one block.
@@ -218,19 +303,16 @@ impl SegmentReader {
             return Err(corrupt(0, "bad segment magic"));
         }
         let f = data.len() - FOOTER_LEN;
-        if get_u64(&data, f + 48) != Some(SEGMENT_MAGIC) {
+        if get_u64(&data, f + 64) != Some(SEGMENT_MAGIC) {
             return Err(corrupt(f, "bad footer magic"));
         }
-        let footer_crc = get_u32(&data, f + 40).unwrap_or(0);
-        if get_u32(&data, f + 44) != Some(0) {
-            return Err(corrupt(f + 44, "reserved footer word is not zero"));
-        }
-        if crc32fast::hash(&data[f..f + 40]) != footer_crc {
+        let footer_crc = get_u32(&data, f + 60).unwrap_or(0);
+        if crc32fast::hash(&data[f..f + 60]) != footer_crc {
             return Err(corrupt(f, "footer checksum mismatch"));
         }
         let field = |at: usize| get_u64(&data, f + at).unwrap_or(0);
         let field32 = |at: usize| get_u32(&data, f + at).unwrap_or(0);
-        let version = field32(36);
+        let version = field32(56);
         if version == 0 || version > SEGMENT_VERSION {
             return Err(Error::UnsupportedVersion {
                 path: path.to_path_buf(),
@@ -241,14 +323,22 @@ impl SegmentReader {
         let block_index_offset = usize::try_from(field(0)).unwrap_or(usize::MAX);
         let block_count = field32(8) as usize;
         let conv_count = field32(12) as usize;
-        let index_len = block_count
+        let state_index_offset = usize::try_from(field(32)).unwrap_or(usize::MAX);
+        let state_block_count = field32(40) as usize;
+        let state_index_len = field32(48) as usize;
+        let fixed_len = block_count
             .checked_mul(BLOCK_ENTRY_LEN)
             .and_then(|b| b.checked_add(conv_count.checked_mul(CONV_ENTRY_LEN)?));
-        match index_len.and_then(|l| block_index_offset.checked_add(l)) {
-            Some(end) if end == f && block_index_offset >= HEADER_LEN => {}
-            _ => return Err(corrupt(f, "index bounds do not match the footer")),
+        let state_fixed = state_block_count.checked_mul(STATE_ENTRY_LEN);
+        let bounds_ok = block_index_offset >= HEADER_LEN
+            && fixed_len.and_then(|l| block_index_offset.checked_add(l))
+                == Some(state_index_offset)
+            && state_index_offset.checked_add(state_index_len) == Some(f)
+            && state_fixed.is_some_and(|l| l <= state_index_len);
+        if !bounds_ok {
+            return Err(corrupt(f, "index bounds do not match the footer"));
         }
-        if crc32fast::hash(&data[block_index_offset..f]) != field32(32) {
+        if crc32fast::hash(&data[block_index_offset..f]) != field32(52) {
             return Err(corrupt(block_index_offset, "index checksum mismatch"));
         }
         let reader = SegmentReader {
@@ -259,16 +349,42 @@ impl SegmentReader {
             conv_count,
             message_count: field(16),
             logical_bytes: field(24),
+            state_index_offset,
+            state_block_count,
+            state_keys_offset: state_index_offset + state_block_count * STATE_ENTRY_LEN,
+            state_entry_count: u64::from(field32(44)),
             data,
+        };
+        let data_end = if block_count > 0 || state_block_count > 0 {
+            block_index_offset as u64
+        } else {
+            0
         };
         for i in 0..block_count {
             let h = reader.block_handle(i);
             let end = h.offset.checked_add(u64::from(h.len));
-            if h.offset < HEADER_LEN as u64 || end.is_none_or(|e| e > block_index_offset as u64) {
+            if h.offset < HEADER_LEN as u64 || end.is_none_or(|e| e > data_end) {
                 return Err(corrupt(
                     reader.block_index_offset + i * BLOCK_ENTRY_LEN,
                     "block handle outside the data area",
                 ));
+            }
+        }
+        let mut prev_key: Option<&[u8]> = None;
+        for i in 0..state_block_count {
+            let h = reader.state_handle(i);
+            let end = h.offset.checked_add(u64::from(h.len));
+            let key = reader.state_first_key(i);
+            let at = reader.state_index_offset + i * STATE_ENTRY_LEN;
+            if h.offset < HEADER_LEN as u64 || end.is_none_or(|e| e > data_end) {
+                return Err(corrupt(at, "state block handle outside the data area"));
+            }
+            match (key, prev_key) {
+                (None, _) => return Err(corrupt(at, "bad state block key")),
+                (Some(k), Some(p)) if k <= p => {
+                    return Err(corrupt(at, "state blocks out of order"))
+                }
+                (Some(k), _) => prev_key = Some(k),
             }
         }
         Ok(reader)
@@ -302,6 +418,68 @@ impl SegmentReader {
     /// Number of conversations.
     pub fn conversation_count(&self) -> usize {
         self.conv_count
+    }
+
+    /// Number of state blocks.
+    pub fn state_block_count(&self) -> usize {
+        self.state_block_count
+    }
+
+    /// Number of state entries (tombstones included).
+    pub fn state_entry_count(&self) -> u64 {
+        self.state_entry_count
+    }
+
+    /// Where state block `i` is. REQUIRES: `i < state_block_count()`.
+    pub fn state_handle(&self, i: usize) -> BlockHandle {
+        let at = self.state_index_offset + i * STATE_ENTRY_LEN;
+        BlockHandle {
+            offset: get_u64(&self.data, at).unwrap_or(0),
+            len: get_u32(&self.data, at + 8).unwrap_or(0),
+        }
+    }
+
+    /// The first key of state block `i`, or `None` if the index entry is malformed (checked
+    /// for every block when the segment is opened).
+    fn state_first_key(&self, i: usize) -> Option<&[u8]> {
+        let at = self.state_index_offset + i * STATE_ENTRY_LEN;
+        let pos = get_u32(&self.data, at + 12)? as usize;
+        let area = self
+            .data
+            .get(self.state_keys_offset..self.data.len() - FOOTER_LEN)?;
+        let mut r = Reader::new(area.get(pos..)?);
+        let len = r.len(MAX_KEY_LEN)?;
+        r.bytes(len)
+    }
+
+    /// The state block that would hold `key`: the last one whose first key is not after it.
+    pub fn find_state_block(&self, key: &[u8]) -> Option<usize> {
+        let (mut lo, mut hi) = (0, self.state_block_count);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.state_first_key(mid).unwrap_or(&[]) <= key {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo.checked_sub(1)
+    }
+
+    /// Reads, checks and decodes state block `i`.
+    pub fn read_state_block(&self, i: usize) -> Result<StateBlock> {
+        if i >= self.state_block_count {
+            return Err(Error::corruption(
+                &self.path,
+                0,
+                "state block number out of range",
+            ));
+        }
+        let h = self.state_handle(i);
+        let start = h.offset as usize;
+        let stored = self.data.slice(start..start + h.len as usize);
+        let body = unpack(&stored).map_err(|why| Error::corruption(&self.path, h.offset, why))?;
+        StateBlock::decode(body).map_err(|why| Error::corruption(&self.path, h.offset, why))
     }
 
     fn block_entry(&self, i: usize) -> (u64, u64) {
@@ -481,6 +659,47 @@ mod tests {
         assert_eq!(seg.conversation_range(ConversationId(3)), None);
         assert_eq!(seg.conversation_range(ConversationId(0)), None);
         assert_eq!(seg.find_block(ConversationId(0), 1), None);
+    }
+
+    #[test]
+    fn state_entries_round_trip_after_messages() {
+        let file = VecFile::default();
+        let mut w = SegmentWriter::new(Box::new(file.clone()), Compression::Zstd(3), 4096);
+        for m in &sample()[..50] {
+            assert!(w.add(m).unwrap());
+        }
+        let keys: Vec<Vec<u8>> = (0..2000u32)
+            .map(|i| format!("U{i:08}").into_bytes())
+            .collect();
+        for (i, k) in keys.iter().enumerate() {
+            let v = (i % 7 != 0).then(|| format!("value {i}").into_bytes());
+            assert!(w.add_state(k, v.as_deref()).unwrap());
+        }
+        assert!(
+            !w.add_state(b"A", None).unwrap(),
+            "out of order state key accepted"
+        );
+        assert!(
+            !w.add(&msg(5000, 1)).unwrap(),
+            "message accepted after state"
+        );
+        let summary = w.finish().unwrap();
+        assert_eq!(summary.state_entries, 2000);
+        let data = Bytes::from(file.0.lock().unwrap().clone());
+        let seg = SegmentReader::open(Path::new("s.seg"), data).unwrap();
+        assert!(seg.state_block_count() > 1);
+        assert_eq!(seg.state_entry_count(), 2000);
+        for (i, k) in keys.iter().enumerate() {
+            let b = seg.find_state_block(k).unwrap();
+            let got = seg.read_state_block(b).unwrap().get(k);
+            let want = (i % 7 != 0).then(|| Bytes::from(format!("value {i}")));
+            assert_eq!(got, Some(want), "key {i}");
+        }
+        assert_eq!(seg.find_state_block(b"A"), None);
+        let last = seg.find_state_block(b"Z").unwrap();
+        assert_eq!(seg.read_state_block(last).unwrap().get(b"Z"), None);
+        // Messages are still there.
+        assert_eq!(seg.message_count(), 50);
     }
 
     #[test]

@@ -1,0 +1,181 @@
+//! Sending (idempotent, membership-checked) and reading history as a user.
+
+use super::conversations::{corrupt_record, txn_member_link};
+use super::keys::{self, read_fields};
+use super::ChatStore;
+use crate::error::{Error, Result};
+use crate::types::{ConversationId, Message, MessageId, NewMessage, UserId};
+
+/// Longest client key accepted for idempotent sends.
+pub const MAX_CLIENT_KEY: usize = 128;
+
+enum Sent {
+    New(Message),
+    Earlier(MessageId),
+}
+
+impl ChatStore {
+    /// Sends a message to `conv` as `message.sender`, who must be a current member.
+    ///
+    /// In one atomic commit: the message takes the conversation's next id, the sender's read
+    /// and delivered cursors move to it, mentioned members get an unread-mention record and,
+    /// if the message carries a client key, the key is remembered. A retry with the same
+    /// (conversation, sender, key) within [`ChatOptions::idempotency_window`] returns the
+    /// original message and appends nothing, also after a restart.
+    ///
+    /// [`ChatOptions::idempotency_window`]: super::ChatOptions::idempotency_window
+    pub fn send(&self, conv: ConversationId, message: NewMessage) -> Result<Message> {
+        self.store.engine().check_message(&message)?;
+        if message
+            .client_key
+            .as_ref()
+            .is_some_and(|k| k.is_empty() || k.len() > MAX_CLIENT_KEY)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "client key must be 1 to {MAX_CLIENT_KEY} bytes"
+            )));
+        }
+        let window_ms = self.opts.idempotency_window.as_millis() as u64;
+        let sent = self.store.engine().transact(move |txn| {
+            let sender = message.sender;
+            let mut link = txn_member_link(txn, sender, conv)?;
+            let idem_key = message
+                .client_key
+                .as_ref()
+                .map(|k| keys::idempotency(conv, sender, k));
+            if let Some(k) = &idem_key {
+                if let Some(v) = txn.get(k)? {
+                    let [id, at] =
+                        read_fields::<2>(&v).ok_or_else(|| corrupt_record("idempotency"))?;
+                    if txn.now_ms().saturating_sub(at) < window_ms {
+                        return Ok(Sent::Earlier(MessageId(id)));
+                    }
+                }
+            }
+            let mut mentioned: Vec<UserId> = message
+                .mentions
+                .iter()
+                .copied()
+                .filter(|&u| u != sender)
+                .collect();
+            mentioned.sort_unstable();
+            mentioned.dedup();
+            let m = txn.append(conv, message)?;
+            for u in mentioned {
+                // Only current members get an unread mention.
+                if super::conversations::txn_link(txn, u, conv)?.is_some_and(|l| l.is_member()) {
+                    txn.put(keys::mention(u, conv, m.id), bytes::Bytes::new())?;
+                }
+            }
+            link.read = m.id.0;
+            link.delivered = m.id.0;
+            txn.put(keys::link(sender, conv), link.encode())?;
+            if let Some(k) = idem_key {
+                txn.put(k, keys::fields(&[m.id.0, m.timestamp_ms]))?;
+            }
+            Ok(Sent::New(m))
+        })?;
+        match sent {
+            Sent::New(m) => Ok(m),
+            Sent::Earlier(id) => self
+                .store
+                .get(conv, id)?
+                .ok_or_else(|| corrupt_record("idempotency (message missing)")),
+        }
+    }
+
+    /// Reads ids `lo..=hi` of `conv` as `user`: clamped to what their membership lets them see.
+    fn read_as(
+        &self,
+        user: UserId,
+        conv: ConversationId,
+        range: impl FnOnce(u64, u64) -> Result<(u64, u64)>,
+    ) -> Result<Vec<Message>> {
+        let snap = self.store.engine().snapshot();
+        let link = self.link_in(&snap, user, conv)?;
+        let first = link.joined_after + 1;
+        let last = link.visible_last(snap.last_id(conv));
+        let (lo, hi) = range(first, last)?;
+        let (lo, hi) = (lo.max(first), hi.min(last));
+        if lo > hi {
+            return Ok(Vec::new());
+        }
+        snap.read_range(conv, lo, hi)
+    }
+
+    /// The newest `n` messages `user` may see, oldest first.
+    pub fn latest(&self, user: UserId, conv: ConversationId, n: usize) -> Result<Vec<Message>> {
+        self.read_as(user, conv, |_, last| {
+            Ok((last.saturating_sub(n as u64).saturating_add(1), last))
+        })
+    }
+
+    /// Up to `n` messages before `id`, oldest first. `id` must be a message `user` may see.
+    pub fn before(
+        &self,
+        user: UserId,
+        conv: ConversationId,
+        id: MessageId,
+        n: usize,
+    ) -> Result<Vec<Message>> {
+        self.read_as(user, conv, |first, last| {
+            check_visible(conv, id, first, last)?;
+            Ok((id.0.saturating_sub(n as u64), id.0 - 1))
+        })
+    }
+
+    /// Up to `n` messages after `id` (0 = from the start), oldest first.
+    pub fn after(
+        &self,
+        user: UserId,
+        conv: ConversationId,
+        id: MessageId,
+        n: usize,
+    ) -> Result<Vec<Message>> {
+        self.read_as(user, conv, |_, last| {
+            if id.0 > last {
+                return Err(Error::IdOutOfRange {
+                    conversation: conv,
+                    id,
+                    last: MessageId(last),
+                });
+            }
+            Ok((id.0 + 1, id.0.saturating_add(n as u64)))
+        })
+    }
+
+    /// Message `id` with up to `n` messages on each side, oldest first.
+    pub fn around(
+        &self,
+        user: UserId,
+        conv: ConversationId,
+        id: MessageId,
+        n: usize,
+    ) -> Result<Vec<Message>> {
+        self.read_as(user, conv, |first, last| {
+            check_visible(conv, id, first, last)?;
+            Ok((id.0.saturating_sub(n as u64), id.0.saturating_add(n as u64)))
+        })
+    }
+
+    /// Message `id`, if `user` may see it.
+    pub fn get(
+        &self,
+        user: UserId,
+        conv: ConversationId,
+        id: MessageId,
+    ) -> Result<Option<Message>> {
+        Ok(self.read_as(user, conv, |_, _| Ok((id.0, id.0)))?.pop())
+    }
+}
+
+fn check_visible(conv: ConversationId, id: MessageId, first: u64, last: u64) -> Result<()> {
+    if id.0 < first || id.0 > last || id.0 == 0 {
+        return Err(Error::IdOutOfRange {
+            conversation: conv,
+            id,
+            last: MessageId(last),
+        });
+    }
+    Ok(())
+}
