@@ -48,6 +48,17 @@ pub struct Options {
     pub block_bytes: usize,
     /// Bytes of decoded blocks kept in the block cache.
     pub block_cache_bytes: usize,
+    /// Number of level-0 segments (each a flushed memtable) that triggers a compaction into
+    /// level 1.
+    pub l0_compaction_trigger: usize,
+    /// Size budget of level 1; each deeper level gets ten times the one above.
+    pub level_base_bytes: u64,
+    /// Size at which compaction starts a new output segment.
+    pub target_segment_bytes: u64,
+    /// Run compactions in the background. When off, only [`Store::compact`] compacts.
+    ///
+    /// [`Store::compact`]: crate::Store::compact
+    pub background_compaction: bool,
     /// Create the directory and an empty store if there is none.
     pub create_if_missing: bool,
     /// The file system the store reads and writes through. Tests swap in a fault-injecting one.
@@ -64,6 +75,10 @@ impl Default for Options {
             compression: Compression::Zstd(3),
             block_bytes: 32 << 10,
             block_cache_bytes: 64 << 20,
+            l0_compaction_trigger: 4,
+            level_base_bytes: 256 << 20,
+            target_segment_bytes: 64 << 20,
+            background_compaction: true,
             create_if_missing: true,
             fs: Arc::new(StdFileSystem),
         }
@@ -84,6 +99,12 @@ impl Options {
         }
         if self.block_bytes < 512 || self.block_bytes > (4 << 20) {
             return bad("block_bytes must be between 512 bytes and 4 MiB");
+        }
+        if self.l0_compaction_trigger < 2 {
+            return bad("l0_compaction_trigger must be at least 2");
+        }
+        if self.level_base_bytes < 4096 || self.target_segment_bytes < 4096 {
+            return bad("level_base_bytes and target_segment_bytes must be at least 4096");
         }
         if let Compression::Zstd(level) = self.compression {
             if !(1..=22).contains(&level) {

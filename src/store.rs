@@ -21,15 +21,15 @@ pub struct Store {
 #[derive(Debug)]
 struct Handle {
     engine: Arc<Engine>,
-    background: Mutex<Option<JoinHandle<()>>>,
+    background: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Handle {
     fn stop(&self) -> Result<()> {
         let synced = self.engine.shutdown();
-        if let Some(t) = self.background.lock().take() {
-            // A panicked background thread has nothing more to give; its failure already
-            // poisoned the store.
+        let threads = std::mem::take(&mut *self.background.lock());
+        for t in threads {
+            // A panicked background thread has nothing more to give.
             let _ = t.join();
         }
         synced
@@ -81,7 +81,7 @@ impl Store {
         Ok(Store {
             handle: Arc::new(Handle {
                 engine,
-                background: Mutex::new(Some(background)),
+                background: Mutex::new(background),
             }),
         })
     }
@@ -161,6 +161,13 @@ impl Store {
     /// Writes every message in memory to segments and waits for it.
     pub fn flush(&self) -> Result<()> {
         self.engine().flush()
+    }
+
+    /// Flushes memory and merges every segment into one sorted run: afterwards a read touches
+    /// one segment per conversation, and deleted or expired content is gone from disk.
+    /// Background compaction (on by default) keeps the tree in shape without this call.
+    pub fn compact(&self) -> Result<()> {
+        self.engine().compact()
     }
 
     /// Makes every acknowledged write durable (useful in buffered durability).

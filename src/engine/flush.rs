@@ -98,7 +98,7 @@ fn flush_one(engine: &Engine, mem: &Arc<Memtable>) -> Result<()> {
         .map_err(|e| Error::io(&engine.dir, e))?;
     let data = engine.fs.map(&path).map_err(|e| Error::io(&path, e))?;
     let reader = SegmentReader::open(&path, data)?;
-    let segment = Arc::new(Segment::new(number, 0, reader, Arc::clone(&engine.fs)));
+    let segment = Arc::new(Segment::open(number, 0, reader, Arc::clone(&engine.fs))?);
 
     // Only this thread edits the manifest, so the read-modify-write below cannot race.
     let mut manifest = engine.manifest.lock();

@@ -4,6 +4,7 @@
 
 mod block_cache;
 mod commit;
+mod compaction;
 pub(crate) mod files;
 mod flush;
 mod log_writer;
@@ -56,6 +57,8 @@ pub(crate) struct Engine {
     shutdown: AtomicBool,
     /// Set after a failed WAL write or flush: the store refuses writes from then on.
     poison: Mutex<Option<String>>,
+    /// Held while a compaction runs; holds the picker's round-robin positions.
+    compaction: Mutex<compaction::picker::Cursors>,
     cache: BlockCache,
     counters: Counters,
     _lock: Box<dyn DirLock>,
@@ -75,13 +78,39 @@ impl Engine {
         recovery::open(dir, opts)
     }
 
-    /// Starts the background flush thread.
-    pub(crate) fn spawn_background(self: &Arc<Self>) -> Result<std::thread::JoinHandle<()>> {
+    /// Starts the background threads (flush, and compaction unless disabled).
+    pub(crate) fn spawn_background(self: &Arc<Self>) -> Result<Vec<std::thread::JoinHandle<()>>> {
+        let mut threads = Vec::new();
         let engine = Arc::clone(self);
-        std::thread::Builder::new()
-            .name("chatstore-flush".into())
-            .spawn(move || flush::run(&engine))
-            .map_err(|e| Error::io(&self.dir, e))
+        threads.push(
+            std::thread::Builder::new()
+                .name("chatstore-flush".into())
+                .spawn(move || flush::run(&engine))
+                .map_err(|e| Error::io(&self.dir, e))?,
+        );
+        if self.opts.background_compaction {
+            let engine = Arc::clone(self);
+            let spawned = std::thread::Builder::new()
+                .name("chatstore-compact".into())
+                .spawn(move || compaction::run(&engine));
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    let _ = self.shutdown();
+                    for t in threads {
+                        let _ = t.join();
+                    }
+                    return Err(Error::io(&self.dir, e));
+                }
+            }
+        }
+        Ok(threads)
+    }
+
+    /// Merges everything into one sorted run (see [`Store::compact`](crate::Store::compact)).
+    pub(crate) fn compact(&self) -> Result<()> {
+        self.check_writable()?;
+        self.compact_all()
     }
 
     /// Asks the background thread to stop and syncs the WAL.
@@ -224,11 +253,14 @@ impl Engine {
         s.frozen_memtable_bytes = v.frozen.iter().map(|m| m.bytes() as u64).sum();
         s.segments = v.segments.len() as u64;
         for seg in &v.segments {
+            let level = (seg.level as usize).min(s.segments_per_level.len() - 1);
+            s.segments_per_level[level] += 1;
             s.segment_bytes += seg.reader.file_bytes();
             s.segment_messages += seg.reader.message_count();
             s.segment_logical_bytes += seg.reader.logical_bytes();
         }
         s.wal_file_bytes = self.wal.lock().len();
+        s.pending_compaction_bytes = self.pending_compaction_bytes();
         s.block_cache_hits = hits;
         s.block_cache_misses = misses;
         s.block_cache_bytes = cache_bytes;

@@ -107,12 +107,12 @@ pub(super) fn open(dir: PathBuf, opts: Options) -> Result<Arc<Engine>> {
             ));
         }
         let reader = SegmentReader::open(&path, data)?;
-        segments.push(Arc::new(Segment::new(
+        segments.push(Arc::new(Segment::open(
             rec.number,
             rec.level,
             reader,
             Arc::clone(&fs),
-        )));
+        )?));
     }
 
     let live: Vec<u64> = manifest.segments.iter().map(|s| s.number).collect();
@@ -141,6 +141,7 @@ pub(super) fn open(dir: PathBuf, opts: Options) -> Result<Arc<Engine>> {
     }
     wals.sort_unstable();
 
+    super::version::sort_by_age(&mut segments);
     let base = Version {
         active: Arc::new(Memtable::new(manifest.log_number)),
         frozen: Vec::new(),
@@ -170,6 +171,7 @@ pub(super) fn open(dir: PathBuf, opts: Options) -> Result<Arc<Engine>> {
     };
 
     Ok(Arc::new(Engine {
+        compaction: Mutex::new(Default::default()),
         cache: BlockCache::new(opts.block_cache_bytes),
         dir,
         fs,

@@ -36,6 +36,18 @@ pub struct Stats {
     pub flushes: u64,
     /// Segment bytes written by flushes since open.
     pub flush_bytes_written: u64,
+    /// Compactions run since open.
+    pub compactions: u64,
+    /// Segment bytes read by compactions since open.
+    pub compaction_bytes_read: u64,
+    /// Segment bytes written by compactions since open.
+    pub compaction_bytes_written: u64,
+    /// Compactions that failed (and were retried later) since open.
+    pub compaction_errors: u64,
+    /// Bytes compaction still has to move to bring every level within budget.
+    pub pending_compaction_bytes: u64,
+    /// Live segments per level (level 0 first).
+    pub segments_per_level: [u64; 7],
     /// Times a writer waited for a flush to catch up.
     pub write_stalls: u64,
     /// Total time writers waited for flushes, in microseconds.
@@ -62,8 +74,40 @@ pub(crate) struct Counters {
     pub flush_bytes_written: AtomicU64,
     pub write_stalls: AtomicU64,
     pub write_stall_micros: AtomicU64,
+    pub compactions: AtomicU64,
+    pub compaction_bytes_read: AtomicU64,
+    pub compaction_bytes_written: AtomicU64,
+    pub compaction_errors: AtomicU64,
     pub reads: AtomicU64,
     pub segments_read: AtomicU64,
+}
+
+impl Stats {
+    /// Bytes written to segments (flush and compaction) per byte flushed: the write
+    /// amplification of the segment tree (the WAL adds one more write of every byte).
+    pub fn write_amplification(&self) -> f64 {
+        if self.flush_bytes_written == 0 {
+            return 0.0;
+        }
+        (self.flush_bytes_written + self.compaction_bytes_written) as f64
+            / self.flush_bytes_written as f64
+    }
+
+    /// Segment bytes on disk per logical byte of the messages they hold.
+    pub fn space_amplification(&self) -> f64 {
+        if self.segment_logical_bytes == 0 {
+            return 0.0;
+        }
+        self.segment_bytes as f64 / self.segment_logical_bytes as f64
+    }
+
+    /// Segments touched per range read.
+    pub fn read_amplification(&self) -> f64 {
+        if self.reads == 0 {
+            return 0.0;
+        }
+        self.segments_read as f64 / self.reads as f64
+    }
 }
 
 impl Counters {
@@ -77,6 +121,10 @@ impl Counters {
             flushes: l(&self.flushes),
             flush_bytes_written: l(&self.flush_bytes_written),
             write_stalls: l(&self.write_stalls),
+            compactions: l(&self.compactions),
+            compaction_bytes_read: l(&self.compaction_bytes_read),
+            compaction_bytes_written: l(&self.compaction_bytes_written),
+            compaction_errors: l(&self.compaction_errors),
             write_stall_micros: l(&self.write_stall_micros),
             reads: l(&self.reads),
             segments_read: l(&self.segments_read),

@@ -23,35 +23,44 @@ use crate::types::{ConversationId, Message};
 pub struct Segment {
     /// File number.
     pub number: u64,
-    /// Compaction level.
-    #[expect(
-        dead_code,
-        reason = "read by compaction, which picks segments by level"
-    )]
+    /// Compaction level (0 for flushed segments).
     pub level: u32,
     /// The open file.
     pub reader: SegmentReader,
+    /// Smallest and largest conversation with messages here.
+    pub conversations: Option<(ConversationId, ConversationId)>,
+    /// Smallest and largest state key here.
+    pub state_keys: Option<(Bytes, Bytes)>,
     obsolete: AtomicBool,
     fs: Arc<dyn FileSystem>,
 }
 
 impl Segment {
-    /// Wraps an open segment.
-    pub fn new(number: u64, level: u32, reader: SegmentReader, fs: Arc<dyn FileSystem>) -> Self {
-        Segment {
+    /// Wraps an open segment, reading its key ranges.
+    pub fn open(
+        number: u64,
+        level: u32,
+        reader: SegmentReader,
+        fs: Arc<dyn FileSystem>,
+    ) -> Result<Self> {
+        Ok(Segment {
             number,
             level,
+            conversations: reader.conversation_bounds(),
+            state_keys: reader.state_bounds()?,
             reader,
             obsolete: AtomicBool::new(false),
             fs,
-        }
+        })
+    }
+
+    /// Whether `conv` lies within this segment's conversation range.
+    pub fn may_hold(&self, conv: ConversationId) -> bool {
+        self.conversations
+            .is_some_and(|(lo, hi)| lo <= conv && conv <= hi)
     }
 
     /// Marks the file for deletion once unused.
-    #[expect(
-        dead_code,
-        reason = "called by compaction when it replaces this segment"
-    )]
     pub fn mark_obsolete(&self) {
         self.obsolete.store(true, Ordering::Release);
     }
@@ -170,8 +179,14 @@ pub struct Version {
     pub active: Arc<Memtable>,
     /// Frozen memtables waiting for flush, oldest first.
     pub frozen: Vec<Arc<Memtable>>,
-    /// Live segments, oldest first.
+    /// Live segments, oldest data first: deepest level first, level 0 last in flush order.
+    /// Compaction keeps every key's newer data in a lower level, so this is age order.
     pub segments: Vec<Arc<Segment>>,
+}
+
+/// Sorts segments into the age order [`Version::segments`] documents.
+pub fn sort_by_age(segments: &mut [Arc<Segment>]) {
+    segments.sort_by_key(|s| (std::cmp::Reverse(s.level), s.number));
 }
 
 impl Version {
@@ -187,6 +202,9 @@ impl Version {
             }
         }
         for s in self.segments.iter().rev() {
+            if !s.may_hold(conv) {
+                continue;
+            }
             if let Some((_, last)) = s.reader.conversation_range(conv) {
                 return last;
             }
@@ -267,6 +285,9 @@ impl Version {
             // that reaches down to `lo`: older segments hold only older ids.
             let mut overlapping: Vec<&Arc<Segment>> = Vec::new();
             for s in self.segments.iter().rev() {
+                if !s.may_hold(conv) {
+                    continue;
+                }
                 let Some((first, last)) = s.reader.conversation_range(conv) else {
                     continue;
                 };

@@ -430,6 +430,17 @@ impl Block {
         }
     }
 
+    /// Appends every message of the block to `out`, in (conversation, id) order.
+    pub fn collect_all(&self, out: &mut Vec<Message>) {
+        out.reserve(self.rows());
+        for run in &self.runs {
+            for i in 0..run.len {
+                let row = (run.start_row + i) as usize;
+                out.push(self.message(row, run.conversation, run.first_id + u64::from(i)));
+            }
+        }
+    }
+
     fn message(&self, row: usize, conv: ConversationId, id: u64) -> Message {
         let kf = self.kind_flags[row];
         let f = kf >> 4;

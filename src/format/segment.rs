@@ -211,6 +211,11 @@ impl SegmentWriter {
         Ok(())
     }
 
+    /// Bytes written or buffered so far.
+    pub fn written_bytes(&self) -> u64 {
+        self.offset + self.out.len() as u64
+    }
+
     fn drain(&mut self) -> std::io::Result<()> {
         self.file.write_all(&self.out)?;
         self.offset += self.out.len() as u64;
@@ -507,6 +512,32 @@ impl SegmentReader {
             get_u64(&self.data, at + 8).unwrap_or(0),
             get_u64(&self.data, at + 16).unwrap_or(0),
         )
+    }
+
+    /// The smallest and largest conversation with messages here.
+    pub fn conversation_bounds(&self) -> Option<(ConversationId, ConversationId)> {
+        if self.conv_count == 0 {
+            return None;
+        }
+        Some((
+            self.conversation_entry(0).0,
+            self.conversation_entry(self.conv_count - 1).0,
+        ))
+    }
+
+    /// The smallest and largest state key here (reads the last state block).
+    pub fn state_bounds(&self) -> Result<Option<(Bytes, Bytes)>> {
+        if self.state_block_count == 0 {
+            return Ok(None);
+        }
+        let first = self.state_first_key(0).unwrap_or(&[]);
+        let last_block = self.read_state_block(self.state_block_count - 1)?;
+        let last = last_block
+            .entries()
+            .last()
+            .map(|(k, _)| k.clone())
+            .ok_or_else(|| Error::corruption(&self.path, 0, "empty state block"))?;
+        Ok(Some((Bytes::copy_from_slice(first), last)))
     }
 
     /// The first and last id of `conv` in this segment.

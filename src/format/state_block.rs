@@ -148,6 +148,11 @@ impl StateBlock {
         Some(self.entries[i].1.clone())
     }
 
+    /// Every entry, in key order.
+    pub fn entries(&self) -> &[(Bytes, Option<Bytes>)] {
+        &self.entries
+    }
+
     /// Entries with keys at or after `from`.
     pub fn entries_from(&self, from: &[u8]) -> &[(Bytes, Option<Bytes>)] {
         let i = self.entries.partition_point(|(k, _)| k.as_ref() < from);

@@ -1,0 +1,285 @@
+//! Running one compaction: merge the inputs' messages and state into new segments.
+//!
+//! Messages are merged by (conversation, id); inputs never hold the same id twice. State
+//! entries are merged by key, the newest input's entry winning; tombstones are dropped when
+//! nothing older lies below the output level. Outputs of level 1 and deeper hold one section
+//! each and split at `target_segment_bytes` (message segments only between conversations), so
+//! a level's segments stay disjoint.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::super::files;
+use super::super::version::Segment;
+use super::super::Engine;
+use crate::error::{Error, Result};
+use crate::format::segment::{SegmentReader, SegmentSummary, SegmentWriter};
+use crate::types::{ConversationId, Message};
+
+/// A finished output.
+pub(crate) struct Output {
+    pub segment: Arc<Segment>,
+    pub summary: SegmentSummary,
+}
+
+/// Writes a sequence of output segments, starting a new one when asked.
+struct OutputSet<'a> {
+    engine: &'a Engine,
+    level: u32,
+    current: Option<(u64, PathBuf, SegmentWriter)>,
+    done: Vec<(u64, PathBuf, SegmentSummary)>,
+}
+
+impl<'a> OutputSet<'a> {
+    fn new(engine: &'a Engine, level: u32) -> Self {
+        OutputSet {
+            engine,
+            level,
+            current: None,
+            done: Vec::new(),
+        }
+    }
+
+    fn writer(&mut self) -> Result<&mut SegmentWriter> {
+        if self.current.is_none() {
+            let number = self.engine.next_file_number.fetch_add(1, Ordering::SeqCst);
+            let path = files::segment_path(&self.engine.dir, number);
+            let file = self
+                .engine
+                .fs
+                .create(&path)
+                .map_err(|e| Error::io(&path, e))?;
+            let w = SegmentWriter::new(
+                file,
+                self.engine.opts.compression,
+                self.engine.opts.block_bytes,
+            );
+            self.current = Some((number, path, w));
+        }
+        match &mut self.current {
+            Some((_, _, w)) => Ok(w),
+            None => Err(Error::Poisoned("compaction output vanished".into())),
+        }
+    }
+
+    fn current_bytes(&self) -> u64 {
+        self.current
+            .as_ref()
+            .map_or(0, |(_, _, w)| w.written_bytes())
+    }
+
+    fn finish_current(&mut self) -> Result<()> {
+        if let Some((number, path, w)) = self.current.take() {
+            let summary = w.finish().map_err(|e| Error::io(&path, e))?;
+            self.done.push((number, path, summary));
+        }
+        Ok(())
+    }
+
+    fn open_all(mut self) -> Result<Vec<Output>> {
+        self.finish_current()?;
+        let mut out = Vec::with_capacity(self.done.len());
+        for (number, path, summary) in self.done {
+            let data = self.engine.fs.map(&path).map_err(|e| Error::io(&path, e))?;
+            let reader = SegmentReader::open(&path, data)?;
+            let segment = Segment::open(number, self.level, reader, Arc::clone(&self.engine.fs))?;
+            out.push(Output {
+                segment: Arc::new(segment),
+                summary,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Removes whatever was written (after a failure).
+    fn abandon(self) {
+        for (_, path, _) in &self.done {
+            let _ = self.engine.fs.remove(path);
+        }
+        if let Some((_, path, _)) = &self.current {
+            let _ = self.engine.fs.remove(path);
+        }
+    }
+}
+
+/// Reads one input's messages in order, a block at a time.
+struct MessageCursor<'a> {
+    reader: &'a SegmentReader,
+    next_block: usize,
+    buf: VecDeque<Message>,
+}
+
+impl MessageCursor<'_> {
+    fn next(&mut self) -> Result<Option<Message>> {
+        while self.buf.is_empty() && self.next_block < self.reader.block_count() {
+            let block = self.reader.read_block(self.next_block)?;
+            self.next_block += 1;
+            let mut v = Vec::new();
+            block.collect_all(&mut v);
+            self.buf.extend(v);
+        }
+        Ok(self.buf.pop_front())
+    }
+}
+
+/// Reads one input's state entries in order, a block at a time.
+struct StateCursor<'a> {
+    reader: &'a SegmentReader,
+    next_block: usize,
+    buf: VecDeque<(Bytes, Option<Bytes>)>,
+}
+
+impl StateCursor<'_> {
+    fn next(&mut self) -> Result<Option<(Bytes, Option<Bytes>)>> {
+        while self.buf.is_empty() && self.next_block < self.reader.state_block_count() {
+            let block = self.reader.read_state_block(self.next_block)?;
+            self.next_block += 1;
+            self.buf.extend(block.entries().iter().cloned());
+        }
+        Ok(self.buf.pop_front())
+    }
+}
+
+/// Merges `inputs` (in age order, oldest first) into segments at `level`.
+pub(crate) fn run(
+    engine: &Engine,
+    inputs: &[Arc<Segment>],
+    level: u32,
+    drop_tombstones: bool,
+) -> Result<Vec<Output>> {
+    let target = engine.opts.target_segment_bytes;
+    let mut messages = OutputSet::new(engine, level);
+    let mut state = OutputSet::new(engine, level);
+    let result = merge(
+        engine,
+        inputs,
+        target,
+        drop_tombstones,
+        &mut messages,
+        &mut state,
+    );
+    if let Err(e) = result {
+        messages.abandon();
+        state.abandon();
+        return Err(e);
+    }
+    let mut outputs = messages.open_all()?;
+    outputs.extend(state.open_all()?);
+    Ok(outputs)
+}
+
+fn merge(
+    engine: &Engine,
+    inputs: &[Arc<Segment>],
+    target: u64,
+    drop_tombstones: bool,
+    messages: &mut OutputSet<'_>,
+    state: &mut OutputSet<'_>,
+) -> Result<()> {
+    let mut cursors: Vec<MessageCursor<'_>> = inputs
+        .iter()
+        .map(|s| MessageCursor {
+            reader: &s.reader,
+            next_block: 0,
+            buf: VecDeque::new(),
+        })
+        .collect();
+    let mut heads: Vec<Option<Message>> = Vec::with_capacity(cursors.len());
+    let mut heap = BinaryHeap::new();
+    for (i, c) in cursors.iter_mut().enumerate() {
+        let head = c.next()?;
+        if let Some(m) = &head {
+            heap.push(Reverse((m.conversation, m.id.0, i)));
+        }
+        heads.push(head);
+    }
+    let mut last_conv: Option<ConversationId> = None;
+    while let Some(Reverse((conv, _, i))) = heap.pop() {
+        let Some(m) = heads[i].take() else {
+            continue;
+        };
+        if last_conv != Some(conv) && messages.current_bytes() >= target {
+            messages.finish_current()?;
+        }
+        last_conv = Some(conv);
+        let path = inputs[i].reader.path().to_path_buf();
+        if !messages
+            .writer()?
+            .add(&m)
+            .map_err(|e| Error::io(&path, e))?
+        {
+            return Err(Error::corruption(
+                path,
+                0,
+                format!(
+                    "compaction inputs are not gapless: conversation {} id {}",
+                    m.conversation, m.id
+                ),
+            ));
+        }
+        let next = cursors[i].next()?;
+        if let Some(n) = &next {
+            heap.push(Reverse((n.conversation, n.id.0, i)));
+        }
+        heads[i] = next;
+    }
+    messages.finish_current()?;
+
+    // State: inputs later in the slice are newer, so on equal keys the higher index wins.
+    let mut cursors: Vec<StateCursor<'_>> = inputs
+        .iter()
+        .map(|s| StateCursor {
+            reader: &s.reader,
+            next_block: 0,
+            buf: VecDeque::new(),
+        })
+        .collect();
+    let mut heads: Vec<Option<(Bytes, Option<Bytes>)>> = Vec::with_capacity(cursors.len());
+    let mut heap = BinaryHeap::new();
+    for (i, c) in cursors.iter_mut().enumerate() {
+        let head = c.next()?;
+        if let Some((k, _)) = &head {
+            heap.push(Reverse((k.clone(), Reverse(i))));
+        }
+        heads.push(head);
+    }
+    let mut last_key: Option<Bytes> = None;
+    while let Some(Reverse((key, Reverse(i)))) = heap.pop() {
+        let Some((k, v)) = heads[i].take() else {
+            continue;
+        };
+        let next = cursors[i].next()?;
+        if let Some((nk, _)) = &next {
+            heap.push(Reverse((nk.clone(), Reverse(i))));
+        }
+        heads[i] = next;
+        if last_key.as_ref() == Some(&key) {
+            continue; // an older version of a key already written
+        }
+        last_key = Some(key);
+        if v.is_none() && drop_tombstones {
+            continue;
+        }
+        if state.current_bytes() >= target {
+            state.finish_current()?;
+        }
+        let path = inputs[i].reader.path().to_path_buf();
+        if !state
+            .writer()?
+            .add_state(&k, v.as_deref())
+            .map_err(|e| Error::io(&path, e))?
+        {
+            return Err(Error::corruption(path, 0, "state keys out of order"));
+        }
+    }
+    state.finish_current()?;
+    engine
+        .fs
+        .sync_dir(&engine.dir)
+        .map_err(|e| Error::io(&engine.dir, e))
+}

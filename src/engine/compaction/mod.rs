@@ -1,0 +1,156 @@
+//! Background compaction: picks work with [`picker`], runs it with [`job`], and swaps inputs
+//! for outputs in the manifest and the version atomically. Inputs are deleted once no version
+//! (and so no reader) uses them. A crash at any point leaves either the inputs or the outputs
+//! listed in the manifest; the other set is removed as garbage at the next open.
+
+pub(crate) mod job;
+pub(crate) mod picker;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use self::picker::{Pick, PickerOptions, SegmentMeta};
+use super::files;
+use super::version::{sort_by_age, Segment};
+use super::Engine;
+use crate::error::Result;
+use crate::format::manifest::SegmentRecord;
+
+impl Engine {
+    fn picker_options(&self) -> PickerOptions {
+        PickerOptions {
+            l0_trigger: self.opts.l0_compaction_trigger,
+            level_base_bytes: self.opts.level_base_bytes,
+        }
+    }
+
+    pub(crate) fn segment_metas(&self) -> Vec<SegmentMeta> {
+        self.current()
+            .segments
+            .iter()
+            .map(|s| SegmentMeta {
+                number: s.number,
+                level: s.level,
+                bytes: s.reader.file_bytes(),
+                conversations: s.conversations.map(|(a, b)| (a.0, b.0)),
+                state_keys: s.state_keys.clone(),
+            })
+            .collect()
+    }
+
+    pub(crate) fn pending_compaction_bytes(&self) -> u64 {
+        picker::pending_bytes(&self.segment_metas(), &self.picker_options())
+    }
+
+    /// Runs one picked compaction to the end. REQUIRES: the caller holds `compaction`.
+    fn run_pick(&self, pick: &Pick) -> Result<()> {
+        let v = self.current();
+        let inputs: Vec<Arc<Segment>> = v
+            .segments
+            .iter()
+            .filter(|s| pick.inputs.contains(&s.number))
+            .cloned()
+            .collect();
+        if inputs.is_empty() {
+            return Ok(());
+        }
+        let read: u64 = inputs.iter().map(|s| s.reader.file_bytes()).sum();
+        let outputs = job::run(self, &inputs, pick.output_level, pick.drop_tombstones)?;
+        let written: u64 = outputs.iter().map(|o| o.summary.file_bytes).sum();
+
+        let mut manifest = self.manifest.lock();
+        let mut next = manifest.clone();
+        next.segments.retain(|r| !pick.inputs.contains(&r.number));
+        for o in &outputs {
+            next.segments.push(SegmentRecord {
+                number: o.segment.number,
+                level: o.segment.level,
+                file_bytes: o.summary.file_bytes,
+                messages: o.summary.messages,
+            });
+        }
+        next.next_file_number = self.next_file_number.load(Ordering::SeqCst);
+        if let Err(e) = files::write_manifest(&*self.fs, &self.dir, &next) {
+            drop(manifest);
+            for o in &outputs {
+                o.segment.mark_obsolete();
+            }
+            return Err(e);
+        }
+        *manifest = next;
+        self.edit_version(|v| {
+            v.segments.retain(|s| !pick.inputs.contains(&s.number));
+            v.segments
+                .extend(outputs.iter().map(|o| Arc::clone(&o.segment)));
+            sort_by_age(&mut v.segments);
+        });
+        drop(manifest);
+        for s in &inputs {
+            s.mark_obsolete();
+        }
+        self.counters.compactions.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .compaction_bytes_read
+            .fetch_add(read, Ordering::Relaxed);
+        self.counters
+            .compaction_bytes_written
+            .fetch_add(written, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Runs the most urgent compaction, if any. Returns whether one ran.
+    fn compact_once(&self) -> Result<bool> {
+        let mut cursors = self.compaction.lock();
+        let Some(pick) = picker::pick(&self.segment_metas(), &self.picker_options(), &mut cursors)
+        else {
+            return Ok(false);
+        };
+        self.run_pick(&pick)?;
+        Ok(true)
+    }
+
+    /// Flushes, then merges every segment into one sorted run.
+    pub(crate) fn compact_all(&self) -> Result<()> {
+        self.flush()?;
+        let _cursors = self.compaction.lock();
+        if let Some(pick) = picker::pick_all(&self.segment_metas()) {
+            self.run_pick(&pick)?;
+        }
+        Ok(())
+    }
+}
+
+/// The compaction thread's main loop.
+pub(super) fn run(engine: &Arc<Engine>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if engine.is_shut_down() || engine.poison.lock().is_some() {
+            return;
+        }
+        match engine.compact_once() {
+            Ok(true) => {
+                backoff = Duration::from_millis(100);
+                continue;
+            }
+            Ok(false) => {}
+            Err(e) if e.is_corruption() => {
+                engine.set_poison(format!("compaction found damage: {e}"));
+                return;
+            }
+            Err(_) => {
+                // Out of space and the like: the inputs are intact; try again later.
+                engine
+                    .counters
+                    .compaction_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+        let mut g = engine.bg.lock();
+        if engine.is_shut_down() {
+            return;
+        }
+        engine.bg_cv.wait_for(&mut g, backoff);
+    }
+}

@@ -1,0 +1,289 @@
+//! Choosing what to compact: leveled compaction, partitioned by key range.
+//!
+//! Level 0 holds flushed segments, each covering every conversation active while its
+//! memtable filled. When there are `l0_trigger` of them, all of them are merged with the level-1
+//! segments they overlap. Levels 1 and deeper are sorted runs: their segments hold disjoint
+//! conversation ranges (message segments) or disjoint key ranges (state segments). When a
+//! level outgrows its budget (`level_base_bytes` for level 1, ten times more per level below),
+//! one of its segments, chosen round-robin by key range, is merged with the overlapping
+//! segments of the next level. So a key's newer data is always in a lower level, and a read
+//! touches at most the level-0 segments plus one segment per level. See
+//! `docs/compaction.md` for the reasoning and measurements.
+
+use bytes::Bytes;
+
+/// Number of levels.
+pub const LEVELS: usize = 7;
+/// How much bigger each level's budget is than the one above.
+pub const LEVEL_MULTIPLIER: u64 = 10;
+
+/// What the picker needs to know of a segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentMeta {
+    /// File number.
+    pub number: u64,
+    /// Level.
+    pub level: u32,
+    /// File size.
+    pub bytes: u64,
+    /// Conversation range of its messages.
+    pub conversations: Option<(u64, u64)>,
+    /// Key range of its state entries.
+    pub state_keys: Option<(Bytes, Bytes)>,
+}
+
+/// Picker settings.
+#[derive(Clone, Copy, Debug)]
+pub struct PickerOptions {
+    /// Level-0 segment count that triggers a compaction.
+    pub l0_trigger: usize,
+    /// Level-1 budget in bytes.
+    pub level_base_bytes: u64,
+}
+
+/// A chosen compaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pick {
+    /// Input segment numbers.
+    pub inputs: Vec<u64>,
+    /// Level the outputs go to.
+    pub output_level: u32,
+    /// Whether deletions can be dropped (nothing older lies below the output level).
+    pub drop_tombstones: bool,
+}
+
+/// Round-robin positions per level: where the last compaction of each level ended.
+#[derive(Clone, Debug, Default)]
+pub struct Cursors {
+    after: [Option<Bytes>; LEVELS],
+}
+
+/// The budget of level `level` (>= 1).
+pub fn level_budget(opts: &PickerOptions, level: u32) -> u64 {
+    let mut b = opts.level_base_bytes;
+    for _ in 1..level {
+        b = b.saturating_mul(LEVEL_MULTIPLIER);
+    }
+    b
+}
+
+/// Bytes that compaction still has to move to bring every level within budget.
+pub fn pending_bytes(segs: &[SegmentMeta], opts: &PickerOptions) -> u64 {
+    let mut pending = 0;
+    let l0: Vec<&SegmentMeta> = segs.iter().filter(|s| s.level == 0).collect();
+    if l0.len() >= opts.l0_trigger {
+        pending += l0.iter().map(|s| s.bytes).sum::<u64>();
+    }
+    for level in 1..LEVELS as u32 {
+        let bytes: u64 = segs
+            .iter()
+            .filter(|s| s.level == level)
+            .map(|s| s.bytes)
+            .sum();
+        pending += bytes.saturating_sub(level_budget(opts, level));
+    }
+    pending
+}
+
+/// A sort key for a segment's position in its level (message ranges before state ranges).
+fn range_start(s: &SegmentMeta) -> Bytes {
+    match (&s.conversations, &s.state_keys) {
+        (Some((lo, _)), _) => {
+            let mut k = vec![0u8];
+            k.extend_from_slice(&lo.to_be_bytes());
+            Bytes::from(k)
+        }
+        (None, Some((lo, _))) => {
+            let mut k = vec![1u8];
+            k.extend_from_slice(lo);
+            Bytes::from(k)
+        }
+        (None, None) => Bytes::new(),
+    }
+}
+
+fn overlaps_conv(a: Option<(u64, u64)>, b: Option<(u64, u64)>) -> bool {
+    matches!((a, b), (Some((a0, a1)), Some((b0, b1))) if a0 <= b1 && b0 <= a1)
+}
+
+fn overlaps_keys(a: &Option<(Bytes, Bytes)>, b: &Option<(Bytes, Bytes)>) -> bool {
+    matches!((a, b), (Some((a0, a1)), Some((b0, b1))) if a0 <= b1 && b0 <= a1)
+}
+
+fn union_conv(segs: &[&SegmentMeta]) -> Option<(u64, u64)> {
+    segs.iter()
+        .filter_map(|s| s.conversations)
+        .fold(None, |acc, (lo, hi)| match acc {
+            None => Some((lo, hi)),
+            Some((a, b)) => Some((a.min(lo), b.max(hi))),
+        })
+}
+
+fn union_keys(segs: &[&SegmentMeta]) -> Option<(Bytes, Bytes)> {
+    segs.iter()
+        .filter_map(|s| s.state_keys.clone())
+        .fold(None, |acc, (lo, hi)| match acc {
+            None => Some((lo, hi)),
+            Some((a, b)) => Some((a.min(lo), b.max(hi))),
+        })
+}
+
+/// The segments of `level` that overlap `chosen`.
+fn overlapping<'a>(
+    segs: &'a [SegmentMeta],
+    level: u32,
+    chosen: &[&SegmentMeta],
+) -> Vec<&'a SegmentMeta> {
+    let conv = union_conv(chosen);
+    let keys = union_keys(chosen);
+    segs.iter()
+        .filter(|s| s.level == level)
+        .filter(|s| overlaps_conv(s.conversations, conv) || overlaps_keys(&s.state_keys, &keys))
+        .collect()
+}
+
+fn finish(inputs: Vec<&SegmentMeta>, output_level: u32, segs: &[SegmentMeta]) -> Pick {
+    let drop_tombstones = !segs
+        .iter()
+        .any(|s| s.level > output_level && s.state_keys.is_some());
+    let mut numbers: Vec<u64> = inputs.iter().map(|s| s.number).collect();
+    numbers.sort_unstable();
+    numbers.dedup();
+    Pick {
+        inputs: numbers,
+        output_level,
+        drop_tombstones,
+    }
+}
+
+/// The most urgent compaction, if any level is over its trigger or budget.
+pub fn pick(segs: &[SegmentMeta], opts: &PickerOptions, cursors: &mut Cursors) -> Option<Pick> {
+    let l0: Vec<&SegmentMeta> = segs.iter().filter(|s| s.level == 0).collect();
+    let mut best: Option<(f64, u32)> = None;
+    if !l0.is_empty() {
+        let score = l0.len() as f64 / opts.l0_trigger as f64;
+        if score >= 1.0 {
+            best = Some((score, 0));
+        }
+    }
+    for level in 1..(LEVELS as u32 - 1) {
+        let bytes: u64 = segs
+            .iter()
+            .filter(|s| s.level == level)
+            .map(|s| s.bytes)
+            .sum();
+        let score = bytes as f64 / level_budget(opts, level) as f64;
+        if score >= 1.0 && best.is_none_or(|(b, _)| score > b) {
+            best = Some((score, level));
+        }
+    }
+    let (_, level) = best?;
+    if level == 0 {
+        let mut inputs = l0.clone();
+        inputs.extend(overlapping(segs, 1, &l0));
+        return Some(finish(inputs, 1, segs));
+    }
+    // Round-robin: the first segment after where this level's last compaction started.
+    let mut in_level: Vec<&SegmentMeta> = segs.iter().filter(|s| s.level == level).collect();
+    in_level.sort_by_key(|s| range_start(s));
+    let cursor = &mut cursors.after[level as usize];
+    let chosen = in_level
+        .iter()
+        .find(|s| cursor.as_ref().is_none_or(|c| range_start(s) > *c))
+        .or_else(|| in_level.first())
+        .copied()?;
+    *cursor = Some(range_start(chosen));
+    let mut inputs = vec![chosen];
+    inputs.extend(overlapping(segs, level + 1, &[chosen]));
+    Some(finish(inputs, level + 1, segs))
+}
+
+/// A compaction of everything into one level: the deepest level in use (at least 1).
+pub fn pick_all(segs: &[SegmentMeta]) -> Option<Pick> {
+    if segs.is_empty() {
+        return None;
+    }
+    let deepest = segs.iter().map(|s| s.level).max().unwrap_or(0).max(1);
+    Some(finish(segs.iter().collect(), deepest, &[]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(number: u64, level: u32, bytes: u64, conv: (u64, u64)) -> SegmentMeta {
+        SegmentMeta {
+            number,
+            level,
+            bytes,
+            conversations: Some(conv),
+            state_keys: None,
+        }
+    }
+
+    fn opts() -> PickerOptions {
+        PickerOptions {
+            l0_trigger: 4,
+            level_base_bytes: 1000,
+        }
+    }
+
+    #[test]
+    fn level0_waits_for_its_trigger_then_takes_overlapping_level1() {
+        let mut segs = vec![
+            seg(1, 1, 100, (0, 10)),
+            seg(2, 1, 100, (11, 20)),
+            seg(3, 1, 100, (500, 900)),
+        ];
+        let mut c = Cursors::default();
+        for n in 10..13 {
+            segs.push(seg(n, 0, 50, (5, 15)));
+            assert_eq!(pick(&segs, &opts(), &mut c), None);
+        }
+        segs.push(seg(13, 0, 50, (0, 12)));
+        let p = pick(&segs, &opts(), &mut c).unwrap();
+        assert_eq!(p.inputs, vec![1, 2, 10, 11, 12, 13]);
+        assert_eq!(p.output_level, 1);
+        assert!(p.drop_tombstones);
+    }
+
+    #[test]
+    fn an_oversized_level_compacts_round_robin_into_the_next() {
+        let segs = vec![
+            seg(1, 1, 600, (0, 10)),
+            seg(2, 1, 600, (11, 20)),
+            seg(3, 2, 100, (5, 12)),
+            seg(4, 2, 100, (30, 40)),
+        ];
+        let mut c = Cursors::default();
+        let first = pick(&segs, &opts(), &mut c).unwrap();
+        assert_eq!(first.inputs, vec![1, 3]);
+        assert_eq!(first.output_level, 2);
+        let second = pick(&segs, &opts(), &mut c).unwrap();
+        assert_eq!(second.inputs, vec![2, 3]);
+        let third = pick(&segs, &opts(), &mut c).unwrap();
+        assert_eq!(third.inputs, vec![1, 3], "wraps around");
+    }
+
+    #[test]
+    fn tombstones_stay_while_older_state_lies_below() {
+        let mut deep = seg(9, 3, 10, (0, 1));
+        deep.state_keys = Some((Bytes::from_static(b"a"), Bytes::from_static(b"z")));
+        let mut segs = vec![deep];
+        for n in 1..=4 {
+            segs.push(seg(n, 0, 10, (0, 5)));
+        }
+        let p = pick(&segs, &opts(), &mut Cursors::default()).unwrap();
+        assert!(!p.drop_tombstones);
+        let all = pick_all(&segs).unwrap();
+        assert_eq!(all.output_level, 3);
+        assert!(all.drop_tombstones);
+    }
+
+    #[test]
+    fn pending_bytes_counts_what_is_over_budget() {
+        let segs = vec![seg(1, 1, 1500, (0, 1)), seg(2, 0, 10, (0, 1))];
+        assert_eq!(pending_bytes(&segs, &opts()), 500);
+        assert_eq!(level_budget(&opts(), 3), 100_000);
+    }
+}
