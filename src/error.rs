@@ -101,6 +101,17 @@ pub enum Error {
         conversation: ConversationId,
     },
 
+    /// Only a message's sender may edit or delete it.
+    #[error("user {user} did not send message {id} of conversation {conversation}")]
+    NotTheSender {
+        /// Who tried.
+        user: UserId,
+        /// The conversation.
+        conversation: ConversationId,
+        /// The message.
+        id: MessageId,
+    },
+
     /// A group must have at least one member.
     #[error("a group needs at least one member")]
     EmptyGroup,

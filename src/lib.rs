@@ -52,7 +52,7 @@ mod types;
 
 pub use chat::{
     ChatOptions, ChatStore, Conversation, ConversationKind, Cursors, InboxCursor, InboxEntry,
-    InboxPage, MessageReceipts, ReceiptState, Unread,
+    InboxPage, MessageReceipts, Reaction, ReceiptState, Unread,
 };
 pub use engine::Stats;
 pub use error::{Error, Result};

@@ -55,6 +55,9 @@ pub struct Options {
     pub level_base_bytes: u64,
     /// Size at which compaction starts a new output segment.
     pub target_segment_bytes: u64,
+    /// Store-wide retention: messages older than this disappear from reads at once and from
+    /// disk at the next compaction. `None` keeps messages forever.
+    pub max_message_age: Option<Duration>,
     /// Run compactions in the background. When off, only [`Store::compact`] compacts.
     ///
     /// [`Store::compact`]: crate::Store::compact
@@ -78,6 +81,7 @@ impl Default for Options {
             l0_compaction_trigger: 4,
             level_base_bytes: 256 << 20,
             target_segment_bytes: 64 << 20,
+            max_message_age: None,
             background_compaction: true,
             create_if_missing: true,
             fs: Arc::new(StdFileSystem),
@@ -99,6 +103,9 @@ impl Options {
         }
         if self.block_bytes < 512 || self.block_bytes > (4 << 20) {
             return bad("block_bytes must be between 512 bytes and 4 MiB");
+        }
+        if self.max_message_age.is_some_and(|a| a.is_zero()) {
+            return bad("max_message_age must be greater than zero");
         }
         if self.l0_compaction_trigger < 2 {
             return bad("l0_compaction_trigger must be at least 2");

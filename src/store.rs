@@ -6,10 +6,15 @@ use std::thread::JoinHandle;
 
 use parking_lot::Mutex;
 
-use crate::engine::{Engine, Stats};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::engine::overrides::Override;
+use crate::engine::{Engine, Stats, Txn};
 use crate::error::{Error, Result};
 use crate::options::Options;
-use crate::types::{ConversationId, Message, MessageId, NewMessage};
+use crate::types::{ConversationId, Message, MessageId, MessageKind, NewMessage, UserId};
 
 /// An open chatstore. Cheap to clone and share between threads (`Send + Sync`); the store
 /// closes when the last clone is dropped (or on [`Store::close`]).
@@ -40,6 +45,44 @@ impl Drop for Handle {
     fn drop(&mut self) {
         let _ = self.stop();
     }
+}
+
+/// Edits (`Some(content)`) or deletes (`None`) a message inside a transaction, checking that
+/// it exists, is not deleted, and that `by` sent it.
+pub(crate) fn edit_in(
+    txn: &mut Txn<'_>,
+    conv: ConversationId,
+    id: MessageId,
+    by: UserId,
+    content: Option<Bytes>,
+) -> Result<Message> {
+    let Some(mut m) = txn.message(conv, id)? else {
+        return Err(Error::IdOutOfRange {
+            conversation: conv,
+            id,
+            last: MessageId(txn.last_id(conv)),
+        });
+    };
+    if m.sender != by {
+        return Err(Error::NotTheSender {
+            user: by,
+            conversation: conv,
+            id,
+        });
+    }
+    if m.kind == MessageKind::Deleted {
+        return Err(Error::InvalidArgument(format!(
+            "message {id} of conversation {conv} was deleted"
+        )));
+    }
+    let at_ms = txn.now_ms();
+    let o = match content {
+        Some(content) => Override::Edited { at_ms, content },
+        None => Override::Deleted { at_ms },
+    };
+    txn.set_override(conv, id, &o)?;
+    o.apply(&mut m);
+    Ok(m)
 }
 
 fn check_after(conv: ConversationId, id: MessageId, last: u64) -> Result<()> {
@@ -156,6 +199,51 @@ impl Store {
             let hi = id.0.saturating_add(n as u64).min(last);
             Ok((lo, hi))
         })
+    }
+
+    /// Replaces the content of message `id`, which `by` must have sent. Reads return the new
+    /// content with [`Message::edited_ms`] set. Edits and deletes of one message are applied
+    /// in WAL order, the later winning; editing a deleted message is refused.
+    pub fn edit(
+        &self,
+        conv: ConversationId,
+        id: MessageId,
+        by: UserId,
+        content: impl Into<Bytes>,
+    ) -> Result<Message> {
+        let content = content.into();
+        if content.is_empty() {
+            return Err(Error::EmptyMessage);
+        }
+        if content.len() > self.engine().max_message_bytes() {
+            return Err(Error::MessageTooLarge {
+                size: content.len(),
+                limit: self.engine().max_message_bytes(),
+            });
+        }
+        self.engine()
+            .transact(move |txn| edit_in(txn, conv, id, by, Some(content)))
+    }
+
+    /// Deletes message `id` for everyone; `by` must have sent it. Reads return a placeholder
+    /// of kind [`MessageKind::Deleted`](crate::MessageKind::Deleted) without content; the next
+    /// compaction that rewrites the message's segment removes the content from disk.
+    pub fn delete(&self, conv: ConversationId, id: MessageId, by: UserId) -> Result<Message> {
+        self.engine()
+            .transact(move |txn| edit_in(txn, conv, id, by, None))
+    }
+
+    /// Sets a time-to-live on the conversation's messages (disappearing messages): older
+    /// messages disappear from reads at once and from disk at the next compaction. `None`
+    /// removes it. A zero duration is an error.
+    pub fn set_retention(&self, conv: ConversationId, ttl: Option<Duration>) -> Result<()> {
+        if ttl.is_some_and(|t| t.is_zero()) {
+            return Err(Error::InvalidArgument(
+                "a retention of zero would delete every message; use None for no limit".into(),
+            ));
+        }
+        let ms = ttl.map_or(0, |t| (t.as_millis() as u64).max(1));
+        self.engine().transact(move |txn| txn.set_ttl(conv, ms))
     }
 
     /// Writes every message in memory to segments and waits for it.

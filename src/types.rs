@@ -47,6 +47,8 @@ pub enum MessageKind {
     Normal = 0,
     /// A message written by the service (member joined, group renamed...).
     System = 1,
+    /// A placeholder for a message its sender deleted for everyone: no content.
+    Deleted = 2,
 }
 
 impl MessageKind {
@@ -54,6 +56,7 @@ impl MessageKind {
         match v {
             0 => Some(MessageKind::Normal),
             1 => Some(MessageKind::System),
+            2 => Some(MessageKind::Deleted),
             _ => None,
         }
     }
@@ -154,6 +157,8 @@ pub struct Message {
     pub reply_to: Option<MessageId>,
     /// Users this message mentions.
     pub mentions: Vec<UserId>,
+    /// When the sender last edited (or deleted) it, ms since the Unix epoch.
+    pub edited_ms: Option<u64>,
 }
 
 impl Message {

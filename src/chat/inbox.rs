@@ -65,7 +65,8 @@ impl ChatStore {
             rows.push(InboxEntry {
                 conversation: conv,
                 last_message,
-                unread: visible.saturating_sub(link.read_floor()),
+                unread: visible
+                    .saturating_sub(link.read_floor().max(snap.first_live_id(conv)? - 1)),
                 activity_ms,
             });
         }

@@ -13,6 +13,7 @@
 //! | `k` | conversation, sender, client key | message id, timestamp_ms                     |
 //! | `x` | user, conversation, message id   | (empty: the message mentions the user)       |
 //! | `p` | user                             | last_seen_ms                                 |
+//! | `r` | conversation, message id, user   | emoji (UTF-8)                                |
 //! | `n` | (none)                           | next conversation id                         |
 
 use bytes::Bytes;
@@ -28,6 +29,7 @@ pub const LINK: u8 = b'i';
 pub const IDEMPOTENCY: u8 = b'k';
 pub const MENTION: u8 = b'x';
 pub const PRESENCE: u8 = b'p';
+pub const REACTION: u8 = b'r';
 pub const NEXT_CONV: u8 = b'n';
 
 fn key(tag: u8, ids: &[u64]) -> Vec<u8> {
@@ -80,6 +82,14 @@ pub fn mention(u: UserId, c: ConversationId, id: MessageId) -> Vec<u8> {
 
 pub fn mentions_prefix(u: UserId, c: ConversationId) -> Vec<u8> {
     key(MENTION, &[u.0, c.0])
+}
+
+pub fn reaction(c: ConversationId, id: MessageId, u: UserId) -> Vec<u8> {
+    key(REACTION, &[c.0, id.0, u.0])
+}
+
+pub fn reactions_prefix(c: ConversationId) -> Vec<u8> {
+    key(REACTION, &[c.0])
 }
 
 pub fn presence(u: UserId) -> Vec<u8> {

@@ -16,6 +16,7 @@
 //!   come from each member's cursor and the conversation's last id.
 
 mod conversations;
+mod edits;
 mod inbox;
 pub(crate) mod keys;
 mod messaging;
@@ -25,6 +26,7 @@ mod unread;
 use std::path::Path;
 use std::time::Duration;
 
+pub use edits::Reaction;
 pub use inbox::{InboxCursor, InboxEntry, InboxPage};
 pub use receipts::{Cursors, MessageReceipts, ReceiptState};
 pub use unread::Unread;

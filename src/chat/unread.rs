@@ -32,7 +32,7 @@ impl ChatStore {
                 continue;
             }
             let last = snap.last_id(conv);
-            let floor = link.read_floor();
+            let floor = link.read_floor().max(snap.first_live_id(conv)? - 1);
             if last <= floor {
                 continue;
             }

@@ -113,9 +113,57 @@ impl Txn<'_> {
             attachment: m.attachment,
             reply_to: m.reply_to,
             mentions: m.mentions,
+            edited_ms: None,
         };
         self.messages.push(msg.clone());
         Ok(msg)
+    }
+
+    /// Message `id` of `conv` as readers would see it (edits and deletes applied), if it
+    /// exists and has not expired. Sees edits made earlier in the group.
+    pub fn message(&self, conv: ConversationId, id: MessageId) -> Result<Option<Message>> {
+        if let Some(m) = self
+            .messages
+            .iter()
+            .find(|m| m.conversation == conv && m.id == id)
+        {
+            return Ok(Some(m.clone()));
+        }
+        let mut found = Vec::with_capacity(1);
+        self.version
+            .collect(&self.engine.cache, conv, id.0, id.0, &mut found)?;
+        let Some(mut m) = found.pop() else {
+            return Ok(None);
+        };
+        if let Some(cutoff) = self.engine.retention_cutoff(self.version, conv)? {
+            if m.timestamp_ms < cutoff {
+                return Ok(None);
+            }
+        }
+        if let Some(v) = self.get(&super::overrides::edit_key(conv, id))? {
+            let o = super::overrides::Override::decode(&v)
+                .ok_or_else(|| Error::corruption("<state>", 0, "malformed edit record"))?;
+            o.apply(&mut m);
+        }
+        Ok(Some(m))
+    }
+
+    /// Records an edit or delete of message `id` (which the caller checked exists).
+    pub fn set_override(
+        &mut self,
+        conv: ConversationId,
+        id: MessageId,
+        o: &super::overrides::Override,
+    ) -> Result<()> {
+        self.put(super::overrides::edit_key(conv, id), o.encode())
+    }
+
+    /// Sets the conversation's time-to-live (0 removes it).
+    pub fn set_ttl(&mut self, conv: ConversationId, ttl_ms: u64) -> Result<()> {
+        self.put(
+            super::overrides::ttl_key(conv),
+            super::overrides::encode_ttl(ttl_ms),
+        )
     }
 
     /// Sets state `key` to `value`.
@@ -132,7 +180,6 @@ impl Txn<'_> {
     }
 
     /// Deletes state `key`.
-    #[expect(dead_code, reason = "used by retention and compaction of chat records")]
     pub fn delete(&mut self, key: impl Into<Bytes>) -> Result<()> {
         let key = key.into();
         if key.len() > MAX_KEY_LEN {
@@ -143,7 +190,7 @@ impl Txn<'_> {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

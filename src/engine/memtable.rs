@@ -115,6 +115,16 @@ impl Memtable {
             .collect()
     }
 
+    /// Whether any state key sorts below `bound`.
+    pub fn has_key_below(&self, bound: &[u8]) -> bool {
+        self.inner
+            .read()
+            .state
+            .keys()
+            .next()
+            .is_some_and(|k| k.as_ref() < bound)
+    }
+
     /// Every state entry, sorted by key.
     pub fn sorted_state(&self) -> Vec<(Bytes, Option<Bytes>)> {
         let inner = self.inner.read();
@@ -178,6 +188,7 @@ mod tests {
             attachment: None,
             reply_to: None,
             mentions: Vec::new(),
+            edited_ms: None,
         }
     }
 

@@ -9,6 +9,7 @@ pub(crate) mod files;
 mod flush;
 mod log_writer;
 mod memtable;
+pub(crate) mod overrides;
 mod recovery;
 mod stats;
 mod version;
@@ -189,11 +190,74 @@ impl Engine {
         let mut out =
             Vec::with_capacity(hi.saturating_sub(lo).saturating_add(1).min(1024) as usize);
         let touched = v.collect(&self.cache, conv, lo, hi, &mut out)?;
+        self.overlay(v, conv, lo, hi, &mut out)?;
         self.counters.reads.fetch_add(1, Ordering::Relaxed);
         self.counters
             .segments_read
             .fetch_add(touched, Ordering::Relaxed);
         Ok(out)
+    }
+
+    /// The time below which messages of `conv` have expired, if any retention applies.
+    pub(crate) fn retention_cutoff(
+        &self,
+        v: &Version,
+        conv: ConversationId,
+    ) -> Result<Option<u64>> {
+        let now = commit::now_ms();
+        let mut cutoff = self
+            .opts
+            .max_message_age
+            .map(|age| now.saturating_sub(age.as_millis() as u64));
+        if v.has_reserved_state() {
+            if let Some(ttl) = v
+                .state_get(&self.cache, &overrides::ttl_key(conv))?
+                .and_then(|t| overrides::decode_ttl(&t))
+                .filter(|&t| t > 0)
+            {
+                let c = now.saturating_sub(ttl);
+                cutoff = Some(cutoff.map_or(c, |g| g.max(c)));
+            }
+        }
+        Ok(cutoff)
+    }
+
+    /// Applies edits, deletes and retention to messages read from `v` (ids `lo..=hi`).
+    fn overlay(
+        &self,
+        v: &Version,
+        conv: ConversationId,
+        lo: u64,
+        hi: u64,
+        out: &mut Vec<Message>,
+    ) -> Result<()> {
+        if out.is_empty() {
+            return Ok(());
+        }
+        if let Some(cutoff) = self.retention_cutoff(v, conv)? {
+            out.retain(|m| m.timestamp_ms >= cutoff);
+        }
+        if !v.has_reserved_state() {
+            return Ok(());
+        }
+        let prefix = overrides::edit_prefix(conv);
+        let from = overrides::edit_key(conv, crate::types::MessageId(lo));
+        let limit = hi
+            .saturating_sub(lo)
+            .saturating_add(1)
+            .min(usize::MAX as u64) as usize;
+        for (k, value) in v.state_scan(&self.cache, &prefix, &from, limit)? {
+            let Some(id) = overrides::edit_key_id(&k).filter(|&id| id <= hi) else {
+                break;
+            };
+            let Some(o) = overrides::Override::decode(&value) else {
+                return Err(Error::corruption("<state>", 0, "malformed edit record"));
+            };
+            if let Ok(i) = out.binary_search_by_key(&id, |m| m.id.0) {
+                o.apply(&mut out[i]);
+            }
+        }
+        Ok(())
     }
 
     /// The last id and a read of `lo(last)..=hi(last)` from the same version.
@@ -206,6 +270,10 @@ impl Engine {
         let last = v.last_id(conv);
         let (lo, hi) = range(last)?;
         self.read_range_in(&v, conv, lo, hi)
+    }
+
+    pub(crate) fn max_message_bytes(&self) -> usize {
+        self.opts.max_message_bytes
     }
 
     /// A consistent read view of the whole store.
@@ -289,6 +357,30 @@ impl Snapshot<'_> {
         hi: u64,
     ) -> Result<Vec<Message>> {
         self.engine.read_range_in(&self.version, conv, lo, hi)
+    }
+
+    /// The first id of `conv` not yet expired under retention (`last + 1` if all are).
+    /// Binary search on timestamps, which grow with ids.
+    pub(crate) fn first_live_id(&self, conv: ConversationId) -> Result<u64> {
+        let last = self.version.last_id(conv);
+        let Some(cutoff) = self.engine.retention_cutoff(&self.version, conv)? else {
+            return Ok(1);
+        };
+        let (mut lo, mut hi) = (1u64, last + 1);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let mut found = Vec::with_capacity(1);
+            self.version
+                .collect(&self.engine.cache, conv, mid, mid, &mut found)?;
+            // A missing row was dropped by compaction because it had expired.
+            let live = found.first().is_some_and(|m| m.timestamp_ms >= cutoff);
+            if live {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        Ok(lo)
     }
 
     /// The value of state `key`.

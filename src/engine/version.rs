@@ -212,6 +212,19 @@ impl Version {
         0
     }
 
+    /// Whether any source holds engine-reserved state (edits, deletes, retention), so reads
+    /// can skip looking for them in the common case of a store that has none.
+    pub fn has_reserved_state(&self) -> bool {
+        let bound = [super::overrides::RESERVED + 1];
+        self.active.has_key_below(&bound)
+            || self.frozen.iter().any(|m| m.has_key_below(&bound))
+            || self.segments.iter().any(|s| {
+                s.state_keys
+                    .as_ref()
+                    .is_some_and(|(lo, _)| lo.as_ref() < bound.as_slice())
+            })
+    }
+
     /// The value of state `key`, newest source first (`None` if absent or deleted).
     pub fn state_get(&self, cache: &BlockCache, key: &[u8]) -> Result<Option<Bytes>> {
         if let Some(v) = self.active.state_get(key) {

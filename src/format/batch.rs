@@ -170,6 +170,7 @@ pub fn decode(owner: &Bytes, payload: &[u8]) -> Result<Vec<Entry>, &'static str>
                     attachment,
                     reply_to,
                     mentions,
+                    edited_ms: None,
                 }));
             }
             tag @ (TAG_PUT | TAG_DELETE) => {
@@ -209,6 +210,7 @@ mod tests {
             attachment: None,
             reply_to: None,
             mentions: Vec::new(),
+            edited_ms: None,
         }
     }
 

@@ -459,6 +459,7 @@ impl Block {
                 .iter()
                 .map(|&u| UserId(u))
                 .collect(),
+            edited_ms: None,
         }
     }
 }
@@ -478,6 +479,7 @@ mod tests {
             attachment: None,
             reply_to: None,
             mentions: Vec::new(),
+            edited_ms: None,
         }
     }
 

@@ -636,6 +636,7 @@ mod tests {
             attachment: None,
             reply_to: None,
             mentions: Vec::new(),
+            edited_ms: None,
         }
     }
 

@@ -15,7 +15,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::super::files;
-use super::super::version::Segment;
+use super::super::overrides::{self, Override};
+use super::super::version::{Segment, Version};
 use super::super::Engine;
 use crate::error::{Error, Result};
 use crate::format::segment::{SegmentReader, SegmentSummary, SegmentWriter};
@@ -145,6 +146,61 @@ impl StateCursor<'_> {
     }
 }
 
+/// What compaction does to one conversation's rows: strip edited and deleted content, drop
+/// the expired prefix (keeping the conversation's newest row as an empty stub, so its last id
+/// is never lost and ids never restart).
+#[derive(Default)]
+struct ConversationRules {
+    overrides: Vec<(u64, Override)>,
+    cutoff: Option<u64>,
+    newest: u64,
+    in_expired_prefix: bool,
+}
+
+impl ConversationRules {
+    fn load(
+        engine: &Engine,
+        version: &Version,
+        reserved: bool,
+        conv: ConversationId,
+    ) -> Result<Self> {
+        let mut overrides = Vec::new();
+        if reserved {
+            let prefix = overrides::edit_prefix(conv);
+            for (k, v) in version.state_scan(&engine.cache, &prefix, &prefix, usize::MAX)? {
+                let (Some(id), Some(o)) = (overrides::edit_key_id(&k), Override::decode(&v)) else {
+                    return Err(Error::corruption("<state>", 0, "malformed edit record"));
+                };
+                overrides.push((id, o));
+            }
+        }
+        Ok(ConversationRules {
+            overrides,
+            cutoff: engine.retention_cutoff(version, conv)?,
+            newest: version.last_id(conv),
+            in_expired_prefix: true,
+        })
+    }
+
+    fn rewrite(&mut self, m: Message) -> Option<Message> {
+        if self.in_expired_prefix {
+            match self.cutoff {
+                Some(c) if m.timestamp_ms < c => {
+                    if m.id.0 != self.newest {
+                        return None;
+                    }
+                    return Some(Override::Deleted { at_ms: 0 }.strip(&m));
+                }
+                _ => self.in_expired_prefix = false,
+            }
+        }
+        match self.overrides.binary_search_by_key(&m.id.0, |(id, _)| *id) {
+            Ok(i) => Some(self.overrides[i].1.strip(&m)),
+            Err(_) => Some(m),
+        }
+    }
+}
+
 /// Merges `inputs` (in age order, oldest first) into segments at `level`.
 pub(crate) fn run(
     engine: &Engine,
@@ -198,15 +254,29 @@ fn merge(
         }
         heads.push(head);
     }
+    let version = engine.current();
+    let reserved = version.has_reserved_state();
     let mut last_conv: Option<ConversationId> = None;
+    let mut rules = ConversationRules::default();
     while let Some(Reverse((conv, _, i))) = heap.pop() {
         let Some(m) = heads[i].take() else {
             continue;
         };
-        if last_conv != Some(conv) && messages.current_bytes() >= target {
-            messages.finish_current()?;
+        let next = cursors[i].next()?;
+        if let Some(n) = &next {
+            heap.push(Reverse((n.conversation, n.id.0, i)));
+        }
+        heads[i] = next;
+        if last_conv != Some(conv) {
+            if messages.current_bytes() >= target {
+                messages.finish_current()?;
+            }
+            rules = ConversationRules::load(engine, &version, reserved, conv)?;
         }
         last_conv = Some(conv);
+        let Some(m) = rules.rewrite(m) else {
+            continue;
+        };
         let path = inputs[i].reader.path().to_path_buf();
         if !messages
             .writer()?
@@ -222,11 +292,6 @@ fn merge(
                 ),
             ));
         }
-        let next = cursors[i].next()?;
-        if let Some(n) = &next {
-            heap.push(Reverse((n.conversation, n.id.0, i)));
-        }
-        heads[i] = next;
     }
     messages.finish_current()?;
 

@@ -1,0 +1,241 @@
+//! Edits, deletes, reactions and retention: what reads return, and what compaction leaves on
+//! disk.
+
+use std::path::Path;
+use std::time::Duration;
+
+use chatstore::{
+    ChatOptions, ChatStore, ConversationId, Error, MessageId, MessageKind, NewMessage, Options,
+    Store, UserId,
+};
+
+const A: UserId = UserId(1);
+const B: UserId = UserId(2);
+const C: UserId = UserId(3);
+
+fn files_contain(dir: &Path, needle: &[u8]) -> bool {
+    std::fs::read_dir(dir).unwrap().any(|e| {
+        let bytes = std::fs::read(e.unwrap().path()).unwrap_or_default();
+        bytes.windows(needle.len()).any(|w| w == needle)
+    })
+}
+
+fn opts() -> Options {
+    Options {
+        compression: chatstore::Compression::None,
+        background_compaction: false,
+        ..Options::default()
+    }
+}
+
+#[test]
+fn edits_and_deletes_follow_the_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(dir.path(), opts()).unwrap();
+    let conv = ConversationId(1);
+    let m1 = store.append(conv, NewMessage::text(A, "helo")).unwrap();
+    let m2 = store.append(conv, NewMessage::text(B, "hi")).unwrap();
+
+    let edited = store.edit(conv, m1.id, A, "hello").unwrap();
+    assert_eq!(edited.text(), Some("hello"));
+    assert!(edited.edited_ms.is_some());
+    let read = store.get(conv, m1.id).unwrap().unwrap();
+    assert_eq!(read.text(), Some("hello"));
+    assert_eq!(read.edited_ms, edited.edited_ms);
+    assert_eq!(read.timestamp_ms, m1.timestamp_ms, "keeps its send time");
+
+    assert!(matches!(
+        store.edit(conv, m1.id, B, "not mine"),
+        Err(Error::NotTheSender { .. })
+    ));
+    assert!(matches!(
+        store.delete(conv, m2.id, A),
+        Err(Error::NotTheSender { .. })
+    ));
+    assert!(matches!(
+        store.edit(conv, MessageId(9), A, "x"),
+        Err(Error::IdOutOfRange { .. })
+    ));
+    assert!(matches!(
+        store.edit(conv, m1.id, A, ""),
+        Err(Error::EmptyMessage)
+    ));
+
+    let deleted = store.delete(conv, m1.id, A).unwrap();
+    assert_eq!(deleted.kind, MessageKind::Deleted);
+    let read = store.latest(conv, 10).unwrap();
+    assert_eq!(read[0].kind, MessageKind::Deleted);
+    assert!(read[0].content.is_empty());
+    assert_eq!((read[0].id, read[0].sender), (m1.id, A));
+    assert_eq!(read[1].text(), Some("hi"));
+    assert!(matches!(
+        store.edit(conv, m1.id, A, "resurrect"),
+        Err(Error::InvalidArgument(_))
+    ));
+    // Survives flush and reopen.
+    store.flush().unwrap();
+    drop(store);
+    let store = Store::open_with(dir.path(), opts()).unwrap();
+    assert_eq!(
+        store.get(conv, m1.id).unwrap().unwrap().kind,
+        MessageKind::Deleted
+    );
+}
+
+#[test]
+fn compaction_removes_deleted_and_replaced_content_from_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(dir.path(), opts()).unwrap();
+    let conv = ConversationId(5);
+    let secret = store
+        .append(
+            conv,
+            NewMessage::text(A, "the launch code is 0xDEADBEEF-SECRET"),
+        )
+        .unwrap();
+    let typo = store
+        .append(conv, NewMessage::text(A, "meet at the OLD-PLACE-TYPO"))
+        .unwrap();
+    store.append(conv, NewMessage::text(B, "ok")).unwrap();
+    store.flush().unwrap();
+    assert!(files_contain(dir.path(), b"0xDEADBEEF-SECRET"));
+    store.delete(conv, secret.id, A).unwrap();
+    store
+        .edit(conv, typo.id, A, "meet at the new place")
+        .unwrap();
+    store.compact().unwrap();
+    assert!(!files_contain(dir.path(), b"0xDEADBEEF-SECRET"));
+    assert!(!files_contain(dir.path(), b"OLD-PLACE-TYPO"));
+    let all = store.latest(conv, 10).unwrap();
+    assert_eq!(all[0].kind, MessageKind::Deleted);
+    assert_eq!(all[1].text(), Some("meet at the new place"));
+    assert_eq!(all[2].text(), Some("ok"));
+    drop(store);
+    let store = Store::open_with(dir.path(), opts()).unwrap();
+    assert_eq!(store.latest(conv, 10).unwrap(), all);
+}
+
+#[test]
+fn reactions_aggregate_per_emoji() {
+    let dir = tempfile::tempdir().unwrap();
+    let chat = ChatStore::open_with(dir.path(), opts(), ChatOptions::default()).unwrap();
+    for u in [A, B, C] {
+        chat.register_user(u).unwrap();
+    }
+    let g = chat.create_group(A, &[B]).unwrap();
+    let m = chat.send(g, NewMessage::text(A, "party?")).unwrap();
+    chat.react(g, m.id, A, "🎉").unwrap();
+    chat.react(g, m.id, B, "🎉").unwrap();
+    chat.react(g, m.id, B, "👍").unwrap(); // replaces B's 🎉
+    let r = chat.reactions(A, g, m.id, m.id).unwrap();
+    let list = &r[&m.id];
+    assert_eq!(list.len(), 2);
+    // Equal counts are ordered by emoji.
+    assert_eq!(
+        (list[0].emoji.as_str(), list[0].count, list[0].mine),
+        ("🎉", 1, true)
+    );
+    assert_eq!(
+        (list[1].emoji.as_str(), list[1].count, list[1].mine),
+        ("👍", 1, false)
+    );
+    chat.unreact(g, m.id, B).unwrap();
+    let r = chat.reactions(B, g, m.id, m.id).unwrap();
+    assert_eq!(r[&m.id].len(), 1);
+    assert!(!r[&m.id][0].mine);
+    assert!(matches!(
+        chat.react(g, m.id, C, "👀"),
+        Err(Error::NotAMember { .. })
+    ));
+    assert!(matches!(
+        chat.react(g, MessageId(99), A, "👀"),
+        Err(Error::IdOutOfRange { .. })
+    ));
+    assert!(matches!(
+        chat.react(g, m.id, A, ""),
+        Err(Error::InvalidArgument(_))
+    ));
+    // Chat-level edits check membership and sender.
+    assert!(matches!(
+        chat.edit(g, m.id, B, "hijack"),
+        Err(Error::NotTheSender { .. })
+    ));
+    assert_eq!(
+        chat.edit(g, m.id, A, "party!").unwrap().text(),
+        Some("party!")
+    );
+}
+
+#[test]
+fn retention_hides_expired_messages_and_compaction_drops_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let chat = ChatStore::open_with(dir.path(), opts(), ChatOptions::default()).unwrap();
+    for u in [A, B] {
+        chat.register_user(u).unwrap();
+    }
+    let ab = chat.direct(A, B).unwrap();
+    assert!(matches!(
+        chat.set_retention(ab, A, Some(Duration::ZERO)),
+        Err(Error::InvalidArgument(_))
+    ));
+    for i in 0..5 {
+        chat.send(ab, NewMessage::text(A, &format!("EPHEMERAL-{i}")))
+            .unwrap();
+    }
+    chat.store().flush().unwrap();
+    chat.set_retention(ab, A, Some(Duration::from_millis(200)))
+        .unwrap();
+    assert_eq!(chat.unread(B).unwrap()[0].count, 5);
+    // Let the five messages age past the time-to-live.
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(chat.latest(B, ab, 10).unwrap().is_empty());
+    assert!(chat.unread(B).unwrap().is_empty());
+    let inbox = chat.inbox(B, 10, None).unwrap();
+    assert_eq!(inbox.entries[0].unread, 0);
+    assert!(inbox.entries[0].last_message.is_none());
+
+    let fresh = chat.send(ab, NewMessage::text(A, "still here")).unwrap();
+    assert_eq!(fresh.id, MessageId(6), "ids continue after expiry");
+    assert_eq!(chat.unread(B).unwrap()[0].count, 1);
+    chat.store().compact().unwrap();
+    assert!(!files_contain(dir.path(), b"EPHEMERAL-"));
+    let visible = chat.latest(B, ab, 10).unwrap();
+    assert_eq!(visible.len(), 1);
+    assert_eq!(visible[0].id, MessageId(6));
+    chat.close().unwrap();
+    let chat = ChatStore::open_with(dir.path(), opts(), ChatOptions::default()).unwrap();
+    assert_eq!(
+        chat.send(ab, NewMessage::text(A, "next")).unwrap().id,
+        MessageId(7)
+    );
+}
+
+#[test]
+fn store_wide_max_age_applies_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Options {
+        max_message_age: Some(Duration::from_millis(150)),
+        ..opts()
+    };
+    let store = Store::open_with(dir.path(), o).unwrap();
+    let conv = ConversationId(3);
+    for _ in 0..3 {
+        store.append(conv, NewMessage::text(A, "OLD-NEWS")).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    store.append(conv, NewMessage::text(A, "new")).unwrap();
+    let got = store.latest(conv, 10).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].id, MessageId(4));
+    store.compact().unwrap();
+    assert!(!files_contain(dir.path(), b"OLD-NEWS"));
+    assert_eq!(store.last_id(conv), MessageId(4));
+    let bad = Options {
+        max_message_age: Some(Duration::ZERO),
+        ..opts()
+    };
+    assert!(matches!(
+        Store::open_with(tempfile::tempdir().unwrap().path(), bad),
+        Err(Error::InvalidOption(_))
+    ));
+}
