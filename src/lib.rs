@@ -56,6 +56,6 @@ pub use chat::{
 };
 pub use engine::Stats;
 pub use error::{Error, Result};
-pub use options::{Compression, Durability, Options};
+pub use options::{CompactionPolicy, Compression, Durability, Options};
 pub use store::Store;
 pub use types::{ConversationId, Message, MessageId, MessageKind, NewMessage, UserId};

@@ -31,6 +31,17 @@ pub enum Compression {
     Zstd(i32),
 }
 
+/// How segments are merged in the background.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompactionPolicy {
+    /// Leveled, partitioned by conversation and key range (the default): few segments per
+    /// read, more rewriting. See `docs/compaction.md`.
+    Leveled,
+    /// Size-tiered: whole runs merged when a tier fills up. Less rewriting, more segments per
+    /// read. Kept for comparison.
+    Tiered,
+}
+
 /// Options for [`Store::open_with`](crate::Store::open_with).
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -58,6 +69,8 @@ pub struct Options {
     /// Store-wide retention: messages older than this disappear from reads at once and from
     /// disk at the next compaction. `None` keeps messages forever.
     pub max_message_age: Option<Duration>,
+    /// Compaction policy.
+    pub compaction_policy: CompactionPolicy,
     /// Run compactions in the background. When off, only [`Store::compact`] compacts.
     ///
     /// [`Store::compact`]: crate::Store::compact
@@ -82,6 +95,7 @@ impl Default for Options {
             level_base_bytes: 256 << 20,
             target_segment_bytes: 64 << 20,
             max_message_age: None,
+            compaction_policy: CompactionPolicy::Leveled,
             background_compaction: true,
             create_if_missing: true,
             fs: Arc::new(StdFileSystem),

@@ -208,25 +208,24 @@ pub(crate) fn run(
     level: u32,
     drop_tombstones: bool,
 ) -> Result<Vec<Output>> {
-    let target = engine.opts.target_segment_bytes;
-    let mut messages = OutputSet::new(engine, level);
-    let mut state = OutputSet::new(engine, level);
-    let result = merge(
+    // Tiered runs are one segment each; leveled outputs split to keep levels fine-grained.
+    let (target, separate) = match engine.opts.compaction_policy {
+        crate::options::CompactionPolicy::Leveled => (engine.opts.target_segment_bytes, true),
+        crate::options::CompactionPolicy::Tiered => (u64::MAX, false),
+    };
+    let mut outputs = OutputSet::new(engine, level);
+    if let Err(e) = merge(
         engine,
         inputs,
         target,
         drop_tombstones,
-        &mut messages,
-        &mut state,
-    );
-    if let Err(e) = result {
-        messages.abandon();
-        state.abandon();
+        separate,
+        &mut outputs,
+    ) {
+        outputs.abandon();
         return Err(e);
     }
-    let mut outputs = messages.open_all()?;
-    outputs.extend(state.open_all()?);
-    Ok(outputs)
+    outputs.open_all()
 }
 
 fn merge(
@@ -234,9 +233,10 @@ fn merge(
     inputs: &[Arc<Segment>],
     target: u64,
     drop_tombstones: bool,
-    messages: &mut OutputSet<'_>,
-    state: &mut OutputSet<'_>,
+    separate: bool,
+    out: &mut OutputSet<'_>,
 ) -> Result<()> {
+    let messages = &mut *out;
     let mut cursors: Vec<MessageCursor<'_>> = inputs
         .iter()
         .map(|s| MessageCursor {
@@ -293,7 +293,11 @@ fn merge(
             ));
         }
     }
-    messages.finish_current()?;
+    if separate {
+        // Message and state outputs of a level cover different key spaces: keep them apart.
+        messages.finish_current()?;
+    }
+    let state = messages;
 
     // State: inputs later in the slice are newer, so on equal keys the higher index wins.
     let mut cursors: Vec<StateCursor<'_>> = inputs

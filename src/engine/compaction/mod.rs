@@ -16,6 +16,7 @@ use super::version::{sort_by_age, Segment};
 use super::Engine;
 use crate::error::Result;
 use crate::format::manifest::SegmentRecord;
+use crate::options::CompactionPolicy;
 
 impl Engine {
     fn picker_options(&self) -> PickerOptions {
@@ -102,8 +103,12 @@ impl Engine {
     /// Runs the most urgent compaction, if any. Returns whether one ran.
     fn compact_once(&self) -> Result<bool> {
         let mut cursors = self.compaction.lock();
-        let Some(pick) = picker::pick(&self.segment_metas(), &self.picker_options(), &mut cursors)
-        else {
+        let metas = self.segment_metas();
+        let picked = match self.opts.compaction_policy {
+            CompactionPolicy::Leveled => picker::pick(&metas, &self.picker_options(), &mut cursors),
+            CompactionPolicy::Tiered => picker::pick_tiered(&metas, &self.picker_options()),
+        };
+        let Some(pick) = picked else {
             return Ok(false);
         };
         self.run_pick(&pick)?;

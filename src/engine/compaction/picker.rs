@@ -198,6 +198,29 @@ pub fn pick(segs: &[SegmentMeta], opts: &PickerOptions, cursors: &mut Cursors) -
     Some(finish(inputs, level + 1, segs))
 }
 
+/// Size-tiered alternative (kept for comparison; see `docs/compaction.md`): each level is a
+/// tier of whole runs, one segment per run; when a tier holds `l0_trigger` runs they are merged
+/// into one run in the tier below. Less rewriting than leveled, more segments per read.
+pub fn pick_tiered(segs: &[SegmentMeta], opts: &PickerOptions) -> Option<Pick> {
+    for level in 0..(LEVELS as u32 - 1) {
+        let tier: Vec<&SegmentMeta> = segs.iter().filter(|s| s.level == level).collect();
+        if tier.len() >= opts.l0_trigger {
+            // Runs already in the tier below are older and may hold what a tombstone hides.
+            let drop_tombstones = !segs
+                .iter()
+                .any(|s| s.level > level && s.state_keys.is_some());
+            let mut inputs: Vec<u64> = tier.iter().map(|s| s.number).collect();
+            inputs.sort_unstable();
+            return Some(Pick {
+                inputs,
+                output_level: level + 1,
+                drop_tombstones,
+            });
+        }
+    }
+    None
+}
+
 /// A compaction of everything into one level: the deepest level in use (at least 1).
 pub fn pick_all(segs: &[SegmentMeta]) -> Option<Pick> {
     if segs.is_empty() {
@@ -278,6 +301,17 @@ mod tests {
         let all = pick_all(&segs).unwrap();
         assert_eq!(all.output_level, 3);
         assert!(all.drop_tombstones);
+    }
+
+    #[test]
+    fn tiers_merge_when_full() {
+        let mut segs: Vec<SegmentMeta> = (1..=3).map(|n| seg(n, 0, 10, (0, 9))).collect();
+        assert_eq!(pick_tiered(&segs, &opts()), None);
+        segs.push(seg(4, 0, 10, (0, 9)));
+        segs.push(seg(9, 1, 40, (0, 9)));
+        let p = pick_tiered(&segs, &opts()).unwrap();
+        assert_eq!(p.inputs, vec![1, 2, 3, 4]);
+        assert_eq!(p.output_level, 1);
     }
 
     #[test]
