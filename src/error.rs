@@ -129,6 +129,10 @@ pub enum Error {
     #[error("the store refuses writes after an earlier failure: {0}")]
     Poisoned(String),
 
+    /// The store was opened read-only.
+    #[error("the store is open read-only")]
+    ReadOnly,
+
     /// The store is shutting down.
     #[error("the store is closed")]
     Closed,

@@ -54,8 +54,8 @@ pub use chat::{
     ChatOptions, ChatStore, Conversation, ConversationKind, Cursors, InboxCursor, InboxEntry,
     InboxPage, MessageReceipts, Reaction, ReceiptState, Unread,
 };
-pub use engine::Stats;
+pub use engine::{Problem, Stats, VerifyReport};
 pub use error::{Error, Result};
 pub use options::{CompactionPolicy, Compression, Durability, Options};
-pub use store::Store;
+pub use store::{Export, Store};
 pub use types::{ConversationId, Message, MessageId, MessageKind, NewMessage, UserId};

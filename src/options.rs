@@ -75,6 +75,11 @@ pub struct Options {
     ///
     /// [`Store::compact`]: crate::Store::compact
     pub background_compaction: bool,
+    /// Open without taking the directory lock, writing nothing and starting no background
+    /// work: for inspecting a store another process has open. Writes get
+    /// [`Error::ReadOnly`](crate::Error::ReadOnly). The view is the state at open time; files
+    /// the writer deletes later stay readable while mapped.
+    pub read_only: bool,
     /// Create the directory and an empty store if there is none.
     pub create_if_missing: bool,
     /// The file system the store reads and writes through. Tests swap in a fault-injecting one.
@@ -97,6 +102,7 @@ impl Default for Options {
             max_message_age: None,
             compaction_policy: CompactionPolicy::Leveled,
             background_compaction: true,
+            read_only: false,
             create_if_missing: true,
             fs: Arc::new(StdFileSystem),
         }

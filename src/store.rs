@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::engine::overrides::Override;
-use crate::engine::{Engine, Stats, Txn};
+use crate::engine::{Engine, Stats, Txn, VerifyReport};
 use crate::error::{Error, Result};
 use crate::options::Options;
 use crate::types::{ConversationId, Message, MessageId, MessageKind, NewMessage, UserId};
@@ -83,6 +83,57 @@ pub(crate) fn edit_in(
     txn.set_override(conv, id, &o)?;
     o.apply(&mut m);
     Ok(m)
+}
+
+/// Iterator over a conversation's messages; see [`Store::export`].
+#[derive(Debug)]
+pub struct Export {
+    store: Store,
+    conv: ConversationId,
+    cursor: u64,
+    page: std::vec::IntoIter<Message>,
+    done: bool,
+}
+
+/// Messages read per page by [`Export`].
+const EXPORT_PAGE: usize = 1024;
+
+impl Iterator for Export {
+    type Item = Result<Message>;
+
+    fn next(&mut self) -> Option<Result<Message>> {
+        loop {
+            if let Some(m) = self.page.next() {
+                self.cursor = m.id.0;
+                return Some(Ok(m));
+            }
+            if self.done {
+                return None;
+            }
+            let conv = self.conv;
+            let from = self.cursor;
+            let page = self.store.engine().read_relative(conv, |last| {
+                Ok((from + 1, from.saturating_add(EXPORT_PAGE as u64).min(last)))
+            });
+            match page {
+                Ok(p) => {
+                    let last = self.store.last_id(conv).0;
+                    let end = from.saturating_add(EXPORT_PAGE as u64);
+                    if end >= last {
+                        self.done = true;
+                    } else if p.is_empty() {
+                        // Expired or dropped ids: skip the whole page.
+                        self.cursor = end;
+                    }
+                    self.page = p.into_iter();
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
 }
 
 fn check_after(conv: ConversationId, id: MessageId, last: u64) -> Result<()> {
@@ -244,6 +295,59 @@ impl Store {
         }
         let ms = ttl.map_or(0, |t| (t.as_millis() as u64).max(1));
         self.engine().transact(move |txn| txn.set_ttl(conv, ms))
+    }
+
+    /// Writes a consistent, openable copy of the live store into `dest` (which must not
+    /// exist), without stopping writers: segments are hard-linked where the file system allows,
+    /// the live WAL and the manifest are copied. The copy holds a prefix of every conversation
+    /// at least as new as the last write acknowledged before the call.
+    pub fn checkpoint(&self, dest: impl AsRef<Path>) -> Result<()> {
+        self.engine().checkpoint(dest.as_ref(), &mut |_, _| {})
+    }
+
+    /// [`Store::checkpoint`] reporting progress as (bytes done, bytes total).
+    pub fn checkpoint_with_progress(
+        &self,
+        dest: impl AsRef<Path>,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<()> {
+        self.engine().checkpoint(dest.as_ref(), progress)
+    }
+
+    /// Reads every segment block and WAL record, checks every checksum and invariant (ids
+    /// gapless per conversation inside a segment, never overlapping across segments, indexes
+    /// agreeing with blocks, counts agreeing with footers) and reports what it found. Damage
+    /// that stops the store from opening at all is reported by [`Store::open`] instead.
+    pub fn verify(&self) -> Result<VerifyReport> {
+        self.engine().verify(&mut |_, _| {})
+    }
+
+    /// [`Store::verify`] reporting progress as (bytes done, bytes total).
+    pub fn verify_with_progress(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyReport> {
+        self.engine().verify(progress)
+    }
+
+    /// Every message of `conv`, oldest first, read in pages (edits and deletes applied,
+    /// expired messages left out).
+    pub fn export(&self, conv: ConversationId) -> Export {
+        Export {
+            store: self.clone(),
+            conv,
+            cursor: 0,
+            page: Vec::new().into_iter(),
+            done: false,
+        }
+    }
+
+    /// Restores exported messages: each must continue its conversation (id = last id + 1);
+    /// ids, timestamps, kinds and edits are kept. All of `messages` is one atomic commit.
+    pub fn import(&self, messages: Vec<Message>) -> Result<()> {
+        self.engine().transact(move |txn| {
+            for m in messages {
+                txn.restore(m)?;
+            }
+            Ok(())
+        })
     }
 
     /// Writes every message in memory to segments and waits for it.

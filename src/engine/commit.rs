@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::format::state_block::MAX_KEY_LEN;
 use crate::format::{batch, wal};
 use crate::options::Durability;
-use crate::types::{ConversationId, Message, MessageId, NewMessage};
+use crate::types::{ConversationId, Message, MessageId, MessageKind, NewMessage};
 
 type Job = Box<dyn FnOnce(&mut Txn<'_>) -> Result<()> + Send>;
 
@@ -117,6 +117,43 @@ impl Txn<'_> {
         };
         self.messages.push(msg.clone());
         Ok(msg)
+    }
+
+    /// Appends a message exactly as given (id, timestamp, kind, edit), for restoring an
+    /// export. Its id must be the conversation's next one.
+    pub fn restore(&mut self, m: Message) -> Result<()> {
+        let last = self.last_id(m.conversation);
+        if m.id.0 != last + 1 {
+            return Err(Error::InvalidArgument(format!(
+                "conversation {} continues at id {}, not {}",
+                m.conversation,
+                last + 1,
+                m.id
+            )));
+        }
+        if m.content.len() + m.attachment.as_ref().map_or(0, |a| a.len())
+            > self.engine.opts.max_message_bytes
+        {
+            return Err(Error::MessageTooLarge {
+                size: m.content.len(),
+                limit: self.engine.opts.max_message_bytes,
+            });
+        }
+        if let Some(at_ms) = m.edited_ms {
+            let o = if m.kind == MessageKind::Deleted {
+                super::overrides::Override::Deleted { at_ms }
+            } else {
+                super::overrides::Override::Edited {
+                    at_ms,
+                    content: m.content.clone(),
+                }
+            };
+            self.set_override(m.conversation, m.id, &o)?;
+        }
+        let mut row = m;
+        row.edited_ms = None;
+        self.messages.push(row);
+        Ok(())
     }
 
     /// Message `id` of `conv` as readers would see it (edits and deletes applied), if it

@@ -40,6 +40,28 @@ impl LogWriter {
         })
     }
 
+    /// A writer that refuses every write (for read-only stores).
+    pub fn refusing(path: &Path) -> Self {
+        struct Refuse;
+        impl WritableFile for Refuse {
+            fn write_all(&mut self, _: &[u8]) -> std::io::Result<()> {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    "store is read-only",
+                ))
+            }
+            fn sync(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        LogWriter {
+            path: path.to_path_buf(),
+            file: Box::new(Refuse),
+            len: 0,
+            synced_len: 0,
+        }
+    }
+
     /// Bytes written so far.
     pub fn len(&self) -> u64 {
         self.len

@@ -3,6 +3,7 @@
 //! (membership, receipts) built on top of it.
 
 mod block_cache;
+mod checkpoint;
 mod commit;
 mod compaction;
 pub(crate) mod files;
@@ -12,6 +13,7 @@ mod memtable;
 pub(crate) mod overrides;
 mod recovery;
 mod stats;
+mod verify;
 mod version;
 
 use std::path::PathBuf;
@@ -22,6 +24,7 @@ use parking_lot::{Condvar, Mutex};
 
 pub(crate) use commit::Txn;
 pub use stats::Stats;
+pub use verify::{Problem, VerifyReport};
 
 use self::block_cache::BlockCache;
 use self::commit::WriteQueue;
@@ -62,7 +65,7 @@ pub(crate) struct Engine {
     compaction: Mutex<compaction::picker::Cursors>,
     cache: BlockCache,
     counters: Counters,
-    _lock: Box<dyn DirLock>,
+    _lock: Option<Box<dyn DirLock>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -82,6 +85,9 @@ impl Engine {
     /// Starts the background threads (flush, and compaction unless disabled).
     pub(crate) fn spawn_background(self: &Arc<Self>) -> Result<Vec<std::thread::JoinHandle<()>>> {
         let mut threads = Vec::new();
+        if self.opts.read_only {
+            return Ok(threads);
+        }
         let engine = Arc::clone(self);
         threads.push(
             std::thread::Builder::new()
@@ -147,6 +153,9 @@ impl Engine {
     fn check_writable(&self) -> Result<()> {
         if self.is_shut_down() {
             return Err(Error::Closed);
+        }
+        if self.opts.read_only {
+            return Err(Error::ReadOnly);
         }
         match &*self.poison.lock() {
             Some(why) => Err(Error::Poisoned(why.clone())),

@@ -39,7 +39,7 @@ pub(super) fn open(dir: PathBuf, opts: Options) -> Result<Arc<Engine>> {
     opts.validate()?;
     let fs = Arc::clone(&opts.fs);
     if !fs.exists(&dir) {
-        if !opts.create_if_missing {
+        if !opts.create_if_missing || opts.read_only {
             return Err(Error::io(
                 &dir,
                 std::io::Error::new(
@@ -51,12 +51,18 @@ pub(super) fn open(dir: PathBuf, opts: Options) -> Result<Arc<Engine>> {
         fs.create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     }
     let lock_path = dir.join(files::LOCK);
-    let lock = fs
-        .try_lock(&lock_path)
-        .map_err(|e| Error::io(&lock_path, e))?
-        .ok_or_else(|| Error::Locked {
-            path: lock_path.clone(),
-        })?;
+    // A read-only open takes no lock: it must work beside the live writer.
+    let lock = if opts.read_only {
+        None
+    } else {
+        Some(
+            fs.try_lock(&lock_path)
+                .map_err(|e| Error::io(&lock_path, e))?
+                .ok_or_else(|| Error::Locked {
+                    path: lock_path.clone(),
+                })?,
+        )
+    };
 
     let names = fs.list(&dir).map_err(|e| Error::io(&dir, e))?;
     let kinds: Vec<(String, FileKind)> = names
@@ -73,7 +79,7 @@ pub(super) fn open(dir: PathBuf, opts: Options) -> Result<Arc<Engine>> {
         let foreign = names
             .iter()
             .any(|n| files::parse_name(n).is_none() && !n.starts_with('.'));
-        if ours || foreign {
+        if ours || foreign || opts.read_only {
             return Err(Error::NotAStore { path: dir });
         }
         let fresh = ManifestState {
@@ -134,7 +140,7 @@ pub(super) fn open(dir: PathBuf, opts: Options) -> Result<Arc<Engine>> {
             FileKind::ManifestTmp => true,
             FileKind::Lock | FileKind::Manifest => false,
         };
-        if garbage {
+        if garbage && !opts.read_only {
             let p = dir.join(name);
             fs.remove(&p).map_err(|e| Error::io(&p, e))?;
         }
@@ -147,12 +153,17 @@ pub(super) fn open(dir: PathBuf, opts: Options) -> Result<Arc<Engine>> {
         frozen: Vec::new(),
         segments,
     };
-    replay(&*fs, &dir, &wals, &base)?;
+    replay(&*fs, &dir, &wals, &base, opts.read_only)?;
 
     let wal_number = manifest.next_file_number.max(max_number + 1);
     let wal_path = files::wal_path(&dir, wal_number);
-    let wal = LogWriter::create(&*fs, &wal_path)?;
-    fs.sync_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+    let wal = if opts.read_only {
+        LogWriter::refusing(&wal_path)
+    } else {
+        let wal = LogWriter::create(&*fs, &wal_path)?;
+        fs.sync_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+        wal
+    };
 
     // The replayed memtable keeps its own WAL files alive until it is flushed; new writes go
     // to a new memtable so the memory bound holds from the first write.
@@ -193,7 +204,13 @@ pub(super) fn open(dir: PathBuf, opts: Options) -> Result<Arc<Engine>> {
 }
 
 /// Replays `wals` (sorted) into `base.active`, checking that ids continue each conversation.
-fn replay(fs: &dyn FileSystem, dir: &Path, wals: &[u64], base: &Version) -> Result<()> {
+fn replay(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    wals: &[u64],
+    base: &Version,
+    read_only: bool,
+) -> Result<()> {
     let mut last: FxHashMap<ConversationId, u64> = FxHashMap::default();
     for (i, &n) in wals.iter().enumerate() {
         let newest = i + 1 == wals.len();
@@ -210,7 +227,9 @@ fn replay(fs: &dyn FileSystem, dir: &Path, wals: &[u64], base: &Version) -> Resu
             Ok(Some(_)) => {}
             // Created but its header never reached the disk: nothing in it was acknowledged.
             Ok(None) if newest => {
-                fs.remove(&path).map_err(|e| Error::io(&path, e))?;
+                if !read_only {
+                    fs.remove(&path).map_err(|e| Error::io(&path, e))?;
+                }
                 continue;
             }
             Ok(None) => return Err(Error::corruption(&path, 0, "WAL file header is incomplete")),
@@ -255,8 +274,10 @@ fn replay(fs: &dyn FileSystem, dir: &Path, wals: &[u64], base: &Version) -> Resu
                 }
                 ReadStep::End { .. } => break,
                 ReadStep::TornTail { offset } if newest => {
-                    fs.truncate(&path, offset)
-                        .map_err(|e| Error::io(&path, e))?;
+                    if !read_only {
+                        fs.truncate(&path, offset)
+                            .map_err(|e| Error::io(&path, e))?;
+                    }
                     break;
                 }
                 ReadStep::TornTail { offset } => {

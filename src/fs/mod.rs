@@ -46,6 +46,15 @@ pub trait FileSystem: Send + Sync + fmt::Debug {
     fn try_lock(&self, path: &Path) -> io::Result<Option<Box<dyn DirLock>>>;
     /// Whether the path exists.
     fn exists(&self, path: &Path) -> bool;
+
+    /// Makes `to` a copy of the immutable file `from`, sharing storage where the file system
+    /// allows (a hard link). The default copies the bytes and fsyncs the copy.
+    fn link_or_copy(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let data = self.read(from)?;
+        let mut f = self.create(to)?;
+        f.write_all(&data)?;
+        f.sync()
+    }
 }
 
 /// The operating system's file system, with memory-mapped reads.
@@ -156,5 +165,13 @@ impl FileSystem for StdFileSystem {
 
     fn exists(&self, path: &Path) -> bool {
         path.exists()
+    }
+
+    fn link_or_copy(&self, from: &Path, to: &Path) -> io::Result<()> {
+        if std::fs::hard_link(from, to).is_ok() {
+            return Ok(());
+        }
+        std::fs::copy(from, to)?;
+        File::open(to)?.sync_all()
     }
 }
