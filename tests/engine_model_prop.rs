@@ -1,0 +1,129 @@
+//! Random appends, edits, deletes, flushes, compactions and reopens against a `BTreeMap`
+//! model: every read must return exactly what the model holds.
+
+use std::collections::BTreeMap;
+
+use chatstore::{
+    ConversationId, Error, MessageId, MessageKind, NewMessage, Options, Store, UserId,
+};
+use proptest::prelude::*;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Append { conv: u64, sender: u64, len: u16 },
+    Edit { conv: u64, back: u64, by: u64 },
+    Delete { conv: u64, back: u64, by: u64 },
+    Flush,
+    Compact,
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        12 => (0..6u64, 0..3u64, 1..300u16).prop_map(|(conv, sender, len)| Op::Append { conv, sender, len }),
+        3 => (0..6u64, 0..8u64, 0..3u64).prop_map(|(conv, back, by)| Op::Edit { conv, back, by }),
+        2 => (0..6u64, 0..8u64, 0..3u64).prop_map(|(conv, back, by)| Op::Delete { conv, back, by }),
+        2 => Just(Op::Flush),
+        1 => Just(Op::Compact),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct Row {
+    sender: u64,
+    text: String,
+    deleted: bool,
+    edited: bool,
+}
+
+fn options() -> Options {
+    Options {
+        memtable_bytes: 4096,
+        block_bytes: 700,
+        l0_compaction_trigger: 2,
+        level_base_bytes: 16 << 10,
+        target_segment_bytes: 4096,
+        ..Options::default()
+    }
+}
+
+fn check(store: &Store, model: &BTreeMap<u64, Vec<Row>>) -> Result<(), TestCaseError> {
+    for (&conv, rows) in model {
+        let got = store.latest(ConversationId(conv), usize::MAX).unwrap();
+        prop_assert_eq!(got.len(), rows.len(), "conversation {}", conv);
+        for (m, row) in got.iter().zip(rows) {
+            prop_assert_eq!(m.sender, UserId(row.sender));
+            prop_assert_eq!(m.kind == MessageKind::Deleted, row.deleted);
+            prop_assert_eq!(m.edited_ms.is_some(), row.edited || row.deleted);
+            if row.deleted {
+                prop_assert!(m.content.is_empty());
+            } else {
+                prop_assert_eq!(m.text(), Some(row.text.as_str()));
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    #[test]
+    fn engine_matches_the_model(ops in proptest::collection::vec(op(), 1..70)) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open_with(dir.path(), options()).unwrap();
+        let mut model: BTreeMap<u64, Vec<Row>> = BTreeMap::new();
+        let mut n = 0u64;
+        for op in ops {
+            match op {
+                Op::Append { conv, sender, len } => {
+                    n += 1;
+                    let text = format!("{n}:{}", "t".repeat(len as usize));
+                    let m = store.append(ConversationId(conv), NewMessage::text(UserId(sender), &text)).unwrap();
+                    let rows = model.entry(conv).or_default();
+                    rows.push(Row { sender, text, deleted: false, edited: false });
+                    prop_assert_eq!(m.id, MessageId(rows.len() as u64));
+                }
+                Op::Edit { conv, back, by } | Op::Delete { conv, back, by } => {
+                    let delete = matches!(op, Op::Delete { .. });
+                    let rows = model.entry(conv).or_default();
+                    let id = (rows.len() as u64).saturating_sub(back);
+                    n += 1;
+                    let new_text = format!("edit {n}");
+                    let got = if delete {
+                        store.delete(ConversationId(conv), MessageId(id), UserId(by))
+                    } else {
+                        store.edit(ConversationId(conv), MessageId(id), UserId(by), new_text.clone().into_bytes())
+                    };
+                    match rows.get_mut((id as usize).wrapping_sub(1)) {
+                        None => prop_assert!(matches!(got, Err(Error::IdOutOfRange { .. })), "{:?}", got),
+                        Some(row) if row.sender != by => {
+                            prop_assert!(matches!(got, Err(Error::NotTheSender { .. })), "{:?}", got)
+                        }
+                        Some(row) if row.deleted => {
+                            prop_assert!(matches!(got, Err(Error::InvalidArgument(_))), "{:?}", got)
+                        }
+                        Some(row) => {
+                            prop_assert!(got.is_ok(), "{:?}", got);
+                            if delete {
+                                row.deleted = true;
+                            } else {
+                                row.text = new_text;
+                                row.edited = true;
+                            }
+                        }
+                    }
+                }
+                Op::Flush => store.flush().unwrap(),
+                Op::Compact => store.compact().unwrap(),
+                Op::Reopen => {
+                    store.close().unwrap();
+                    store = Store::open_with(dir.path(), options()).unwrap();
+                }
+            }
+            check(&store, &model)?;
+        }
+        prop_assert!(store.verify().unwrap().is_ok());
+    }
+}
