@@ -59,7 +59,7 @@ fn readers_see_consistent_prefixes_while_everything_runs() {
                 let mut reads = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     for conv in 0..CONVS {
-                        let msgs = if (reads + r) % 3 == 0 {
+                        let msgs = if (reads + r).is_multiple_of(3) {
                             store.latest(ConversationId(conv), usize::MAX).unwrap()
                         } else {
                             store.latest(ConversationId(conv), 30).unwrap()
