@@ -329,3 +329,27 @@ fn concurrent_writers_get_gapless_ids_and_share_fsyncs() {
     all.sort_unstable();
     assert_eq!(all.len(), 1600);
 }
+
+#[test]
+fn a_commit_too_big_for_one_wal_record_is_refused_and_the_store_still_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        max_message_bytes: 16 << 20,
+        ..Options::default()
+    };
+    let store = Store::open_with(dir.path(), opts.clone()).unwrap();
+    // 17 messages of 16 MiB sharing one buffer: over the 256 MiB record limit.
+    let big = bytes::Bytes::from(vec![b'x'; 16 << 20]);
+    let batch: Vec<_> = (0..17)
+        .map(|_| (ConversationId(1), NewMessage::new(UserId(1), big.clone())))
+        .collect();
+    assert!(matches!(
+        store.append_batch(batch),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert_eq!(store.last_id(ConversationId(1)), MessageId(0));
+    store.append(ConversationId(1), text(1, "small")).unwrap();
+    drop(store);
+    let store = Store::open_with(dir.path(), opts).unwrap();
+    assert_eq!(store.last_id(ConversationId(1)), MessageId(1));
+}

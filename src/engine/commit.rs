@@ -207,7 +207,7 @@ impl Txn<'_> {
     pub fn put(&mut self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<()> {
         let key = key.into();
         if key.len() > MAX_KEY_LEN {
-            return Err(Error::InvalidOption(format!(
+            return Err(Error::InvalidArgument(format!(
                 "state key of {} bytes is over the {MAX_KEY_LEN}-byte limit",
                 key.len()
             )));
@@ -220,7 +220,10 @@ impl Txn<'_> {
     pub fn delete(&mut self, key: impl Into<Bytes>) -> Result<()> {
         let key = key.into();
         if key.len() > MAX_KEY_LEN {
-            return Ok(());
+            return Err(Error::InvalidArgument(format!(
+                "state key of {} bytes is over the {MAX_KEY_LEN}-byte limit",
+                key.len()
+            )));
         }
         self.state.push((key, None));
         Ok(())
@@ -351,20 +354,36 @@ impl Engine {
                 state: txn_state,
                 ..
             } = txn;
+            let mut result = result;
             if result.is_ok() && !(txn_messages.is_empty() && txn_state.is_empty()) {
                 let start = wal::begin_record(&mut scratch.frame);
                 batch::put_count(&mut scratch.frame, txn_messages.len() + txn_state.len());
                 for m in &txn_messages {
                     batch::put_message(&mut scratch.frame, m);
-                    scratch.ids.insert(m.conversation, m.id.0);
                 }
                 for (k, v) in &txn_state {
                     batch::put_state(&mut scratch.frame, k, v.as_deref());
-                    scratch.state.insert(k.clone(), v.clone());
                 }
-                wal::finish_record(&mut scratch.frame, start, wal::RecordType::Batch);
-                messages.extend(txn_messages);
-                state.extend(txn_state);
+                let payload = scratch.frame.len() - start - wal::RECORD_HEADER_LEN;
+                if payload > wal::MAX_RECORD_LEN {
+                    // Recovery refuses records this big, so the write must be refused too.
+                    scratch.frame.truncate(start);
+                    result = Err(Error::InvalidArgument(format!(
+                        "a write of {payload} bytes is over the {} byte limit of one commit; \
+                         split the batch",
+                        wal::MAX_RECORD_LEN
+                    )));
+                } else {
+                    wal::finish_record(&mut scratch.frame, start, wal::RecordType::Batch);
+                    for m in &txn_messages {
+                        scratch.ids.insert(m.conversation, m.id.0);
+                    }
+                    for (k, v) in &txn_state {
+                        scratch.state.insert(k.clone(), v.clone());
+                    }
+                    messages.extend(txn_messages);
+                    state.extend(txn_state);
+                }
             }
             outcomes.push((ticket, result));
         }

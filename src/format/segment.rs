@@ -81,6 +81,7 @@ pub struct SegmentWriter {
     state: StateBlockBuilder,
     state_started: bool,
     state_index: Vec<(u64, u32, Vec<u8>)>,
+    last_state_key: Vec<u8>,
     summary: SegmentSummary,
 }
 
@@ -114,6 +115,7 @@ impl SegmentWriter {
             state: StateBlockBuilder::new(),
             state_started: false,
             state_index: Vec::new(),
+            last_state_key: Vec::new(),
             summary: SegmentSummary::default(),
         }
     }
@@ -180,14 +182,17 @@ impl SegmentWriter {
             self.finish_block()?;
             self.state_started = true;
         }
-        if let Some((_, _, last_first)) = self.state_index.last() {
-            if self.state.is_empty() && key <= last_first.as_slice() {
-                return Ok(false);
-            }
+        if self.state.is_empty()
+            && !self.state_index.is_empty()
+            && key <= self.last_state_key.as_slice()
+        {
+            return Ok(false);
         }
         if !self.state.add(key, value) {
             return Ok(false);
         }
+        self.last_state_key.clear();
+        self.last_state_key.extend_from_slice(key);
         self.summary.state_entries += 1;
         if self.state.estimated_len() >= STATE_BLOCK_BYTES {
             self.finish_state_block()?;

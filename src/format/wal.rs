@@ -195,6 +195,11 @@ impl<'a> LogReader<'a> {
         }
         let payload = &self.buf[start..start + len];
         if crc32fast::hash(payload) != get_u32(h, 8).unwrap_or(0) {
+            // A header that reached the disk before its payload did, with zeroes after it to
+            // the end of the file: the write never completed.
+            if self.buf[start..].iter().all(|&b| b == 0) {
+                return ReadStep::TornTail { offset };
+            }
             return ReadStep::Corrupt {
                 offset,
                 reason: "record payload checksum mismatch",
@@ -295,6 +300,24 @@ mod tests {
     fn zero_fill_is_a_torn_tail() {
         let (mut buf, ends) = log_of(&[b"one"]);
         buf.extend_from_slice(&[0u8; 100]);
+        let (recs, end) = read_all(&buf);
+        assert_eq!(recs.len(), 1);
+        assert_eq!(
+            end,
+            ReadStep::TornTail {
+                offset: ends[0] as u64
+            }
+        );
+    }
+
+    #[test]
+    fn a_header_followed_by_zeroes_is_a_torn_tail() {
+        let (mut buf, ends) = log_of(&[b"one", b"second payload"]);
+        let payload_start = ends[0] + RECORD_HEADER_LEN;
+        for b in &mut buf[payload_start..] {
+            *b = 0;
+        }
+        buf.extend_from_slice(&[0u8; 64]);
         let (recs, end) = read_all(&buf);
         assert_eq!(recs.len(), 1);
         assert_eq!(

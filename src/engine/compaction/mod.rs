@@ -73,10 +73,11 @@ impl Engine {
         }
         next.next_file_number = self.next_file_number.load(Ordering::SeqCst);
         if let Err(e) = files::write_manifest(&*self.fs, &self.dir, &next) {
+            // The rename may have reached the disk even though a later step failed, so the
+            // manifest on disk may name either set of files: keep both, stop writing, and let
+            // the next open (which reads the manifest) remove whichever set it does not name.
             drop(manifest);
-            for o in &outputs {
-                o.segment.mark_obsolete();
-            }
+            self.set_poison(format!("compaction could not record its result: {e}"));
             return Err(e);
         }
         *manifest = next;
