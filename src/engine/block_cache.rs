@@ -72,7 +72,7 @@ impl std::fmt::Debug for BlockCache {
 impl BlockCache {
     /// A cache holding up to `bytes` of decoded blocks.
     pub fn new(bytes: usize) -> Self {
-        let items = (bytes / (16 << 10)).max(16);
+        let items = (bytes / (4 << 10)).max(16);
         BlockCache {
             cache: Cache::with_weighter(items, bytes.max(1) as u64, BlockWeight),
             hits: AtomicU64::new(0),

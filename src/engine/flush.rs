@@ -63,9 +63,16 @@ pub(super) fn run(engine: &Arc<Engine>) {
 fn flush_one(engine: &Engine, mem: &Arc<Memtable>) -> Result<()> {
     let number = engine.next_file_number.fetch_add(1, Ordering::SeqCst);
     let path = files::segment_path(&engine.dir, number);
+    let runs = mem.sorted_runs();
+    let dict = engine.dictionary_for_flush(&runs);
     let file = engine.fs.create(&path).map_err(|e| Error::io(&path, e))?;
-    let mut writer = SegmentWriter::new(file, engine.opts.compression, engine.opts.block_bytes);
-    for (conv, run) in mem.sorted_runs() {
+    let mut writer = SegmentWriter::with_dictionary(
+        file,
+        engine.opts.compression,
+        engine.opts.block_bytes,
+        dict.as_deref().map(|d| d.as_ref()),
+    );
+    for (conv, run) in runs {
         for m in &run {
             if !writer.add(m).map_err(|e| Error::io(&path, e))? {
                 return Err(Error::corruption(
@@ -134,6 +141,61 @@ fn flush_one(engine: &Engine, mem: &Arc<Memtable>) -> Result<()> {
         .fetch_add(summary.file_bytes, Ordering::Relaxed);
     delete_obsolete_wals(engine, horizon);
     Ok(())
+}
+
+/// How many flushes reuse a dictionary before it is trained again on fresh data.
+const RETRAIN_EVERY: u64 = 16;
+/// Sample blocks a dictionary is trained on.
+const SAMPLE_BLOCKS: usize = 128;
+
+impl Engine {
+    /// The dictionary the next flush uses: the current one, retrained from `runs` now and then
+    /// (and whenever there is none yet and `runs` hold enough data to learn from).
+    fn dictionary_for_flush(
+        &self,
+        runs: &[(crate::types::ConversationId, Vec<crate::types::Message>)],
+    ) -> Option<Arc<bytes::Bytes>> {
+        let max = self.opts.dictionary_bytes;
+        if max == 0 || !matches!(self.opts.compression, crate::options::Compression::Zstd(_)) {
+            return None;
+        }
+        let flushes = self.counters.flushes.load(Ordering::Relaxed);
+        let current = self.dictionary.lock().clone();
+        if current.is_some() && !flushes.is_multiple_of(RETRAIN_EVERY) {
+            return current;
+        }
+        let total: usize = runs
+            .iter()
+            .flat_map(|(_, r)| r.iter())
+            .map(|m| m.content.len() + 16)
+            .sum();
+        let blocks = total / self.opts.block_bytes.max(1);
+        let every = (blocks / SAMPLE_BLOCKS).max(1);
+        let mut samples = Vec::with_capacity(SAMPLE_BLOCKS + 1);
+        let mut builder = crate::format::block::BlockBuilder::new();
+        let mut n = 0usize;
+        for m in runs.iter().flat_map(|(_, r)| r.iter()) {
+            if !builder.add(m) {
+                builder.finish_body();
+                builder.add(m);
+            }
+            if builder.estimated_len() >= self.opts.block_bytes {
+                let body = builder.finish_body();
+                if n.is_multiple_of(every) {
+                    samples.push(body);
+                }
+                n += 1;
+            }
+        }
+        match crate::format::dictionary::train(&samples, max) {
+            Some(d) => {
+                let d = Arc::new(bytes::Bytes::from(d));
+                *self.dictionary.lock() = Some(Arc::clone(&d));
+                Some(d)
+            }
+            None => current,
+        }
+    }
 }
 
 fn delete_obsolete_wals(engine: &Engine, horizon: u64) {

@@ -61,6 +61,8 @@ pub(crate) struct Engine {
     shutdown: AtomicBool,
     /// Set after a failed WAL write or flush: the store refuses writes from then on.
     poison: Mutex<Option<String>>,
+    /// The zstd dictionary new segments are compressed with (trained by flushes).
+    dictionary: Mutex<Option<Arc<bytes::Bytes>>>,
     /// Held while a compaction runs; holds the picker's round-robin positions.
     compaction: Mutex<compaction::picker::Cursors>,
     cache: BlockCache,

@@ -182,6 +182,15 @@ pub(super) fn open(dir: PathBuf, opts: Options) -> Result<Arc<Engine>> {
     };
 
     Ok(Arc::new(Engine {
+        // The newest segment's dictionary carries on until the next flush retrains one.
+        dictionary: Mutex::new(
+            version
+                .segments
+                .iter()
+                .rev()
+                .find_map(|s| s.reader.dictionary().cloned())
+                .map(Arc::new),
+        ),
         compaction: Mutex::new(Default::default()),
         cache: BlockCache::new(opts.block_cache_bytes),
         dir,

@@ -10,6 +10,7 @@ use bytes::Bytes;
 
 use super::batch::{flags, MAX_MENTIONS};
 use super::coding::{get_u32, put_u32, put_varint, unzigzag, zigzag, Reader};
+use super::dictionary::{DictDecoder, DictEncoder};
 use crate::options::Compression;
 use crate::types::{ConversationId, Message, MessageId, MessageKind, UserId};
 
@@ -22,6 +23,7 @@ pub const MAX_BLOCK_LEN: usize = 64 << 20;
 const CODEC_NONE: u8 = 0;
 const CODEC_LZ4: u8 = 1;
 const CODEC_ZSTD: u8 = 2;
+const CODEC_ZSTD_DICT: u8 = 3;
 
 /// A conversation's rows inside a block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,7 +129,18 @@ impl BlockBuilder {
     }
 
     /// Encodes the block (body, compressed, plus trailer) onto `out` and resets the builder.
-    pub fn finish_into(&mut self, compression: Compression, out: &mut Vec<u8>) {
+    pub fn finish_into(
+        &mut self,
+        compression: Compression,
+        dict: Option<&mut DictEncoder>,
+        out: &mut Vec<u8>,
+    ) {
+        let body = self.finish_body();
+        pack(&body, compression, dict, out);
+    }
+
+    /// Encodes the uncompressed block body and resets the builder.
+    pub fn finish_body(&mut self) -> Vec<u8> {
         let mut body = Vec::with_capacity(self.estimated_len() + 64);
         put_varint(&mut body, self.rows() as u64);
         put_varint(&mut body, self.runs.len() as u64);
@@ -174,30 +187,45 @@ impl BlockBuilder {
             body.extend_from_slice(section);
         }
         *self = BlockBuilder::default();
-        pack(&body, compression, out);
+        body
     }
 }
 
 /// Compresses `body` (unless that does not shrink it) and appends it with its trailer to `out`.
-pub fn pack(body: &[u8], compression: Compression, out: &mut Vec<u8>) {
+/// With `dict`, zstd blocks are compressed against the segment's dictionary.
+pub fn pack(
+    body: &[u8],
+    compression: Compression,
+    dict: Option<&mut DictEncoder>,
+    out: &mut Vec<u8>,
+) {
     let start = out.len();
-    let codec = match compression {
-        Compression::None => CODEC_NONE,
-        Compression::Lz4 => {
-            let c = lz4_flex::block::compress(body);
-            if c.len() < body.len() {
+    let codec = match (compression, dict) {
+        (Compression::Zstd(_), Some(enc)) => match enc.compress(body) {
+            Some(c) if c.len() < body.len() => {
                 out.extend_from_slice(&c);
-                CODEC_LZ4
-            } else {
-                CODEC_NONE
-            }
-        }
-        Compression::Zstd(level) => match zstd::bulk::compress(body, level) {
-            Ok(c) if c.len() < body.len() => {
-                out.extend_from_slice(&c);
-                CODEC_ZSTD
+                CODEC_ZSTD_DICT
             }
             _ => CODEC_NONE,
+        },
+        (compression, _) => match compression {
+            Compression::None => CODEC_NONE,
+            Compression::Lz4 => {
+                let c = lz4_flex::block::compress(body);
+                if c.len() < body.len() {
+                    out.extend_from_slice(&c);
+                    CODEC_LZ4
+                } else {
+                    CODEC_NONE
+                }
+            }
+            Compression::Zstd(level) => match zstd::bulk::compress(body, level) {
+                Ok(c) if c.len() < body.len() => {
+                    out.extend_from_slice(&c);
+                    CODEC_ZSTD
+                }
+                _ => CODEC_NONE,
+            },
         },
     };
     if codec == CODEC_NONE {
@@ -226,7 +254,8 @@ pub struct Block {
 
 /// Checks a stored block's checksum and returns its uncompressed body.
 /// `stored` is the block as on disk, trailer included.
-pub fn unpack(stored: &Bytes) -> Result<Bytes, &'static str> {
+/// `dict` is the segment's dictionary, needed by blocks compressed against it.
+pub fn unpack(stored: &Bytes, dict: Option<&DictDecoder>) -> Result<Bytes, &'static str> {
     if stored.len() < BLOCK_TRAILER_LEN {
         return Err("block shorter than its trailer");
     }
@@ -245,6 +274,10 @@ pub fn unpack(stored: &Bytes) -> Result<Bytes, &'static str> {
         CODEC_LZ4 => Bytes::from(
             lz4_flex::block::decompress(&body, raw_len).map_err(|_| "lz4 decode failed")?,
         ),
+        CODEC_ZSTD_DICT => match dict {
+            Some(d) => Bytes::from(d.decompress(&body, raw_len)?),
+            None => return Err("block needs a dictionary the segment does not have"),
+        },
         CODEC_ZSTD => {
             Bytes::from(zstd::bulk::decompress(&body, raw_len).map_err(|_| "zstd decode failed")?)
         }
@@ -508,9 +541,9 @@ mod tests {
             assert!(b.add(m));
         }
         let mut out = Vec::new();
-        b.finish_into(compression, &mut out);
+        b.finish_into(compression, None, &mut out);
         assert!(b.is_empty());
-        Block::decode(unpack(&Bytes::from(out)).unwrap()).unwrap()
+        Block::decode(unpack(&Bytes::from(out), None).unwrap()).unwrap()
     }
 
     #[test]
@@ -570,11 +603,11 @@ mod tests {
             b.add(m);
         }
         let mut out = Vec::new();
-        b.finish_into(Compression::Lz4, &mut out);
+        b.finish_into(Compression::Lz4, None, &mut out);
         for byte in 0..out.len() {
             let mut bad = out.clone();
             bad[byte] ^= 0x10;
-            assert!(unpack(&Bytes::from(bad)).is_err(), "byte {byte}");
+            assert!(unpack(&Bytes::from(bad), None).is_err(), "byte {byte}");
         }
     }
 

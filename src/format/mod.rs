@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod block;
 pub mod coding;
+pub mod dictionary;
 pub mod manifest;
 pub mod segment;
 pub mod state_block;

@@ -2,7 +2,8 @@
 //! index, a conversation index and a footer. See `docs/format-segment.md`.
 //!
 //! ```text
-//! segment      := header block* state_block* block_index conv_index state_index footer
+//! segment      := header [dictionary] block* state_block* block_index conv_index state_index footer
+//! dictionary   := zstd dictionary bytes | len:u32 | codec:u8 = 0 | crc:u32  (block framing)
 //! header       := magic:u64 = SEGMENT_MAGIC | version:u32 | reserved:u32 = 0         (16 bytes)
 //! block        := body | uncompressed_len:u32 | codec:u8 | crc:u32   (see format::block)
 //! state_block  := same framing, body per format::state_block
@@ -13,7 +14,8 @@
 //! footer       := block_index_offset:u64 | block_count:u32 | conv_count:u32 |
 //!                 message_count:u64 | logical_bytes:u64 | state_index_offset:u64 |
 //!                 state_block_count:u32 | state_entry_count:u32 | state_index_len:u32 |
-//!                 index_crc:u32 | version:u32 | footer_crc:u32 | magic:u64   (72 bytes)
+//!                 dict_len:u32 | dict_offset:u64 |
+//!                 index_crc:u32 | version:u32 | footer_crc:u32 | magic:u64   (84 bytes)
 //! ```
 //! `key_pos` is the offset of a state block's first key from the start of the key area;
 //! `index_crc` covers the three indexes, `footer_crc` the footer bytes before it.
@@ -27,6 +29,7 @@ use bytes::Bytes;
 use super::block::{pack, unpack, Block, BlockBuilder};
 use super::coding::{get_u32, get_u64, put_u32, put_u64};
 use super::coding::{put_varint, Reader};
+use super::dictionary::{DictDecoder, DictEncoder};
 use super::state_block::{StateBlock, StateBlockBuilder, MAX_KEY_LEN};
 use crate::error::{Error, Result};
 use crate::fs::WritableFile;
@@ -40,7 +43,7 @@ pub const SEGMENT_VERSION: u32 = 1;
 /// Size of the file header.
 pub const HEADER_LEN: usize = 16;
 /// Size of the footer.
-pub const FOOTER_LEN: usize = 72;
+pub const FOOTER_LEN: usize = 84;
 /// Size of a state index entry.
 pub const STATE_ENTRY_LEN: usize = 16;
 /// Target uncompressed size of a state block (small: state is read by point lookups).
@@ -82,6 +85,8 @@ pub struct SegmentWriter {
     state_started: bool,
     state_index: Vec<(u64, u32, Vec<u8>)>,
     last_state_key: Vec<u8>,
+    dict: Option<DictEncoder>,
+    dict_at: (u64, u32),
     summary: SegmentSummary,
 }
 
@@ -99,10 +104,31 @@ const LOGICAL_FIXED_BYTES: u64 = 33;
 impl SegmentWriter {
     /// Starts a segment in `file`.
     pub fn new(file: Box<dyn WritableFile>, compression: Compression, block_bytes: usize) -> Self {
+        Self::with_dictionary(file, compression, block_bytes, None)
+    }
+
+    /// Starts a segment whose zstd blocks are compressed against `dictionary` (stored in the
+    /// segment). Ignored for other codecs or if zstd rejects the dictionary.
+    pub fn with_dictionary(
+        file: Box<dyn WritableFile>,
+        compression: Compression,
+        block_bytes: usize,
+        dictionary: Option<&[u8]>,
+    ) -> Self {
         let mut out = Vec::with_capacity(block_bytes * 2);
         put_u64(&mut out, SEGMENT_MAGIC);
         put_u32(&mut out, SEGMENT_VERSION);
         put_u32(&mut out, 0);
+        let mut dict = None;
+        let mut dict_at = (0, 0);
+        if let (Compression::Zstd(level), Some(d)) = (compression, dictionary) {
+            if let Some(enc) = DictEncoder::new(d, level) {
+                let start = out.len();
+                pack(d, Compression::None, None, &mut out);
+                dict_at = (start as u64, (out.len() - start) as u32);
+                dict = Some(enc);
+            }
+        }
         SegmentWriter {
             file,
             compression,
@@ -116,6 +142,8 @@ impl SegmentWriter {
             state_started: false,
             state_index: Vec::new(),
             last_state_key: Vec::new(),
+            dict,
+            dict_at,
             summary: SegmentSummary::default(),
         }
     }
@@ -157,7 +185,8 @@ impl SegmentWriter {
         };
         let rows = self.block.rows() as u32;
         let start = self.out.len();
-        self.block.finish_into(self.compression, &mut self.out);
+        self.block
+            .finish_into(self.compression, self.dict.as_mut(), &mut self.out);
         let len = (self.out.len() - start) as u32;
         let offset = self.offset + start as u64;
         put_u64(&mut self.block_index, conv.0);
@@ -206,7 +235,7 @@ impl SegmentWriter {
         };
         let body = self.state.finish();
         let start = self.out.len();
-        pack(&body, self.compression, &mut self.out);
+        pack(&body, self.compression, self.dict.as_mut(), &mut self.out);
         let len = (self.out.len() - start) as u32;
         self.state_index
             .push((self.offset + start as u64, len, first));
@@ -263,6 +292,8 @@ impl SegmentWriter {
         put_u32(&mut self.out, self.state_index.len() as u32);
         put_u32(&mut self.out, self.summary.state_entries as u32);
         put_u32(&mut self.out, state_index_len);
+        put_u32(&mut self.out, self.dict_at.1);
+        put_u64(&mut self.out, self.dict_at.0);
         put_u32(&mut self.out, index_crc);
         put_u32(&mut self.out, SEGMENT_VERSION);
         let footer_crc = crc32fast::hash(&self.out[footer_start..]);
@@ -291,6 +322,8 @@ pub struct SegmentReader {
     state_block_count: usize,
     state_keys_offset: usize,
     state_entry_count: u64,
+    dict: Option<DictDecoder>,
+    dict_bytes: Option<Bytes>,
 }
 
 /// Location and size of one block.
@@ -313,16 +346,16 @@ impl SegmentReader {
             return Err(corrupt(0, "bad segment magic"));
         }
         let f = data.len() - FOOTER_LEN;
-        if get_u64(&data, f + 64) != Some(SEGMENT_MAGIC) {
+        if get_u64(&data, f + 76) != Some(SEGMENT_MAGIC) {
             return Err(corrupt(f, "bad footer magic"));
         }
-        let footer_crc = get_u32(&data, f + 60).unwrap_or(0);
-        if crc32fast::hash(&data[f..f + 60]) != footer_crc {
+        let footer_crc = get_u32(&data, f + 72).unwrap_or(0);
+        if crc32fast::hash(&data[f..f + 72]) != footer_crc {
             return Err(corrupt(f, "footer checksum mismatch"));
         }
         let field = |at: usize| get_u64(&data, f + at).unwrap_or(0);
         let field32 = |at: usize| get_u32(&data, f + at).unwrap_or(0);
-        let version = field32(56);
+        let version = field32(68);
         if version == 0 || version > SEGMENT_VERSION {
             return Err(Error::UnsupportedVersion {
                 path: path.to_path_buf(),
@@ -348,10 +381,30 @@ impl SegmentReader {
         if !bounds_ok {
             return Err(corrupt(f, "index bounds do not match the footer"));
         }
-        if crc32fast::hash(&data[block_index_offset..f]) != field32(52) {
+        if crc32fast::hash(&data[block_index_offset..f]) != field32(64) {
             return Err(corrupt(block_index_offset, "index checksum mismatch"));
         }
+        let dict_len = field32(52) as usize;
+        let mut dict_bytes = None;
+        let dict = if dict_len == 0 {
+            None
+        } else {
+            let at = usize::try_from(field(56)).unwrap_or(usize::MAX);
+            let end = at
+                .checked_add(dict_len)
+                .filter(|&e| e <= block_index_offset);
+            let Some(end) = end.filter(|_| at >= HEADER_LEN) else {
+                return Err(corrupt(f, "dictionary outside the data area"));
+            };
+            let raw = unpack(&data.slice(at..end), None).map_err(|why| corrupt(at, why))?;
+            let decoder =
+                DictDecoder::new(&raw).ok_or_else(|| corrupt(at, "zstd rejects the dictionary"))?;
+            dict_bytes = Some(raw);
+            Some(decoder)
+        };
         let reader = SegmentReader {
+            dict,
+            dict_bytes,
             path: path.to_path_buf(),
             block_index_offset,
             block_count,
@@ -430,6 +483,11 @@ impl SegmentReader {
         self.conv_count
     }
 
+    /// The zstd dictionary this segment's blocks were compressed with, if any.
+    pub fn dictionary(&self) -> Option<&Bytes> {
+        self.dict_bytes.as_ref()
+    }
+
     /// Number of state blocks.
     pub fn state_block_count(&self) -> usize {
         self.state_block_count
@@ -488,7 +546,8 @@ impl SegmentReader {
         let h = self.state_handle(i);
         let start = h.offset as usize;
         let stored = self.data.slice(start..start + h.len as usize);
-        let body = unpack(&stored).map_err(|why| Error::corruption(&self.path, h.offset, why))?;
+        let body = unpack(&stored, self.dict.as_ref())
+            .map_err(|why| Error::corruption(&self.path, h.offset, why))?;
         StateBlock::decode(body).map_err(|why| Error::corruption(&self.path, h.offset, why))
     }
 
@@ -588,7 +647,8 @@ impl SegmentReader {
         let h = self.block_handle(i);
         let start = h.offset as usize;
         let stored = self.data.slice(start..start + h.len as usize);
-        let body = unpack(&stored).map_err(|why| Error::corruption(&self.path, h.offset, why))?;
+        let body = unpack(&stored, self.dict.as_ref())
+            .map_err(|why| Error::corruption(&self.path, h.offset, why))?;
         let block =
             Block::decode(body).map_err(|why| Error::corruption(&self.path, h.offset, why))?;
         let want_rows = get_u32(

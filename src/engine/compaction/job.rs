@@ -55,10 +55,12 @@ impl<'a> OutputSet<'a> {
                 .fs
                 .create(&path)
                 .map_err(|e| Error::io(&path, e))?;
-            let w = SegmentWriter::new(
+            let dict = self.engine.dictionary.lock().clone();
+            let w = SegmentWriter::with_dictionary(
                 file,
                 self.engine.opts.compression,
                 self.engine.opts.block_bytes,
+                dict.as_deref().map(|d| d.as_ref()),
             );
             self.current = Some((number, path, w));
         }

@@ -1,0 +1,133 @@
+//! Zstandard dictionaries for segment blocks.
+//!
+//! Chat messages are short: a small block compresses poorly on its own because the compressor
+//! has little history to match against. A dictionary trained on the store's own blocks gives
+//! every block that history up front, so small blocks (cheap to decompress on a cache miss)
+//! compress as well as large ones. Each segment that uses one stores it (see
+//! `docs/format-segment.md`), so a segment is readable on its own.
+
+use std::cell::RefCell;
+
+use zstd::zstd_safe::{self, CCtx, CDict, DCtx, DDict};
+
+/// Compresses blocks with one dictionary.
+pub struct DictEncoder {
+    cctx: CCtx<'static>,
+    cdict: CDict<'static>,
+}
+
+impl std::fmt::Debug for DictEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DictEncoder")
+    }
+}
+
+impl DictEncoder {
+    /// An encoder for `dict` at compression `level`; `None` if zstd rejects the dictionary.
+    pub fn new(dict: &[u8], level: i32) -> Option<Self> {
+        Some(DictEncoder {
+            cctx: CCtx::try_create()?,
+            cdict: CDict::try_create(dict, level)?,
+        })
+    }
+
+    /// Compresses `body`; `None` if zstd fails.
+    pub fn compress(&mut self, body: &[u8]) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(zstd_safe::compress_bound(body.len()));
+        self.cctx
+            .compress_using_cdict(&mut out, body, &self.cdict)
+            .ok()?;
+        Some(out)
+    }
+}
+
+/// Decompresses blocks made with one dictionary. Shared by all readers of a segment.
+pub struct DictDecoder {
+    ddict: DDict<'static>,
+}
+
+impl std::fmt::Debug for DictDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DictDecoder")
+    }
+}
+
+thread_local! {
+    // A decompression context is costly to create and not shareable: one per thread.
+    static DCTX: RefCell<Option<DCtx<'static>>> = const { RefCell::new(None) };
+}
+
+impl DictDecoder {
+    /// A decoder for `dict`; `None` if zstd rejects it.
+    pub fn new(dict: &[u8]) -> Option<Self> {
+        Some(DictDecoder {
+            ddict: DDict::try_create(dict)?,
+        })
+    }
+
+    /// Decompresses `body`, which must expand to exactly `raw_len` bytes.
+    pub fn decompress(&self, body: &[u8], raw_len: usize) -> Result<Vec<u8>, &'static str> {
+        DCTX.with(|cell| {
+            let mut slot = cell.try_borrow_mut().map_err(|_| "decoder busy")?;
+            if slot.is_none() {
+                *slot = Some(DCtx::try_create().ok_or("zstd context allocation failed")?);
+            }
+            let dctx = slot.as_mut().ok_or("zstd context missing")?;
+            let mut out = Vec::with_capacity(raw_len);
+            let n = dctx
+                .decompress_using_ddict(&mut out, body, &self.ddict)
+                .map_err(|_| "zstd dictionary decode failed")?;
+            if n != raw_len {
+                return Err("uncompressed length mismatch");
+            }
+            Ok(out)
+        })
+    }
+}
+
+/// Trains a dictionary of at most `max_bytes` from sample block bodies; `None` when the
+/// samples are too few or too small for zstd to learn from.
+pub fn train(samples: &[Vec<u8>], max_bytes: usize) -> Option<Vec<u8>> {
+    let total: usize = samples.iter().map(Vec::len).sum();
+    if samples.len() < 8 || total < max_bytes * 2 {
+        return None;
+    }
+    zstd::dict::from_samples(samples, max_bytes).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples() -> Vec<Vec<u8>> {
+        (0..200)
+            .map(|i| {
+                format!(
+                    "hey are you coming tonight {i}? the train is late again, see you at dinner {}",
+                    i * 7
+                )
+                .repeat(20)
+                .into_bytes()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn round_trips_and_beats_no_dictionary_on_small_inputs() {
+        let s = samples();
+        let dict = train(&s, 4096).unwrap();
+        let mut enc = DictEncoder::new(&dict, 3).unwrap();
+        let dec = DictDecoder::new(&dict).unwrap();
+        let body = b"hey are you coming tonight 9999? the train is late again".to_vec();
+        let c = enc.compress(&body).unwrap();
+        assert_eq!(dec.decompress(&c, body.len()).unwrap(), body);
+        assert!(c.len() < zstd::bulk::compress(&body, 3).unwrap().len());
+        assert!(dec.decompress(&c, body.len() + 1).is_err());
+        assert!(dec.decompress(&c[..c.len() / 2], body.len()).is_err());
+    }
+
+    #[test]
+    fn too_little_data_trains_nothing() {
+        assert!(train(&[b"tiny".to_vec()], 4096).is_none());
+    }
+}
