@@ -29,6 +29,11 @@ use crate::format::{batch, wal};
 use crate::options::Durability;
 use crate::types::{ConversationId, Message, MessageId, MessageKind, NewMessage};
 
+/// Level 0 may hold this many times its compaction trigger before writers wait for compaction.
+const L0_STALL_FACTOR: usize = 5;
+/// Longest a memtable switch waits for compaction to shrink level 0.
+const L0_STALL_MAX: Duration = Duration::from_secs(1);
+
 type Job = Box<dyn FnOnce(&mut Txn<'_>) -> Result<()> + Send>;
 
 /// Writers waiting for a leader, and outcomes waiting for their writers.
@@ -426,6 +431,23 @@ impl Engine {
         Ok(())
     }
 
+    /// Whether too many frozen memtables wait for flush (memory would grow without bound).
+    fn flush_behind(&self) -> bool {
+        self.current().frozen.len() >= self.opts.max_frozen_memtables
+    }
+
+    /// Whether level 0 has piled up so far (with background compaction) that reads suffer.
+    fn compaction_behind(&self) -> bool {
+        self.opts.background_compaction
+            && self
+                .current()
+                .segments
+                .iter()
+                .filter(|s| s.level == 0)
+                .count()
+                >= self.opts.l0_compaction_trigger * L0_STALL_FACTOR
+    }
+
     /// Freezes the active memtable and starts a new one with a new WAL file, first waiting
     /// (not failing) while too many frozen memtables wait for flush.
     /// REQUIRES: the caller holds the leader lock (passes its scratch as proof).
@@ -433,7 +455,14 @@ impl Engine {
         let mut stalled: Option<Instant> = None;
         {
             let mut g = self.bg.lock();
-            while self.current().frozen.len() >= self.opts.max_frozen_memtables {
+            // Memory: wait as long as it takes (a failed flush poisons the store and ends it).
+            // Level 0: wait up to L0_STALL_MAX per switch, a slowdown that gives compaction
+            // time without ever stopping writes on a compaction that keeps failing.
+            loop {
+                let waited = stalled.map_or(Duration::ZERO, |t| t.elapsed());
+                if !(self.flush_behind() || (self.compaction_behind() && waited < L0_STALL_MAX)) {
+                    break;
+                }
                 self.check_writable()?;
                 stalled.get_or_insert_with(Instant::now);
                 self.bg_cv.notify_all();
@@ -454,10 +483,21 @@ impl Engine {
         if wal.sync()? {
             self.counters.wal_syncs.fetch_add(1, Ordering::Relaxed);
         }
-        let new_wal = LogWriter::create(&*self.fs, &path)?;
-        self.fs
-            .sync_dir(&self.dir)
-            .map_err(|e| Error::io(&self.dir, e))?;
+        let created = LogWriter::create(&*self.fs, &path).and_then(|w| {
+            self.fs
+                .sync_dir(&self.dir)
+                .map_err(|e| Error::io(&self.dir, e))?;
+            Ok(w)
+        });
+        let new_wal = match created {
+            Ok(w) => w,
+            Err(e) => {
+                // Best effort: a half-created log left behind is removed at the next open
+                // (it is the newest, and has no complete header or no records).
+                let _ = self.fs.remove(&path);
+                return Err(e);
+            }
+        };
         *wal = new_wal;
         drop(wal);
         self.edit_version(|v| {

@@ -301,7 +301,11 @@ impl Engine {
         {
             let mut scratch = self.leader.lock();
             if !self.current().active.is_empty() {
-                self.freeze(&mut scratch)?;
+                if let Err(e) = self.freeze(&mut scratch) {
+                    // As on the write path: a half-switched WAL must not take more writes.
+                    self.set_poison(format!("memtable switch failed: {e}"));
+                    return Err(e);
+                }
             }
         }
         let mut g = self.bg.lock();
@@ -316,10 +320,19 @@ impl Engine {
 
     /// Fsyncs the WAL.
     pub(crate) fn sync(&self) -> Result<()> {
-        if self.wal.lock().sync()? {
-            self.counters.wal_syncs.fetch_add(1, Ordering::Relaxed);
+        match self.wal.lock().sync() {
+            Ok(true) => {
+                self.counters.wal_syncs.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Ok(false) => Ok(()),
+            Err(e) => {
+                // After a failed fsync the kernel may have dropped the dirty pages, so a later
+                // successful fsync proves nothing about them: stop acknowledging writes.
+                self.set_poison(format!("WAL sync failed: {e}"));
+                Err(e)
+            }
         }
-        Ok(())
     }
 
     pub(crate) fn stats(&self) -> Stats {

@@ -23,6 +23,8 @@ pub const WAL_VERSION: u32 = 1;
 pub const FILE_HEADER_LEN: usize = 16;
 /// Size of a record header.
 pub const RECORD_HEADER_LEN: usize = 16;
+/// The page size torn-tail detection assumes: file systems write whole pages.
+const PAGE: usize = 4096;
 /// Largest payload a record may carry; anything bigger is treated as corruption.
 pub const MAX_RECORD_LEN: usize = 256 << 20;
 
@@ -195,9 +197,17 @@ impl<'a> LogReader<'a> {
         }
         let payload = &self.buf[start..start + len];
         if crc32fast::hash(payload) != get_u32(h, 8).unwrap_or(0) {
-            // A header that reached the disk before its payload did, with zeroes after it to
-            // the end of the file: the write never completed.
-            if self.buf[start..].iter().all(|&b| b == 0) {
+            // A record whose tail never reached the disk: zeroes from a page boundary inside
+            // it to the end of the file (the file system extended the file, the pages were
+            // never written). Such a record was never synced, so never acknowledged.
+            let zero_from = self
+                .buf
+                .iter()
+                .rposition(|&b| b != 0)
+                .map_or(0, |i| i + 1)
+                .max(start);
+            let page_aligned = zero_from.div_ceil(PAGE) * PAGE;
+            if zero_from == start || page_aligned < start + len {
                 return ReadStep::TornTail { offset };
             }
             return ReadStep::Corrupt {

@@ -11,6 +11,8 @@ use std::path::Path;
 
 use bytes::Bytes;
 
+pub mod fault;
+
 /// A file opened for appending.
 pub trait WritableFile: Send {
     /// Appends `buf` (to the OS page cache, not yet durable).

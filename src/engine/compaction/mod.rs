@@ -137,6 +137,9 @@ pub(super) fn run(engine: &Arc<Engine>) {
         match engine.compact_once() {
             Ok(true) => {
                 backoff = Duration::from_millis(100);
+                // Writers may be waiting for level 0 to shrink.
+                let _g = engine.bg.lock();
+                engine.bg_cv.notify_all();
                 continue;
             }
             Ok(false) => {}

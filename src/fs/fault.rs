@@ -1,0 +1,1141 @@
+//! A fault-injecting, in-memory [`FileSystem`] for crash and I/O-error tests.
+//!
+//! Modelled on LevelDB's fault-injection env and Pebble's crashable memory file system:
+//!
+//! - **Power cuts.** Every file keeps the bytes written to it and the length that was made
+//!   durable by [`WritableFile::sync`]; every directory keeps the entries that were made durable
+//!   by [`FileSystem::sync_dir`] and the changes (creates, renames, removes) made since.
+//!   [`FaultFs::power_cut`] returns a new file system holding only what would be on the disk
+//!   after the power failed: files cut back to their synced length, and directory changes that
+//!   were not synced undone (a created file whose directory was not synced disappears, a rename
+//!   reverts, a removed file comes back). [`CrashMode::Torn`] models a less tidy failure where
+//!   part of the unsynced data and an in-order prefix of the unsynced directory changes reached
+//!   the disk, [`CrashMode::KeepWritten`] a process crash (everything written survives).
+//!   [`FaultFs::schedule_power_cut`] cuts the power by itself right before the Nth operation,
+//!   so a crash can land inside the store's own work.
+//! - **Injected errors.** A [`FaultRule`] makes the Nth matching operation (write, sync, create,
+//!   rename, read...) fail with `ENOSPC` or `EIO`, once, a few times or from then on.
+//!
+//! Clones share the same state, so a test keeps one handle while the store owns another:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use chatstore::fs::fault::{FaultFs, FaultRule, Injected, Op};
+//! use chatstore::{ConversationId, NewMessage, Options, Store, UserId};
+//!
+//! # fn main() -> chatstore::Result<()> {
+//! let fs = FaultFs::new();
+//! let opts = Options { fs: Arc::new(fs.clone()), ..Options::default() };
+//! let store = Store::open_with("/db", opts.clone())?;
+//! store.append(ConversationId(1), NewMessage::text(UserId(1), "kept"))?;
+//!
+//! fs.inject(FaultRule::new(Op::Write).on_paths_ending_with(".wal").with_error(Injected::NoSpace));
+//! assert!(store.append(ConversationId(1), NewMessage::text(UserId(1), "lost")).is_err());
+//! drop(store);
+//!
+//! // What a reboot would find on the disk.
+//! let after = fs.power_cut();
+//! let store = Store::open_with("/db", Options { fs: Arc::new(after), ..opts })?;
+//! assert_eq!(store.latest(ConversationId(1), 10)?.len(), 1);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Simplifications: directories themselves are durable as soon as they are created (a real
+//! file system also needs the parent directory synced), [`FileSystem::create`] on an existing
+//! file truncates it durably (the pessimistic outcome), and `link_or_copy` is the trait's
+//! default copy. Paths are compared by their components, not resolved against a working
+//! directory.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use super::{DirLock, FileSystem, WritableFile};
+
+/// An operation a [`FaultRule`] can match. Every call of the corresponding method counts as one
+/// operation (see [`FaultFs::op_count`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Op {
+    /// [`WritableFile::write_all`].
+    Write,
+    /// [`WritableFile::sync`].
+    Sync,
+    /// [`FileSystem::create`].
+    Create,
+    /// [`FileSystem::rename`]; a rule's path filter matches either name.
+    Rename,
+    /// [`FileSystem::remove`].
+    Remove,
+    /// [`FileSystem::read`].
+    Read,
+    /// [`FileSystem::map`].
+    Map,
+    /// [`FileSystem::sync_dir`]; a rule's path filter matches the directory.
+    SyncDir,
+    /// [`FileSystem::truncate`].
+    Truncate,
+    /// [`FileSystem::list`].
+    List,
+    /// [`FileSystem::create_dir_all`].
+    CreateDir,
+    /// [`FileSystem::try_lock`].
+    Lock,
+}
+
+/// The error an injected fault returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Injected {
+    /// `ENOSPC`: no space left on the device.
+    NoSpace,
+    /// `EIO`: a low-level I/O error.
+    Io,
+}
+
+impl Injected {
+    /// The `std::io::Error` this fault produces (a raw OS error on Unix, as a real disk would).
+    pub fn to_io_error(self) -> io::Error {
+        #[cfg(unix)]
+        {
+            match self {
+                Injected::NoSpace => io::Error::from_raw_os_error(28),
+                Injected::Io => io::Error::from_raw_os_error(5),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            match self {
+                Injected::NoSpace => {
+                    io::Error::new(io::ErrorKind::StorageFull, "injected: no space left")
+                }
+                Injected::Io => io::Error::other("injected: I/O error"),
+            }
+        }
+    }
+}
+
+/// Which operations fail, when and how. Build one with [`FaultRule::new`] and the `with_*`-style
+/// methods, then install it with [`FaultFs::inject`].
+///
+/// A rule counts the operations it matches, on any file, from the moment it is installed: it
+/// lets the first [`after`](FaultRule::after) of them through, then fails the following ones
+/// ([`times`](FaultRule::times) of them, or all of them by default, as a full disk would).
+#[derive(Clone, Debug)]
+pub struct FaultRule {
+    ops: Vec<Op>,
+    suffix: Option<String>,
+    after: u64,
+    times: Option<u64>,
+    error: Injected,
+    torn: bool,
+}
+
+impl FaultRule {
+    /// A rule matching `op` on every path, failing at once and forever with `EIO`.
+    pub fn new(op: Op) -> Self {
+        FaultRule::any_of(&[op])
+    }
+
+    /// A rule matching any of `ops`.
+    pub fn any_of(ops: &[Op]) -> Self {
+        FaultRule {
+            ops: ops.to_vec(),
+            suffix: None,
+            after: 0,
+            times: None,
+            error: Injected::Io,
+            torn: false,
+        }
+    }
+
+    /// Only matches operations on paths ending with `suffix` (`".wal"`, `"MANIFEST"`...).
+    pub fn on_paths_ending_with(mut self, suffix: &str) -> Self {
+        self.suffix = Some(suffix.to_string());
+        self
+    }
+
+    /// Lets `n` matching operations succeed first: the `n + 1`-th is the first to fail.
+    pub fn after(mut self, n: u64) -> Self {
+        self.after = n;
+        self
+    }
+
+    /// Fails `n` operations, then lets everything through again.
+    pub fn times(mut self, n: u64) -> Self {
+        self.times = Some(n);
+        self
+    }
+
+    /// The error to fail with.
+    pub fn with_error(mut self, error: Injected) -> Self {
+        self.error = error;
+        self
+    }
+
+    /// A failing write first stores the first half of its buffer, as a short write that ran
+    /// out of space would.
+    pub fn torn(mut self) -> Self {
+        self.torn = true;
+        self
+    }
+
+    fn matches(&self, op: Op, paths: &[&Path]) -> bool {
+        self.ops.contains(&op)
+            && match &self.suffix {
+                None => true,
+                Some(s) => paths
+                    .iter()
+                    .any(|p| p.to_string_lossy().ends_with(s.as_str())),
+            }
+    }
+}
+
+/// How much unsynced state a simulated power cut leaves on the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrashMode {
+    /// Everything written survives, as after a process crash where the operating system (and
+    /// its page cache) lives on.
+    KeepWritten,
+    /// Only what was made durable survives: files are cut back to their synced length and
+    /// directory changes since the directory's last sync are undone.
+    LoseUnsynced,
+    /// Some unsynced state reached the disk, chosen by a seeded generator: each file keeps a
+    /// random part of its unsynced tail (sometimes as zeroes: the size reached the disk but the
+    /// data did not), and each directory keeps a random prefix of its unsynced changes, in the
+    /// order they were made (as a journaling file system commits them).
+    Torn {
+        /// Seed of the choices.
+        seed: u64,
+    },
+}
+
+struct Inode {
+    data: Vec<u8>,
+    synced: usize,
+    writers: usize,
+}
+
+#[derive(Clone, Debug)]
+enum DirOp {
+    Link(String, u64),
+    Unlink(String),
+    Move(String, String),
+}
+
+impl DirOp {
+    fn apply(&self, entries: &mut BTreeMap<String, u64>) {
+        match self {
+            DirOp::Link(name, ino) => {
+                entries.insert(name.clone(), *ino);
+            }
+            DirOp::Unlink(name) => {
+                entries.remove(name);
+            }
+            DirOp::Move(from, to) => {
+                if let Some(ino) = entries.remove(from) {
+                    entries.insert(to.clone(), ino);
+                }
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Dir {
+    current: BTreeMap<String, u64>,
+    durable: BTreeMap<String, u64>,
+    /// Changes since the last sync, oldest first: `durable` with all of them applied is
+    /// `current`.
+    pending: Vec<DirOp>,
+}
+
+struct RuleState {
+    rule: FaultRule,
+    seen: u64,
+    fired: u64,
+}
+
+#[derive(Default)]
+struct State {
+    inodes: HashMap<u64, Inode>,
+    next_ino: u64,
+    dirs: BTreeMap<PathBuf, Dir>,
+    locks: BTreeSet<PathBuf>,
+    rules: Vec<RuleState>,
+    counts: BTreeMap<Op, u64>,
+    injected: u64,
+    powered_off: bool,
+    /// A scheduled power cut: how many more matching operations run before it.
+    scheduled_cut: Option<ScheduledCut>,
+    /// What the scheduled power cut left, until a test takes it.
+    crash_image: Option<Box<State>>,
+}
+
+struct Fault {
+    error: io::Error,
+    torn: bool,
+}
+
+struct ScheduledCut {
+    left: u64,
+    ops: Vec<Op>,
+    mode: CrashMode,
+}
+
+fn not_found(path: &Path) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{}: no such file or directory", path.display()),
+    )
+}
+
+fn normalize(path: &Path) -> PathBuf {
+    path.components().collect()
+}
+
+fn split(path: &Path) -> io::Result<(PathBuf, String)> {
+    let path = normalize(path);
+    match (path.parent(), path.file_name()) {
+        (Some(dir), Some(name)) => Ok((dir.to_path_buf(), name.to_string_lossy().into_owned())),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{}: not a file path", path.display()),
+        )),
+    }
+}
+
+impl State {
+    /// Counts the operation and decides whether it fails.
+    fn check(&mut self, op: Op, paths: &[&Path]) -> Result<(), Fault> {
+        if let Some(cut) = self.scheduled_cut.as_mut().filter(|c| c.ops.contains(&op)) {
+            if cut.left == 0 {
+                let mode = cut.mode;
+                self.scheduled_cut = None;
+                self.crash_image = Some(Box::new(self.durable(mode)));
+                self.powered_off = true;
+            } else {
+                cut.left -= 1;
+            }
+        }
+        if self.powered_off {
+            return Err(Fault {
+                error: io::Error::other("the simulated machine lost power"),
+                torn: false,
+            });
+        }
+        *self.counts.entry(op).or_insert(0) += 1;
+        for r in &mut self.rules {
+            if !r.rule.matches(op, paths) {
+                continue;
+            }
+            if r.seen < r.rule.after {
+                r.seen += 1;
+                continue;
+            }
+            if r.rule.times.is_none_or(|t| r.fired < t) {
+                r.fired += 1;
+                self.injected += 1;
+                return Err(Fault {
+                    error: r.rule.error.to_io_error(),
+                    torn: r.rule.torn,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, path: &Path) -> io::Result<u64> {
+        let (dir, name) = split(path)?;
+        self.dirs
+            .get(&dir)
+            .and_then(|d| d.current.get(&name))
+            .copied()
+            .ok_or_else(|| not_found(path))
+    }
+
+    fn inode(&self, path: &Path) -> io::Result<&Inode> {
+        let ino = self.lookup(path)?;
+        self.inodes.get(&ino).ok_or_else(|| not_found(path))
+    }
+
+    fn dir_mut(&mut self, dir: &Path) -> io::Result<&mut Dir> {
+        self.dirs.get_mut(dir).ok_or_else(|| not_found(dir))
+    }
+
+    fn new_inode(&mut self) -> u64 {
+        self.next_ino += 1;
+        self.inodes.insert(
+            self.next_ino,
+            Inode {
+                data: Vec::new(),
+                synced: 0,
+                writers: 0,
+            },
+        );
+        self.next_ino
+    }
+
+    /// Links a new empty file at `path`, or truncates the existing one. Returns its inode.
+    fn create_file(&mut self, path: &Path) -> io::Result<u64> {
+        let (dir, name) = split(path)?;
+        let existing = self.dir_mut(&dir)?.current.get(&name).copied();
+        if let Some(ino) = existing {
+            if let Some(inode) = self.inodes.get_mut(&ino) {
+                inode.data.clear();
+                inode.synced = 0;
+                return Ok(ino);
+            }
+        }
+        let ino = self.new_inode();
+        let d = self.dir_mut(&dir)?;
+        d.current.insert(name.clone(), ino);
+        d.pending.push(DirOp::Link(name, ino));
+        Ok(ino)
+    }
+
+    /// Drops inodes no directory state can reach and no open file writes to.
+    fn collect_garbage(&mut self) {
+        let mut live: HashSet<u64> = HashSet::new();
+        for d in self.dirs.values() {
+            live.extend(d.current.values());
+            live.extend(d.durable.values());
+            for op in &d.pending {
+                if let DirOp::Link(_, ino) = op {
+                    live.insert(*ino);
+                }
+            }
+        }
+        self.inodes
+            .retain(|ino, inode| inode.writers > 0 || live.contains(ino));
+    }
+
+    /// The state a reboot after a power cut would find.
+    fn durable(&self, mode: CrashMode) -> State {
+        let keep_all = mode == CrashMode::KeepWritten;
+        let mut rng = match mode {
+            CrashMode::KeepWritten | CrashMode::LoseUnsynced => None,
+            CrashMode::Torn { seed } => Some(SplitMix(seed)),
+        };
+        let mut dirs = BTreeMap::new();
+        let mut live: BTreeSet<u64> = BTreeSet::new();
+        for (path, d) in &self.dirs {
+            let mut entries = if keep_all {
+                d.current.clone()
+            } else {
+                d.durable.clone()
+            };
+            if let Some(rng) = rng.as_mut() {
+                let keep = rng.below(d.pending.len() as u64 + 1) as usize;
+                for op in &d.pending[..keep] {
+                    op.apply(&mut entries);
+                }
+            }
+            live.extend(entries.values());
+            dirs.insert(
+                path.clone(),
+                Dir {
+                    current: entries.clone(),
+                    durable: entries,
+                    pending: Vec::new(),
+                },
+            );
+        }
+        let mut inodes = HashMap::new();
+        for ino in live {
+            let Some(inode) = self.inodes.get(&ino) else {
+                continue;
+            };
+            let kept = if keep_all {
+                inode.data.len()
+            } else {
+                inode.synced.min(inode.data.len())
+            };
+            let mut data = inode.data[..kept].to_vec();
+            if let Some(rng) = rng.as_mut() {
+                let unsynced = inode.data.len() - data.len();
+                let extra = rng.below(unsynced as u64 + 1) as usize;
+                if extra > 0 && rng.below(4) == 0 {
+                    data.resize(data.len() + extra, 0);
+                } else {
+                    let end = data.len() + extra;
+                    data.extend_from_slice(&inode.data[data.len()..end]);
+                }
+            }
+            let synced = data.len();
+            inodes.insert(
+                ino,
+                Inode {
+                    data,
+                    synced,
+                    writers: 0,
+                },
+            );
+        }
+        State {
+            inodes,
+            next_ino: self.next_ino,
+            dirs,
+            ..State::default()
+        }
+    }
+}
+
+/// A small deterministic generator (SplitMix64), so the crate needs no `rand` dependency.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (`n` must not be 0).
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// The fault-injecting in-memory file system. See the [module documentation](self).
+#[derive(Clone, Default)]
+pub struct FaultFs {
+    state: Arc<Mutex<State>>,
+}
+
+impl fmt::Debug for FaultFs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.state.lock();
+        f.debug_struct("FaultFs")
+            .field("dirs", &s.dirs.len())
+            .field("files", &s.inodes.len())
+            .field("rules", &s.rules.len())
+            .field("injected", &s.injected)
+            .field("powered_off", &s.powered_off)
+            .finish()
+    }
+}
+
+impl FaultFs {
+    /// An empty file system (not even a root directory: [`FileSystem::create_dir_all`] makes
+    /// directories, as the store does on open).
+    pub fn new() -> Self {
+        FaultFs::default()
+    }
+
+    /// Installs a fault rule. Rules are checked in the order they were installed; the first
+    /// one that fires decides the error, and rules after it do not count that operation.
+    pub fn inject(&self, rule: FaultRule) {
+        self.state.lock().rules.push(RuleState {
+            rule,
+            seen: 0,
+            fired: 0,
+        });
+    }
+
+    /// Removes every fault rule: from now on operations succeed (unless the power is off).
+    pub fn clear_faults(&self) {
+        self.state.lock().rules.clear();
+    }
+
+    /// How many operations failed because of a rule so far.
+    pub fn injected_count(&self) -> u64 {
+        self.state.lock().injected
+    }
+
+    /// How many operations of kind `op` were attempted so far (failed ones included).
+    pub fn op_count(&self, op: Op) -> u64 {
+        self.state.lock().counts.get(&op).copied().unwrap_or(0)
+    }
+
+    /// Cuts the power: returns a new, independent file system holding what a reboot would find
+    /// ([`CrashMode::LoseUnsynced`]), and makes every later operation on this one (and its
+    /// clones and open files) fail with `EIO`, so nothing more can reach the "disk".
+    pub fn power_cut(&self) -> FaultFs {
+        self.power_cut_with(CrashMode::LoseUnsynced)
+    }
+
+    /// [`power_cut`](FaultFs::power_cut) with a choice of how much unsynced state survives.
+    pub fn power_cut_with(&self, mode: CrashMode) -> FaultFs {
+        let mut s = self.state.lock();
+        s.powered_off = true;
+        FaultFs {
+            state: Arc::new(Mutex::new(s.durable(mode))),
+        }
+    }
+
+    /// What a crash of kind `mode` right now would leave, without stopping this file system:
+    /// it keeps working, so a test can take several crash images of one run.
+    pub fn crash_copy(&self, mode: CrashMode) -> FaultFs {
+        let s = self.state.lock();
+        FaultFs {
+            state: Arc::new(Mutex::new(s.durable(mode))),
+        }
+    }
+
+    /// Cuts the power by itself once `after` more operations of the kinds in `ops` have run
+    /// (other kinds do not count): the next such operation, from any thread, fails as if the
+    /// machine died just before it, and so does every operation after it.
+    /// [`take_crash_image`](FaultFs::take_crash_image) then returns what a reboot would find.
+    /// This puts crashes at exact points inside the store's work (between a WAL write and its
+    /// sync, in the middle of a flush or a manifest update), where a cut between two API calls
+    /// rarely lands; narrowing `ops` (to renames and directory syncs, say) aims them.
+    pub fn schedule_power_cut(&self, after: u64, ops: &[Op], mode: CrashMode) {
+        self.state.lock().scheduled_cut = Some(ScheduledCut {
+            left: after,
+            ops: ops.to_vec(),
+            mode,
+        });
+    }
+
+    /// The file system a reboot finds after a scheduled power cut, once it happened. Returns
+    /// `None` before the cut, and after the image was taken once.
+    pub fn take_crash_image(&self) -> Option<FaultFs> {
+        let image = self.state.lock().crash_image.take()?;
+        Some(FaultFs {
+            state: Arc::new(Mutex::new(*image)),
+        })
+    }
+
+    /// Whether the power is off: [`power_cut`](FaultFs::power_cut) was called, or a scheduled
+    /// cut happened.
+    pub fn is_powered_off(&self) -> bool {
+        self.state.lock().powered_off
+    }
+
+    /// Current length of the file at `path` (synced or not), if it exists.
+    pub fn file_len(&self, path: &Path) -> Option<u64> {
+        let s = self.state.lock();
+        s.inode(path).ok().map(|i| i.data.len() as u64)
+    }
+
+    /// Length of the file at `path` that a power cut would keep, if it exists.
+    pub fn synced_len(&self, path: &Path) -> Option<u64> {
+        let s = self.state.lock();
+        s.inode(path).ok().map(|i| i.synced as u64)
+    }
+
+    /// Names in `dir` that a power cut would keep, sorted.
+    pub fn durable_names(&self, dir: &Path) -> Vec<String> {
+        let s = self.state.lock();
+        s.dirs
+            .get(&normalize(dir))
+            .map(|d| d.durable.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+struct FaultFile {
+    state: Arc<Mutex<State>>,
+    ino: u64,
+    path: PathBuf,
+}
+
+impl WritableFile for FaultFile {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        let mut s = self.state.lock();
+        let outcome = s.check(Op::Write, &[&self.path]);
+        let stored = match &outcome {
+            Ok(()) => buf,
+            Err(f) if f.torn => &buf[..buf.len() / 2],
+            Err(_) => &[],
+        };
+        if let Some(inode) = s.inodes.get_mut(&self.ino) {
+            inode.data.extend_from_slice(stored);
+        }
+        outcome.map_err(|f| f.error)
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        let mut s = self.state.lock();
+        s.check(Op::Sync, &[&self.path]).map_err(|f| f.error)?;
+        if let Some(inode) = s.inodes.get_mut(&self.ino) {
+            inode.synced = inode.data.len();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for FaultFile {
+    fn drop(&mut self) {
+        if let Some(inode) = self.state.lock().inodes.get_mut(&self.ino) {
+            inode.writers = inode.writers.saturating_sub(1);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct FaultLock {
+    state: Arc<Mutex<State>>,
+    path: PathBuf,
+}
+
+impl fmt::Debug for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("State").finish_non_exhaustive()
+    }
+}
+
+impl DirLock for FaultLock {}
+
+impl Drop for FaultLock {
+    fn drop(&mut self) {
+        self.state.lock().locks.remove(&self.path);
+    }
+}
+
+impl FileSystem for FaultFs {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        let mut s = self.state.lock();
+        s.check(Op::CreateDir, &[dir]).map_err(|f| f.error)?;
+        let dir = normalize(dir);
+        for d in dir.ancestors().filter(|d| !d.as_os_str().is_empty()) {
+            s.dirs.entry(d.to_path_buf()).or_default();
+        }
+        Ok(())
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut s = self.state.lock();
+        s.check(Op::List, &[dir]).map_err(|f| f.error)?;
+        let dir = normalize(dir);
+        let d = s.dirs.get(&dir).ok_or_else(|| not_found(&dir))?;
+        let mut names: Vec<String> = d.current.keys().cloned().collect();
+        for sub in s.dirs.keys() {
+            if sub.parent() == Some(dir.as_path()) {
+                if let Some(n) = sub.file_name() {
+                    names.push(n.to_string_lossy().into_owned());
+                }
+            }
+        }
+        Ok(names)
+    }
+
+    fn create(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+        let mut s = self.state.lock();
+        s.check(Op::Create, &[path]).map_err(|f| f.error)?;
+        let ino = s.create_file(path)?;
+        if let Some(inode) = s.inodes.get_mut(&ino) {
+            inode.writers += 1;
+        }
+        Ok(Box::new(FaultFile {
+            state: Arc::clone(&self.state),
+            ino,
+            path: normalize(path),
+        }))
+    }
+
+    fn read(&self, path: &Path) -> io::Result<Bytes> {
+        let mut s = self.state.lock();
+        s.check(Op::Read, &[path]).map_err(|f| f.error)?;
+        Ok(Bytes::copy_from_slice(&s.inode(path)?.data))
+    }
+
+    fn map(&self, path: &Path) -> io::Result<Bytes> {
+        let mut s = self.state.lock();
+        s.check(Op::Map, &[path]).map_err(|f| f.error)?;
+        Ok(Bytes::copy_from_slice(&s.inode(path)?.data))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut s = self.state.lock();
+        s.check(Op::Rename, &[from, to]).map_err(|f| f.error)?;
+        let ino = s.lookup(from)?;
+        let (from_dir, from_name) = split(from)?;
+        let (to_dir, to_name) = split(to)?;
+        s.dir_mut(&to_dir)?;
+        if from_dir == to_dir {
+            let d = s.dir_mut(&from_dir)?;
+            let op = DirOp::Move(from_name, to_name);
+            op.apply(&mut d.current);
+            d.pending.push(op);
+        } else {
+            let d = s.dir_mut(&from_dir)?;
+            d.current.remove(&from_name);
+            d.pending.push(DirOp::Unlink(from_name));
+            let d = s.dir_mut(&to_dir)?;
+            d.current.insert(to_name.clone(), ino);
+            d.pending.push(DirOp::Link(to_name, ino));
+        }
+        Ok(())
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        let mut s = self.state.lock();
+        s.check(Op::Remove, &[path]).map_err(|f| f.error)?;
+        s.lookup(path)?;
+        let (dir, name) = split(path)?;
+        let d = s.dir_mut(&dir)?;
+        d.current.remove(&name);
+        d.pending.push(DirOp::Unlink(name));
+        s.collect_garbage();
+        Ok(())
+    }
+
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+        let mut s = self.state.lock();
+        s.check(Op::Truncate, &[path]).map_err(|f| f.error)?;
+        let ino = s.lookup(path)?;
+        let len = usize::try_from(len)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "length too large"))?;
+        if let Some(inode) = s.inodes.get_mut(&ino) {
+            inode.data.resize(len, 0);
+            // Like the real implementation, this syncs the whole file.
+            inode.synced = len;
+        }
+        Ok(())
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut s = self.state.lock();
+        s.check(Op::SyncDir, &[dir]).map_err(|f| f.error)?;
+        let d = s.dir_mut(&normalize(dir))?;
+        d.durable = d.current.clone();
+        d.pending.clear();
+        s.collect_garbage();
+        Ok(())
+    }
+
+    fn try_lock(&self, path: &Path) -> io::Result<Option<Box<dyn DirLock>>> {
+        let mut s = self.state.lock();
+        s.check(Op::Lock, &[path]).map_err(|f| f.error)?;
+        let path = normalize(path);
+        if s.lookup(&path).is_err() {
+            s.create_file(&path)?;
+        }
+        if !s.locks.insert(path.clone()) {
+            return Ok(None);
+        }
+        Ok(Some(Box::new(FaultLock {
+            state: Arc::clone(&self.state),
+            path,
+        })))
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        let s = self.state.lock();
+        let path = normalize(path);
+        s.dirs.contains_key(&path) || s.lookup(&path).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> &'static Path {
+        Path::new("/db")
+    }
+
+    fn fs_with_dir() -> FaultFs {
+        let fs = FaultFs::new();
+        fs.create_dir_all(dir()).unwrap();
+        fs
+    }
+
+    fn write(fs: &FaultFs, name: &str, data: &[u8], sync: bool) -> Box<dyn WritableFile> {
+        let mut f = fs.create(&dir().join(name)).unwrap();
+        f.write_all(data).unwrap();
+        if sync {
+            f.sync().unwrap();
+        }
+        f
+    }
+
+    fn content(fs: &FaultFs, name: &str) -> Option<Vec<u8>> {
+        fs.read(&dir().join(name)).ok().map(|b| b.to_vec())
+    }
+
+    fn names(fs: &FaultFs) -> Vec<String> {
+        let mut n = fs.list(dir()).unwrap();
+        n.sort();
+        n
+    }
+
+    #[test]
+    fn reads_see_unsynced_data_but_a_power_cut_keeps_only_the_synced_length() {
+        let fs = fs_with_dir();
+        let mut f = write(&fs, "a", b"durable", true);
+        f.write_all(b" and not").unwrap();
+        fs.sync_dir(dir()).unwrap();
+        assert_eq!(content(&fs, "a").unwrap(), b"durable and not");
+        assert_eq!(fs.map(&dir().join("a")).unwrap(), &b"durable and not"[..]);
+        assert_eq!(fs.file_len(&dir().join("a")), Some(15));
+        assert_eq!(fs.synced_len(&dir().join("a")), Some(7));
+        let after = fs.power_cut();
+        assert_eq!(content(&after, "a").unwrap(), b"durable");
+    }
+
+    #[test]
+    fn a_file_whose_directory_was_not_synced_disappears() {
+        let fs = fs_with_dir();
+        write(&fs, "kept", b"k", true);
+        fs.sync_dir(dir()).unwrap();
+        write(&fs, "lost", b"l", true);
+        assert_eq!(names(&fs), ["kept", "lost"]);
+        assert_eq!(fs.durable_names(dir()), ["kept"]);
+        let after = fs.power_cut();
+        assert_eq!(names(&after), ["kept"]);
+        assert!(!after.exists(&dir().join("lost")));
+    }
+
+    #[test]
+    fn unsynced_renames_and_removes_are_undone() {
+        let fs = fs_with_dir();
+        write(&fs, "MANIFEST", b"old", true);
+        write(&fs, "gone", b"g", true);
+        fs.sync_dir(dir()).unwrap();
+        write(&fs, "MANIFEST.tmp", b"new", true);
+        fs.rename(&dir().join("MANIFEST.tmp"), &dir().join("MANIFEST"))
+            .unwrap();
+        fs.remove(&dir().join("gone")).unwrap();
+        assert_eq!(content(&fs, "MANIFEST").unwrap(), b"new");
+        assert_eq!(names(&fs), ["MANIFEST"]);
+
+        let after = fs.crash_copy(CrashMode::LoseUnsynced);
+        assert_eq!(content(&after, "MANIFEST").unwrap(), b"old");
+        assert_eq!(content(&after, "gone").unwrap(), b"g");
+        assert_eq!(names(&after), ["MANIFEST", "gone"]);
+
+        fs.sync_dir(dir()).unwrap();
+        let after = fs.power_cut();
+        assert_eq!(content(&after, "MANIFEST").unwrap(), b"new");
+        assert_eq!(names(&after), ["MANIFEST"]);
+    }
+
+    #[test]
+    fn a_scheduled_power_cut_strikes_before_the_nth_operation() {
+        let fs = fs_with_dir();
+        let mut f = write(&fs, "a", b"synced", true);
+        fs.sync_dir(dir()).unwrap();
+        fs.schedule_power_cut(2, &[Op::Write, Op::Sync], CrashMode::LoseUnsynced);
+        f.write_all(b" written").unwrap();
+        fs.read(&dir().join("a")).unwrap();
+        f.write_all(b" twice").unwrap();
+        assert!(fs.take_crash_image().is_none());
+        assert!(
+            f.sync().is_err(),
+            "the third write or sync finds the power off"
+        );
+        assert!(fs.is_powered_off());
+        assert!(fs.read(&dir().join("a")).is_err());
+        let after = fs.take_crash_image().unwrap();
+        assert!(fs.take_crash_image().is_none());
+        assert_eq!(content(&after, "a").unwrap(), b"synced");
+    }
+
+    #[test]
+    fn a_process_crash_keeps_everything_written() {
+        let fs = fs_with_dir();
+        let mut f = write(&fs, "a", b"synced", true);
+        f.write_all(b" and written").unwrap();
+        write(&fs, "b", b"unsynced dir", false);
+        let after = fs.power_cut_with(CrashMode::KeepWritten);
+        assert_eq!(content(&after, "a").unwrap(), b"synced and written");
+        assert_eq!(content(&after, "b").unwrap(), b"unsynced dir");
+        // And the copy is durable in its own right.
+        let again = after.power_cut();
+        assert_eq!(names(&again), ["a", "b"]);
+        assert_eq!(content(&again, "a").unwrap(), b"synced and written");
+    }
+
+    #[test]
+    fn a_file_removed_while_open_keeps_taking_writes() {
+        let fs = fs_with_dir();
+        let mut f = write(&fs, "a", b"x", true);
+        fs.remove(&dir().join("a")).unwrap();
+        fs.sync_dir(dir()).unwrap();
+        f.write_all(b"y").unwrap();
+        f.sync().unwrap();
+        assert!(fs.read(&dir().join("a")).is_err());
+    }
+
+    #[test]
+    fn the_nth_matching_operation_fails_and_keeps_failing() {
+        let fs = fs_with_dir();
+        fs.inject(
+            FaultRule::new(Op::Write)
+                .on_paths_ending_with(".wal")
+                .after(2)
+                .with_error(Injected::NoSpace),
+        );
+        let mut wal = fs.create(&dir().join("000001.wal")).unwrap();
+        let mut other = fs.create(&dir().join("000002.seg")).unwrap();
+        wal.write_all(b"1").unwrap();
+        other.write_all(b"not counted").unwrap();
+        wal.write_all(b"2").unwrap();
+        let e = wal.write_all(b"3").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::StorageFull);
+        assert!(wal.write_all(b"4").is_err());
+        other.write_all(b"still fine").unwrap();
+        assert_eq!(fs.injected_count(), 2);
+        assert_eq!(fs.op_count(Op::Write), 6);
+        assert_eq!(content(&fs, "000001.wal").unwrap(), b"12");
+        fs.clear_faults();
+        wal.write_all(b"5").unwrap();
+        assert_eq!(content(&fs, "000001.wal").unwrap(), b"125");
+    }
+
+    #[test]
+    fn limited_rules_stop_failing_and_torn_writes_store_half() {
+        let fs = fs_with_dir();
+        fs.inject(FaultRule::any_of(&[Op::Sync, Op::Write]).times(2).torn());
+        let mut f = fs.create(&dir().join("a")).unwrap();
+        assert!(f.write_all(b"abcdef").is_err());
+        let e = f.sync().unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(5));
+        f.write_all(b"gh").unwrap();
+        f.sync().unwrap();
+        assert_eq!(content(&fs, "a").unwrap(), b"abcgh");
+    }
+
+    #[test]
+    fn directory_and_read_operations_can_fail() {
+        let fs = fs_with_dir();
+        write(&fs, "a", b"x", true);
+        for op in [
+            Op::Read,
+            Op::Map,
+            Op::SyncDir,
+            Op::Rename,
+            Op::Remove,
+            Op::Create,
+        ] {
+            fs.inject(FaultRule::new(op).times(1));
+        }
+        let a = dir().join("a");
+        assert!(fs.read(&a).is_err());
+        assert!(fs.map(&a).is_err());
+        assert!(fs.sync_dir(dir()).is_err());
+        assert!(fs.rename(&a, &dir().join("b")).is_err());
+        assert!(fs.remove(&a).is_err());
+        assert!(fs.create(&dir().join("c")).is_err());
+        assert_eq!(names(&fs), ["a"]);
+        // Each rule fired once; everything works again.
+        fs.read(&a).unwrap();
+        fs.sync_dir(dir()).unwrap();
+        fs.rename(&a, &dir().join("b")).unwrap();
+        assert_eq!(fs.injected_count(), 6);
+    }
+
+    #[test]
+    fn missing_files_and_directories_are_not_found() {
+        let fs = fs_with_dir();
+        let nf = |r: io::Result<()>| assert_eq!(r.unwrap_err().kind(), io::ErrorKind::NotFound);
+        nf(fs.read(&dir().join("x")).map(|_| ()));
+        nf(fs.remove(&dir().join("x")));
+        nf(fs.rename(&dir().join("x"), &dir().join("y")));
+        nf(fs.create(Path::new("/nodir/x")).map(|_| ()));
+        nf(fs.list(Path::new("/nodir")).map(|_| ()));
+        nf(fs.sync_dir(Path::new("/nodir")));
+        assert!(fs.exists(dir()));
+        assert!(fs.exists(Path::new("/")));
+    }
+
+    #[test]
+    fn locks_are_per_path_and_released_on_drop() {
+        let fs = fs_with_dir();
+        let lock = dir().join("LOCK");
+        let held = fs.try_lock(&lock).unwrap().unwrap();
+        assert!(fs.try_lock(&lock).unwrap().is_none());
+        assert!(fs.try_lock(&dir().join("OTHER")).unwrap().is_some());
+        assert!(fs.exists(&lock));
+        drop(held);
+        assert!(fs.try_lock(&lock).unwrap().is_some());
+    }
+
+    #[test]
+    fn clones_share_state_and_a_power_cut_stops_the_old_machine() {
+        let fs = fs_with_dir();
+        let other = fs.clone();
+        let mut f = write(&other, "a", b"x", true);
+        other.sync_dir(dir()).unwrap();
+        assert_eq!(content(&fs, "a").unwrap(), b"x");
+        let lock = fs.try_lock(&dir().join("LOCK")).unwrap();
+        let after = fs.power_cut();
+        assert!(other.is_powered_off());
+        assert!(f.write_all(b"y").is_err());
+        assert!(f.sync().is_err());
+        assert!(other.read(&dir().join("a")).is_err());
+        assert!(!after.is_powered_off());
+        // A reboot does not remember who held a lock.
+        assert!(after.try_lock(&dir().join("LOCK")).unwrap().is_some());
+        drop(lock);
+        assert_eq!(content(&after, "a").unwrap(), b"x");
+    }
+
+    #[test]
+    fn truncate_is_durable_and_create_truncates() {
+        let fs = fs_with_dir();
+        let mut f = write(&fs, "a", b"0123456789", false);
+        fs.sync_dir(dir()).unwrap();
+        fs.truncate(&dir().join("a"), 4).unwrap();
+        f.write_all(b"!").unwrap();
+        assert_eq!(
+            content(&fs.crash_copy(CrashMode::LoseUnsynced), "a").unwrap(),
+            b"0123"
+        );
+        fs.truncate(&dir().join("a"), 7).unwrap();
+        assert_eq!(content(&fs, "a").unwrap(), b"0123!\0\0");
+        write(&fs, "a", b"new", false);
+        let after = fs.power_cut();
+        assert_eq!(content(&after, "a").unwrap(), b"");
+    }
+
+    #[test]
+    fn torn_crashes_keep_a_prefix_of_unsynced_data_and_of_directory_changes() {
+        let mut lens = BTreeSet::new();
+        let mut zeroed = false;
+        let mut name_sets = BTreeSet::new();
+        for seed in 0..200 {
+            let fs = fs_with_dir();
+            let mut f = write(&fs, "a", b"sync", true);
+            fs.sync_dir(dir()).unwrap();
+            f.write_all(b"ed and more").unwrap();
+            write(&fs, "b", b"b", true);
+            write(&fs, "c", b"c", true);
+            fs.remove(&dir().join("a")).unwrap();
+            let after = fs.power_cut_with(CrashMode::Torn { seed });
+            let n = names(&after);
+            // Directory changes land in order: c never without b, and "a" goes last.
+            let ok: &[&[&str]] = &[&["a"], &["a", "b"], &["a", "b", "c"], &["b", "c"]];
+            assert!(ok.contains(&n.iter().map(String::as_str).collect::<Vec<_>>().as_slice()));
+            name_sets.insert(n);
+            if let Some(a) = content(&after, "a") {
+                assert!(a.len() >= 4 && a.len() <= 15);
+                assert_eq!(&a[..4], b"sync");
+                let tail = &a[4..];
+                if tail.iter().all(|&b| b == 0) && !tail.is_empty() {
+                    zeroed = true;
+                } else {
+                    assert_eq!(tail, &b"ed and more"[..tail.len()]);
+                }
+                lens.insert(a.len());
+            }
+        }
+        assert!(lens.len() > 5, "{lens:?}");
+        assert!(zeroed);
+        assert_eq!(name_sets.len(), 4);
+    }
+
+    #[test]
+    fn removed_files_are_collected_once_unreachable() {
+        let fs = fs_with_dir();
+        write(&fs, "a", &[7; 1000], true);
+        fs.sync_dir(dir()).unwrap();
+        fs.remove(&dir().join("a")).unwrap();
+        assert_eq!(
+            fs.state.lock().inodes.len(),
+            1,
+            "still durable until the dir is synced"
+        );
+        fs.sync_dir(dir()).unwrap();
+        assert!(fs.state.lock().inodes.is_empty());
+    }
+}
