@@ -1,0 +1,171 @@
+//! Server settings: flags override environment variables, which override the defaults.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything the server can be told at start.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where to listen (always a loopback address in this example).
+    pub addr: SocketAddr,
+    /// The data folder: `store/` (chatstore), `accounts.jsonl`, `assets/`.
+    pub data_dir: PathBuf,
+    /// How often the server pings each WebSocket (and sweeps presence).
+    pub heartbeat: Duration,
+    /// A user (and a connection) silent for this long is offline.
+    pub offline_after: Duration,
+    /// Sends per second a user may make (all devices together), refilled continuously.
+    pub send_rate: f64,
+    /// Sends a user may make in a burst.
+    pub send_burst: f64,
+    /// Frames waiting for one connection before it is dropped as too slow.
+    pub queue_frames: usize,
+    /// Largest upload, in bytes.
+    pub max_upload_bytes: usize,
+    /// Largest text frame the server answers with an error instead of closing the socket.
+    pub max_frame_bytes: usize,
+    /// Largest WebSocket message at all; beyond it the connection is closed (1009).
+    pub hard_frame_bytes: usize,
+    /// Unread messages sent per conversation in the first frame of a connection.
+    pub unread_per_conversation: usize,
+    /// Argon2id memory cost in KiB (OWASP: 19456).
+    pub argon2_memory_kib: u32,
+    /// Argon2id iterations (OWASP: 2).
+    pub argon2_iterations: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
+            data_dir: PathBuf::from("./chat-data"),
+            heartbeat: Duration::from_secs(3),
+            offline_after: Duration::from_secs(10),
+            send_rate: 10.0,
+            send_burst: 30.0,
+            queue_frames: 512,
+            max_upload_bytes: 5 << 20,
+            max_frame_bytes: 80 << 10,
+            hard_frame_bytes: 1 << 20,
+            unread_per_conversation: 50,
+            argon2_memory_kib: 19_456,
+            argon2_iterations: 2,
+        }
+    }
+}
+
+pub const USAGE: &str = "\
+chat_server: a WebSocket chat server on chatstore
+
+USAGE: cargo run --release --example chat_server -- [FLAGS]
+
+FLAGS (environment variable in brackets):
+  --port N                  port on 127.0.0.1, 0 = any free one [CHAT_PORT] (8080)
+  --data PATH               data folder [CHAT_DATA] (./chat-data)
+  --heartbeat-ms N          ping interval [CHAT_HEARTBEAT_MS] (3000)
+  --offline-after-ms N      offline after this long without an answer [CHAT_OFFLINE_AFTER_MS] (10000)
+  --send-rate N             sends per second per user [CHAT_SEND_RATE] (10)
+  --send-burst N            burst of sends per user [CHAT_SEND_BURST] (30)
+  --queue N                 outgoing frames queued per connection [CHAT_QUEUE] (512)
+  --max-upload-bytes N      largest image upload [CHAT_MAX_UPLOAD_BYTES] (5242880)
+  --argon2-memory-kib N     argon2id memory cost [CHAT_ARGON2_MEMORY_KIB] (19456)
+  --argon2-iterations N     argon2id iterations [CHAT_ARGON2_ITERATIONS] (2)
+  -h, --help                this text
+";
+
+const KEYS: &[(&str, &str)] = &[
+    ("--port", "CHAT_PORT"),
+    ("--data", "CHAT_DATA"),
+    ("--heartbeat-ms", "CHAT_HEARTBEAT_MS"),
+    ("--offline-after-ms", "CHAT_OFFLINE_AFTER_MS"),
+    ("--send-rate", "CHAT_SEND_RATE"),
+    ("--send-burst", "CHAT_SEND_BURST"),
+    ("--queue", "CHAT_QUEUE"),
+    ("--max-upload-bytes", "CHAT_MAX_UPLOAD_BYTES"),
+    ("--argon2-memory-kib", "CHAT_ARGON2_MEMORY_KIB"),
+    ("--argon2-iterations", "CHAT_ARGON2_ITERATIONS"),
+];
+
+/// What the command line asked for.
+pub enum Parsed {
+    Run(Box<Config>),
+    Help,
+}
+
+impl Config {
+    /// Reads the environment and then `args` (without the program name).
+    pub fn from_env_and_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
+        let mut values: Vec<(&'static str, String)> = Vec::new();
+        for (flag, env) in KEYS {
+            if let Ok(v) = std::env::var(env) {
+                values.push((flag, v));
+            }
+        }
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            if arg == "-h" || arg == "--help" {
+                return Ok(Parsed::Help);
+            }
+            let (name, inline) = match arg.split_once('=') {
+                Some((n, v)) => (n.to_string(), Some(v.to_string())),
+                None => (arg.clone(), None),
+            };
+            let Some((flag, _)) = KEYS.iter().find(|(f, _)| *f == name) else {
+                return Err(format!("unknown argument {arg:?}\n\n{USAGE}"));
+            };
+            let value = match inline {
+                Some(v) => v,
+                None => args.next().ok_or_else(|| format!("{flag} needs a value"))?,
+            };
+            values.push((flag, value));
+        }
+        let mut cfg = Config::default();
+        for (flag, v) in values {
+            cfg.set(flag, &v)?;
+        }
+        cfg.check()?;
+        Ok(Parsed::Run(Box::new(cfg)))
+    }
+
+    fn set(&mut self, flag: &str, v: &str) -> Result<(), String> {
+        fn num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
+            v.trim()
+                .parse()
+                .map_err(|_| format!("{flag}: {v:?} is not a valid number"))
+        }
+        match flag {
+            "--port" => self.addr.set_port(num(flag, v)?),
+            "--data" => self.data_dir = PathBuf::from(v),
+            "--heartbeat-ms" => self.heartbeat = Duration::from_millis(num(flag, v)?),
+            "--offline-after-ms" => self.offline_after = Duration::from_millis(num(flag, v)?),
+            "--send-rate" => self.send_rate = num(flag, v)?,
+            "--send-burst" => self.send_burst = num(flag, v)?,
+            "--queue" => self.queue_frames = num(flag, v)?,
+            "--max-upload-bytes" => self.max_upload_bytes = num(flag, v)?,
+            "--argon2-memory-kib" => self.argon2_memory_kib = num(flag, v)?,
+            "--argon2-iterations" => self.argon2_iterations = num(flag, v)?,
+            _ => return Err(format!("unknown flag {flag}")),
+        }
+        Ok(())
+    }
+
+    /// Rejects settings that cannot work.
+    pub fn check(&self) -> Result<(), String> {
+        if self.heartbeat.is_zero() || self.offline_after <= self.heartbeat {
+            return Err("heartbeat must be > 0 and offline-after longer than it".into());
+        }
+        if !(self.send_rate > 0.0 && self.send_burst >= 1.0) {
+            return Err("send rate must be > 0 and burst >= 1".into());
+        }
+        if self.queue_frames < 4 {
+            return Err("queue must hold at least 4 frames".into());
+        }
+        if self.max_upload_bytes == 0 || self.max_frame_bytes >= self.hard_frame_bytes {
+            return Err("bad size limits".into());
+        }
+        argon2::Params::new(self.argon2_memory_kib, self.argon2_iterations, 1, None)
+            .map_err(|e| format!("bad argon2 parameters: {e}"))?;
+        Ok(())
+    }
+}

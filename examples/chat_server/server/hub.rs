@@ -1,0 +1,174 @@
+//! The sessions registry: which users have which live connections (several devices a user),
+//! and pushing frames to them without ever waiting on a slow one.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::extract::ws::Utf8Bytes;
+use chatstore::UserId;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A frame on its way to one connection.
+pub enum Out {
+    /// A JSON text frame; `msg` is `(conversation, id)` for `message` frames.
+    Frame {
+        text: Utf8Bytes,
+        msg: Option<(u64, u64)>,
+    },
+    /// Send a close frame after everything queued before it, then stop.
+    Close(u16, &'static str),
+}
+
+impl Out {
+    pub fn text(text: impl Into<Utf8Bytes>) -> Out {
+        Out::Frame {
+            text: text.into(),
+            msg: None,
+        }
+    }
+}
+
+#[derive(PartialEq, Eq)]
+enum Pushed {
+    Queued,
+    Full,
+    Gone,
+}
+
+/// One live WebSocket.
+pub struct Conn {
+    pub id: u64,
+    pub user: UserId,
+    pub token: Arc<str>,
+    tx: mpsc::Sender<Out>,
+    /// Cancelled to drop the connection at once (too slow, signed out, dead).
+    pub cancel: CancellationToken,
+    /// Why it was dropped: a WebSocket close code and reason.
+    pub close_reason: Mutex<Option<(u16, &'static str)>>,
+    /// Last time anything came from the client, ms since the epoch.
+    pub last_heard_ms: AtomicU64,
+}
+
+impl Conn {
+    pub fn new(id: u64, user: UserId, token: Arc<str>, tx: mpsc::Sender<Out>, now_ms: u64) -> Self {
+        Conn {
+            id,
+            user,
+            token,
+            tx,
+            cancel: CancellationToken::new(),
+            close_reason: Mutex::new(None),
+            last_heard_ms: AtomicU64::new(now_ms),
+        }
+    }
+
+    /// Queues a frame; a full queue drops the connection (it is not reading). Never waits.
+    /// Returns false if the frame was not queued.
+    pub fn push(&self, out: Out) -> bool {
+        self.try_push(out) == Pushed::Queued
+    }
+
+    fn try_push(&self, out: Out) -> Pushed {
+        if self.cancel.is_cancelled() {
+            return Pushed::Gone;
+        }
+        match self.tx.try_send(out) {
+            Ok(()) => Pushed::Queued,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.drop_with(1008, "too slow: outgoing queue full");
+                Pushed::Full
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Pushed::Gone,
+        }
+    }
+
+    pub fn drop_with(&self, code: u16, reason: &'static str) {
+        self.close_reason.lock().get_or_insert((code, reason));
+        self.cancel.cancel();
+    }
+}
+
+#[derive(Default)]
+pub struct Hub {
+    conns: RwLock<HashMap<UserId, Vec<Arc<Conn>>>>,
+    next_id: AtomicU64,
+    pub dropped_slow: AtomicU64,
+}
+
+impl Hub {
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Adds a connection; true if it is the user's first.
+    pub fn register(&self, conn: Arc<Conn>) -> bool {
+        let mut map = self.conns.write();
+        let list = map.entry(conn.user).or_default();
+        list.push(conn);
+        list.len() == 1
+    }
+
+    /// Removes a connection; true if it was the user's last.
+    pub fn unregister(&self, conn: &Conn) -> bool {
+        let mut map = self.conns.write();
+        let Some(list) = map.get_mut(&conn.user) else {
+            return false;
+        };
+        list.retain(|c| c.id != conn.id);
+        if list.is_empty() {
+            map.remove(&conn.user);
+            true
+        } else {
+            false
+        }
+    }
+
+    pub fn is_connected(&self, user: UserId) -> bool {
+        self.conns.read().contains_key(&user)
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.conns.read().values().map(Vec::len).sum()
+    }
+
+    /// Pushes a frame to every connection of every user in `users`, except connection `skip`.
+    pub fn push_users(
+        &self,
+        users: &[UserId],
+        text: &Utf8Bytes,
+        msg: Option<(u64, u64)>,
+        skip: Option<u64>,
+    ) {
+        let targets: Vec<Arc<Conn>> = {
+            let map = self.conns.read();
+            users
+                .iter()
+                .filter_map(|u| map.get(u))
+                .flatten()
+                .filter(|c| Some(c.id) != skip)
+                .cloned()
+                .collect()
+        };
+        for c in targets {
+            let pushed = c.try_push(Out::Frame {
+                text: text.clone(),
+                msg,
+            });
+            if pushed == Pushed::Full {
+                self.dropped_slow.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Drops every connection opened with `token` (sign-out).
+    pub fn drop_token(&self, token: &str) {
+        for c in self.conns.read().values().flatten() {
+            if &*c.token == token {
+                c.drop_with(4001, "signed out");
+            }
+        }
+    }
+}

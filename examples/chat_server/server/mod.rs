@@ -1,0 +1,253 @@
+//! The example chat server, as a module tree that `main.rs` runs and the tests include.
+//!
+//! The storage work is the library's ([`ChatStore`] and [`Presence`]); this is the thin part
+//! around it: accounts and sessions, HTTP and WebSocket framing, the registry of live
+//! connections (fanout), heartbeats, assets, limits.
+
+pub mod accounts;
+pub mod assets;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod hub;
+pub mod jsonlog;
+pub mod ratelimit;
+pub mod views;
+pub mod ws;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chatstore::presence::{Presence, PresenceEvent, PresenceOptions, SystemClock};
+use chatstore::{ChatOptions, ChatStore, Options, UserId};
+use parking_lot::Mutex;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::Config;
+use error::{ApiError, ApiResult};
+
+/// Everything a request or a connection needs.
+pub struct AppState {
+    pub cfg: Config,
+    pub store: ChatStore,
+    pub accounts: accounts::Accounts,
+    pub sessions: accounts::Sessions,
+    pub assets: assets::Assets,
+    pub hub: hub::Hub,
+    pub presence: Presence,
+    pub limiter: ratelimit::RateLimiter,
+    pub groups: views::GroupNames,
+    /// Users heard from since the last presence tick.
+    pub active: Mutex<HashSet<UserId>>,
+    /// Cancelled when the server shuts down.
+    pub shutdown: CancellationToken,
+    /// WebSocket tasks, waited for at shutdown.
+    pub tracker: TaskTracker,
+}
+
+pub type Shared = Arc<AppState>;
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Runs blocking work (store calls fsync; argon2 burns CPU) off the async workers.
+pub async fn db<T, F>(state: &Shared, f: F) -> ApiResult<T>
+where
+    F: FnOnce(&AppState) -> ApiResult<T> + Send + 'static,
+    T: Send + 'static,
+{
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || f(&st))
+        .await
+        .map_err(|_| ApiError::internal("worker failed"))?
+}
+
+/// A running server.
+pub struct Running {
+    addr: SocketAddr,
+    state: Shared,
+    server: JoinHandle<std::io::Result<()>>,
+    ticker: JoinHandle<()>,
+}
+
+/// Opens the data folder and starts listening.
+pub async fn start(cfg: Config) -> Result<Running, String> {
+    let dir = cfg.data_dir.clone();
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let store = ChatStore::open_with(
+        dir.join("store"),
+        Options::default(),
+        ChatOptions::default(),
+    )
+    .map_err(|e| format!("opening the store: {e}"))?;
+    let accounts = accounts::Accounts::open(
+        &dir.join("accounts.jsonl"),
+        cfg.argon2_memory_kib,
+        cfg.argon2_iterations,
+    )?;
+    let assets = assets::Assets::open(&dir.join("assets"))?;
+    let presence = Presence::new(
+        PresenceOptions {
+            heartbeat_interval: cfg.heartbeat,
+            offline_after: cfg.offline_after,
+            persist_every: Duration::from_secs(60),
+        },
+        Arc::new(SystemClock),
+        Some(store.clone()),
+    );
+    let listener = tokio::net::TcpListener::bind(cfg.addr)
+        .await
+        .map_err(|e| format!("listening on {}: {e}", cfg.addr))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let state = Arc::new(AppState {
+        limiter: ratelimit::RateLimiter::new(cfg.send_rate, cfg.send_burst),
+        cfg,
+        store,
+        accounts,
+        sessions: accounts::Sessions::default(),
+        assets,
+        hub: hub::Hub::default(),
+        presence,
+        groups: views::GroupNames::default(),
+        active: Mutex::new(HashSet::new()),
+        shutdown: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+    });
+    let app = http::router(state.clone());
+    let stop = state.shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+    });
+    let ticker = tokio::spawn(presence_loop(state.clone()));
+    Ok(Running {
+        addr,
+        state,
+        server,
+        ticker,
+    })
+}
+
+impl Running {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr())
+    }
+
+    /// Stops accepting, closes every WebSocket (after the frames already queued), waits for
+    /// work in flight, then closes the store: every acknowledged message is on disk.
+    pub async fn shutdown(self) -> Result<(), String> {
+        let Running {
+            state,
+            server,
+            ticker,
+            ..
+        } = self;
+        state.shutdown.cancel();
+        let _ = server.await;
+        let _ = ticker.await;
+        state.tracker.close();
+        if tokio::time::timeout(Duration::from_secs(5), state.tracker.wait())
+            .await
+            .is_err()
+        {
+            eprintln!("chat_server: some connections did not finish in 5 s");
+        }
+        let store = state.store.clone();
+        let closed = tokio::task::spawn_blocking(move || store.close())
+            .await
+            .map_err(|e| e.to_string())?;
+        // Wait (briefly) for the last references so that the directory lock is released when
+        // this returns: a restart in the same process can then open the folder again.
+        let mut state = state;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match Arc::try_unwrap(state) {
+                Ok(inner) => {
+                    drop(inner);
+                    break;
+                }
+                Err(s) if tokio::time::Instant::now() < deadline => {
+                    state = s;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(s) => {
+                    eprintln!(
+                        "chat_server: {} references to the server state remain after shutdown",
+                        Arc::strong_count(&s) - 1
+                    );
+                    break;
+                }
+            }
+        }
+        closed.map_err(|e| format!("closing the store: {e}"))
+    }
+}
+
+/// Every heartbeat interval: record who was heard from, sweep the silent ones offline, and
+/// tell their contacts.
+async fn presence_loop(state: Shared) {
+    let mut tick = tokio::time::interval(state.cfg.heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let res = db(&state, |st| {
+            let active: Vec<UserId> = st.active.lock().drain().collect();
+            let mut events = Vec::new();
+            for u in active {
+                if st.hub.is_connected(u) {
+                    if let Some(e) = st.presence.heartbeat(u)? {
+                        events.push(e);
+                    }
+                }
+            }
+            events.extend(st.presence.sweep()?);
+            for e in events {
+                broadcast_presence(st, e);
+            }
+            Ok(())
+        })
+        .await;
+        if let Err(e) = res {
+            eprintln!("chat_server: presence: {}", e.message);
+        }
+    }
+}
+
+/// Tells everyone who shares a conversation with the user. Blocking.
+pub fn broadcast_presence(st: &AppState, event: PresenceEvent) {
+    let (user, online, last_seen) = match event {
+        PresenceEvent::Online(u) => (u, true, None),
+        PresenceEvent::Offline { user, last_seen_ms } => (user, false, Some(last_seen_ms)),
+    };
+    let peers = match views::peers_of(st, user) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("chat_server: presence peers: {}", e.message);
+            return;
+        }
+    };
+    let frame = serde_json::json!({
+        "type": "presence",
+        "user": user.0,
+        "username": &*st.accounts.name(user),
+        "online": online,
+        "last_seen_ms": last_seen,
+    });
+    st.hub
+        .push_users(&peers, &frame.to_string().into(), None, None);
+}
