@@ -52,7 +52,7 @@ mod types;
 
 pub use chat::{
     ChatOptions, ChatStore, Conversation, ConversationKind, Cursors, InboxCursor, InboxEntry,
-    InboxPage, MessageReceipts, Reaction, ReceiptState, Unread,
+    InboxPage, MessageReceipts, Reaction, ReceiptState, SendOutcome, Unread,
 };
 pub use engine::{Problem, Stats, VerifyReport};
 pub use error::{Error, Result};

@@ -37,6 +37,7 @@ impl Handle {
             // A panicked background thread has nothing more to give.
             let _ = t.join();
         }
+        self.engine.release_lock();
         synced
     }
 }

@@ -292,3 +292,31 @@ fn presence_persists_last_seen() {
         }
     );
 }
+
+#[test]
+fn callers_learn_about_retries_moves_and_membership() {
+    let dir = tempfile::tempdir().unwrap();
+    let chat = with_users(dir.path());
+    let ab = chat.direct(A, B).unwrap();
+    let first = chat
+        .send_detailed(ab, NewMessage::text(A, "hi").with_client_key("k"))
+        .unwrap();
+    assert!(!first.duplicate);
+    let again = chat
+        .send_detailed(ab, NewMessage::text(A, "hi").with_client_key("k"))
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.message, first.message);
+    assert!(chat.mark_read(B, ab, MessageId(1)).unwrap());
+    assert!(!chat.mark_read(B, ab, MessageId(1)).unwrap(), "no move");
+    assert!(
+        !chat.mark_delivered(B, ab, MessageId(1)).unwrap(),
+        "read implies delivered"
+    );
+    assert!(chat.is_member(A, ab).unwrap());
+    assert!(!chat.is_member(C, ab).unwrap());
+    assert!(matches!(
+        chat.is_member(A, ConversationId(999)),
+        Err(Error::UnknownConversation(_))
+    ));
+}

@@ -353,3 +353,17 @@ fn a_commit_too_big_for_one_wal_record_is_refused_and_the_store_still_opens() {
     let store = Store::open_with(dir.path(), opts).unwrap();
     assert_eq!(store.last_id(ConversationId(1)), MessageId(1));
 }
+
+#[test]
+fn close_releases_the_directory_even_while_clones_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let clone = store.clone();
+    store.close().unwrap();
+    let reopened = Store::open(dir.path()).unwrap();
+    assert!(matches!(
+        clone.append(ConversationId(1), text(1, "late")),
+        Err(Error::Closed)
+    ));
+    reopened.append(ConversationId(1), text(1, "ok")).unwrap();
+}

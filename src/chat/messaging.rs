@@ -9,6 +9,15 @@ use crate::types::{ConversationId, Message, MessageId, NewMessage, UserId};
 /// Longest client key accepted for idempotent sends.
 pub const MAX_CLIENT_KEY: usize = 128;
 
+/// What [`ChatStore::send_detailed`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SendOutcome {
+    /// The stored message (the original one for a retry).
+    pub message: Message,
+    /// True if this was a retry of an earlier send and nothing was appended.
+    pub duplicate: bool,
+}
+
 enum Sent {
     New(Message),
     Earlier(MessageId),
@@ -25,6 +34,12 @@ impl ChatStore {
     ///
     /// [`ChatOptions::idempotency_window`]: super::ChatOptions::idempotency_window
     pub fn send(&self, conv: ConversationId, message: NewMessage) -> Result<Message> {
+        self.send_detailed(conv, message).map(|s| s.message)
+    }
+
+    /// [`ChatStore::send`], also telling whether the message was a retry of an earlier send
+    /// (same client key) that appended nothing: a server then skips pushing it again.
+    pub fn send_detailed(&self, conv: ConversationId, message: NewMessage) -> Result<SendOutcome> {
         self.store.engine().check_message(&message)?;
         if message
             .client_key
@@ -76,11 +91,27 @@ impl ChatStore {
             Ok(Sent::New(m))
         })?;
         match sent {
-            Sent::New(m) => Ok(m),
-            Sent::Earlier(id) => self
-                .store
-                .get(conv, id)?
-                .ok_or_else(|| corrupt_record("idempotency (message missing)")),
+            Sent::New(message) => Ok(SendOutcome {
+                message,
+                duplicate: false,
+            }),
+            Sent::Earlier(id) => Ok(SendOutcome {
+                message: self
+                    .store
+                    .get(conv, id)?
+                    .ok_or_else(|| corrupt_record("idempotency (message missing)"))?,
+                duplicate: true,
+            }),
+        }
+    }
+
+    /// Whether `user` is a current member of `conv` (one lookup).
+    pub fn is_member(&self, user: UserId, conv: ConversationId) -> Result<bool> {
+        let snap = self.store.engine().snapshot();
+        match self.link_in(&snap, user, conv) {
+            Ok(link) => Ok(link.is_member()),
+            Err(Error::NotAMember { .. }) => Ok(false),
+            Err(e) => Err(e),
         }
     }
 

@@ -28,6 +28,7 @@ use std::time::Duration;
 
 pub use edits::Reaction;
 pub use inbox::{InboxCursor, InboxEntry, InboxPage};
+pub use messaging::SendOutcome;
 pub use receipts::{Cursors, MessageReceipts, ReceiptState};
 pub use unread::Unread;
 

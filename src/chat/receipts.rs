@@ -49,7 +49,7 @@ enum Mark {
 }
 
 impl ChatStore {
-    fn mark(&self, user: UserId, conv: ConversationId, id: MessageId, mark: Mark) -> Result<()> {
+    fn mark(&self, user: UserId, conv: ConversationId, id: MessageId, mark: Mark) -> Result<bool> {
         self.store.engine().transact(move |txn| {
             let mut link = txn_member_link(txn, user, conv)?;
             let last = txn.last_id(conv);
@@ -71,19 +71,26 @@ impl ChatStore {
             if link != before {
                 txn.put(keys::link(user, conv), link.encode())?;
             }
-            Ok(())
+            Ok(link != before)
         })
     }
 
     /// Records that messages up to `id` reached one of `user`'s devices. Moving the cursor
-    /// back is a no-op; an id beyond the last message is an error.
-    pub fn mark_delivered(&self, user: UserId, conv: ConversationId, id: MessageId) -> Result<()> {
+    /// back is a no-op; an id beyond the last message is an error. Returns whether the cursor
+    /// moved (so a caller can skip telling anyone about a no-op).
+    pub fn mark_delivered(
+        &self,
+        user: UserId,
+        conv: ConversationId,
+        id: MessageId,
+    ) -> Result<bool> {
         self.mark(user, conv, id, Mark::Delivered)
     }
 
     /// Records that `user` read messages up to `id` (which implies delivered). Moving the
-    /// cursor back is a no-op; an id beyond the last message is an error.
-    pub fn mark_read(&self, user: UserId, conv: ConversationId, id: MessageId) -> Result<()> {
+    /// cursor back is a no-op; an id beyond the last message is an error. Returns whether a
+    /// cursor moved.
+    pub fn mark_read(&self, user: UserId, conv: ConversationId, id: MessageId) -> Result<bool> {
         self.mark(user, conv, id, Mark::Read)
     }
 

@@ -67,7 +67,8 @@ pub(crate) struct Engine {
     compaction: Mutex<compaction::picker::Cursors>,
     cache: BlockCache,
     counters: Counters,
-    _lock: Option<Box<dyn DirLock>>,
+    /// The directory lock; released when the store closes, even if handles linger.
+    lock: Mutex<Option<Box<dyn DirLock>>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -131,6 +132,11 @@ impl Engine {
         }
         self.queue_cv.notify_all();
         self.wal.lock().sync().map(|_| ())
+    }
+
+    /// Lets another store open the directory. REQUIRES: shut down, background threads joined.
+    pub(crate) fn release_lock(&self) {
+        self.lock.lock().take();
     }
 
     pub(crate) fn is_shut_down(&self) -> bool {

@@ -207,7 +207,7 @@ pub(super) fn open(dir: PathBuf, opts: Options) -> Result<Arc<Engine>> {
         shutdown: AtomicBool::new(false),
         poison: Mutex::new(None),
         counters: Counters::default(),
-        _lock: lock,
+        lock: Mutex::new(lock),
         opts,
     }))
 }
