@@ -1,8 +1,11 @@
-//! Random appends, edits, deletes, flushes, compactions and reopens against a `BTreeMap`
-//! model: every read must return exactly what the model holds.
+//! Random appends, edits, deletes, flushes, compactions, reopens and simulated power cuts
+//! against a `BTreeMap` model: every read must return exactly what the model holds.
 
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
 
+use chatstore::fs::fault::{CrashMode, FaultFs};
 use chatstore::{
     ConversationId, Error, MessageId, MessageKind, NewMessage, Options, Store, UserId,
 };
@@ -10,12 +13,26 @@ use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Append { conv: u64, sender: u64, len: u16 },
-    Edit { conv: u64, back: u64, by: u64 },
-    Delete { conv: u64, back: u64, by: u64 },
+    Append {
+        conv: u64,
+        sender: u64,
+        len: u16,
+    },
+    Edit {
+        conv: u64,
+        back: u64,
+        by: u64,
+    },
+    Delete {
+        conv: u64,
+        back: u64,
+        by: u64,
+    },
     Flush,
     Compact,
     Reopen,
+    /// Power cut (everything not fsynced is lost), then reopen on what the disk kept.
+    Crash(u64),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -26,6 +43,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::Flush),
         1 => Just(Op::Compact),
         1 => Just(Op::Reopen),
+        1 => any::<u64>().prop_map(Op::Crash),
     ]
 }
 
@@ -37,8 +55,9 @@ struct Row {
     edited: bool,
 }
 
-fn options() -> Options {
+fn options(fs: &FaultFs) -> Options {
     Options {
+        fs: Arc::new(fs.clone()),
         memtable_bytes: 4096,
         block_bytes: 700,
         l0_compaction_trigger: 2,
@@ -67,12 +86,14 @@ fn check(store: &Store, model: &BTreeMap<u64, Vec<Row>>) -> Result<(), TestCaseE
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
     #[test]
     fn engine_matches_the_model(ops in proptest::collection::vec(op(), 1..70)) {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open_with(dir.path(), options()).unwrap();
+        // An in-memory file system, so a power cut can be simulated at any point.
+        let dir = Path::new("/store");
+        let mut fs = FaultFs::new();
+        let mut store = Store::open_with(dir, options(&fs)).unwrap();
         let mut model: BTreeMap<u64, Vec<Row>> = BTreeMap::new();
         let mut n = 0u64;
         for op in ops {
@@ -119,7 +140,19 @@ proptest! {
                 Op::Compact => store.compact().unwrap(),
                 Op::Reopen => {
                     store.close().unwrap();
-                    store = Store::open_with(dir.path(), options()).unwrap();
+                    store = Store::open_with(dir, options(&fs)).unwrap();
+                }
+                Op::Crash(seed) => {
+                    // Every call above returned in Sync durability, so the model is what
+                    // must survive, whatever the cut keeps of unsynced work.
+                    let mode = if seed % 2 == 0 {
+                        CrashMode::LoseUnsynced
+                    } else {
+                        CrashMode::Torn { seed }
+                    };
+                    fs = fs.power_cut_with(mode);
+                    drop(store);
+                    store = Store::open_with(dir, options(&fs)).unwrap();
                 }
             }
             check(&store, &model)?;
