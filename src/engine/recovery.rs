@@ -36,6 +36,36 @@ use crate::options::Options;
 use crate::types::ConversationId;
 
 pub(super) fn open(dir: PathBuf, opts: Options) -> Result<Arc<Engine>> {
+    if !opts.read_only {
+        return open_once(dir, opts);
+    }
+    // A read-only open races the live writer, which may retire a WAL file or segment between
+    // our directory listing and our read of it: start over (the new manifest no longer needs
+    // the file) a few times before calling it damage.
+    let mut attempts = 0;
+    loop {
+        match open_once(dir.clone(), opts.clone()) {
+            Err(e) if attempts < 10 && vanished(&e) => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(5 << attempts.min(5)));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Whether an open failed because a file it listed disappeared meanwhile.
+fn vanished(e: &Error) -> bool {
+    match e {
+        Error::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+        Error::Corruption { reason, offset, .. } => {
+            *offset == 0 && reason.contains("listed in the manifest is missing")
+        }
+        _ => false,
+    }
+}
+
+fn open_once(dir: PathBuf, opts: Options) -> Result<Arc<Engine>> {
     opts.validate()?;
     let fs = Arc::clone(&opts.fs);
     if !fs.exists(&dir) {

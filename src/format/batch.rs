@@ -115,8 +115,10 @@ pub fn decode(owner: &Bytes, payload: &[u8]) -> Result<Vec<Entry>, &'static str>
         return Err("batch payload is not inside its buffer");
     }
     let mut r = Reader::new(payload);
-    let count = r.len(payload.len()).ok_or("bad entry count")?;
-    let mut out = Vec::with_capacity(count);
+    // Every entry takes at least two bytes; reserve by what the payload can hold, not by what
+    // it claims, so a damaged count cannot make us allocate.
+    let count = r.len(payload.len() / 2).ok_or("bad entry count")?;
+    let mut out = Vec::with_capacity(count.min(1024));
     let slice = |r: &mut Reader<'_>, n: usize| -> Result<Bytes, &'static str> {
         let at = r.position();
         r.bytes(n).ok_or("field runs past the record")?;

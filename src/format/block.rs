@@ -16,8 +16,9 @@ use crate::types::{ConversationId, Message, MessageId, MessageKind, UserId};
 
 /// Bytes after the stored body: uncompressed_len:u32 | compression:u8 | crc:u32.
 pub const BLOCK_TRAILER_LEN: usize = 9;
-/// Largest uncompressed block a reader accepts.
-pub const MAX_BLOCK_LEN: usize = 64 << 20;
+/// Largest uncompressed block a reader accepts: a block closes at `block_bytes` (at most
+/// 4 MiB) plus one message (at most 16 MiB).
+pub const MAX_BLOCK_LEN: usize = 24 << 20;
 
 /// Compression codes stored in the trailer. Part of the format; values never change.
 const CODEC_NONE: u8 = 0;
@@ -294,7 +295,9 @@ impl Block {
     pub fn decode(data: Bytes) -> Result<Block, &'static str> {
         let buf: &[u8] = &data;
         let mut r = Reader::new(buf);
-        let rows = r.len(buf.len()).ok_or("bad row count")?;
+        // A row takes at least four bytes (sender index, timestamp, kind/flags, content length),
+        // which bounds what the per-row columns below may allocate by the body's size.
+        let rows = r.len(buf.len() / 4).ok_or("bad row count")?;
         let nruns = r.len(rows).ok_or("bad run count")?;
         let mut runs = Vec::with_capacity(nruns);
         let mut conv = 0u64;

@@ -99,8 +99,9 @@ impl StateBlock {
     pub fn decode(data: Bytes) -> Result<StateBlock, &'static str> {
         let buf: &[u8] = &data;
         let mut r = Reader::new(buf);
-        let count = r.len(buf.len()).ok_or("bad entry count")?;
-        let mut entries: Vec<(Bytes, Option<Bytes>)> = Vec::with_capacity(count);
+        // Every entry takes at least three bytes; never reserve by the claimed count alone.
+        let count = r.len(buf.len() / 3).ok_or("bad entry count")?;
+        let mut entries: Vec<(Bytes, Option<Bytes>)> = Vec::with_capacity(count.min(4096));
         let mut key: Vec<u8> = Vec::new();
         for _ in 0..count {
             let shared = r.len(key.len()).ok_or("bad shared length")?;

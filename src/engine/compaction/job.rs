@@ -8,7 +8,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -148,15 +148,17 @@ impl StateCursor<'_> {
     }
 }
 
-/// What compaction does to one conversation's rows: strip edited and deleted content, drop
-/// the expired prefix (keeping the conversation's newest row as an empty stub, so its last id
-/// is never lost and ids never restart).
+/// What compaction does to one conversation's rows: strip edited and deleted content, and
+/// drop the expired prefix. If every row of the conversation in this merge has expired, the
+/// last one is kept as an empty stub: newer rows may still sit in the WAL or in newer segments,
+/// and the segments must keep knowing the conversation's last id, or recovery and id
+/// assignment would restart it.
 #[derive(Default)]
 struct ConversationRules {
     overrides: Vec<(u64, Override)>,
     cutoff: Option<u64>,
-    newest: u64,
     in_expired_prefix: bool,
+    pending_stub: Option<Message>,
 }
 
 impl ConversationRules {
@@ -179,21 +181,24 @@ impl ConversationRules {
         Ok(ConversationRules {
             overrides,
             cutoff: engine.retention_cutoff(version, conv)?,
-            newest: version.last_id(conv),
             in_expired_prefix: true,
+            pending_stub: None,
         })
     }
 
+    /// The row to write in place of `m`, if any.
     fn rewrite(&mut self, m: Message) -> Option<Message> {
         if self.in_expired_prefix {
             match self.cutoff {
                 Some(c) if m.timestamp_ms < c => {
-                    if m.id.0 != self.newest {
-                        return None;
-                    }
-                    return Some(Override::Deleted { at_ms: 0 }.strip(&m));
+                    self.pending_stub = Some(Override::Deleted { at_ms: 0 }.strip(&m));
+                    return None;
                 }
-                _ => self.in_expired_prefix = false,
+                _ => {
+                    // Live rows follow: they carry the last id, the stub is not needed.
+                    self.in_expired_prefix = false;
+                    self.pending_stub = None;
+                }
             }
         }
         match self.overrides.binary_search_by_key(&m.id.0, |(id, _)| *id) {
@@ -201,6 +206,25 @@ impl ConversationRules {
             Err(_) => Some(m),
         }
     }
+
+    /// Called after the conversation's last row: the stub to write, if all rows expired.
+    fn finish(&mut self) -> Option<Message> {
+        self.pending_stub.take()
+    }
+}
+
+fn write_row(out: &mut OutputSet<'_>, m: &Message, input: &Path) -> Result<()> {
+    if !out.writer()?.add(m).map_err(|e| Error::io(input, e))? {
+        return Err(Error::corruption(
+            input,
+            0,
+            format!(
+                "compaction inputs are not gapless: conversation {} id {}",
+                m.conversation, m.id
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Merges `inputs` (in age order, oldest first) into segments at `level`.
@@ -260,6 +284,7 @@ fn merge(
     let reserved = version.has_reserved_state();
     let mut last_conv: Option<ConversationId> = None;
     let mut rules = ConversationRules::default();
+    let mut last_path = std::path::PathBuf::new();
     while let Some(Reverse((conv, _, i))) = heap.pop() {
         let Some(m) = heads[i].take() else {
             continue;
@@ -269,31 +294,24 @@ fn merge(
             heap.push(Reverse((n.conversation, n.id.0, i)));
         }
         heads[i] = next;
+        let path = inputs[i].reader.path().to_path_buf();
         if last_conv != Some(conv) {
+            if let Some(stub) = rules.finish() {
+                write_row(messages, &stub, &path)?;
+            }
             if messages.current_bytes() >= target {
                 messages.finish_current()?;
             }
             rules = ConversationRules::load(engine, &version, reserved, conv)?;
         }
         last_conv = Some(conv);
-        let Some(m) = rules.rewrite(m) else {
-            continue;
-        };
-        let path = inputs[i].reader.path().to_path_buf();
-        if !messages
-            .writer()?
-            .add(&m)
-            .map_err(|e| Error::io(&path, e))?
-        {
-            return Err(Error::corruption(
-                path,
-                0,
-                format!(
-                    "compaction inputs are not gapless: conversation {} id {}",
-                    m.conversation, m.id
-                ),
-            ));
+        if let Some(m) = rules.rewrite(m) {
+            write_row(messages, &m, &path)?;
         }
+        last_path = path;
+    }
+    if let Some(stub) = rules.finish() {
+        write_row(messages, &stub, &last_path)?;
     }
     if separate {
         // Message and state outputs of a level cover different key spaces: keep them apart.
