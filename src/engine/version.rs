@@ -125,6 +125,10 @@ impl Segment {
 
     /// The state entry for `key` in this segment (`Some(None)` for a tombstone).
     pub fn state_get(&self, cache: &BlockCache, key: &[u8]) -> Result<Option<Option<Bytes>>> {
+        match &self.state_keys {
+            Some((lo, hi)) if lo.as_ref() <= key && key <= hi.as_ref() => {}
+            _ => return Ok(None),
+        }
         let Some(i) = self.reader.find_state_block(key) else {
             return Ok(None);
         };
@@ -142,6 +146,15 @@ impl Segment {
         from: &[u8],
         out: &mut Vec<(Bytes, Option<Bytes>)>,
     ) -> Result<()> {
+        // Skip segments whose key range cannot hold a key in `from..` with `prefix`.
+        match &self.state_keys {
+            Some((lo, hi)) => {
+                if hi.as_ref() < from || (lo.as_ref() > prefix && !lo.starts_with(prefix)) {
+                    return Ok(());
+                }
+            }
+            None => return Ok(()),
+        }
         let mut i = self.reader.find_state_block(from).unwrap_or(0);
         while i < self.reader.state_block_count() {
             let cached = self.state_block(cache, i)?;
