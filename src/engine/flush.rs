@@ -11,7 +11,7 @@ use super::version::Segment;
 use super::Engine;
 use crate::error::{Error, Result};
 use crate::format::manifest::SegmentRecord;
-use crate::format::segment::{SegmentReader, SegmentWriter};
+use crate::format::segment::{SegmentReader, SegmentSummary, SegmentWriter};
 use crate::options::Durability;
 
 /// The thread's main loop. Returns on shutdown or after a failure (which poisons the store).
@@ -63,42 +63,51 @@ pub(super) fn run(engine: &Arc<Engine>) {
 fn flush_one(engine: &Engine, mem: &Arc<Memtable>) -> Result<()> {
     let number = engine.next_file_number.fetch_add(1, Ordering::SeqCst);
     let path = files::segment_path(&engine.dir, number);
-    let runs = mem.sorted_runs();
-    let dict = engine.dictionary_for_flush(&runs);
-    let file = engine.fs.create(&path).map_err(|e| Error::io(&path, e))?;
-    let mut writer = SegmentWriter::with_dictionary(
-        file,
-        engine.opts.compression,
-        engine.opts.block_bytes,
-        dict.as_deref().map(|d| d.as_ref()),
-    );
-    for (conv, run) in runs {
-        for m in &run {
-            if !writer.add(m).map_err(|e| Error::io(&path, e))? {
+    let summary = mem.with_sorted_runs(|runs| -> Result<SegmentSummary> {
+        let dict = engine.dictionary_for_flush(runs);
+        let file = engine.fs.create(&path).map_err(|e| Error::io(&path, e))?;
+        // Level 0 is rewritten soon by compaction: compress it quickly (zstd level 1, with the
+        // dictionary); compaction outputs use the configured level.
+        let compression = match engine.opts.compression {
+            crate::options::Compression::Zstd(level) => {
+                crate::options::Compression::Zstd(level.min(1))
+            }
+            other => other,
+        };
+        let mut writer = SegmentWriter::with_dictionary(
+            file,
+            compression,
+            engine.opts.block_bytes,
+            dict.as_deref().map(|d| d.as_ref()),
+        );
+        for (conv, run) in runs {
+            for m in run.iter() {
+                if !writer.add(m).map_err(|e| Error::io(&path, e))? {
+                    return Err(Error::corruption(
+                        &path,
+                        0,
+                        format!(
+                            "memtable run of conversation {conv} is not gapless at id {}",
+                            m.id
+                        ),
+                    ));
+                }
+            }
+        }
+        for (key, value) in mem.sorted_state() {
+            if !writer
+                .add_state(&key, value.as_deref())
+                .map_err(|e| Error::io(&path, e))?
+            {
                 return Err(Error::corruption(
                     &path,
                     0,
-                    format!(
-                        "memtable run of conversation {conv} is not gapless at id {}",
-                        m.id
-                    ),
+                    "memtable state keys out of order",
                 ));
             }
         }
-    }
-    for (key, value) in mem.sorted_state() {
-        if !writer
-            .add_state(&key, value.as_deref())
-            .map_err(|e| Error::io(&path, e))?
-        {
-            return Err(Error::corruption(
-                &path,
-                0,
-                "memtable state keys out of order",
-            ));
-        }
-    }
-    let summary = writer.finish().map_err(|e| Error::io(&path, e))?;
+        writer.finish().map_err(|e| Error::io(&path, e))
+    })?;
     engine
         .fs
         .sync_dir(&engine.dir)
@@ -153,7 +162,7 @@ impl Engine {
     /// (and whenever there is none yet and `runs` hold enough data to learn from).
     fn dictionary_for_flush(
         &self,
-        runs: &[(crate::types::ConversationId, Vec<crate::types::Message>)],
+        runs: &[(crate::types::ConversationId, &[crate::types::Message])],
     ) -> Option<Arc<bytes::Bytes>> {
         let max = self.opts.dictionary_bytes;
         if max == 0 || !matches!(self.opts.compression, crate::options::Compression::Zstd(_)) {

@@ -15,7 +15,9 @@ use rustc_hash::FxHashMap;
 use crate::types::{ConversationId, Message};
 
 /// Bookkeeping bytes charged per message on top of its content (struct, hash map share).
-const PER_MESSAGE_OVERHEAD: usize = std::mem::size_of::<Message>() + 16;
+/// Counted generously: the struct, its share of the run's `Vec` (which grows by doubling), and
+/// the allocator's overhead on the content buffer, so `memtable_bytes` bounds real memory.
+const PER_MESSAGE_OVERHEAD: usize = 2 * std::mem::size_of::<Message>() + 32;
 /// Bookkeeping bytes charged per state entry (tree node share, two `Bytes`).
 const STATE_OVERHEAD: usize = 96;
 
@@ -161,13 +163,15 @@ impl Memtable {
         }
     }
 
-    /// Every message, sorted by (conversation, id): the order a segment is written in.
-    pub fn sorted_runs(&self) -> Vec<(ConversationId, Vec<Message>)> {
+    /// Calls `f` with every conversation's messages, sorted by conversation: the order a
+    /// segment is written in. Holds the read lock meanwhile instead of copying the memtable
+    /// (REQUIRES: frozen, so no writer waits on it).
+    pub fn with_sorted_runs<R>(&self, f: impl FnOnce(&[(ConversationId, &[Message])]) -> R) -> R {
         let inner = self.inner.read();
-        let mut runs: Vec<(ConversationId, Vec<Message>)> =
-            inner.runs.iter().map(|(c, v)| (*c, v.clone())).collect();
+        let mut runs: Vec<(ConversationId, &[Message])> =
+            inner.runs.iter().map(|(c, v)| (*c, v.as_slice())).collect();
         runs.sort_unstable_by_key(|(c, _)| *c);
-        runs
+        f(&runs)
     }
 }
 
@@ -213,8 +217,9 @@ mod tests {
         mt.collect(ConversationId(1), 0, 4, &mut out);
         mt.collect(ConversationId(1), 10, 20, &mut out);
         assert!(out.is_empty());
-        let runs = mt.sorted_runs();
-        assert_eq!(runs.len(), 2);
-        assert_eq!(runs[0].0, ConversationId(1));
+        mt.with_sorted_runs(|runs| {
+            assert_eq!(runs.len(), 2);
+            assert_eq!(runs[0].0, ConversationId(1));
+        });
     }
 }
