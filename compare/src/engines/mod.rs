@@ -1,0 +1,182 @@
+//! One trait, one adapter per engine.
+//!
+//! Peers store a message under key = conversation id (u64 big-endian) ++ message id (u64
+//! big-endian) with value = sender (u64 BE) ++ timestamp ms (u64 BE) ++ content; the harness keeps
+//! their per-conversation counters in memory. chatstore numbers messages itself and is read
+//! through its own calls (`latest`, `before`, the chat model's `unread_messages`).
+
+mod chatstore_engine;
+mod fjall_engine;
+mod redb_engine;
+#[cfg(feature = "rocksdb")]
+mod rocksdb_engine;
+mod sled_engine;
+
+use std::path::Path;
+
+pub type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+pub const ENGINES: &[&str] = &["chatstore", "rocksdb", "fjall", "sled", "redb"];
+
+/// One message handed to an engine.
+pub struct Msg<'a> {
+    pub conv: u64,
+    /// The id the harness expects (peers store it; chatstore assigns it and the adapter checks).
+    pub id: u64,
+    pub sender: u64,
+    pub ts_ms: u64,
+    pub content: &'a [u8],
+}
+
+/// What a read returned: enough to check it and to keep the work from being optimised away.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Got {
+    pub msgs: u64,
+    pub bytes: u64,
+    /// Smallest message id returned (0 if none).
+    pub first: u64,
+}
+
+impl Got {
+    pub fn add(&mut self, o: Got) {
+        self.msgs += o.msgs;
+        self.bytes += o.bytes;
+        if self.first == 0 || (o.first != 0 && o.first < self.first) {
+            self.first = o.first;
+        }
+    }
+}
+
+/// A user's read position in one conversation.
+#[derive(Clone, Copy, Debug)]
+pub struct Cursor {
+    pub conv: u64,
+    pub read: u64,
+    pub last: u64,
+}
+
+/// How writes are acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Each batch is fsynced before the call returns.
+    Durable,
+    /// Batches go to the OS (or the engine's buffer); no fsync per batch.
+    Buffered,
+}
+
+pub trait Engine {
+    /// Appends one batch, atomically where the engine allows, fsynced before returning in
+    /// [`Mode::Durable`].
+    fn write_batch(&mut self, batch: &[Msg<'_>]) -> Res<()>;
+
+    /// Messages `lo..=hi` of `conv`, oldest first (peers; chatstore answers through its own
+    /// calls below).
+    fn range(&self, conv: u64, lo: u64, hi: u64) -> Res<Got>;
+
+    /// The newest `n` messages; `last` is the harness's counter (peers need it, chatstore
+    /// knows its own).
+    fn latest(&self, conv: u64, last: u64, n: u64) -> Res<Got> {
+        if last == 0 {
+            return Ok(Got::default());
+        }
+        self.range(conv, last.saturating_sub(n) + 1, last)
+    }
+
+    /// Up to `n` messages before `id`.
+    fn before(&self, conv: u64, id: u64, n: u64) -> Res<Got> {
+        if id <= 1 {
+            return Ok(Got::default());
+        }
+        self.range(conv, id.saturating_sub(n).max(1), id - 1)
+    }
+
+    /// A reconnecting user's unread messages: up to `per_conv` of the oldest unread of each
+    /// conversation. Peers scan from the cursors the harness keeps; chatstore uses its chat
+    /// model.
+    fn unread(&self, _user: u64, cursors: &[Cursor], per_conv: u64) -> Res<Got> {
+        let mut got = Got::default();
+        for c in cursors {
+            if c.last > c.read {
+                got.add(self.range(c.conv, c.read + 1, c.last.min(c.read + per_conv))?);
+            }
+        }
+        Ok(got)
+    }
+
+    /// Whether message `id` of `conv` exists (for the crash check).
+    fn contains(&self, conv: u64, id: u64) -> Res<bool>;
+
+    /// Chat-model setup (users and groups); only chatstore stores anything.
+    fn setup_chat(&mut self, _users: u64, _members: &[Vec<u64>]) -> Res<()> {
+        Ok(())
+    }
+
+    /// Stores read cursors (user, conversation, read id); only chatstore stores anything.
+    fn set_read_cursors(&mut self, _cursors: &[(u64, u64, u64)]) -> Res<()> {
+        Ok(())
+    }
+
+    /// Makes everything durable and lets background work (flush, compaction) finish, so the
+    /// files can be measured at rest.
+    fn settle(&mut self) -> Res<()>;
+
+    /// Engine-specific figures worth recording (JSON object).
+    fn extra(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
+    /// Clean close.
+    fn close(self: Box<Self>) -> Res<()>;
+}
+
+pub fn open(engine: &str, dir: &Path, mode: Mode) -> Res<Box<dyn Engine>> {
+    std::fs::create_dir_all(dir)?;
+    Ok(match engine {
+        "chatstore" => Box::new(chatstore_engine::Chat::open(dir, mode)?),
+        #[cfg(feature = "rocksdb")]
+        "rocksdb" => Box::new(rocksdb_engine::Rocks::open(dir, mode)?),
+        "fjall" => Box::new(fjall_engine::Fjall::open(dir, mode)?),
+        "sled" => Box::new(sled_engine::Sled::open(dir, mode)?),
+        "redb" => Box::new(redb_engine::Redb::open(dir, mode)?),
+        other => return Err(format!("unknown engine {other}").into()),
+    })
+}
+
+/// The peers' key: conversation id and message id, both big-endian.
+pub fn key(conv: u64, id: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&conv.to_be_bytes());
+    k[8..].copy_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// The message id inside a peer key.
+pub fn key_id(k: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    if k.len() == 16 {
+        b.copy_from_slice(&k[8..]);
+    }
+    u64::from_be_bytes(b)
+}
+
+/// The peers' value: sender, timestamp, content.
+pub fn value_into(m: &Msg<'_>, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&m.sender.to_be_bytes());
+    out.extend_from_slice(&m.ts_ms.to_be_bytes());
+    out.extend_from_slice(m.content);
+}
+
+/// Polls `busy` every 100 ms until it is false three times in a row (or `limit` passes).
+pub fn wait_idle(mut busy: impl FnMut() -> bool, limit: std::time::Duration) {
+    let start = std::time::Instant::now();
+    let mut idle = 0;
+    while idle < 3 && start.elapsed() < limit {
+        if busy() {
+            idle = 0;
+        } else {
+            idle += 1;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
