@@ -64,6 +64,9 @@ pub(crate) struct Txn<'a> {
     group_state: &'a FxHashMap<Bytes, Option<Bytes>>,
     now: u64,
     messages: Vec<Message>,
+    /// Last id this transaction gave each conversation (a scan of `messages` would make a
+    /// batch append quadratic).
+    own_ids: FxHashMap<ConversationId, u64>,
     state: Vec<(Bytes, Option<Bytes>)>,
 }
 
@@ -75,8 +78,8 @@ impl Txn<'_> {
 
     /// The conversation's last id including appends made earlier in the group or this txn.
     pub fn last_id(&self, conv: ConversationId) -> u64 {
-        if let Some(m) = self.messages.iter().rev().find(|m| m.conversation == conv) {
-            return m.id.0;
+        if let Some(&id) = self.own_ids.get(&conv) {
+            return id;
         }
         match self.group_ids.get(&conv) {
             Some(&id) => id,
@@ -120,6 +123,7 @@ impl Txn<'_> {
             mentions: m.mentions,
             edited_ms: None,
         };
+        self.own_ids.insert(conv, msg.id.0);
         self.messages.push(msg.clone());
         Ok(msg)
     }
@@ -157,6 +161,7 @@ impl Txn<'_> {
         }
         let mut row = m;
         row.edited_ms = None;
+        self.own_ids.insert(row.conversation, row.id.0);
         self.messages.push(row);
         Ok(())
     }
@@ -351,6 +356,7 @@ impl Engine {
                 group_state: &scratch.state,
                 now,
                 messages: Vec::new(),
+                own_ids: FxHashMap::default(),
                 state: Vec::new(),
             };
             let result = job(&mut txn);
