@@ -361,9 +361,11 @@ fn parent(a: &Args) -> Res<()> {
         raw_runs.push(json!({ "disk": disk, "engines": raw_engines }));
     }
 
-    let md = render(
-        a, &w, &meta, &started, &commit, &disks, &by_engine, &raw_runs,
-    );
+    let info = RunInfo {
+        started: started.clone(),
+        commit: commit.clone(),
+    };
+    let md = render(a, &w, &meta, &info, &disks, &by_engine, &raw_runs);
     let md_path = a.out.join(format!("{}.md", p.name));
     std::fs::write(&md_path, &md)?;
     let json_path = a.out.join(format!("{}.json", p.name));
@@ -429,7 +431,8 @@ fn rerender(mut a: Args) -> Res<()> {
     a.engines = engines;
     let started = v["started"].as_str().unwrap_or("?").to_string();
     let commit = v["chatstore_commit"].as_str().unwrap_or("?").to_string();
-    let md = render(&a, &w, &meta, &started, &commit, &disks, &by_engine, &runs);
+    let info = RunInfo { started, commit };
+    let md = render(&a, &w, &meta, &info, &disks, &by_engine, &runs);
     let md_path = a.out.join(format!("{}.md", a.preset.name));
     std::fs::write(&md_path, &md)?;
     eprintln!("re-rendered {}", md_path.display());
@@ -458,12 +461,17 @@ fn command_line(a: &Args) -> String {
     s
 }
 
+/// When and against what a run was made.
+struct RunInfo {
+    started: String,
+    commit: String,
+}
+
 fn render(
     a: &Args,
     w: &Workload,
     meta: &Meta,
-    started: &str,
-    commit: &str,
+    info: &RunInfo,
     disks: &[Value],
     by_engine: &BTreeMap<String, Vec<Figures>>,
     raw_runs: &[Value],
@@ -496,10 +504,11 @@ fn render(
         p.name
     ));
     s.push_str(&format!("- Command: `{}`\n", command_line(a)));
-    s.push_str(&format!("- Date: {started}\n"));
+    s.push_str(&format!("- Date: {}\n", info.started));
     s.push_str(&format!("- Machine: {}\n", machine::describe(&a.work)));
     s.push_str(&format!(
-        "- Crates: chatstore at commit {commit}; {}\n",
+        "- Crates: chatstore at commit {}; {}\n",
+        info.commit,
         engine_versions()
     ));
     s.push_str(&format!(
