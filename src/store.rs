@@ -48,6 +48,16 @@ impl Drop for Handle {
     }
 }
 
+/// A retention as stored: milliseconds, 0 for none. A zero duration is an error.
+pub(crate) fn retention_ms(ttl: Option<Duration>) -> Result<u64> {
+    if ttl.is_some_and(|t| t.is_zero()) {
+        return Err(Error::InvalidArgument(
+            "a retention of zero would delete every message; use None for no limit".into(),
+        ));
+    }
+    Ok(ttl.map_or(0, |t| (t.as_millis() as u64).max(1)))
+}
+
 /// Edits (`Some(content)`) or deletes (`None`) a message inside a transaction, checking that
 /// it exists, is not deleted, and that `by` sent it.
 pub(crate) fn edit_in(
@@ -264,15 +274,7 @@ impl Store {
         content: impl Into<Bytes>,
     ) -> Result<Message> {
         let content = content.into();
-        if content.is_empty() {
-            return Err(Error::EmptyMessage);
-        }
-        if content.len() > self.engine().max_message_bytes() {
-            return Err(Error::MessageTooLarge {
-                size: content.len(),
-                limit: self.engine().max_message_bytes(),
-            });
-        }
+        self.engine().check_edit(&content)?;
         self.engine()
             .transact(move |txn| edit_in(txn, conv, id, by, Some(content)))
     }
@@ -289,12 +291,7 @@ impl Store {
     /// messages disappear from reads at once and from disk at the next compaction. `None`
     /// removes it. A zero duration is an error.
     pub fn set_retention(&self, conv: ConversationId, ttl: Option<Duration>) -> Result<()> {
-        if ttl.is_some_and(|t| t.is_zero()) {
-            return Err(Error::InvalidArgument(
-                "a retention of zero would delete every message; use None for no limit".into(),
-            ));
-        }
-        let ms = ttl.map_or(0, |t| (t.as_millis() as u64).max(1));
+        let ms = retention_ms(ttl)?;
         self.engine().transact(move |txn| txn.set_ttl(conv, ms))
     }
 

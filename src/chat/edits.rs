@@ -9,7 +9,7 @@ use super::conversations::{corrupt_record, txn_member_link};
 use super::keys;
 use super::ChatStore;
 use crate::error::{Error, Result};
-use crate::store::edit_in;
+use crate::store::{edit_in, retention_ms};
 use crate::types::{ConversationId, Message, MessageId, UserId};
 
 /// Longest reaction accepted, in bytes (an emoji with modifiers fits easily).
@@ -37,15 +37,7 @@ impl ChatStore {
         content: impl Into<Bytes>,
     ) -> Result<Message> {
         let content: Bytes = content.into();
-        if content.is_empty() {
-            return Err(Error::EmptyMessage);
-        }
-        if content.len() > self.store.engine().max_message_bytes() {
-            return Err(Error::MessageTooLarge {
-                size: content.len(),
-                limit: self.store.engine().max_message_bytes(),
-            });
-        }
+        self.store.engine().check_edit(&content)?;
         self.store.engine().transact(move |txn| {
             txn_member_link(txn, by, conv)?;
             edit_in(txn, conv, id, by, Some(content))
@@ -148,12 +140,7 @@ impl ChatStore {
         by: UserId,
         ttl: Option<Duration>,
     ) -> Result<()> {
-        if ttl.is_some_and(|t| t.is_zero()) {
-            return Err(Error::InvalidArgument(
-                "a retention of zero would delete every message; use None for no limit".into(),
-            ));
-        }
-        let ms = ttl.map_or(0, |t| (t.as_millis() as u64).max(1));
+        let ms = retention_ms(ttl)?;
         self.store.engine().transact(move |txn| {
             txn_member_link(txn, by, conv)?;
             txn.set_ttl(conv, ms)

@@ -272,6 +272,20 @@ impl Engine {
         Ok(())
     }
 
+    /// Checks the new content of an edit: not empty, within the message size limit.
+    pub(crate) fn check_edit(&self, content: &Bytes) -> Result<()> {
+        if content.is_empty() {
+            return Err(Error::EmptyMessage);
+        }
+        if content.len() > self.opts.max_message_bytes {
+            return Err(Error::MessageTooLarge {
+                size: content.len(),
+                limit: self.opts.max_message_bytes,
+            });
+        }
+        Ok(())
+    }
+
     /// Appends a batch of messages atomically (one WAL record).
     pub(crate) fn write(&self, batch: Vec<(ConversationId, NewMessage)>) -> Result<Vec<Message>> {
         for (_, m) in &batch {

@@ -289,10 +289,6 @@ impl Engine {
         self.read_range_in(&v, conv, lo, hi)
     }
 
-    pub(crate) fn max_message_bytes(&self) -> usize {
-        self.opts.max_message_bytes
-    }
-
     /// A consistent read view of the whole store.
     pub(crate) fn snapshot(&self) -> Snapshot<'_> {
         Snapshot {
