@@ -521,7 +521,10 @@ impl Engine {
         *wal = new_wal;
         drop(wal);
         self.edit_version(|v| {
-            let old = std::mem::replace(&mut v.active, Arc::new(Memtable::new(number)));
+            let old = std::mem::replace(
+                &mut v.active,
+                Arc::new(Memtable::new(number, &self.memtables_held)),
+            );
             v.frozen.push(old);
         });
         let _g = self.bg.lock();

@@ -7,6 +7,8 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::RwLock;
@@ -36,14 +38,26 @@ pub struct Memtable {
     /// The first WAL file whose records this memtable holds; once it is flushed, every WAL
     /// file below the next memtable's `first_wal` is obsolete.
     first_wal: u64,
+    /// Bytes held by every live memtable of the engine, this one included until it drops: a
+    /// flushed memtable lives on while a reader still holds a version that lists it.
+    held: Arc<AtomicU64>,
+}
+
+impl Drop for Memtable {
+    fn drop(&mut self) {
+        let bytes = self.inner.get_mut().bytes as u64;
+        self.held.fetch_sub(bytes, Ordering::Relaxed);
+    }
 }
 
 impl Memtable {
-    /// An empty memtable fed by WAL files numbered `first_wal` and up.
-    pub fn new(first_wal: u64) -> Self {
+    /// An empty memtable fed by WAL files numbered `first_wal` and up, counting its bytes in
+    /// `held` while it lives.
+    pub fn new(first_wal: u64, held: &Arc<AtomicU64>) -> Self {
         Memtable {
             inner: RwLock::new(Inner::default()),
             first_wal,
+            held: Arc::clone(held),
         }
     }
 
@@ -77,6 +91,7 @@ impl Memtable {
         state: &[(Bytes, Option<Bytes>)],
     ) {
         let mut inner = self.inner.write();
+        let before = inner.bytes;
         for m in messages {
             inner.bytes += PER_MESSAGE_OVERHEAD
                 + m.content.len()
@@ -93,6 +108,8 @@ impl Memtable {
             inner.bytes += STATE_OVERHEAD + k.len() + v.as_ref().map_or(0, Bytes::len);
             inner.state.insert(k.clone(), v.clone());
         }
+        self.held
+            .fetch_add((inner.bytes - before) as u64, Ordering::Relaxed);
     }
 
     /// The state entry for `key`: `None` if this memtable has none, `Some(None)` if deleted.
@@ -198,7 +215,7 @@ mod tests {
 
     #[test]
     fn ranges_and_collect() {
-        let mt = Memtable::new(3);
+        let mt = Memtable::new(3, &Arc::default());
         let msgs: Vec<Message> = (5..=9).map(|i| msg(1, i)).chain([msg(2, 1)]).collect();
         mt.apply(&msgs, &[]);
         assert_eq!(mt.len(), 6);

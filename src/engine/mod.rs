@@ -67,6 +67,8 @@ pub(crate) struct Engine {
     compaction: Mutex<compaction::picker::Cursors>,
     cache: BlockCache,
     counters: Counters,
+    /// Bytes of every memtable still in memory (see [`Stats::memtable_bytes_held`]).
+    memtables_held: Arc<AtomicU64>,
     /// The directory lock; released when the store closes, even if handles linger.
     lock: Mutex<Option<Box<dyn DirLock>>>,
 }
@@ -345,6 +347,7 @@ impl Engine {
         s.memtable_messages = v.active.len() as u64;
         s.frozen_memtables = v.frozen.len() as u64;
         s.frozen_memtable_bytes = v.frozen.iter().map(|m| m.bytes() as u64).sum();
+        s.memtable_bytes_held = self.memtables_held.load(Ordering::Relaxed);
         s.segments = v.segments.len() as u64;
         for seg in &v.segments {
             let level = (seg.level as usize).min(s.segments_per_level.len() - 1);

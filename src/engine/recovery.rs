@@ -178,8 +178,9 @@ fn open_once(dir: PathBuf, opts: Options) -> Result<Arc<Engine>> {
     wals.sort_unstable();
 
     super::version::sort_by_age(&mut segments);
+    let memtables_held = Arc::new(AtomicU64::new(0));
     let base = Version {
-        active: Arc::new(Memtable::new(manifest.log_number)),
+        active: Arc::new(Memtable::new(manifest.log_number, &memtables_held)),
         frozen: Vec::new(),
         segments,
     };
@@ -199,13 +200,13 @@ fn open_once(dir: PathBuf, opts: Options) -> Result<Arc<Engine>> {
     // to a new memtable so the memory bound holds from the first write.
     let version = if base.active.is_empty() {
         Version {
-            active: Arc::new(Memtable::new(wal_number)),
+            active: Arc::new(Memtable::new(wal_number, &memtables_held)),
             ..base
         }
     } else {
         let replayed = Arc::clone(&base.active);
         Version {
-            active: Arc::new(Memtable::new(wal_number)),
+            active: Arc::new(Memtable::new(wal_number, &memtables_held)),
             frozen: vec![replayed],
             segments: base.segments,
         }
@@ -237,6 +238,7 @@ fn open_once(dir: PathBuf, opts: Options) -> Result<Arc<Engine>> {
         shutdown: AtomicBool::new(false),
         poison: Mutex::new(None),
         counters: Counters::default(),
+        memtables_held,
         lock: Mutex::new(lock),
         opts,
     }))

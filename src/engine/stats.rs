@@ -24,6 +24,10 @@ pub struct Stats {
     pub frozen_memtables: u64,
     /// Approximate bytes held by frozen memtables.
     pub frozen_memtable_bytes: u64,
+    /// Approximate bytes of every memtable still in memory: the active and frozen ones, plus
+    /// flushed ones a reader still holds. Bounded by `(1 + max_frozen_memtables) *
+    /// memtable_bytes` plus what long-running reads keep.
+    pub memtable_bytes_held: u64,
     /// Live segments.
     pub segments: u64,
     /// Bytes of live segment files.

@@ -16,7 +16,7 @@ use bytes::Bytes;
 
 use super::super::files;
 use super::super::overrides::{self, Override};
-use super::super::version::{Segment, Version};
+use super::super::version::Segment;
 use super::super::Engine;
 use crate::error::{Error, Result};
 use crate::format::segment::{SegmentReader, SegmentSummary, SegmentWriter};
@@ -162,14 +162,13 @@ struct ConversationRules {
 }
 
 impl ConversationRules {
-    fn load(
-        engine: &Engine,
-        version: &Version,
-        reserved: bool,
-        conv: ConversationId,
-    ) -> Result<Self> {
+    /// The rules for `conv` as of now. Reads the current version and lets go of it: a version
+    /// lists memtables, and holding one for a whole compaction would keep every memtable
+    /// flushed meanwhile in memory.
+    fn load(engine: &Engine, conv: ConversationId) -> Result<Self> {
+        let version = engine.current();
         let mut overrides = Vec::new();
-        if reserved {
+        if version.has_reserved_state() {
             let prefix = overrides::edit_prefix(conv);
             for (k, v) in version.state_scan(&engine.cache, &prefix, &prefix, usize::MAX)? {
                 let (Some(id), Some(o)) = (overrides::edit_key_id(&k), Override::decode(&v)) else {
@@ -180,7 +179,7 @@ impl ConversationRules {
         }
         Ok(ConversationRules {
             overrides,
-            cutoff: engine.retention_cutoff(version, conv)?,
+            cutoff: engine.retention_cutoff(&version, conv)?,
             in_expired_prefix: true,
             pending_stub: None,
         })
@@ -280,8 +279,6 @@ fn merge(
         }
         heads.push(head);
     }
-    let version = engine.current();
-    let reserved = version.has_reserved_state();
     let mut last_conv: Option<ConversationId> = None;
     let mut rules = ConversationRules::default();
     let mut last_path = std::path::PathBuf::new();
@@ -302,7 +299,7 @@ fn merge(
             if messages.current_bytes() >= target {
                 messages.finish_current()?;
             }
-            rules = ConversationRules::load(engine, &version, reserved, conv)?;
+            rules = ConversationRules::load(engine, conv)?;
         }
         last_conv = Some(conv);
         if let Some(m) = rules.rewrite(m) {

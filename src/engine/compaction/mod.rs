@@ -46,8 +46,10 @@ impl Engine {
 
     /// Runs one picked compaction to the end. REQUIRES: the caller holds `compaction`.
     fn run_pick(&self, pick: &Pick) -> Result<()> {
-        let v = self.current();
-        let inputs: Vec<Arc<Segment>> = v
+        // Only the input segments are kept: a version also lists memtables, which must be
+        // free to go once flushed while this compaction runs.
+        let inputs: Vec<Arc<Segment>> = self
+            .current()
             .segments
             .iter()
             .filter(|s| pick.inputs.contains(&s.number))
