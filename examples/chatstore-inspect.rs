@@ -175,7 +175,7 @@ fn dump_segment(file: &Path, json: bool) -> Result<(), Failure> {
             source: e,
         })
     })?;
-    let seg = SegmentReader::open(file, Bytes::from(data))?;
+    let seg = SegmentReader::open(file, std::sync::Arc::new(Bytes::from(data)))?;
     let mut blocks = Vec::new();
     for b in 0..seg.block_count() {
         let h = seg.block_handle(b);

@@ -82,7 +82,7 @@ pub struct Options {
     /// Open without taking the directory lock, writing nothing and starting no background
     /// work: for inspecting a store another process has open. Writes get
     /// [`Error::ReadOnly`](crate::Error::ReadOnly). The view is the state at open time; files
-    /// the writer deletes later stay readable while mapped.
+    /// the writer deletes later stay readable while open.
     pub read_only: bool,
     /// Create the directory and an empty store if there is none.
     pub create_if_missing: bool,

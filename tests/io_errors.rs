@@ -29,7 +29,7 @@ const ALL_OPS: &[Op] = &[
     Op::Rename,
     Op::Remove,
     Op::Read,
-    Op::Map,
+    Op::Open,
     Op::SyncDir,
     Op::Truncate,
     Op::List,
@@ -540,7 +540,7 @@ fn read_errors_on_open_name_the_file() {
     for (op, suffix) in [
         (Op::Read, "MANIFEST"),
         (Op::Read, ".wal"),
-        (Op::Map, ".seg"),
+        (Op::Open, ".seg"),
         (Op::Lock, "LOCK"),
         (Op::Truncate, ".wal"),
         (Op::Remove, "MANIFEST.tmp"),

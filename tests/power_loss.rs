@@ -36,7 +36,7 @@ const ALL_OPS: &[Op] = &[
     Op::Rename,
     Op::Remove,
     Op::Read,
-    Op::Map,
+    Op::Open,
     Op::SyncDir,
     Op::Truncate,
     Op::List,

@@ -367,3 +367,48 @@ fn close_releases_the_directory_even_while_clones_live() {
     ));
     reopened.append(ConversationId(1), text(1, "ok")).unwrap();
 }
+
+/// Segments are read with positioned reads, not a memory map: a segment cut short under an
+/// open store makes the reads that need the missing blocks fail with an error naming the file,
+/// where a mapping would kill the process with SIGBUS.
+#[test]
+fn a_segment_truncated_under_an_open_store_gives_an_error_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || Options {
+        block_bytes: 1 << 10,
+        ..Options::default()
+    };
+    {
+        let store = Store::open_with(dir.path(), options()).unwrap();
+        for i in 0..2000u64 {
+            let text = format!("message {i} with enough words to fill several blocks of text");
+            store
+                .append(ConversationId(1), NewMessage::text(UserId(1), &text))
+                .unwrap();
+        }
+        store.flush().unwrap();
+        store.close().unwrap();
+    }
+    let store = Store::open_with(dir.path(), options()).unwrap();
+    let segment = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "seg"))
+        .expect("a segment file");
+    let len = std::fs::metadata(&segment).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap()
+        .set_len(len / 4)
+        .unwrap();
+    let err = store
+        .before(ConversationId(1), MessageId(1500), 50)
+        .expect_err("the blocks are gone");
+    assert!(
+        err.to_string().contains(&segment.display().to_string()),
+        "the error names the file: {err}"
+    );
+    // Nothing panicked, the store is still usable for what it can read.
+    assert_eq!(store.last_id(ConversationId(1)), MessageId(2000));
+}

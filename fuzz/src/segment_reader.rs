@@ -22,7 +22,10 @@ pub fn run(data: &[u8]) {
 }
 
 fn check(data: &[u8]) {
-    let Ok(seg) = SegmentReader::open(Path::new("fuzz.seg"), Bytes::copy_from_slice(data)) else {
+    let Ok(seg) = SegmentReader::open(
+        Path::new("fuzz.seg"),
+        std::sync::Arc::new(Bytes::copy_from_slice(data)),
+    ) else {
         return;
     };
     assert_eq!(seg.file_bytes(), data.len() as u64);

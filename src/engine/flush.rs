@@ -112,7 +112,10 @@ fn flush_one(engine: &Engine, mem: &Arc<Memtable>) -> Result<()> {
         .fs
         .sync_dir(&engine.dir)
         .map_err(|e| Error::io(&engine.dir, e))?;
-    let data = engine.fs.map(&path).map_err(|e| Error::io(&path, e))?;
+    let data = engine
+        .fs
+        .open_random_access(&path)
+        .map_err(|e| Error::io(&path, e))?;
     let reader = SegmentReader::open(&path, data)?;
     let segment = Arc::new(Segment::open(number, 0, reader, Arc::clone(&engine.fs))?);
 

@@ -124,17 +124,17 @@ fn open_once(dir: PathBuf, opts: Options) -> Result<Arc<Engine>> {
     let mut segments = Vec::with_capacity(manifest.segments.len());
     for rec in &manifest.segments {
         let path = files::segment_path(&dir, rec.number);
-        let data = fs.map(&path).map_err(|e| {
+        let data = fs.open_random_access(&path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 Error::corruption(&path, 0, "segment listed in the manifest is missing")
             } else {
                 Error::io(&path, e)
             }
         })?;
-        if data.len() as u64 != rec.file_bytes {
+        if data.len() != rec.file_bytes {
             return Err(Error::corruption(
                 &path,
-                data.len() as u64,
+                data.len(),
                 format!(
                     "segment is {} bytes, the manifest says {}",
                     data.len(),

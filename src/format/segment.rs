@@ -19,10 +19,12 @@
 //! ```
 //! `key_pos` is the offset of a state block's first key from the start of the key area;
 //! `index_crc` covers the three indexes, `footer_crc` the footer bytes before it.
-//! Both indexes are fixed-width and sorted, so a lookup is a binary search over the mapped file:
-//! opening a segment reads only its footer and checks the index checksum.
+//! Both indexes are fixed-width and sorted, so a lookup is a binary search: opening a segment
+//! reads its footer and indexes into memory and checks the index checksum; blocks are read
+//! with positioned reads when needed.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -32,7 +34,7 @@ use super::coding::{put_varint, Reader};
 use super::dictionary::{DictDecoder, DictEncoder};
 use super::state_block::{StateBlock, StateBlockBuilder, MAX_KEY_LEN};
 use crate::error::{Error, Result};
-use crate::fs::WritableFile;
+use crate::fs::{RandomAccessFile, WritableFile};
 use crate::options::Compression;
 use crate::types::{ConversationId, Message};
 
@@ -307,11 +309,16 @@ impl SegmentWriter {
     }
 }
 
-/// An open segment: the mapped file plus the positions of its indexes.
+/// An open segment: the file, read a block at a time, and its indexes and footer, held in
+/// memory (`meta`).
 #[derive(Debug)]
 pub struct SegmentReader {
     path: PathBuf,
-    data: Bytes,
+    file: Arc<dyn RandomAccessFile>,
+    file_len: u64,
+    /// The file from the block index to the end: indexes, footer.
+    meta: Bytes,
+    // The offsets below are into `meta`.
     block_index_offset: usize,
     block_count: usize,
     conv_index_offset: usize,
@@ -336,25 +343,29 @@ pub struct BlockHandle {
 }
 
 impl SegmentReader {
-    /// Checks the footer and index checksum of the segment held in `data`.
-    pub fn open(path: &Path, data: Bytes) -> Result<Self> {
-        let corrupt = |offset: usize, why: &str| Error::corruption(path, offset as u64, why);
-        if data.len() < HEADER_LEN + FOOTER_LEN {
+    /// Checks the footer and index checksum of the segment in `file` and loads its indexes.
+    pub fn open(path: &Path, file: Arc<dyn RandomAccessFile>) -> Result<Self> {
+        let corrupt = |offset: u64, why: &str| Error::corruption(path, offset, why);
+        let read =
+            |offset: u64, len: usize| file.read_at(offset, len).map_err(|e| Error::io(path, e));
+        let file_len = file.len();
+        if file_len < (HEADER_LEN + FOOTER_LEN) as u64 {
             return Err(corrupt(0, "file too short to be a segment"));
         }
-        if get_u64(&data, 0) != Some(SEGMENT_MAGIC) {
+        if get_u64(&read(0, HEADER_LEN)?, 0) != Some(SEGMENT_MAGIC) {
             return Err(corrupt(0, "bad segment magic"));
         }
-        let f = data.len() - FOOTER_LEN;
-        if get_u64(&data, f + 76) != Some(SEGMENT_MAGIC) {
+        let f = file_len - FOOTER_LEN as u64;
+        let footer = read(f, FOOTER_LEN)?;
+        if get_u64(&footer, 76) != Some(SEGMENT_MAGIC) {
             return Err(corrupt(f, "bad footer magic"));
         }
-        let footer_crc = get_u32(&data, f + 72).unwrap_or(0);
-        if crc32fast::hash(&data[f..f + 72]) != footer_crc {
+        let footer_crc = get_u32(&footer, 72).unwrap_or(0);
+        if crc32fast::hash(&footer[..72]) != footer_crc {
             return Err(corrupt(f, "footer checksum mismatch"));
         }
-        let field = |at: usize| get_u64(&data, f + at).unwrap_or(0);
-        let field32 = |at: usize| get_u32(&data, f + at).unwrap_or(0);
+        let field = |at: usize| get_u64(&footer, at).unwrap_or(0);
+        let field32 = |at: usize| get_u32(&footer, at).unwrap_or(0);
         let version = field32(68);
         if version == 0 || version > SEGMENT_VERSION {
             return Err(Error::UnsupportedVersion {
@@ -363,17 +374,17 @@ impl SegmentReader {
                 supported: SEGMENT_VERSION,
             });
         }
-        let block_index_offset = usize::try_from(field(0)).unwrap_or(usize::MAX);
+        let block_index_offset = field(0);
         let block_count = field32(8) as usize;
         let conv_count = field32(12) as usize;
-        let state_index_offset = usize::try_from(field(32)).unwrap_or(usize::MAX);
+        let state_index_offset = field(32);
         let state_block_count = field32(40) as usize;
-        let state_index_len = field32(48) as usize;
-        let fixed_len = block_count
-            .checked_mul(BLOCK_ENTRY_LEN)
-            .and_then(|b| b.checked_add(conv_count.checked_mul(CONV_ENTRY_LEN)?));
-        let state_fixed = state_block_count.checked_mul(STATE_ENTRY_LEN);
-        let bounds_ok = block_index_offset >= HEADER_LEN
+        let state_index_len = u64::from(field32(48));
+        let fixed_len = (block_count as u64)
+            .checked_mul(BLOCK_ENTRY_LEN as u64)
+            .and_then(|b| b.checked_add((conv_count as u64).checked_mul(CONV_ENTRY_LEN as u64)?));
+        let state_fixed = (state_block_count as u64).checked_mul(STATE_ENTRY_LEN as u64);
+        let bounds_ok = block_index_offset >= HEADER_LEN as u64
             && fixed_len.and_then(|l| block_index_offset.checked_add(l))
                 == Some(state_index_offset)
             && state_index_offset.checked_add(state_index_len) == Some(f)
@@ -381,7 +392,11 @@ impl SegmentReader {
         if !bounds_ok {
             return Err(corrupt(f, "index bounds do not match the footer"));
         }
-        if crc32fast::hash(&data[block_index_offset..f]) != field32(64) {
+        // In bounds of the file (checked above), so these fit in memory-sized integers.
+        let meta_len = (file_len - block_index_offset) as usize;
+        let meta = read(block_index_offset, meta_len)?;
+        let index_len = (f - block_index_offset) as usize;
+        if crc32fast::hash(&meta[..index_len]) != field32(64) {
             return Err(corrupt(block_index_offset, "index checksum mismatch"));
         }
         let dict_len = field32(52) as usize;
@@ -389,37 +404,40 @@ impl SegmentReader {
         let dict = if dict_len == 0 {
             None
         } else {
-            let at = usize::try_from(field(56)).unwrap_or(usize::MAX);
+            let at = field(56);
             let end = at
-                .checked_add(dict_len)
+                .checked_add(dict_len as u64)
                 .filter(|&e| e <= block_index_offset);
-            let Some(end) = end.filter(|_| at >= HEADER_LEN) else {
+            if end.is_none() || at < HEADER_LEN as u64 {
                 return Err(corrupt(f, "dictionary outside the data area"));
-            };
-            let raw = unpack(&data.slice(at..end), None).map_err(|why| corrupt(at, why))?;
+            }
+            let raw = unpack(&read(at, dict_len)?, None).map_err(|why| corrupt(at, why))?;
             let decoder =
                 DictDecoder::new(&raw).ok_or_else(|| corrupt(at, "zstd rejects the dictionary"))?;
             dict_bytes = Some(raw);
             Some(decoder)
         };
+        let state_rel = (state_index_offset - block_index_offset) as usize;
         let reader = SegmentReader {
             dict,
             dict_bytes,
             path: path.to_path_buf(),
-            block_index_offset,
+            file,
+            file_len,
+            meta,
+            block_index_offset: 0,
             block_count,
-            conv_index_offset: block_index_offset + block_count * BLOCK_ENTRY_LEN,
+            conv_index_offset: block_count * BLOCK_ENTRY_LEN,
             conv_count,
             message_count: field(16),
             logical_bytes: field(24),
-            state_index_offset,
+            state_index_offset: state_rel,
             state_block_count,
-            state_keys_offset: state_index_offset + state_block_count * STATE_ENTRY_LEN,
+            state_keys_offset: state_rel + state_block_count * STATE_ENTRY_LEN,
             state_entry_count: u64::from(field32(44)),
-            data,
         };
         let data_end = if block_count > 0 || state_block_count > 0 {
-            block_index_offset as u64
+            block_index_offset
         } else {
             0
         };
@@ -428,7 +446,7 @@ impl SegmentReader {
             let end = h.offset.checked_add(u64::from(h.len));
             if h.offset < HEADER_LEN as u64 || end.is_none_or(|e| e > data_end) {
                 return Err(corrupt(
-                    reader.block_index_offset + i * BLOCK_ENTRY_LEN,
+                    block_index_offset + (i * BLOCK_ENTRY_LEN) as u64,
                     "block handle outside the data area",
                 ));
             }
@@ -438,7 +456,7 @@ impl SegmentReader {
             let h = reader.state_handle(i);
             let end = h.offset.checked_add(u64::from(h.len));
             let key = reader.state_first_key(i);
-            let at = reader.state_index_offset + i * STATE_ENTRY_LEN;
+            let at = state_index_offset + (i * STATE_ENTRY_LEN) as u64;
             if h.offset < HEADER_LEN as u64 || end.is_none_or(|e| e > data_end) {
                 return Err(corrupt(at, "state block handle outside the data area"));
             }
@@ -451,6 +469,13 @@ impl SegmentReader {
             }
         }
         Ok(reader)
+    }
+
+    /// Reads the stored bytes (trailer included) of the block at `h`.
+    fn read_stored(&self, h: BlockHandle) -> Result<Bytes> {
+        self.file
+            .read_at(h.offset, h.len as usize)
+            .map_err(|e| Error::io(&self.path, e))
     }
 
     /// The file this segment was read from.
@@ -470,7 +495,7 @@ impl SegmentReader {
 
     /// File size.
     pub fn file_bytes(&self) -> u64 {
-        self.data.len() as u64
+        self.file_len
     }
 
     /// Number of blocks.
@@ -502,8 +527,8 @@ impl SegmentReader {
     pub fn state_handle(&self, i: usize) -> BlockHandle {
         let at = self.state_index_offset + i * STATE_ENTRY_LEN;
         BlockHandle {
-            offset: get_u64(&self.data, at).unwrap_or(0),
-            len: get_u32(&self.data, at + 8).unwrap_or(0),
+            offset: get_u64(&self.meta, at).unwrap_or(0),
+            len: get_u32(&self.meta, at + 8).unwrap_or(0),
         }
     }
 
@@ -511,10 +536,10 @@ impl SegmentReader {
     /// for every block when the segment is opened).
     fn state_first_key(&self, i: usize) -> Option<&[u8]> {
         let at = self.state_index_offset + i * STATE_ENTRY_LEN;
-        let pos = get_u32(&self.data, at + 12)? as usize;
+        let pos = get_u32(&self.meta, at + 12)? as usize;
         let area = self
-            .data
-            .get(self.state_keys_offset..self.data.len() - FOOTER_LEN)?;
+            .meta
+            .get(self.state_keys_offset..self.meta.len() - FOOTER_LEN)?;
         let mut r = Reader::new(area.get(pos..)?);
         let len = r.len(MAX_KEY_LEN)?;
         r.bytes(len)
@@ -544,8 +569,7 @@ impl SegmentReader {
             ));
         }
         let h = self.state_handle(i);
-        let start = h.offset as usize;
-        let stored = self.data.slice(start..start + h.len as usize);
+        let stored = self.read_stored(h)?;
         let body = unpack(&stored, self.dict.as_ref())
             .map_err(|why| Error::corruption(&self.path, h.offset, why))?;
         StateBlock::decode(body).map_err(|why| Error::corruption(&self.path, h.offset, why))
@@ -554,8 +578,8 @@ impl SegmentReader {
     fn block_entry(&self, i: usize) -> (u64, u64) {
         let at = self.block_index_offset + i * BLOCK_ENTRY_LEN;
         (
-            get_u64(&self.data, at).unwrap_or(0),
-            get_u64(&self.data, at + 8).unwrap_or(0),
+            get_u64(&self.meta, at).unwrap_or(0),
+            get_u64(&self.meta, at + 8).unwrap_or(0),
         )
     }
 
@@ -563,8 +587,8 @@ impl SegmentReader {
     pub fn block_handle(&self, i: usize) -> BlockHandle {
         let at = self.block_index_offset + i * BLOCK_ENTRY_LEN;
         BlockHandle {
-            offset: get_u64(&self.data, at + 16).unwrap_or(0),
-            len: get_u32(&self.data, at + 24).unwrap_or(0),
+            offset: get_u64(&self.meta, at + 16).unwrap_or(0),
+            len: get_u32(&self.meta, at + 24).unwrap_or(0),
         }
     }
 
@@ -572,9 +596,9 @@ impl SegmentReader {
     pub fn conversation_entry(&self, i: usize) -> (ConversationId, u64, u64) {
         let at = self.conv_index_offset + i * CONV_ENTRY_LEN;
         (
-            ConversationId(get_u64(&self.data, at).unwrap_or(0)),
-            get_u64(&self.data, at + 8).unwrap_or(0),
-            get_u64(&self.data, at + 16).unwrap_or(0),
+            ConversationId(get_u64(&self.meta, at).unwrap_or(0)),
+            get_u64(&self.meta, at + 8).unwrap_or(0),
+            get_u64(&self.meta, at + 16).unwrap_or(0),
         )
     }
 
@@ -645,14 +669,13 @@ impl SegmentReader {
             ));
         }
         let h = self.block_handle(i);
-        let start = h.offset as usize;
-        let stored = self.data.slice(start..start + h.len as usize);
+        let stored = self.read_stored(h)?;
         let body = unpack(&stored, self.dict.as_ref())
             .map_err(|why| Error::corruption(&self.path, h.offset, why))?;
         let block =
             Block::decode(body).map_err(|why| Error::corruption(&self.path, h.offset, why))?;
         let want_rows = get_u32(
-            &self.data,
+            &self.meta,
             self.block_index_offset + i * BLOCK_ENTRY_LEN + 28,
         );
         if Some(block.rows() as u32) != want_rows {
@@ -736,7 +759,7 @@ mod tests {
             "want several blocks, got {}",
             summary.blocks
         );
-        let seg = SegmentReader::open(Path::new("t.seg"), data).unwrap();
+        let seg = SegmentReader::open(Path::new("t.seg"), Arc::new(data)).unwrap();
         assert_eq!(seg.message_count(), msgs.len() as u64);
         assert_eq!(seg.conversation_count(), 4);
         for conv in [1u64, 2, 5, 1000] {
@@ -783,7 +806,7 @@ mod tests {
         let summary = w.finish().unwrap();
         assert_eq!(summary.state_entries, 2000);
         let data = Bytes::from(file.0.lock().unwrap().clone());
-        let seg = SegmentReader::open(Path::new("s.seg"), data).unwrap();
+        let seg = SegmentReader::open(Path::new("s.seg"), Arc::new(data)).unwrap();
         assert!(seg.state_block_count() > 1);
         assert_eq!(seg.state_entry_count(), 2000);
         for (i, k) in keys.iter().enumerate() {
@@ -815,12 +838,13 @@ mod tests {
         for byte in 0..data.len() {
             let mut bad = data.to_vec();
             bad[byte] ^= 0x04;
-            let outcome = SegmentReader::open(Path::new("x.seg"), Bytes::from(bad)).and_then(|s| {
-                for b in 0..s.block_count() {
-                    s.read_block(b)?;
-                }
-                Ok(())
-            });
+            let outcome = SegmentReader::open(Path::new("x.seg"), Arc::new(Bytes::from(bad)))
+                .and_then(|s| {
+                    for b in 0..s.block_count() {
+                        s.read_block(b)?;
+                    }
+                    Ok(())
+                });
             match outcome {
                 Err(e) if e.is_corruption() => {}
                 // The header version and reserved words are not read: the footer version rules.
@@ -841,7 +865,8 @@ mod tests {
             data.len() / 2,
             data.len() - 1,
         ] {
-            let err = SegmentReader::open(Path::new("x.seg"), data.slice(..cut)).unwrap_err();
+            let err =
+                SegmentReader::open(Path::new("x.seg"), Arc::new(data.slice(..cut))).unwrap_err();
             assert!(err.is_corruption(), "cut {cut}: {err}");
         }
     }

@@ -56,7 +56,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use super::{DirLock, FileSystem, WritableFile};
+use super::{DirLock, FileSystem, RandomAccessFile, WritableFile};
 
 /// An operation a [`FaultRule`] can match. Every call of the corresponding method counts as one
 /// operation (see [`FaultFs::op_count`]).
@@ -74,8 +74,8 @@ pub enum Op {
     Remove,
     /// [`FileSystem::read`].
     Read,
-    /// [`FileSystem::map`].
-    Map,
+    /// [`FileSystem::open_random_access`].
+    Open,
     /// [`FileSystem::sync_dir`]; a rule's path filter matches the directory.
     SyncDir,
     /// [`FileSystem::truncate`].
@@ -737,10 +737,10 @@ impl FileSystem for FaultFs {
         Ok(Bytes::copy_from_slice(&s.inode(path)?.data))
     }
 
-    fn map(&self, path: &Path) -> io::Result<Bytes> {
+    fn open_random_access(&self, path: &Path) -> io::Result<Arc<dyn RandomAccessFile>> {
         let mut s = self.state.lock();
-        s.check(Op::Map, &[path]).map_err(|f| f.error)?;
-        Ok(Bytes::copy_from_slice(&s.inode(path)?.data))
+        s.check(Op::Open, &[path]).map_err(|f| f.error)?;
+        Ok(Arc::new(Bytes::copy_from_slice(&s.inode(path)?.data)))
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -865,7 +865,12 @@ mod tests {
         f.write_all(b" and not").unwrap();
         fs.sync_dir(dir()).unwrap();
         assert_eq!(content(&fs, "a").unwrap(), b"durable and not");
-        assert_eq!(fs.map(&dir().join("a")).unwrap(), &b"durable and not"[..]);
+        let file = fs.open_random_access(&dir().join("a")).unwrap();
+        assert_eq!(file.read_at(0, 15).unwrap(), &b"durable and not"[..]);
+        assert!(
+            file.read_at(8, 8).is_err(),
+            "a read past the end is an error"
+        );
         assert_eq!(fs.file_len(&dir().join("a")), Some(15));
         assert_eq!(fs.synced_len(&dir().join("a")), Some(7));
         let after = fs.power_cut();
@@ -1001,7 +1006,7 @@ mod tests {
         write(&fs, "a", b"x", true);
         for op in [
             Op::Read,
-            Op::Map,
+            Op::Open,
             Op::SyncDir,
             Op::Rename,
             Op::Remove,
@@ -1011,7 +1016,7 @@ mod tests {
         }
         let a = dir().join("a");
         assert!(fs.read(&a).is_err());
-        assert!(fs.map(&a).is_err());
+        assert!(fs.open_random_access(&a).is_err());
         assert!(fs.sync_dir(dir()).is_err());
         assert!(fs.rename(&a, &dir().join("b")).is_err());
         assert!(fs.remove(&a).is_err());

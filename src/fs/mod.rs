@@ -7,7 +7,9 @@
 use std::fmt;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -19,6 +21,44 @@ pub trait WritableFile: Send {
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()>;
     /// Makes everything appended so far durable (fdatasync).
     fn sync(&mut self) -> io::Result<()>;
+}
+
+/// An immutable file opened for positioned reads (segments).
+///
+/// Reads copy into the caller's memory rather than mapping the file: pages a read touched are
+/// then not charged to the process, a file damaged under the engine gives an error rather than
+/// a `SIGBUS`, and the block cache is the one place decoded data lives.
+pub trait RandomAccessFile: Send + Sync + fmt::Debug {
+    /// The file's length in bytes.
+    fn len(&self) -> u64;
+    /// Whether the file is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Reads exactly `len` bytes at `offset`; reading past the end is an `UnexpectedEof` error.
+    fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes>;
+}
+
+fn past_the_end(offset: u64, len: usize, file_len: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        format!("read of {len} bytes at {offset} past the end of a {file_len} byte file"),
+    )
+}
+
+/// An in-memory file (tests, tools, and files read whole).
+impl RandomAccessFile for Bytes {
+    fn len(&self) -> u64 {
+        Bytes::len(self) as u64
+    }
+
+    fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        match start.checked_add(len) {
+            Some(end) if end <= Bytes::len(self) => Ok(self.slice(start..end)),
+            _ => Err(past_the_end(offset, len, Bytes::len(self) as u64)),
+        }
+    }
 }
 
 /// A held directory lock; released on drop.
@@ -34,8 +74,8 @@ pub trait FileSystem: Send + Sync + fmt::Debug {
     fn create(&self, path: &Path) -> io::Result<Box<dyn WritableFile>>;
     /// Reads a whole file into memory.
     fn read(&self, path: &Path) -> io::Result<Bytes>;
-    /// Maps an immutable file for reading. The file must not change while mapped.
-    fn map(&self, path: &Path) -> io::Result<Bytes>;
+    /// Opens an immutable file for positioned reads. The file must not change while open.
+    fn open_random_access(&self, path: &Path) -> io::Result<Arc<dyn RandomAccessFile>>;
     /// Atomically renames a file (durable once the directory is synced).
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Removes a file.
@@ -59,7 +99,7 @@ pub trait FileSystem: Send + Sync + fmt::Debug {
     }
 }
 
-/// The operating system's file system, with memory-mapped reads.
+/// The operating system's file system; segments are read with `pread`.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct StdFileSystem;
 
@@ -85,12 +125,28 @@ struct StdDirLock {
 
 impl DirLock for StdDirLock {}
 
-/// Owner of a read-only mapping, so a `Bytes` can point into it.
-struct Mapping(memmap2::Mmap);
+/// A file read with `pread`.
+#[derive(Debug)]
+struct StdRandomAccessFile {
+    file: File,
+    len: u64,
+}
 
-impl AsRef<[u8]> for Mapping {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
+impl RandomAccessFile for StdRandomAccessFile {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
+        if offset
+            .checked_add(len as u64)
+            .is_none_or(|end| end > self.len)
+        {
+            return Err(past_the_end(offset, len, self.len));
+        }
+        let mut buf = vec![0u8; len];
+        self.file.read_exact_at(&mut buf, offset)?;
+        Ok(Bytes::from(buf))
     }
 }
 
@@ -120,17 +176,10 @@ impl FileSystem for StdFileSystem {
         Ok(Bytes::from(std::fs::read(path)?))
     }
 
-    fn map(&self, path: &Path) -> io::Result<Bytes> {
+    fn open_random_access(&self, path: &Path) -> io::Result<Arc<dyn RandomAccessFile>> {
         let file = File::open(path)?;
-        if file.metadata()?.len() == 0 {
-            return Ok(Bytes::new());
-        }
-        // SAFETY: the engine maps only segment files, which are written once, fsynced and never
-        // modified or truncated afterwards (they are replaced by new files and unlinked, which
-        // leaves existing mappings valid). Changing them behind the engine's back is outside
-        // the contract documented in docs/format-segment.md.
-        let map = unsafe { memmap2::Mmap::map(&file)? };
-        Ok(Bytes::from_owner(Mapping(map)))
+        let len = file.metadata()?.len();
+        Ok(Arc::new(StdRandomAccessFile { file, len }))
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {

@@ -88,7 +88,11 @@ impl<'a> OutputSet<'a> {
         self.finish_current()?;
         let mut out = Vec::with_capacity(self.done.len());
         for (number, path, summary) in self.done {
-            let data = self.engine.fs.map(&path).map_err(|e| Error::io(&path, e))?;
+            let data = self
+                .engine
+                .fs
+                .open_random_access(&path)
+                .map_err(|e| Error::io(&path, e))?;
             let reader = SegmentReader::open(&path, data)?;
             let segment = Segment::open(number, self.level, reader, Arc::clone(&self.engine.fs))?;
             out.push(Output {
