@@ -161,7 +161,37 @@ pub struct Message {
     pub edited_ms: Option<u64>,
 }
 
+/// A message's stored fields, borrowed from wherever they live (a [`Message`], a memtable
+/// row), so encoders need no owned copy.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MessageRef<'a> {
+    pub conversation: ConversationId,
+    pub id: MessageId,
+    pub sender: UserId,
+    pub timestamp_ms: u64,
+    pub kind: MessageKind,
+    pub content: &'a [u8],
+    pub attachment: Option<&'a [u8]>,
+    pub reply_to: Option<MessageId>,
+    pub mentions: &'a [UserId],
+}
+
 impl Message {
+    /// The stored fields, borrowed.
+    pub(crate) fn as_ref(&self) -> MessageRef<'_> {
+        MessageRef {
+            conversation: self.conversation,
+            id: self.id,
+            sender: self.sender,
+            timestamp_ms: self.timestamp_ms,
+            kind: self.kind,
+            content: &self.content,
+            attachment: self.attachment.as_deref(),
+            reply_to: self.reply_to,
+            mentions: &self.mentions,
+        }
+    }
+
     /// The content as text, if it is valid UTF-8.
     pub fn text(&self) -> Option<&str> {
         std::str::from_utf8(&self.content).ok()

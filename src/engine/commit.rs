@@ -45,12 +45,54 @@ pub(crate) struct WriteQueue {
     leader_active: bool,
 }
 
+/// Slots of the leader's last-id cache (16 bytes each).
+const LAST_ID_SLOTS: usize = 1 << 16;
+
+/// The last id of recently written conversations, so an append finds it without searching the
+/// memtables and every segment's conversation index. Direct-mapped: a conversation lives in one
+/// slot and a collision evicts. Only the write leader reads or changes it, and only after its
+/// group's record is in the WAL, so an entry is always the conversation's committed last id
+/// (ids are assigned only by commits; nothing else moves a conversation's last id).
+pub(crate) struct LastIds {
+    slots: Vec<(ConversationId, u64)>,
+}
+
+impl Default for LastIds {
+    fn default() -> Self {
+        LastIds {
+            slots: vec![(ConversationId(0), 0); LAST_ID_SLOTS],
+        }
+    }
+}
+
+impl LastIds {
+    fn slot(conv: ConversationId) -> usize {
+        // Fibonacci hashing: the top bits of the product spread sequential ids over the slots.
+        (conv.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - LAST_ID_SLOTS.trailing_zeros()))
+            as usize
+    }
+
+    fn get(&self, conv: ConversationId) -> Option<u64> {
+        // Id 0 marks an empty slot: a cached conversation has at least one message.
+        match self.slots[Self::slot(conv)] {
+            (c, last) if c == conv && last > 0 => Some(last),
+            _ => None,
+        }
+    }
+
+    fn set(&mut self, conv: ConversationId, last: u64) {
+        self.slots[Self::slot(conv)] = (conv, last);
+    }
+}
+
 /// Buffers the leader reuses from group to group.
 #[derive(Default)]
 pub(crate) struct LeaderScratch {
     frame: Vec<u8>,
     /// Last id assigned in this group per conversation.
     ids: FxHashMap<ConversationId, u64>,
+    /// Committed last ids of recently written conversations.
+    last_ids: LastIds,
     /// State written in this group.
     state: FxHashMap<Bytes, Option<Bytes>>,
 }
@@ -61,6 +103,7 @@ pub(crate) struct Txn<'a> {
     version: &'a Version,
     engine: &'a Engine,
     group_ids: &'a FxHashMap<ConversationId, u64>,
+    last_ids: &'a LastIds,
     group_state: &'a FxHashMap<Bytes, Option<Bytes>>,
     now: u64,
     messages: Vec<Message>,
@@ -81,10 +124,12 @@ impl Txn<'_> {
         if let Some(&id) = self.own_ids.get(&conv) {
             return id;
         }
-        match self.group_ids.get(&conv) {
-            Some(&id) => id,
-            None => self.version.last_id(conv),
+        if let Some(&id) = self.group_ids.get(&conv) {
+            return id;
         }
+        self.last_ids
+            .get(conv)
+            .unwrap_or_else(|| self.version.last_id(conv))
     }
 
     /// The current value of state `key`.
@@ -367,6 +412,7 @@ impl Engine {
                 version: &version,
                 engine: self,
                 group_ids: &scratch.ids,
+                last_ids: &scratch.last_ids,
                 group_state: &scratch.state,
                 now,
                 messages: Vec::new(),
@@ -427,6 +473,9 @@ impl Engine {
             return outcomes;
         }
         version.active.apply(&messages, &state);
+        for (&conv, &last) in &scratch.ids {
+            scratch.last_ids.set(conv, last);
+        }
         self.counters
             .messages_appended
             .fetch_add(messages.len() as u64, Ordering::Relaxed);
@@ -530,5 +579,28 @@ impl Engine {
         let _g = self.bg.lock();
         self.bg_cv.notify_all();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_id_cache_answers_only_for_the_conversation_it_holds() {
+        let mut c = LastIds::default();
+        assert_eq!(c.get(ConversationId(0)), None, "empty slots answer nothing");
+        c.set(ConversationId(7), 3);
+        assert_eq!(c.get(ConversationId(7)), Some(3));
+        c.set(ConversationId(7), 4);
+        assert_eq!(c.get(ConversationId(7)), Some(4));
+        // Find a conversation sharing 7's slot: it evicts 7, and 7 is no longer answered.
+        let rival = (8..u64::MAX)
+            .map(ConversationId)
+            .find(|&r| LastIds::slot(r) == LastIds::slot(ConversationId(7)))
+            .unwrap();
+        c.set(rival, 9);
+        assert_eq!(c.get(rival), Some(9));
+        assert_eq!(c.get(ConversationId(7)), None);
     }
 }

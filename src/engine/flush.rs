@@ -80,14 +80,15 @@ fn flush_one(engine: &Engine, mem: &Arc<Memtable>) -> Result<()> {
             engine.opts.block_bytes,
             dict.as_deref().map(|d| d.as_ref()),
         );
-        for (conv, run) in runs {
-            for m in run.iter() {
-                if !writer.add(m).map_err(|e| Error::io(&path, e))? {
+        for run in runs {
+            for m in run.messages() {
+                if !writer.add_ref(m).map_err(|e| Error::io(&path, e))? {
                     return Err(Error::corruption(
                         &path,
                         0,
                         format!(
-                            "memtable run of conversation {conv} is not gapless at id {}",
+                            "memtable run of conversation {} is not gapless at id {}",
+                            run.conversation(),
                             m.id
                         ),
                     ));
@@ -165,7 +166,7 @@ impl Engine {
     /// (and whenever there is none yet and `runs` hold enough data to learn from).
     fn dictionary_for_flush(
         &self,
-        runs: &[(crate::types::ConversationId, &[crate::types::Message])],
+        runs: &[super::memtable::RunRef<'_>],
     ) -> Option<Arc<bytes::Bytes>> {
         let max = self.opts.dictionary_bytes;
         if max == 0 || !matches!(self.opts.compression, crate::options::Compression::Zstd(_)) {
@@ -178,7 +179,7 @@ impl Engine {
         }
         let total: usize = runs
             .iter()
-            .flat_map(|(_, r)| r.iter())
+            .flat_map(|r| r.messages())
             .map(|m| m.content.len() + 16)
             .sum();
         let blocks = total / self.opts.block_bytes.max(1);
@@ -186,10 +187,10 @@ impl Engine {
         let mut samples = Vec::with_capacity(SAMPLE_BLOCKS + 1);
         let mut builder = crate::format::block::BlockBuilder::new();
         let mut n = 0usize;
-        for m in runs.iter().flat_map(|(_, r)| r.iter()) {
-            if !builder.add(m) {
+        for m in runs.iter().flat_map(|r| r.messages()) {
+            if !builder.add_ref(m) {
                 builder.finish_body();
-                builder.add(m);
+                builder.add_ref(m);
             }
             if builder.estimated_len() >= self.opts.block_bytes {
                 let body = builder.finish_body();

@@ -4,6 +4,12 @@
 //! run of its newest messages: an append is a `Vec::push`, never a sorted insert. Sorting by
 //! conversation happens once, when the frozen memtable is flushed. State entries (small
 //! key-value records the layers above keep) live in a sorted map beside the runs.
+//!
+//! Rows are compact: fixed fields inline, content copied into large shared chunks, the rare
+//! attachment/reply/mentions boxed aside. A row costs ~40 bytes plus its content instead of a
+//! full `Message` (160 bytes) plus a heap allocation per content buffer, so a memtable holds
+//! twice the messages in the same memory, and dropping a flushed one frees a few hundred
+//! chunks rather than a hundred thousand buffers.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -14,21 +20,142 @@ use bytes::Bytes;
 use parking_lot::RwLock;
 use rustc_hash::FxHashMap;
 
-use crate::types::{ConversationId, Message};
+use crate::types::{ConversationId, Message, MessageId, MessageKind, MessageRef, UserId};
 
-/// Bookkeeping bytes charged per message on top of its content (struct, hash map share).
-/// Counted generously: the struct, its share of the run's `Vec` (which grows by doubling), and
-/// the allocator's overhead on the content buffer, so `memtable_bytes` bounds real memory.
-const PER_MESSAGE_OVERHEAD: usize = 2 * std::mem::size_of::<Message>() + 32;
+/// Size of a content chunk. Content never straddles chunks; a body over a quarter of a chunk
+/// gets a chunk of its own, so at most a quarter of a chunk is left unused at its end.
+const CHUNK_BYTES: usize = 256 << 10;
+/// Bookkeeping bytes charged per message on top of its content: the row with the slack of its
+/// growing `Vec`, and the chunk space left unused.
+const PER_MESSAGE_OVERHEAD: usize = 3 * std::mem::size_of::<Row>() / 2 + 8;
+/// Charged per conversation (hash map entry, run header).
+const PER_RUN_OVERHEAD: usize = 64;
+/// Charged for a message's boxed extras (attachment, reply, mentions) on top of their bytes.
+const EXTRA_OVERHEAD: usize = 2 * std::mem::size_of::<Extra>();
 /// Bookkeeping bytes charged per state entry (tree node share, two `Bytes`).
 const STATE_OVERHEAD: usize = 96;
 
+/// Where a row's content is: `chunks[chunk][offset..offset + len]`.
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    chunk: u32,
+    offset: u32,
+    len: u32,
+}
+
+/// The fields few messages have.
+#[derive(Debug)]
+struct Extra {
+    attachment: Option<Bytes>,
+    reply_to: Option<MessageId>,
+    mentions: Vec<UserId>,
+}
+
+#[derive(Debug)]
+struct Row {
+    sender: UserId,
+    timestamp_ms: u64,
+    content: Span,
+    kind: MessageKind,
+    extra: Option<Box<Extra>>,
+}
+
+/// A conversation's messages here: ids `first_id..first_id + rows.len()`.
+#[derive(Debug)]
+struct Run {
+    first_id: u64,
+    rows: Vec<Row>,
+}
+
+/// Content bytes, in chunks that never move once allocated.
+#[derive(Debug, Default)]
+struct Arena {
+    chunks: Vec<Vec<u8>>,
+    /// The chunk small bodies are appended to.
+    open: Option<usize>,
+}
+
+impl Arena {
+    fn push(&mut self, bytes: &[u8]) -> Span {
+        let len = bytes.len() as u32;
+        if bytes.len() > CHUNK_BYTES / 4 {
+            // A big body gets a chunk of its own; the open chunk keeps filling.
+            self.chunks.push(bytes.to_vec());
+            let chunk = (self.chunks.len() - 1) as u32;
+            return Span {
+                chunk,
+                offset: 0,
+                len,
+            };
+        }
+        let open = match self.open {
+            Some(i) if self.chunks[i].capacity() - self.chunks[i].len() >= bytes.len() => i,
+            _ => {
+                self.chunks.push(Vec::with_capacity(CHUNK_BYTES));
+                let i = self.chunks.len() - 1;
+                self.open = Some(i);
+                i
+            }
+        };
+        let c = &mut self.chunks[open];
+        let offset = c.len() as u32;
+        c.extend_from_slice(bytes);
+        Span {
+            chunk: open as u32,
+            offset,
+            len,
+        }
+    }
+
+    fn get(&self, s: Span) -> &[u8] {
+        let start = s.offset as usize;
+        self.chunks
+            .get(s.chunk as usize)
+            .and_then(|c| c.get(start..start + s.len as usize))
+            .unwrap_or_default()
+    }
+}
+
 #[derive(Debug, Default)]
 struct Inner {
-    runs: FxHashMap<ConversationId, Vec<Message>>,
+    runs: FxHashMap<ConversationId, Run>,
+    arena: Arena,
     state: BTreeMap<Bytes, Option<Bytes>>,
     bytes: usize,
     messages: usize,
+}
+
+impl Inner {
+    fn row_ref<'a>(&'a self, conv: ConversationId, id: u64, row: &'a Row) -> MessageRef<'a> {
+        let extra = row.extra.as_deref();
+        MessageRef {
+            conversation: conv,
+            id: MessageId(id),
+            sender: row.sender,
+            timestamp_ms: row.timestamp_ms,
+            kind: row.kind,
+            content: self.arena.get(row.content),
+            attachment: extra.and_then(|e| e.attachment.as_deref()),
+            reply_to: extra.and_then(|e| e.reply_to),
+            mentions: extra.map_or(&[], |e| e.mentions.as_slice()),
+        }
+    }
+
+    fn message(&self, conv: ConversationId, id: u64, row: &Row) -> Message {
+        let extra = row.extra.as_deref();
+        Message {
+            conversation: conv,
+            id: MessageId(id),
+            sender: row.sender,
+            timestamp_ms: row.timestamp_ms,
+            kind: row.kind,
+            content: Bytes::copy_from_slice(self.arena.get(row.content)),
+            attachment: extra.and_then(|e| e.attachment.clone()),
+            reply_to: extra.and_then(|e| e.reply_to),
+            mentions: extra.map_or_else(Vec::new, |e| e.mentions.clone()),
+            edited_ms: None,
+        }
+    }
 }
 
 /// A memtable. Only the write leader inserts; readers share it through `Arc`.
@@ -47,6 +174,30 @@ impl Drop for Memtable {
     fn drop(&mut self) {
         let bytes = self.inner.get_mut().bytes as u64;
         self.held.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
+/// One conversation's messages in a frozen memtable, for the flush.
+pub struct RunRef<'a> {
+    inner: &'a Inner,
+    conversation: ConversationId,
+    run: &'a Run,
+}
+
+impl<'a> RunRef<'a> {
+    /// The conversation.
+    pub fn conversation(&self) -> ConversationId {
+        self.conversation
+    }
+
+    /// Its messages, oldest first.
+    pub(crate) fn messages(&self) -> impl Iterator<Item = MessageRef<'a>> + 'a {
+        let (inner, conv, first) = (self.inner, self.conversation, self.run.first_id);
+        self.run
+            .rows
+            .iter()
+            .enumerate()
+            .map(move |(i, row)| inner.row_ref(conv, first + i as u64, row))
     }
 }
 
@@ -90,19 +241,41 @@ impl Memtable {
         messages: impl IntoIterator<Item = &'a Message>,
         state: &[(Bytes, Option<Bytes>)],
     ) {
-        let mut inner = self.inner.write();
+        let mut guard = self.inner.write();
+        let inner = &mut *guard;
         let before = inner.bytes;
         for m in messages {
-            inner.bytes += PER_MESSAGE_OVERHEAD
-                + m.content.len()
-                + m.attachment.as_ref().map_or(0, |a| a.len())
-                + m.mentions.len() * 8;
+            let mut cost = PER_MESSAGE_OVERHEAD + m.content.len();
+            let extra = if m.attachment.is_some() || m.reply_to.is_some() || !m.mentions.is_empty()
+            {
+                cost += EXTRA_OVERHEAD
+                    + m.attachment.as_ref().map_or(0, Bytes::len)
+                    + m.mentions.len() * 8;
+                Some(Box::new(Extra {
+                    attachment: m.attachment.clone(),
+                    reply_to: m.reply_to,
+                    mentions: m.mentions.clone(),
+                }))
+            } else {
+                None
+            };
+            let row = Row {
+                sender: m.sender,
+                timestamp_ms: m.timestamp_ms,
+                content: inner.arena.push(&m.content),
+                kind: m.kind,
+                extra,
+            };
+            let run = inner.runs.entry(m.conversation).or_insert_with(|| {
+                cost += PER_RUN_OVERHEAD;
+                Run {
+                    first_id: m.id.0,
+                    rows: Vec::new(),
+                }
+            });
+            run.rows.push(row);
+            inner.bytes += cost;
             inner.messages += 1;
-            inner
-                .runs
-                .entry(m.conversation)
-                .or_default()
-                .push(m.clone());
         }
         for (k, v) in state {
             inner.bytes += STATE_OVERHEAD + k.len() + v.as_ref().map_or(0, Bytes::len);
@@ -158,7 +331,8 @@ impl Memtable {
     pub fn range(&self, conv: ConversationId) -> Option<(u64, u64)> {
         let inner = self.inner.read();
         let run = inner.runs.get(&conv)?;
-        Some((run.first()?.id.0, run.last()?.id.0))
+        let len = run.rows.len() as u64;
+        (len > 0).then(|| (run.first_id, run.first_id + len - 1))
     }
 
     /// Appends the messages of `conv` with ids in `lo..=hi` to `out`, oldest first.
@@ -167,27 +341,35 @@ impl Memtable {
         let Some(run) = inner.runs.get(&conv) else {
             return;
         };
-        let Some(first) = run.first().map(|m| m.id.0) else {
-            return;
-        };
-        if hi < first || lo > hi {
+        let first = run.first_id;
+        if run.rows.is_empty() || hi < first || lo > hi {
             return;
         }
         let from = lo.saturating_sub(first) as usize;
-        let to = ((hi - first) as usize).min(run.len().saturating_sub(1));
+        let to = ((hi - first) as usize).min(run.rows.len() - 1);
         if from <= to {
-            out.extend_from_slice(&run[from..=to]);
+            out.reserve(to - from + 1);
+            for (i, row) in run.rows[from..=to].iter().enumerate() {
+                out.push(inner.message(conv, first + (from + i) as u64, row));
+            }
         }
     }
 
     /// Calls `f` with every conversation's messages, sorted by conversation: the order a
     /// segment is written in. Holds the read lock meanwhile instead of copying the memtable
     /// (REQUIRES: frozen, so no writer waits on it).
-    pub fn with_sorted_runs<R>(&self, f: impl FnOnce(&[(ConversationId, &[Message])]) -> R) -> R {
+    pub fn with_sorted_runs<R>(&self, f: impl FnOnce(&[RunRef<'_>]) -> R) -> R {
         let inner = self.inner.read();
-        let mut runs: Vec<(ConversationId, &[Message])> =
-            inner.runs.iter().map(|(c, v)| (*c, v.as_slice())).collect();
-        runs.sort_unstable_by_key(|(c, _)| *c);
+        let mut runs: Vec<RunRef<'_>> = inner
+            .runs
+            .iter()
+            .map(|(c, run)| RunRef {
+                inner: &inner,
+                conversation: *c,
+                run,
+            })
+            .collect();
+        runs.sort_unstable_by_key(|r| r.conversation);
         f(&runs)
     }
 }
@@ -236,7 +418,54 @@ mod tests {
         assert!(out.is_empty());
         mt.with_sorted_runs(|runs| {
             assert_eq!(runs.len(), 2);
-            assert_eq!(runs[0].0, ConversationId(1));
+            assert_eq!(runs[0].conversation(), ConversationId(1));
+            let ids: Vec<u64> = runs[0].messages().map(|m| m.id.0).collect();
+            assert_eq!(ids, vec![5, 6, 7, 8, 9]);
+            assert!(runs[0].messages().all(|m| m.content == b"hi"));
         });
+    }
+
+    #[test]
+    fn big_and_small_bodies_keep_their_bytes_across_chunks() {
+        let mt = Memtable::new(1, &Arc::default());
+        let body = |i: u64| {
+            let len = match i % 5 {
+                0 => CHUNK_BYTES / 4 + 1 + i as usize,
+                1 => CHUNK_BYTES / 3,
+                _ => 100 + (i as usize * 37) % 900,
+            };
+            (0..len)
+                .map(|j| (i as usize * 31 + j) as u8)
+                .collect::<Vec<u8>>()
+        };
+        let msgs: Vec<Message> = (1..=200u64)
+            .map(|i| {
+                let mut m = msg(1 + i % 3, i.div_ceil(3));
+                m.content = Bytes::from(body(i));
+                m
+            })
+            .collect();
+        // Ids per conversation must be gapless: conversation c gets 1, 2, 3, ...
+        let mut next = [0u64; 4];
+        let msgs: Vec<Message> = msgs
+            .into_iter()
+            .map(|mut m| {
+                let c = m.conversation.0 as usize;
+                next[c] += 1;
+                m.id = MessageId(next[c]);
+                m
+            })
+            .collect();
+        mt.apply(&msgs, &[]);
+        for conv in 1..=3u64 {
+            let mut out = Vec::new();
+            mt.collect(ConversationId(conv), 1, u64::MAX, &mut out);
+            let want: Vec<&Message> = msgs.iter().filter(|m| m.conversation.0 == conv).collect();
+            assert_eq!(out.len(), want.len());
+            for (got, want) in out.iter().zip(want) {
+                assert_eq!(got, want);
+            }
+        }
+        assert!(mt.bytes() >= msgs.iter().map(|m| m.content.len()).sum::<usize>());
     }
 }

@@ -16,7 +16,7 @@
 use bytes::Bytes;
 
 use super::coding::{put_varint, Reader};
-use crate::types::{ConversationId, Message, MessageId, MessageKind, UserId};
+use crate::types::{ConversationId, Message, MessageId, MessageKind, MessageRef, UserId};
 
 /// Entry tag of an appended message.
 pub const TAG_MESSAGE: u8 = 1;
@@ -42,6 +42,10 @@ pub const MAX_MENTIONS: usize = 1 << 16;
 
 /// Flag bits describing the optional fields of `m`.
 pub fn message_flags(m: &Message) -> u8 {
+    flags_of(m.as_ref())
+}
+
+pub(crate) fn flags_of(m: MessageRef<'_>) -> u8 {
     let mut f = 0;
     if m.attachment.is_some() {
         f |= flags::HAS_ATTACHMENT;

@@ -12,7 +12,7 @@ use super::batch::{flags, MAX_MENTIONS};
 use super::coding::{get_u32, put_u32, put_varint, unzigzag, zigzag, Reader};
 use super::dictionary::{DictDecoder, DictEncoder};
 use crate::options::Compression;
-use crate::types::{ConversationId, Message, MessageId, MessageKind, UserId};
+use crate::types::{ConversationId, Message, MessageId, MessageKind, MessageRef, UserId};
 
 /// Bytes after the stored body: uncompressed_len:u32 | compression:u8 | crc:u32.
 pub const BLOCK_TRAILER_LEN: usize = 9;
@@ -83,6 +83,10 @@ impl BlockBuilder {
     /// Whether `m` may follow the rows already added: same conversation with the next id, or
     /// a later conversation.
     pub fn accepts(&self, m: &Message) -> bool {
+        self.accepts_ref(m.as_ref())
+    }
+
+    pub(crate) fn accepts_ref(&self, m: MessageRef<'_>) -> bool {
         match self.runs.last() {
             None => true,
             Some(r) if r.conversation == m.conversation => m.id.0 == r.first_id + u64::from(r.len),
@@ -93,7 +97,12 @@ impl BlockBuilder {
     /// Adds a message. REQUIRES: `self.accepts(m)`; otherwise the row is refused and `false`
     /// returned, leaving the builder unchanged.
     pub fn add(&mut self, m: &Message) -> bool {
-        if !self.accepts(m) || self.rows() >= u32::MAX as usize {
+        self.add_ref(m.as_ref())
+    }
+
+    /// [`add`](Self::add) from borrowed fields.
+    pub(crate) fn add_ref(&mut self, m: MessageRef<'_>) -> bool {
+        if !self.accepts_ref(m) || self.rows() >= u32::MAX as usize {
             return false;
         }
         let row = self.rows() as u32;
@@ -108,7 +117,7 @@ impl BlockBuilder {
         }
         self.senders.push(m.sender.0);
         self.timestamps.push(m.timestamp_ms);
-        let f = super::batch::message_flags(m);
+        let f = super::batch::flags_of(m);
         self.kind_flags.push(m.kind as u8 | (f << 4));
         if let Some(r) = m.reply_to {
             // Replies point backwards, usually not far: store the distance.
@@ -116,13 +125,13 @@ impl BlockBuilder {
         }
         if !m.mentions.is_empty() {
             put_varint(&mut self.mentions, m.mentions.len() as u64);
-            for u in &m.mentions {
+            for u in m.mentions {
                 put_varint(&mut self.mentions, u.0);
             }
         }
         put_varint(&mut self.content_lens, m.content.len() as u64);
-        self.content.extend_from_slice(&m.content);
-        if let Some(a) = &m.attachment {
+        self.content.extend_from_slice(m.content);
+        if let Some(a) = m.attachment {
             put_varint(&mut self.attachment_lens, a.len() as u64);
             self.attachments.extend_from_slice(a);
         }

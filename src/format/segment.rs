@@ -36,7 +36,7 @@ use super::state_block::{StateBlock, StateBlockBuilder, MAX_KEY_LEN};
 use crate::error::{Error, Result};
 use crate::fs::{RandomAccessFile, WritableFile};
 use crate::options::Compression;
-use crate::types::{ConversationId, Message};
+use crate::types::{ConversationId, Message, MessageRef};
 
 /// "CHATSEG" and a format byte, as a little-endian u64.
 pub const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"CHATSEG\x01");
@@ -153,6 +153,11 @@ impl SegmentWriter {
     /// Adds a message. Returns `false` (and adds nothing) if it is out of order or state
     /// entries were already added.
     pub fn add(&mut self, m: &Message) -> std::io::Result<bool> {
+        self.add_ref(m.as_ref())
+    }
+
+    /// [`add`](Self::add) from borrowed fields.
+    pub(crate) fn add_ref(&mut self, m: MessageRef<'_>) -> std::io::Result<bool> {
         if self.state_started {
             return Ok(false);
         }
@@ -166,14 +171,14 @@ impl SegmentWriter {
             Some(last) if last.0 > m.conversation.0 => return Ok(false),
             _ => self.conv_index.push((m.conversation.0, m.id.0, m.id.0)),
         }
-        if !self.block.accepts(m) {
+        if !self.block.accepts_ref(m) {
             self.finish_block()?;
         }
-        self.block.add(m);
+        self.block.add_ref(m);
         self.summary.messages += 1;
         self.summary.logical_bytes += LOGICAL_FIXED_BYTES
             + m.content.len() as u64
-            + m.attachment.as_ref().map_or(0, |a| a.len() as u64)
+            + m.attachment.map_or(0, |a| a.len() as u64)
             + 8 * m.mentions.len() as u64;
         if self.block.estimated_len() >= self.block_bytes {
             self.finish_block()?;

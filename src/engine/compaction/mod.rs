@@ -131,6 +131,7 @@ impl Engine {
 
 /// The compaction thread's main loop.
 pub(super) fn run(engine: &Arc<Engine>) {
+    lower_thread_priority();
     let mut backoff = Duration::from_millis(100);
     loop {
         if engine.is_shut_down() || engine.poison.lock().is_some() {
@@ -163,5 +164,20 @@ pub(super) fn run(engine: &Arc<Engine>) {
             return;
         }
         engine.bg_cv.wait_for(&mut g, backoff);
+    }
+}
+
+/// Makes the calling thread yield the CPU to writers, readers and the flush: compaction is
+/// the one background job that can wait (level 0 absorbs the backlog, and writers stall it
+/// only when level 0 grows far past its trigger). Best effort: nothing changes if the OS
+/// refuses.
+fn lower_thread_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: `gettid` has no preconditions and cannot fail.
+        let tid = unsafe { libc::gettid() };
+        // On Linux a nice value applies to the thread whose id is given. SAFETY: plain system
+        // call with integer arguments; an error is only reported through the return value.
+        let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19) };
     }
 }
