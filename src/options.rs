@@ -53,8 +53,12 @@ pub struct Options {
     pub max_frozen_memtables: usize,
     /// Largest accepted message (content plus attachment link), in bytes.
     pub max_message_bytes: usize,
-    /// Compression of segment blocks.
+    /// Compression of the segments compaction writes (where nearly all data lives).
     pub compression: Compression,
+    /// Compression of flushed (level-0) segments. Compaction rewrites them soon, so the
+    /// default is the fastest codec, LZ4: a flush that keeps up with writers matters more than
+    /// the size of a file that lives for a few flushes.
+    pub flush_compression: Compression,
     /// Target uncompressed size of a segment block. Small blocks make a cache miss cheap; the
     /// zstd dictionary keeps them compressing as well as large ones.
     pub block_bytes: usize,
@@ -98,6 +102,7 @@ impl Default for Options {
             max_frozen_memtables: 2,
             max_message_bytes: 64 << 10,
             compression: Compression::Zstd(3),
+            flush_compression: Compression::Lz4,
             block_bytes: 4 << 10,
             dictionary_bytes: 32 << 10,
             block_cache_bytes: 64 << 20,
@@ -141,9 +146,11 @@ impl Options {
         if self.level_base_bytes < 4096 || self.target_segment_bytes < 4096 {
             return bad("level_base_bytes and target_segment_bytes must be at least 4096");
         }
-        if let Compression::Zstd(level) = self.compression {
-            if !(1..=22).contains(&level) {
-                return bad("zstd level must be in 1..=22");
+        for c in [self.compression, self.flush_compression] {
+            if let Compression::Zstd(level) = c {
+                if !(1..=22).contains(&level) {
+                    return bad("zstd level must be in 1..=22");
+                }
             }
         }
         if let Durability::Buffered { interval } = self.durability {

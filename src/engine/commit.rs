@@ -40,7 +40,8 @@ type Job = Box<dyn FnOnce(&mut Txn<'_>) -> Result<()> + Send>;
 #[derive(Default)]
 pub(crate) struct WriteQueue {
     pending: Vec<(u64, Job)>,
-    done: FxHashMap<u64, Result<()>>,
+    /// Each finished transaction's outcome: the messages it appended, once committed.
+    done: FxHashMap<u64, Result<Vec<Message>>>,
     next_ticket: u64,
     leader_active: bool,
 }
@@ -145,6 +146,16 @@ impl Txn<'_> {
 
     /// Appends a message, giving it the conversation's next id.
     pub fn append(&mut self, conv: ConversationId, m: NewMessage) -> Result<Message> {
+        self.append_owned(conv, m)?;
+        self.messages
+            .last()
+            .cloned()
+            .ok_or_else(|| Error::Poisoned("an append recorded no message".into()))
+    }
+
+    /// Appends a message like [`append`](Self::append) without returning a copy: the
+    /// transaction's committed messages come back from [`Engine::transact_appending`].
+    pub fn append_owned(&mut self, conv: ConversationId, m: NewMessage) -> Result<()> {
         self.engine.check_message(&m)?;
         let last = self.last_id(conv);
         if let Some(r) = m.reply_to {
@@ -156,7 +167,8 @@ impl Txn<'_> {
                 });
             }
         }
-        let msg = Message {
+        self.own_ids.insert(conv, last + 1);
+        self.messages.push(Message {
             conversation: conv,
             id: MessageId(last + 1),
             sender: m.sender,
@@ -167,10 +179,8 @@ impl Txn<'_> {
             reply_to: m.reply_to,
             mentions: m.mentions,
             edited_ms: None,
-        };
-        self.own_ids.insert(conv, msg.id.0);
-        self.messages.push(msg.clone());
-        Ok(msg)
+        });
+        Ok(())
     }
 
     /// Appends a message exactly as given (id, timestamp, kind, edit), for restoring an
@@ -339,17 +349,29 @@ impl Engine {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        self.transact(move |txn| {
-            batch
-                .into_iter()
-                .map(|(conv, m)| txn.append(conv, m))
-                .collect()
-        })
+        // The committed messages themselves are handed back: no per-message copy.
+        let ((), messages) = self.transact_appending(move |txn| {
+            for (conv, m) in batch {
+                txn.append_owned(conv, m)?;
+            }
+            Ok(())
+        })?;
+        Ok(messages)
     }
 
     /// Runs `f` as a transaction in the next commit group and returns its result once its
     /// effects are committed (durable in `Sync` durability) and visible.
     pub(crate) fn transact<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Txn<'_>) -> Result<T> + Send + 'static,
+    {
+        self.transact_appending(f).map(|(value, _)| value)
+    }
+
+    /// [`transact`](Self::transact), also returning the messages the transaction appended,
+    /// as committed.
+    pub(crate) fn transact_appending<T, F>(&self, f: F) -> Result<(T, Vec<Message>)>
     where
         T: Send + 'static,
         F: FnOnce(&mut Txn<'_>) -> Result<T> + Send + 'static,
@@ -384,13 +406,15 @@ impl Engine {
             self.queue_cv.wait(&mut q);
         };
         drop(q);
-        outcome?;
+        let messages = outcome?;
         let value = slot.lock().take();
-        value.ok_or_else(|| Error::Poisoned("transaction produced no result".into()))
+        let value =
+            value.ok_or_else(|| Error::Poisoned("transaction produced no result".into()))?;
+        Ok((value, messages))
     }
 
     /// Commits one group as leader.
-    fn commit_group(&self, group: Vec<(u64, Job)>) -> Vec<(u64, Result<()>)> {
+    fn commit_group(&self, group: Vec<(u64, Job)>) -> Vec<(u64, Result<Vec<Message>>)> {
         let mut scratch = self.leader.lock();
         let scratch = &mut *scratch;
         if let Err(e) = self.check_writable() {
@@ -404,8 +428,7 @@ impl Engine {
         scratch.frame.clear();
         scratch.ids.clear();
         scratch.state.clear();
-        let mut outcomes: Vec<(u64, Result<()>)> = Vec::with_capacity(group.len());
-        let mut messages: Vec<Message> = Vec::new();
+        let mut outcomes: Vec<(u64, Result<Vec<Message>>)> = Vec::with_capacity(group.len());
         let mut state: Vec<(Bytes, Option<Bytes>)> = Vec::new();
         for (ticket, job) in group {
             let mut txn = Txn {
@@ -425,7 +448,7 @@ impl Engine {
                 state: txn_state,
                 ..
             } = txn;
-            let mut result = result;
+            let mut result = result.map(|()| Vec::new());
             if result.is_ok() && !(txn_messages.is_empty() && txn_state.is_empty()) {
                 let start = wal::begin_record(&mut scratch.frame);
                 batch::put_count(&mut scratch.frame, txn_messages.len() + txn_state.len());
@@ -452,8 +475,8 @@ impl Engine {
                     for (k, v) in &txn_state {
                         scratch.state.insert(k.clone(), v.clone());
                     }
-                    messages.extend(txn_messages);
                     state.extend(txn_state);
+                    result = Ok(txn_messages);
                 }
             }
             outcomes.push((ticket, result));
@@ -472,13 +495,18 @@ impl Engine {
             }
             return outcomes;
         }
-        version.active.apply(&messages, &state);
+        let messages = outcomes
+            .iter()
+            .filter_map(|(_, o)| o.as_ref().ok())
+            .flatten();
+        let appended = messages.clone().count();
+        version.active.apply(messages, &state);
         for (&conv, &last) in &scratch.ids {
             scratch.last_ids.set(conv, last);
         }
         self.counters
             .messages_appended
-            .fetch_add(messages.len() as u64, Ordering::Relaxed);
+            .fetch_add(appended as u64, Ordering::Relaxed);
         self.counters.write_groups.fetch_add(1, Ordering::Relaxed);
         if version.active.bytes() >= self.opts.memtable_bytes {
             if let Err(e) = self.freeze(scratch) {

@@ -66,14 +66,9 @@ fn flush_one(engine: &Engine, mem: &Arc<Memtable>) -> Result<()> {
     let summary = mem.with_sorted_runs(|runs| -> Result<SegmentSummary> {
         let dict = engine.dictionary_for_flush(runs);
         let file = engine.fs.create(&path).map_err(|e| Error::io(&path, e))?;
-        // Level 0 is rewritten soon by compaction: compress it quickly (zstd level 1, with the
-        // dictionary); compaction outputs use the configured level.
-        let compression = match engine.opts.compression {
-            crate::options::Compression::Zstd(level) => {
-                crate::options::Compression::Zstd(level.min(1))
-            }
-            other => other,
-        };
+        // Level 0 is rewritten soon by compaction: it has its own, fast, codec. The
+        // dictionary is trained here either way, for the segments compaction writes.
+        let compression = engine.opts.flush_compression;
         let mut writer = SegmentWriter::with_dictionary(
             file,
             compression,
