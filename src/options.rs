@@ -98,7 +98,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             durability: Durability::Sync,
-            memtable_bytes: 32 << 20,
+            memtable_bytes: 16 << 20,
             max_frozen_memtables: 2,
             max_message_bytes: 64 << 10,
             compression: Compression::Zstd(3),
