@@ -52,6 +52,9 @@ pub struct BlockBuilder {
     content: Vec<u8>,
     attachment_lens: Vec<u8>,
     attachments: Vec<u8>,
+    /// Scratch buffers kept from block to block.
+    sender_dict: Vec<u64>,
+    body: Vec<u8>,
 }
 
 impl BlockBuilder {
@@ -145,30 +148,44 @@ impl BlockBuilder {
         dict: Option<&mut DictEncoder>,
         out: &mut Vec<u8>,
     ) {
-        let body = self.finish_body();
+        let mut body = std::mem::take(&mut self.body);
+        self.encode_body(&mut body);
         pack(&body, compression, dict, out);
+        // Keep the buffer: a segment writer builds thousands of blocks.
+        self.body = body;
     }
 
     /// Encodes the uncompressed block body and resets the builder.
     pub fn finish_body(&mut self) -> Vec<u8> {
-        let mut body = Vec::with_capacity(self.estimated_len() + 64);
-        put_varint(&mut body, self.rows() as u64);
-        put_varint(&mut body, self.runs.len() as u64);
+        let mut body = Vec::new();
+        self.encode_body(&mut body);
+        body
+    }
+
+    /// Encodes the body into `body` (cleared first) and resets the builder, keeping the
+    /// capacity of its columns.
+    fn encode_body(&mut self, body: &mut Vec<u8>) {
+        body.clear();
+        body.reserve(self.estimated_len() + 64);
+        put_varint(body, self.rows() as u64);
+        put_varint(body, self.runs.len() as u64);
         let mut prev_conv = 0u64;
         for r in &self.runs {
-            put_varint(&mut body, r.conversation.0 - prev_conv);
+            put_varint(body, r.conversation.0 - prev_conv);
             prev_conv = r.conversation.0;
-            put_varint(&mut body, r.first_id);
-            put_varint(&mut body, u64::from(r.len));
+            put_varint(body, r.first_id);
+            put_varint(body, u64::from(r.len));
         }
         // Sender dictionary, sorted, delta-coded; rows store an index into it.
-        let mut dict = self.senders.clone();
+        let mut dict = std::mem::take(&mut self.sender_dict);
+        dict.clear();
+        dict.extend_from_slice(&self.senders);
         dict.sort_unstable();
         dict.dedup();
-        put_varint(&mut body, dict.len() as u64);
+        put_varint(body, dict.len() as u64);
         let mut prev = 0u64;
         for &s in &dict {
-            put_varint(&mut body, s - prev);
+            put_varint(body, s - prev);
             prev = s;
         }
         for &s in &self.senders {
@@ -176,12 +193,12 @@ impl BlockBuilder {
             if dict.len() <= 256 {
                 body.push(idx as u8);
             } else {
-                put_varint(&mut body, idx as u64);
+                put_varint(body, idx as u64);
             }
         }
         let mut prev_ts = 0u64;
         for &t in &self.timestamps {
-            put_varint(&mut body, zigzag(t.wrapping_sub(prev_ts) as i64));
+            put_varint(body, zigzag(t.wrapping_sub(prev_ts) as i64));
             prev_ts = t;
         }
         body.extend_from_slice(&self.kind_flags);
@@ -193,11 +210,20 @@ impl BlockBuilder {
             &self.content,
             &self.attachments,
         ] {
-            put_varint(&mut body, section.len() as u64);
+            put_varint(body, section.len() as u64);
             body.extend_from_slice(section);
         }
-        *self = BlockBuilder::default();
-        body
+        self.sender_dict = dict;
+        self.runs.clear();
+        self.senders.clear();
+        self.timestamps.clear();
+        self.kind_flags.clear();
+        self.replies.clear();
+        self.mentions.clear();
+        self.content_lens.clear();
+        self.content.clear();
+        self.attachment_lens.clear();
+        self.attachments.clear();
     }
 }
 
@@ -221,12 +247,18 @@ pub fn pack(
         (compression, _) => match compression {
             Compression::None => CODEC_NONE,
             Compression::Lz4 => {
-                let c = lz4_flex::block::compress(body);
-                if c.len() < body.len() {
-                    out.extend_from_slice(&c);
-                    CODEC_LZ4
-                } else {
-                    CODEC_NONE
+                // Compress straight into `out`, without an intermediate buffer.
+                let bound = lz4_flex::block::get_maximum_output_size(body.len());
+                out.resize(start + bound, 0);
+                match lz4_flex::block::compress_into(body, &mut out[start..]) {
+                    Ok(n) if n < body.len() => {
+                        out.truncate(start + n);
+                        CODEC_LZ4
+                    }
+                    _ => {
+                        out.truncate(start);
+                        CODEC_NONE
+                    }
                 }
             }
             Compression::Zstd(level) => match zstd::bulk::compress(body, level) {
