@@ -626,10 +626,11 @@ after the other, so engines never share a CPU, a page cache warm-up or a heap.
   drops non-durable commits on a crash; sled loses what its flusher had not written).
 - **peak RSS**: VmHWM of each engine process minus the VmHWM before the engine was opened (the \
   pre-generated text arena of the ingest processes is not counted); the peak column is the \
-  largest of the processes. VmHWM includes file pages mapped into the process: chatstore reads \
-  its segments through mmap, so pages it touched count, while RocksDB, fjall and redb read \
-  with `pread` into their own caches. The per-process table splits the peak into anonymous \
-  memory (heap: memtables, caches) and file-backed pages, sampled every 5 ms (where measured).
+  largest of the processes. VmHWM includes file pages mapped into the process (an engine that \
+  reads through mmap is charged for the pages it touched; chatstore, RocksDB, fjall and redb \
+  read with `pread` into their own caches). The per-process table splits the peak into \
+  anonymous memory (heap: memtables, caches) and file-backed pages, sampled every 5 ms from \
+  /proc/self/statm (cheap enough not to steal CPU from the engine's background threads).
 - **fjall's disk bytes** include its active journal, which stays on disk after a flush until \
   the journal rotates.
 

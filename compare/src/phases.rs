@@ -46,8 +46,9 @@ fn statm_kib() -> [u64; 2] {
 }
 
 /// Samples the process's anonymous and file-backed resident memory every 5 ms and keeps the
-/// peaks above the values at the start: VmHWM counts mmapped file pages (which chatstore's
-/// segment reads use and RocksDB's `pread` does not), so the split tells heap from page cache.
+/// peaks above the values at the start: VmHWM counts mmapped file pages (an engine reading
+/// through mmap is charged for them, one using `pread` is not), so the split tells heap from
+/// page cache.
 struct RssSampler {
     stop: Arc<AtomicBool>,
     peaks: Arc<[AtomicU64; 2]>,
