@@ -42,7 +42,10 @@ fn statm_kib() -> [u64; 2] {
     let s = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
     let mut f = s.split_whitespace().map(|v| v.parse::<u64>().unwrap_or(0));
     let (_size, resident, shared) = (f.next(), f.next().unwrap_or(0), f.next().unwrap_or(0));
-    [resident.saturating_sub(shared) * page_kib, shared * page_kib]
+    [
+        resident.saturating_sub(shared) * page_kib,
+        shared * page_kib,
+    ]
 }
 
 /// Samples the process's anonymous and file-backed resident memory every 5 ms and keeps the
