@@ -55,9 +55,11 @@ pub struct Options {
     pub max_message_bytes: usize,
     /// Compression of the segments compaction writes (where nearly all data lives).
     pub compression: Compression,
-    /// Compression of flushed (level-0) segments. Compaction rewrites them soon, so the
-    /// default is the fastest codec, LZ4: a flush that keeps up with writers matters more than
-    /// the size of a file that lives for a few flushes.
+    /// Compression of flushed (level-0) segments. Compaction rewrites them, so the default is
+    /// the fastest codec, LZ4: a flush that keeps up with writers matters more than the size
+    /// of a file that lives for a few flushes. With the leveled policy, level 0 holding such
+    /// segments is also compacted below its trigger once that is cheap (its bytes reach a
+    /// quarter of level 1's), so a small store, or one at rest, ends up in its compact form.
     pub flush_compression: Compression,
     /// Target uncompressed size of a segment block. Small blocks make a cache miss cheap; the
     /// zstd dictionary keeps them compressing as well as large ones.

@@ -412,3 +412,75 @@ fn a_segment_truncated_under_an_open_store_gives_an_error_not_a_crash() {
     // Nothing panicked, the store is still usable for what it can read.
     assert_eq!(store.last_id(ConversationId(1)), MessageId(2000));
 }
+
+/// Flushes write level 0 with the fast codec (LZ4); a small store at rest is then folded into
+/// level 1 with zstd even though level 0 is below its trigger, so it ends up compact.
+#[test]
+fn a_small_store_at_rest_ends_up_in_zstd() {
+    use chatstore::format::segment::SegmentReader;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    for i in 0..3000u64 {
+        let text = format!("message {i}: see you at the station at {} tonight", i % 24);
+        store
+            .append(
+                ConversationId(i % 40 + 1),
+                NewMessage::text(UserId(i % 9), &text),
+            )
+            .unwrap();
+    }
+    store.flush().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while store
+        .stats()
+        .segments_per_level
+        .first()
+        .copied()
+        .unwrap_or(0)
+        > 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "level 0 was never folded in"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(store.stats().pending_compaction_bytes, 0);
+    store.close().unwrap();
+    let segs: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    assert!(!segs.is_empty());
+    let mut blocks = 0;
+    for seg in segs {
+        let data = bytes::Bytes::from(std::fs::read(&seg).unwrap());
+        let reader = SegmentReader::open(&seg, Arc::new(data.clone())).unwrap();
+        for i in 0..reader.block_count() {
+            let h = reader.block_handle(i);
+            // The codec byte sits before the block's crc (see docs/format-segment.md).
+            let codec = data[(h.offset + u64::from(h.len)) as usize - 5];
+            assert!(
+                matches!(codec, 2 | 3),
+                "block {i} has codec {codec}, not zstd"
+            );
+            blocks += 1;
+        }
+    }
+    assert!(blocks > 0);
+}
+
+#[test]
+fn a_bad_flush_codec_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = Store::open_with(
+        dir.path(),
+        Options {
+            flush_compression: chatstore::Compression::Zstd(0),
+            ..Options::default()
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, chatstore::Error::InvalidOption(_)), "{err}");
+}

@@ -66,8 +66,10 @@ fn flush_one(engine: &Engine, mem: &Arc<Memtable>) -> Result<()> {
     let summary = mem.with_sorted_runs(|runs| -> Result<SegmentSummary> {
         let dict = engine.dictionary_for_flush(runs);
         let file = engine.fs.create(&path).map_err(|e| Error::io(&path, e))?;
-        // Level 0 is rewritten soon by compaction: it has its own, fast, codec. The
-        // dictionary is trained here either way, for the segments compaction writes.
+        // Level 0 is rewritten by compaction, so it has its own, fast, codec (compaction
+        // folds such segments into level 1 early when that is cheap, so a store at rest ends up
+        // in its compact form). The dictionary is trained here either way, for the segments
+        // compaction writes.
         let compression = engine.opts.flush_compression;
         let mut writer = SegmentWriter::with_dictionary(
             file,

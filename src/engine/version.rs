@@ -31,6 +31,8 @@ pub struct Segment {
     pub conversations: Option<(ConversationId, ConversationId)>,
     /// Smallest and largest state key here.
     pub state_keys: Option<(Bytes, Bytes)>,
+    /// Codec byte of the first message block (what the flush or compaction compressed with).
+    pub first_codec: Option<u8>,
     obsolete: AtomicBool,
     fs: Arc<dyn FileSystem>,
 }
@@ -48,6 +50,7 @@ impl Segment {
             level,
             conversations: reader.conversation_bounds(),
             state_keys: reader.state_bounds()?,
+            first_codec: reader.first_block_codec()?,
             reader,
             obsolete: AtomicBool::new(false),
             fs,

@@ -26,6 +26,16 @@ const CODEC_LZ4: u8 = 1;
 const CODEC_ZSTD: u8 = 2;
 const CODEC_ZSTD_DICT: u8 = 3;
 
+/// Whether a block stored with `codec` is what `compression` writes (zstd blocks may use the
+/// segment's dictionary or not).
+pub fn codec_matches(compression: Compression, codec: u8) -> bool {
+    match compression {
+        Compression::None => codec == CODEC_NONE,
+        Compression::Lz4 => codec == CODEC_LZ4,
+        Compression::Zstd(_) => codec == CODEC_ZSTD || codec == CODEC_ZSTD_DICT,
+    }
+}
+
 /// A conversation's rows inside a block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Run {

@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::block::{pack, unpack, Block, BlockBuilder};
+use super::block::{pack, unpack, Block, BlockBuilder, BLOCK_TRAILER_LEN};
 use super::coding::{get_u32, get_u64, put_u32, put_u64};
 use super::coding::{put_varint, Reader};
 use super::dictionary::{DictDecoder, DictEncoder};
@@ -481,6 +481,28 @@ impl SegmentReader {
         self.file
             .read_at(h.offset, h.len as usize)
             .map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// The codec byte of the first message block (see `docs/format-segment.md`), `None` when
+    /// the segment has no message blocks.
+    pub fn first_block_codec(&self) -> Result<Option<u8>> {
+        if self.block_count == 0 {
+            return Ok(None);
+        }
+        let h = self.block_handle(0);
+        if h.len < BLOCK_TRAILER_LEN as u32 {
+            return Err(Error::corruption(
+                &self.path,
+                h.offset,
+                "block shorter than its trailer",
+            ));
+        }
+        let at = h.offset + u64::from(h.len) - 5;
+        let byte = self
+            .file
+            .read_at(at, 1)
+            .map_err(|e| Error::io(&self.path, e))?;
+        Ok(byte.first().copied())
     }
 
     /// The file this segment was read from.

@@ -27,6 +27,9 @@ impl Engine {
     }
 
     pub(crate) fn segment_metas(&self) -> Vec<SegmentMeta> {
+        // Only the leveled picker knows how to fold provisional level-0 segments in.
+        let leveled = self.opts.compaction_policy == CompactionPolicy::Leveled;
+        let compression = self.opts.compression;
         self.current()
             .segments
             .iter()
@@ -36,6 +39,10 @@ impl Engine {
                 bytes: s.reader.file_bytes(),
                 conversations: s.conversations.map(|(a, b)| (a.0, b.0)),
                 state_keys: s.state_keys.clone(),
+                provisional: leveled
+                    && s.level == 0
+                    && s.first_codec
+                        .is_some_and(|c| !crate::format::block::codec_matches(compression, c)),
             })
             .collect()
     }

@@ -30,6 +30,22 @@ pub struct SegmentMeta {
     pub conversations: Option<(u64, u64)>,
     /// Key range of its state entries.
     pub state_keys: Option<(Bytes, Bytes)>,
+    /// Written with the flush's fast codec rather than the store's own: worth rewriting before
+    /// level 0 fills up, when that is cheap.
+    pub provisional: bool,
+}
+
+/// Level 0 holding provisional (fast-codec) segments is compacted below its trigger once its
+/// bytes reach this fraction of level 1's: a store at rest, or a small one, ends up in its
+/// compact form, while the rewrite costs at most `1 + PROVISIONAL_RATIO` times the level-0
+/// bytes.
+pub const PROVISIONAL_RATIO: u64 = 4;
+
+/// Whether level 0 should be compacted now because of provisional segments.
+fn provisional_due(segs: &[SegmentMeta]) -> bool {
+    let l0: u64 = segs.iter().filter(|s| s.level == 0).map(|s| s.bytes).sum();
+    let l1: u64 = segs.iter().filter(|s| s.level == 1).map(|s| s.bytes).sum();
+    segs.iter().any(|s| s.level == 0 && s.provisional) && l0.saturating_mul(PROVISIONAL_RATIO) >= l1
 }
 
 /// Picker settings.
@@ -71,7 +87,7 @@ pub fn level_budget(opts: &PickerOptions, level: u32) -> u64 {
 pub fn pending_bytes(segs: &[SegmentMeta], opts: &PickerOptions) -> u64 {
     let mut pending = 0;
     let l0: Vec<&SegmentMeta> = segs.iter().filter(|s| s.level == 0).collect();
-    if l0.len() >= opts.l0_trigger {
+    if l0.len() >= opts.l0_trigger || provisional_due(segs) {
         pending += l0.iter().map(|s| s.bytes).sum::<u64>();
     }
     for level in 1..LEVELS as u32 {
@@ -177,6 +193,9 @@ pub fn pick(segs: &[SegmentMeta], opts: &PickerOptions, cursors: &mut Cursors) -
             best = Some((score, level));
         }
     }
+    if best.is_none() && provisional_due(segs) {
+        best = Some((0.0, 0));
+    }
     let (_, level) = best?;
     if level == 0 {
         let mut inputs = l0.clone();
@@ -241,6 +260,7 @@ mod tests {
             bytes,
             conversations: Some(conv),
             state_keys: None,
+            provisional: false,
         }
     }
 
@@ -319,5 +339,26 @@ mod tests {
         let segs = vec![seg(1, 1, 1500, (0, 1)), seg(2, 0, 10, (0, 1))];
         assert_eq!(pending_bytes(&segs, &opts()), 500);
         assert_eq!(level_budget(&opts(), 3), 100_000);
+    }
+
+    #[test]
+    fn provisional_level0_is_folded_in_below_the_trigger_only_while_cheap() {
+        let provisional = |number, bytes| SegmentMeta {
+            provisional: true,
+            ..seg(number, 0, bytes, (1, 100))
+        };
+        let mut cursors = Cursors::default();
+        // A small store: everything in one fast-codec level-0 segment.
+        let small = vec![provisional(1, 100)];
+        assert!(pending_bytes(&small, &opts()) > 0);
+        let p = pick(&small, &opts(), &mut cursors).unwrap();
+        assert_eq!((p.inputs, p.output_level), (vec![1], 1));
+        // A big level 1: rewriting it for one small level-0 segment is not worth it.
+        let big = vec![seg(1, 1, 900, (1, 100)), provisional(2, 100)];
+        assert_eq!(pending_bytes(&big, &opts()), 0);
+        assert_eq!(pick(&big, &opts(), &mut cursors), None);
+        // Segments already in the store's codec never trigger it.
+        let done = vec![seg(1, 0, 100, (1, 100))];
+        assert_eq!(pick(&done, &opts(), &mut cursors), None);
     }
 }
