@@ -8,7 +8,7 @@ pub(crate) mod picker;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use self::picker::{Pick, PickerOptions, SegmentMeta};
 use super::files;
@@ -111,9 +111,16 @@ impl Engine {
     }
 
     /// Runs the most urgent compaction, if any. Returns whether one ran.
-    fn compact_once(&self) -> Result<bool> {
+    /// `quiet`: no flush for a while, so provisional level-0 segments may be folded in (doing
+    /// it during a write burst would compete with the flush for the disk and the CPU).
+    fn compact_once(&self, quiet: bool) -> Result<bool> {
         let mut cursors = self.compaction.lock();
-        let metas = self.segment_metas();
+        let mut metas = self.segment_metas();
+        if !quiet {
+            for m in &mut metas {
+                m.provisional = false;
+            }
+        }
         let picked = match self.opts.compaction_policy {
             CompactionPolicy::Leveled => picker::pick(&metas, &self.picker_options(), &mut cursors),
             CompactionPolicy::Tiered => picker::pick_tiered(&metas, &self.picker_options()),
@@ -136,15 +143,25 @@ impl Engine {
     }
 }
 
+/// How long after the last flush the store counts as quiet (see `compact_once`).
+const QUIET_AFTER_FLUSH: Duration = Duration::from_secs(1);
+
 /// The compaction thread's main loop.
 pub(super) fn run(engine: &Arc<Engine>) {
     lower_thread_priority();
     let mut backoff = Duration::from_millis(100);
+    let mut flushes_seen = engine.counters.flushes.load(Ordering::Relaxed);
+    let mut last_flush = Instant::now();
     loop {
         if engine.is_shut_down() || engine.poison.lock().is_some() {
             return;
         }
-        match engine.compact_once() {
+        let flushes = engine.counters.flushes.load(Ordering::Relaxed);
+        if flushes != flushes_seen {
+            flushes_seen = flushes;
+            last_flush = Instant::now();
+        }
+        match engine.compact_once(last_flush.elapsed() >= QUIET_AFTER_FLUSH) {
             Ok(true) => {
                 backoff = Duration::from_millis(100);
                 // Writers may be waiting for level 0 to shrink.
