@@ -368,6 +368,15 @@ fn close_releases_the_directory_even_while_clones_live() {
     reopened.append(ConversationId(1), text(1, "ok")).unwrap();
 }
 
+/// The segment files in a store directory.
+fn segment_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect()
+}
+
 /// Segments are read with positioned reads, not a memory map: a segment cut short under an
 /// open store makes the reads that need the missing blocks fail with an error naming the file,
 /// where a mapping would kill the process with SIGBUS.
@@ -390,10 +399,9 @@ fn a_segment_truncated_under_an_open_store_gives_an_error_not_a_crash() {
         store.close().unwrap();
     }
     let store = Store::open_with(dir.path(), options()).unwrap();
-    let segment = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|x| x == "seg"))
+    let segment = segment_files(dir.path())
+        .into_iter()
+        .next()
         .expect("a segment file");
     let len = std::fs::metadata(&segment).unwrap().len();
     std::fs::OpenOptions::new()
@@ -447,11 +455,7 @@ fn a_small_store_at_rest_ends_up_in_zstd() {
     }
     assert_eq!(store.stats().pending_compaction_bytes, 0);
     store.close().unwrap();
-    let segs: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
-        .collect();
+    let segs = segment_files(dir.path());
     assert!(!segs.is_empty());
     let mut blocks = 0;
     for seg in segs {
