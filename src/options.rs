@@ -56,10 +56,11 @@ pub struct Options {
     /// Compression of the segments compaction writes (where nearly all data lives).
     pub compression: Compression,
     /// Compression of flushed (level-0) segments. Compaction rewrites them, so the default is
-    /// the fastest codec, LZ4: a flush that keeps up with writers matters more than the size
-    /// of a file that lives for a few flushes. With the leveled policy, level 0 holding such
-    /// segments is also compacted below its trigger once that is cheap (its bytes reach a
-    /// quarter of level 1's), so a small store, or one at rest, ends up in its compact form.
+    /// none: a flush that keeps up with writers matters more than the size of a file that
+    /// lives for a few flushes (LZ4 took half of the flush's CPU time). With the leveled
+    /// policy such segments do not stay: level 0 is compacted below its trigger once that is
+    /// cheap (its bytes reach a quarter of level 1's), and a store at rest rewrites them in
+    /// `compression` within level 0, so a small store, or one at rest, ends up compact.
     pub flush_compression: Compression,
     /// Target uncompressed size of a segment block. Small blocks make a cache miss cheap; the
     /// zstd dictionary keeps them compressing as well as large ones.
@@ -104,7 +105,7 @@ impl Default for Options {
             max_frozen_memtables: 2,
             max_message_bytes: 64 << 10,
             compression: Compression::Zstd(3),
-            flush_compression: Compression::Lz4,
+            flush_compression: Compression::None,
             block_bytes: 4 << 10,
             dictionary_bytes: 32 << 10,
             block_cache_bytes: 64 << 20,

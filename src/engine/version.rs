@@ -33,6 +33,10 @@ pub struct Segment {
     pub state_keys: Option<(Bytes, Bytes)>,
     /// Codec byte of the first message block (what the flush or compaction compressed with).
     pub first_codec: Option<u8>,
+    /// Written by a compaction of this process: never *provisional* (in the flush's codec and
+    /// due for a rewrite), whatever its first block's codec says (a block that does not
+    /// compress is stored raw, which would otherwise look like a flush's output).
+    pub compacted: bool,
     obsolete: AtomicBool,
     fs: Arc<dyn FileSystem>,
 }
@@ -51,6 +55,7 @@ impl Segment {
             conversations: reader.conversation_bounds(),
             state_keys: reader.state_bounds()?,
             first_codec: reader.first_block_codec()?,
+            compacted: false,
             reader,
             obsolete: AtomicBool::new(false),
             fs,

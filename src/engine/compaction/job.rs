@@ -32,15 +32,18 @@ pub(crate) struct Output {
 struct OutputSet<'a> {
     engine: &'a Engine,
     level: u32,
+    /// The file number of the (only) output, when the caller chose it.
+    number: Option<u64>,
     current: Option<(u64, PathBuf, SegmentWriter)>,
     done: Vec<(u64, PathBuf, SegmentSummary)>,
 }
 
 impl<'a> OutputSet<'a> {
-    fn new(engine: &'a Engine, level: u32) -> Self {
+    fn new(engine: &'a Engine, level: u32, number: Option<u64>) -> Self {
         OutputSet {
             engine,
             level,
+            number,
             current: None,
             done: Vec::new(),
         }
@@ -48,7 +51,10 @@ impl<'a> OutputSet<'a> {
 
     fn writer(&mut self) -> Result<&mut SegmentWriter> {
         if self.current.is_none() {
-            let number = self.engine.next_file_number.fetch_add(1, Ordering::SeqCst);
+            let number = match self.number.take() {
+                Some(n) => n,
+                None => self.engine.next_file_number.fetch_add(1, Ordering::SeqCst),
+            };
             let path = files::segment_path(&self.engine.dir, number);
             let file = self
                 .engine
@@ -94,7 +100,9 @@ impl<'a> OutputSet<'a> {
                 .open_random_access(&path)
                 .map_err(|e| Error::io(&path, e))?;
             let reader = SegmentReader::open(&path, data)?;
-            let segment = Segment::open(number, self.level, reader, Arc::clone(&self.engine.fs))?;
+            let mut segment =
+                Segment::open(number, self.level, reader, Arc::clone(&self.engine.fs))?;
+            segment.compacted = true;
             out.push(Output {
                 segment: Arc::new(segment),
                 summary,
@@ -230,19 +238,25 @@ fn write_row(out: &mut OutputSet<'_>, m: &Message, input: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Merges `inputs` (in age order, oldest first) into segments at `level`.
+/// Merges `inputs` (in age order, oldest first) into segments at `level`. With `number`, the
+/// output is one segment (both sections, no split) with that file number: a rewrite within
+/// level 0, where the number orders segments by age.
 pub(crate) fn run(
     engine: &Engine,
     inputs: &[Arc<Segment>],
     level: u32,
     drop_tombstones: bool,
+    number: Option<u64>,
 ) -> Result<Vec<Output>> {
-    // Tiered runs are one segment each; leveled outputs split to keep levels fine-grained.
-    let (target, separate) = match engine.opts.compaction_policy {
-        crate::options::CompactionPolicy::Leveled => (engine.opts.target_segment_bytes, true),
-        crate::options::CompactionPolicy::Tiered => (u64::MAX, false),
+    // Tiered runs and level-0 rewrites are one segment each; leveled outputs split to keep
+    // levels fine-grained.
+    let (target, separate) = match (engine.opts.compaction_policy, number) {
+        (_, Some(_)) | (crate::options::CompactionPolicy::Tiered, None) => (u64::MAX, false),
+        (crate::options::CompactionPolicy::Leveled, None) => {
+            (engine.opts.target_segment_bytes, true)
+        }
     };
-    let mut outputs = OutputSet::new(engine, level);
+    let mut outputs = OutputSet::new(engine, level, number);
     if let Err(e) = merge(
         engine,
         inputs,

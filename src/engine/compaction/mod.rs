@@ -41,6 +41,7 @@ impl Engine {
                 state_keys: s.state_keys.clone(),
                 provisional: leveled
                     && s.level == 0
+                    && !s.compacted
                     && s.first_codec
                         .is_some_and(|c| !crate::format::block::codec_matches(compression, c)),
             })
@@ -51,8 +52,28 @@ impl Engine {
         picker::pending_bytes(&self.segment_metas(), &self.picker_options())
     }
 
-    /// Runs one picked compaction to the end. REQUIRES: the caller holds `compaction`.
-    fn run_pick(&self, pick: &Pick) -> Result<()> {
+    /// Runs one picked compaction to the end; returns whether it ran. REQUIRES: the caller
+    /// holds `compaction`.
+    fn run_pick(&self, pick: &Pick) -> Result<bool> {
+        // A rewrite within level 0 must produce the newest level-0 segment (level 0 is
+        // ordered by file number), so its number is taken first, and the rewrite runs only if
+        // no flush is under way and none finished since the pick: a flush in flight may hold
+        // a smaller number for newer data. A flush that starts later takes a larger number.
+        let number = if pick.output_level == 0 {
+            let number = self.next_file_number.fetch_add(1, Ordering::SeqCst);
+            let v = self.current();
+            let newest_input = pick.inputs.iter().copied().max().unwrap_or(0);
+            if !v.frozen.is_empty()
+                || v.segments
+                    .iter()
+                    .any(|s| s.level == 0 && s.number > newest_input)
+            {
+                return Ok(false);
+            }
+            Some(number)
+        } else {
+            None
+        };
         // Only the input segments are kept: a version also lists memtables, which must be
         // free to go once flushed while this compaction runs.
         let inputs: Vec<Arc<Segment>> = self
@@ -63,10 +84,16 @@ impl Engine {
             .cloned()
             .collect();
         if inputs.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let read: u64 = inputs.iter().map(|s| s.reader.file_bytes()).sum();
-        let outputs = job::run(self, &inputs, pick.output_level, pick.drop_tombstones)?;
+        let outputs = job::run(
+            self,
+            &inputs,
+            pick.output_level,
+            pick.drop_tombstones,
+            number,
+        )?;
         let written: u64 = outputs.iter().map(|o| o.summary.file_bytes).sum();
 
         let mut manifest = self.manifest.lock();
@@ -107,7 +134,7 @@ impl Engine {
         self.counters
             .compaction_bytes_written
             .fetch_add(written, Ordering::Relaxed);
-        Ok(())
+        Ok(true)
     }
 
     /// Runs the most urgent compaction, if any. Returns whether one ran.
@@ -122,14 +149,14 @@ impl Engine {
             }
         }
         let picked = match self.opts.compaction_policy {
-            CompactionPolicy::Leveled => picker::pick(&metas, &self.picker_options(), &mut cursors),
+            CompactionPolicy::Leveled => picker::pick(&metas, &self.picker_options(), &mut cursors)
+                .or_else(|| picker::pick_level0_rewrite(&metas)),
             CompactionPolicy::Tiered => picker::pick_tiered(&metas, &self.picker_options()),
         };
         let Some(pick) = picked else {
             return Ok(false);
         };
-        self.run_pick(&pick)?;
-        Ok(true)
+        self.run_pick(&pick)
     }
 
     /// Flushes, then merges every segment into one sorted run.

@@ -83,12 +83,35 @@ pub fn level_budget(opts: &PickerOptions, level: u32) -> u64 {
     b
 }
 
-/// Bytes that compaction still has to move to bring every level within budget.
+/// The level-0 segments a rewrite within level 0 takes: every one from the oldest
+/// provisional segment on (a suffix by age, so the output, numbered after all of them, sits
+/// where they sat).
+fn level0_rewrite_inputs(segs: &[SegmentMeta]) -> Vec<&SegmentMeta> {
+    let Some(oldest) = segs
+        .iter()
+        .filter(|s| s.level == 0 && s.provisional)
+        .map(|s| s.number)
+        .min()
+    else {
+        return Vec::new();
+    };
+    segs.iter()
+        .filter(|s| s.level == 0 && s.number >= oldest)
+        .collect()
+}
+
+/// Bytes that compaction still has to move to bring every level within budget, and every
+/// provisional segment into the store's codec.
 pub fn pending_bytes(segs: &[SegmentMeta], opts: &PickerOptions) -> u64 {
     let mut pending = 0;
     let l0: Vec<&SegmentMeta> = segs.iter().filter(|s| s.level == 0).collect();
     if l0.len() >= opts.l0_trigger || provisional_due(segs) {
         pending += l0.iter().map(|s| s.bytes).sum::<u64>();
+    } else {
+        pending += level0_rewrite_inputs(segs)
+            .iter()
+            .map(|s| s.bytes)
+            .sum::<u64>();
     }
     for level in 1..LEVELS as u32 {
         let bytes: u64 = segs
@@ -215,6 +238,25 @@ pub fn pick(segs: &[SegmentMeta], opts: &PickerOptions, cursors: &mut Cursors) -
     let mut inputs = vec![chosen];
     inputs.extend(overlapping(segs, level + 1, &[chosen]));
     Some(finish(inputs, level + 1, segs))
+}
+
+/// When nothing else is due (and the store is quiet): rewrite the provisional part of level 0
+/// in the store's codec, as one level-0 segment, without touching level 1 (folding it into
+/// level 1 waits until that is cheap). Costs only level-0 bytes; a store at rest so holds no
+/// segment in the flush's codec. The caller gives the output a number above every input's.
+pub fn pick_level0_rewrite(segs: &[SegmentMeta]) -> Option<Pick> {
+    let inputs = level0_rewrite_inputs(segs);
+    if inputs.is_empty() {
+        return None;
+    }
+    let mut numbers: Vec<u64> = inputs.iter().map(|s| s.number).collect();
+    numbers.sort_unstable();
+    Some(Pick {
+        inputs: numbers,
+        output_level: 0,
+        // Older data (the rest of level 0, level 1 and below) may hold what a tombstone hides.
+        drop_tombstones: false,
+    })
 }
 
 /// Size-tiered alternative (kept for comparison; see `docs/compaction.md`): each level is a
@@ -355,10 +397,34 @@ mod tests {
         assert_eq!((p.inputs, p.output_level), (vec![1], 1));
         // A big level 1: rewriting it for one small level-0 segment is not worth it.
         let big = vec![seg(1, 1, 900, (1, 100)), provisional(2, 100)];
-        assert_eq!(pending_bytes(&big, &opts()), 0);
         assert_eq!(pick(&big, &opts(), &mut cursors), None);
         // Segments already in the store's codec never trigger it.
         let done = vec![seg(1, 0, 100, (1, 100))];
         assert_eq!(pick(&done, &opts(), &mut cursors), None);
+        assert_eq!(pick_level0_rewrite(&done), None);
+        assert_eq!(pending_bytes(&done, &opts()), 0);
+    }
+
+    #[test]
+    fn at_rest_provisional_level0_is_rewritten_within_level0() {
+        let provisional = |number, bytes| SegmentMeta {
+            provisional: true,
+            ..seg(number, 0, bytes, (1, 100))
+        };
+        // Level 1 is too big to fold into, so the rewrite stays in level 0 and takes the
+        // provisional segments and everything newer, but nothing older.
+        let segs = vec![
+            seg(1, 1, 900, (1, 100)),
+            seg(3, 0, 50, (1, 100)),
+            provisional(5, 100),
+            seg(7, 0, 60, (1, 100)),
+        ];
+        assert_eq!(pick(&segs, &opts(), &mut Cursors::default()), None);
+        assert_eq!(pending_bytes(&segs, &opts()), 160);
+        let p = pick_level0_rewrite(&segs).unwrap();
+        assert_eq!(
+            (p.inputs, p.output_level, p.drop_tombstones),
+            (vec![5, 7], 0, false)
+        );
     }
 }
