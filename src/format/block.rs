@@ -289,19 +289,52 @@ pub fn pack(
     put_u32(out, crc);
 }
 
-/// A decoded block, ready to hand out messages. Content shares memory with `data`.
+/// A decoded block, ready to hand out messages. Content shares memory with `data`. Kept
+/// compact, since the block cache's capacity is counted in these: per row a sender index, a
+/// timestamp, the kind/flags byte and a content offset (14-17 bytes); replies, mentions and
+/// attachments, which few rows have, are stored only for the rows that have them.
 #[derive(Debug)]
 pub struct Block {
     data: Bytes,
     runs: Vec<Run>,
-    senders: Vec<u64>,
+    sender_dict: Vec<u64>,
+    senders: SenderColumn,
     timestamps: Vec<u64>,
     kind_flags: Vec<u8>,
-    replies: Vec<u64>,
-    mention_starts: Vec<u32>,
-    mentions: Vec<u64>,
+    /// Start of each row's content in `data`, plus the end of the last one.
     content_offsets: Vec<u32>,
-    attachment_offsets: Vec<u32>,
+    /// (row, reply_to) of the rows with a reply, by row.
+    replies: Vec<(u32, u64)>,
+    /// (row, start in `mentions`) of the rows with mentions, by row; a row's mentions end
+    /// where the next entry's start (or `mentions`) does.
+    mention_rows: Vec<(u32, u32)>,
+    mentions: Vec<u64>,
+    /// (row, start, end) in `data` of the rows with an attachment, by row.
+    attachments: Vec<(u32, u32, u32)>,
+}
+
+/// Each row's index into the block's sender dictionary.
+#[derive(Debug)]
+enum SenderColumn {
+    /// At most 256 distinct senders (the usual case).
+    Narrow(Vec<u8>),
+    Wide(Vec<u32>),
+}
+
+impl SenderColumn {
+    fn get(&self, row: usize) -> usize {
+        match self {
+            SenderColumn::Narrow(v) => usize::from(v[row]),
+            SenderColumn::Wide(v) => v[row] as usize,
+        }
+    }
+
+    fn bytes_per_row(&self) -> usize {
+        match self {
+            SenderColumn::Narrow(_) => 1,
+            SenderColumn::Wide(_) => 4,
+        }
+    }
 }
 
 /// Checks a stored block's checksum and returns its uncompressed body.
@@ -376,23 +409,27 @@ impl Block {
             return Err("runs do not cover the rows");
         }
         let ndict = r.len(rows).ok_or("bad sender dictionary")?;
-        let mut dict = Vec::with_capacity(ndict);
+        let mut sender_dict = Vec::with_capacity(ndict);
         let mut prev = 0u64;
         for _ in 0..ndict {
             prev = prev
                 .checked_add(r.varint().ok_or("bad sender")?)
                 .ok_or("sender overflow")?;
-            dict.push(prev);
+            sender_dict.push(prev);
         }
-        let mut senders = Vec::with_capacity(rows);
-        for _ in 0..rows {
-            let idx = if ndict <= 256 {
-                usize::from(r.u8().ok_or("bad sender index")?)
-            } else {
-                r.len(ndict).ok_or("bad sender index")?
-            };
-            senders.push(*dict.get(idx).ok_or("sender index out of range")?);
-        }
+        let senders = if ndict <= 256 {
+            let idx = r.bytes(rows).ok_or("bad sender index")?;
+            if idx.iter().any(|&i| usize::from(i) >= ndict) {
+                return Err("sender index out of range");
+            }
+            SenderColumn::Narrow(idx.to_vec())
+        } else {
+            let mut idx = Vec::with_capacity(rows);
+            for _ in 0..rows {
+                idx.push(r.len(ndict - 1).ok_or("bad sender index")? as u32);
+            }
+            SenderColumn::Wide(idx)
+        };
         let mut timestamps = Vec::with_capacity(rows);
         let mut ts = 0u64;
         for _ in 0..rows {
@@ -412,25 +449,23 @@ impl Block {
         }
         let [replies_s, mentions_s, clens_s, alens_s, content_s, attach_s] = sections;
 
-        let mut replies = vec![0u64; rows];
-        let mut mention_starts = Vec::with_capacity(rows + 1);
+        let mut replies = Vec::new();
+        let mut mention_rows = Vec::new();
         let mut mentions = Vec::new();
+        let mut attachments = Vec::new();
         let mut content_offsets = Vec::with_capacity(rows + 1);
-        let mut attachment_offsets = Vec::with_capacity(rows + 1);
         let mut rr = Reader::new(&buf[replies_s.0..replies_s.1]);
         let mut mr = Reader::new(&buf[mentions_s.0..mentions_s.1]);
         let mut cr = Reader::new(&buf[clens_s.0..clens_s.1]);
         let mut ar = Reader::new(&buf[alens_s.0..alens_s.1]);
         let mut coff = content_s.0;
         let mut aoff = attach_s.0;
-        mention_starts.push(0);
         content_offsets.push(coff as u32);
-        attachment_offsets.push(aoff as u32);
         for run in &runs {
             for i in 0..run.len {
-                let row = (run.start_row + i) as usize;
+                let row = run.start_row + i;
                 let id = run.first_id + u64::from(i);
-                let kf = kind_flags[row];
+                let kf = kind_flags[row as usize];
                 MessageKind::from_u8(kf & 0x0f).ok_or("bad kind")?;
                 let f = kf >> 4;
                 if f & !flags::ALL != 0 {
@@ -438,23 +473,24 @@ impl Block {
                 }
                 if f & flags::HAS_REPLY != 0 {
                     let d = unzigzag(rr.varint().ok_or("bad reply")?);
-                    replies[row] = id.wrapping_sub(d as u64);
+                    replies.push((row, id.wrapping_sub(d as u64)));
                 }
                 if f & flags::HAS_MENTIONS != 0 {
                     let n = mr
                         .len(MAX_MENTIONS.min(mr.remaining()))
                         .ok_or("bad mentions")?;
+                    mention_rows.push((row, mentions.len() as u32));
                     for _ in 0..n {
                         mentions.push(mr.varint().ok_or("bad mention")?);
                     }
                 }
-                mention_starts.push(mentions.len() as u32);
                 coff += cr.len(content_s.1 - coff).ok_or("bad content length")?;
                 content_offsets.push(coff as u32);
                 if f & flags::HAS_ATTACHMENT != 0 {
+                    let start = aoff;
                     aoff += ar.len(attach_s.1 - aoff).ok_or("bad attachment length")?;
+                    attachments.push((row, start as u32, aoff as u32));
                 }
-                attachment_offsets.push(aoff as u32);
             }
         }
         if coff != content_s.1 || aoff != attach_s.1 {
@@ -466,14 +502,15 @@ impl Block {
         Ok(Block {
             data,
             runs,
+            sender_dict,
             senders,
             timestamps,
             kind_flags,
-            replies,
-            mention_starts,
-            mentions,
             content_offsets,
-            attachment_offsets,
+            replies,
+            mention_rows,
+            mentions,
+            attachments,
         })
     }
 
@@ -484,12 +521,21 @@ impl Block {
 
     /// Number of rows.
     pub fn rows(&self) -> usize {
-        self.senders.len()
+        self.kind_flags.len()
     }
 
     /// Memory this decoded block holds, for cache accounting.
     pub fn footprint(&self) -> usize {
-        self.data.len() + self.rows() * 45 + self.mentions.len() * 8 + 128
+        use std::mem::size_of;
+        self.data.len()
+            + self.rows() * (8 + 1 + 4 + self.senders.bytes_per_row())
+            + self.runs.len() * size_of::<Run>()
+            + self.sender_dict.len() * 8
+            + self.replies.len() * size_of::<(u32, u64)>()
+            + self.mention_rows.len() * size_of::<(u32, u32)>()
+            + self.mentions.len() * 8
+            + self.attachments.len() * size_of::<(u32, u32, u32)>()
+            + size_of::<Block>()
     }
 
     /// The run of `conv` in this block.
@@ -531,21 +577,55 @@ impl Block {
     fn message(&self, row: usize, conv: ConversationId, id: u64) -> Message {
         let kf = self.kind_flags[row];
         let f = kf >> 4;
-        let range = |offs: &[u32]| offs[row] as usize..offs[row + 1] as usize;
+        let reply_to = if f & flags::HAS_REPLY != 0 {
+            self.replies
+                .binary_search_by_key(&(row as u32), |&(r, _)| r)
+                .ok()
+                .map(|i| MessageId(self.replies[i].1))
+        } else {
+            None
+        };
+        let mentions = if f & flags::HAS_MENTIONS != 0 {
+            match self
+                .mention_rows
+                .binary_search_by_key(&(row as u32), |&(r, _)| r)
+            {
+                Ok(i) => {
+                    let start = self.mention_rows[i].1 as usize;
+                    let end = self
+                        .mention_rows
+                        .get(i + 1)
+                        .map_or(self.mentions.len(), |&(_, s)| s as usize);
+                    self.mentions[start..end].iter().map(|&u| UserId(u)).collect()
+                }
+                Err(_) => Vec::new(),
+            }
+        } else {
+            Vec::new()
+        };
+        let attachment = if f & flags::HAS_ATTACHMENT != 0 {
+            self.attachments
+                .binary_search_by_key(&(row as u32), |&(r, _, _)| r)
+                .ok()
+                .map(|i| {
+                    let (_, start, end) = self.attachments[i];
+                    self.data.slice(start as usize..end as usize)
+                })
+        } else {
+            None
+        };
         Message {
             conversation: conv,
             id: MessageId(id),
-            sender: UserId(self.senders[row]),
+            sender: UserId(self.sender_dict[self.senders.get(row)]),
             timestamp_ms: self.timestamps[row],
             kind: MessageKind::from_u8(kf & 0x0f).unwrap_or_default(),
-            content: self.data.slice(range(&self.content_offsets)),
-            attachment: (f & flags::HAS_ATTACHMENT != 0)
-                .then(|| self.data.slice(range(&self.attachment_offsets))),
-            reply_to: (f & flags::HAS_REPLY != 0).then_some(MessageId(self.replies[row])),
-            mentions: self.mentions[range(&self.mention_starts)]
-                .iter()
-                .map(|&u| UserId(u))
-                .collect(),
+            content: self
+                .data
+                .slice(self.content_offsets[row] as usize..self.content_offsets[row + 1] as usize),
+            attachment,
+            reply_to,
+            mentions,
             edited_ms: None,
         }
     }
@@ -579,7 +659,8 @@ mod tests {
             }
             if id % 5 == 0 {
                 m.reply_to = Some(MessageId(id - 3));
-                m.mentions = vec![UserId(1), UserId(id)];
+                // Different counts per row: each row's mentions end where the next row's start.
+                m.mentions = (0..id % 3 + 1).map(|k| UserId(id + k)).collect();
                 m.kind = MessageKind::System;
             }
             v.push(m);
