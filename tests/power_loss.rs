@@ -938,3 +938,145 @@ fn buffered_writes_lose_only_a_suffix() {
         }
     }
 }
+
+fn rewrite_options(fs: &FaultFs) -> Options {
+    Options {
+        fs: Arc::new(fs.clone()),
+        durability: Durability::Sync,
+        memtable_bytes: 64 << 10,
+        block_bytes: 1 << 10,
+        ..Options::default()
+    }
+}
+
+fn rewrite_text(i: u64) -> String {
+    let h = i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    format!("message {i}: meet at {:x} by {:x}", h, h >> 17)
+}
+
+type TextModel = BTreeMap<(u64, u64), String>;
+
+/// A store with a big level 1 and one raw level-0 segment: its rewrite is due once quiet.
+fn with_level0_rewrite_due(fs: &FaultFs) -> (Store, TextModel) {
+    let store = Store::open_with(DIR, rewrite_options(fs)).unwrap();
+    let mut model = BTreeMap::new();
+    let mut write = |store: &Store, range: std::ops::Range<u64>| {
+        for chunk in range.collect::<Vec<_>>().chunks(100) {
+            let batch: Vec<(ConversationId, NewMessage)> = chunk
+                .iter()
+                .map(|&i| {
+                    (
+                        ConversationId(i % CONVS + 1),
+                        NewMessage::text(UserId(i), &rewrite_text(i)),
+                    )
+                })
+                .collect();
+            for m in store.append_batch(batch).unwrap() {
+                model.insert((m.conversation.0, m.id.0), rewrite_text(m.sender.0));
+            }
+        }
+    };
+    write(&store, 0..6000);
+    store.compact().unwrap();
+    write(&store, 6000..6200);
+    store.flush().unwrap();
+    assert_eq!(store.stats().segments_per_level[0], 1);
+    (store, model)
+}
+
+/// Waits until compaction has nothing left to do, or the power went.
+fn wait_settled(store: &Store, fs: &FaultFs) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while store.stats().pending_compaction_bytes > 0 && !fs.is_powered_off() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rewrite never ran"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn check_texts(store: &Store, model: &TextModel, ctx: &str) {
+    for conv in 1..=CONVS {
+        let got: Vec<(u64, String)> = store
+            .after(ConversationId(conv), MessageId(0), usize::MAX)
+            .unwrap_or_else(|e| panic!("{ctx}: read failed: {e}"))
+            .iter()
+            .map(|m| (m.id.0, String::from_utf8_lossy(&m.content).into_owned()))
+            .collect();
+        let want: Vec<(u64, String)> = model
+            .range((conv, 0)..(conv + 1, 0))
+            .map(|(&(_, id), t)| (id, t.clone()))
+            .collect();
+        assert_eq!(got, want, "{ctx}: conversation {conv}");
+    }
+}
+
+fn total_ops(fs: &FaultFs) -> u64 {
+    ALL_OPS.iter().map(|&op| fs.op_count(op)).sum()
+}
+
+/// A quiet store rewrites its raw level-0 segment in zstd within level 0 (level 1 being too big
+/// to fold it into): a power cut at any file operation of that rewrite loses nothing, and the
+/// reopened store keeps the ids going.
+#[test]
+fn a_power_cut_at_any_operation_of_a_level0_rewrite_loses_nothing() {
+    // How many file operations the rewrite makes.
+    let probe = FaultFs::new();
+    let (store, model) = with_level0_rewrite_due(&probe);
+    let before = total_ops(&probe);
+    wait_settled(&store, &probe);
+    let ops = total_ops(&probe) - before;
+    assert_eq!(
+        store.stats().segments_per_level[0],
+        1,
+        "rewritten within level 0"
+    );
+    assert!(store.stats().compactions >= 2, "no rewrite ran");
+    check_texts(&store, &model, "probe");
+    drop(store);
+    assert!(ops >= 5, "{ops}");
+
+    // Each cut in its own thread: most of a run is waiting for the store to be quiet.
+    let runs: Vec<_> = (0..ops)
+        .map(|after| {
+            thread::spawn(move || {
+                let mode = if after % 2 == 0 {
+                    CrashMode::LoseUnsynced
+                } else {
+                    CrashMode::Torn { seed: after }
+                };
+                let ctx = format!("cut after {after} of {ops} ({mode:?})");
+                let fs = FaultFs::new();
+                let (store, mut model) = with_level0_rewrite_due(&fs);
+                fs.schedule_power_cut(after, ALL_OPS, mode);
+                wait_settled(&store, &fs);
+                let image = fs.take_crash_image();
+                drop(store);
+                let Some(image) = image else {
+                    return false;
+                };
+                let store = Store::open_with(DIR, rewrite_options(&image))
+                    .unwrap_or_else(|e| panic!("{ctx}: open failed: {e}"));
+                check_texts(&store, &model, &ctx);
+                let m = store
+                    .append(ConversationId(1), NewMessage::text(UserId(1), "after"))
+                    .unwrap();
+                let last = model.range((1, 0)..(2, 0)).count() as u64;
+                assert_eq!(m.id, MessageId(last + 1), "{ctx}");
+                model.insert((1, m.id.0), "after".into());
+                check_texts(&store, &model, &ctx);
+                true
+            })
+        })
+        .collect();
+    let struck = runs
+        .into_iter()
+        .map(|r| r.join().unwrap_or_else(|_| panic!("a cut run failed")))
+        .filter(|&s| s)
+        .count() as u64;
+    assert!(
+        struck * 2 >= ops,
+        "only {struck} of {ops} cuts struck the rewrite"
+    );
+}

@@ -596,7 +596,10 @@ impl Block {
                         .mention_rows
                         .get(i + 1)
                         .map_or(self.mentions.len(), |&(_, s)| s as usize);
-                    self.mentions[start..end].iter().map(|&u| UserId(u)).collect()
+                    self.mentions[start..end]
+                        .iter()
+                        .map(|&u| UserId(u))
+                        .collect()
                 }
                 Err(_) => Vec::new(),
             }
