@@ -7,7 +7,10 @@
 //! `docs/format-segment.md`), so a segment is readable on its own.
 
 use std::cell::RefCell;
+use std::sync::{Arc, Weak};
 
+use bytes::Bytes;
+use parking_lot::Mutex;
 use zstd::zstd_safe::{self, CCtx, CDict, DCtx, DDict};
 
 /// Compresses blocks with one dictionary.
@@ -41,10 +44,17 @@ impl DictEncoder {
     }
 }
 
-/// Decompresses blocks made with one dictionary. Shared by all readers of a segment.
+/// Decompresses blocks made with one dictionary. Shared by all readers of a segment, and by
+/// every open segment that stores the same dictionary (see [`DictDecoder::shared`]).
 pub struct DictDecoder {
     ddict: DDict<'static>,
+    dict: Bytes,
 }
+
+/// Decoders in use by open segments. Segments written between two retrainings carry the same
+/// dictionary, and a decoder costs the dictionary's size again plus its entropy tables
+/// (~100 KB for 64 KiB): a large store would otherwise hold one per segment.
+static OPEN_DECODERS: Mutex<Vec<Weak<DictDecoder>>> = Mutex::new(Vec::new());
 
 impl std::fmt::Debug for DictDecoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -62,7 +72,33 @@ impl DictDecoder {
     pub fn new(dict: &[u8]) -> Option<Self> {
         Some(DictDecoder {
             ddict: DDict::try_create(dict)?,
+            dict: Bytes::copy_from_slice(dict),
         })
+    }
+
+    /// The decoder of an open segment with the same dictionary bytes, or a new one; `None` if
+    /// zstd rejects the dictionary. Equal dictionaries are found by comparing their bytes.
+    pub fn shared(dict: Bytes) -> Option<Arc<Self>> {
+        let mut open = OPEN_DECODERS.lock();
+        open.retain(|w| w.strong_count() > 0);
+        if let Some(d) = open
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|d| d.dict == dict)
+        {
+            return Some(d);
+        }
+        let d = Arc::new(DictDecoder {
+            ddict: DDict::try_create(&dict)?,
+            dict,
+        });
+        open.push(Arc::downgrade(&d));
+        Some(d)
+    }
+
+    /// The dictionary's bytes.
+    pub fn bytes(&self) -> &Bytes {
+        &self.dict
     }
 
     /// Decompresses `body`, which must expand to exactly `raw_len` bytes.
@@ -124,6 +160,28 @@ mod tests {
         assert!(c.len() < zstd::bulk::compress(&body, 3).unwrap().len());
         assert!(dec.decompress(&c, body.len() + 1).is_err());
         assert!(dec.decompress(&c[..c.len() / 2], body.len()).is_err());
+    }
+
+    #[test]
+    fn segments_with_the_same_dictionary_share_one_decoder() {
+        let s = samples();
+        let a = train(&s, 4096).unwrap();
+        let b = train(&s[..100], 2048).unwrap();
+        assert_ne!(a, b);
+        let da = DictDecoder::shared(Bytes::from(a.clone())).unwrap();
+        let da2 = DictDecoder::shared(Bytes::from(a.clone())).unwrap();
+        let db = DictDecoder::shared(Bytes::from(b)).unwrap();
+        assert!(Arc::ptr_eq(&da, &da2));
+        assert!(!Arc::ptr_eq(&da, &db));
+        // Once no segment uses it, a later open builds a fresh decoder.
+        let weak = Arc::downgrade(&da);
+        drop((da, da2));
+        assert!(weak.upgrade().is_none());
+        let again = DictDecoder::shared(Bytes::from(a)).unwrap();
+        let mut enc = DictEncoder::new(again.bytes(), 3).unwrap();
+        let body = b"the train is late again".to_vec();
+        let c = enc.compress(&body).unwrap();
+        assert_eq!(again.decompress(&c, body.len()).unwrap(), body);
     }
 
     #[test]

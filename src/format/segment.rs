@@ -334,8 +334,7 @@ pub struct SegmentReader {
     state_block_count: usize,
     state_keys_offset: usize,
     state_entry_count: u64,
-    dict: Option<DictDecoder>,
-    dict_bytes: Option<Bytes>,
+    dict: Option<Arc<DictDecoder>>,
 }
 
 /// Location and size of one block.
@@ -405,7 +404,6 @@ impl SegmentReader {
             return Err(corrupt(block_index_offset, "index checksum mismatch"));
         }
         let dict_len = field32(52) as usize;
-        let mut dict_bytes = None;
         let dict = if dict_len == 0 {
             None
         } else {
@@ -417,15 +415,14 @@ impl SegmentReader {
                 return Err(corrupt(f, "dictionary outside the data area"));
             }
             let raw = unpack(&read(at, dict_len)?, None).map_err(|why| corrupt(at, why))?;
-            let decoder =
-                DictDecoder::new(&raw).ok_or_else(|| corrupt(at, "zstd rejects the dictionary"))?;
-            dict_bytes = Some(raw);
-            Some(decoder)
+            Some(
+                DictDecoder::shared(raw)
+                    .ok_or_else(|| corrupt(at, "zstd rejects the dictionary"))?,
+            )
         };
         let state_rel = (state_index_offset - block_index_offset) as usize;
         let reader = SegmentReader {
             dict,
-            dict_bytes,
             path: path.to_path_buf(),
             file,
             file_len,
@@ -537,7 +534,7 @@ impl SegmentReader {
 
     /// The zstd dictionary this segment's blocks were compressed with, if any.
     pub fn dictionary(&self) -> Option<&Bytes> {
-        self.dict_bytes.as_ref()
+        self.dict.as_deref().map(DictDecoder::bytes)
     }
 
     /// Number of state blocks.
@@ -597,7 +594,7 @@ impl SegmentReader {
         }
         let h = self.state_handle(i);
         let stored = self.read_stored(h)?;
-        let body = unpack(&stored, self.dict.as_ref())
+        let body = unpack(&stored, self.dict.as_deref())
             .map_err(|why| Error::corruption(&self.path, h.offset, why))?;
         StateBlock::decode(body).map_err(|why| Error::corruption(&self.path, h.offset, why))
     }
@@ -697,7 +694,7 @@ impl SegmentReader {
         }
         let h = self.block_handle(i);
         let stored = self.read_stored(h)?;
-        let body = unpack(&stored, self.dict.as_ref())
+        let body = unpack(&stored, self.dict.as_deref())
             .map_err(|why| Error::corruption(&self.path, h.offset, why))?;
         let block =
             Block::decode(body).map_err(|why| Error::corruption(&self.path, h.offset, why))?;
