@@ -25,9 +25,12 @@ impl ChatStore {
     /// counts, unread mentions and the first unread id. One consistent snapshot; the cost is
     /// one cursor scan plus one last-id lookup per conversation of the user.
     pub fn unread(&self, user: UserId) -> Result<Vec<Unread>> {
-        let snap = self.store.engine().snapshot();
+        self.unread_in(&self.store.engine().snapshot(), user)
+    }
+
+    fn unread_in(&self, snap: &crate::engine::Snapshot<'_>, user: UserId) -> Result<Vec<Unread>> {
         let mut out = Vec::new();
-        for (conv, link) in self.links_of(&snap, user)? {
+        for (conv, link) in self.links_of(snap, user)? {
             if !link.is_member() {
                 continue;
             }
@@ -51,7 +54,7 @@ impl ChatStore {
     }
 
     /// Like [`ChatStore::unread`], with up to `per_conversation` of the oldest unread messages
-    /// of each conversation.
+    /// of each conversation, counts and messages from one consistent snapshot.
     pub fn unread_messages(
         &self,
         user: UserId,
@@ -59,7 +62,7 @@ impl ChatStore {
     ) -> Result<Vec<(Unread, Vec<Message>)>> {
         let snap = self.store.engine().snapshot();
         let mut out = Vec::new();
-        for u in self.unread(user)? {
+        for u in self.unread_in(&snap, user)? {
             let hi = u.last_id.0.min(
                 u.first_unread
                     .0
