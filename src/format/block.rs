@@ -88,6 +88,11 @@ impl BlockBuilder {
         self.content.len() + self.attachments.len() + self.rows() * 8 + self.mentions.len()
     }
 
+    /// The conversation of the last row, if any.
+    pub fn last_conversation(&self) -> Option<ConversationId> {
+        self.runs.last().map(|r| r.conversation)
+    }
+
     /// The (conversation, id) of the first row, if any.
     pub fn first_key(&self) -> Option<(ConversationId, u64)> {
         self.runs.first().map(|r| (r.conversation, r.first_id))

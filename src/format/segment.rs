@@ -171,7 +171,13 @@ impl SegmentWriter {
             Some(last) if last.0 > m.conversation.0 => return Ok(false),
             _ => self.conv_index.push((m.conversation.0, m.id.0, m.id.0)),
         }
-        if !self.block.accepts_ref(m) {
+        let new_conversation = self
+            .block
+            .last_conversation()
+            .is_some_and(|c| c != m.conversation);
+        if !self.block.accepts_ref(m)
+            || (new_conversation && self.block.estimated_len() >= self.block_bytes / 2)
+        {
             self.finish_block()?;
         }
         self.block.add_ref(m);
@@ -803,6 +809,26 @@ mod tests {
         assert_eq!(seg.conversation_range(ConversationId(3)), None);
         assert_eq!(seg.conversation_range(ConversationId(0)), None);
         assert_eq!(seg.find_block(ConversationId(0), 1), None);
+    }
+
+    #[test]
+    fn a_block_at_least_half_full_ends_where_a_conversation_ends() {
+        // ~53 estimated bytes per row against 1000-byte blocks.
+        let mut msgs: Vec<Message> = (1..=12).map(|id| msg(1, id)).collect();
+        msgs.push(msg(2, 1));
+        msgs.extend((1..=5).map(|id| msg(3, id)));
+        msgs.push(msg(4, 1));
+        let (data, _) = build(&msgs, 1000);
+        let seg = SegmentReader::open(Path::new("t.seg"), Arc::new(data)).unwrap();
+        let block = |c: u64, id: u64| seg.find_block(ConversationId(c), id).unwrap();
+        // Conversation 1 filled more than half a block: conversation 2 starts the next one, so
+        // the newest rows of 1 share their block with nobody after them.
+        assert_eq!(block(1, 12), 0);
+        assert_eq!(block(2, 1), 1);
+        // Below half, conversations keep sharing a block.
+        assert_eq!(block(3, 1), 1);
+        assert_eq!(block(4, 1), 1);
+        assert_eq!(seg.block_count(), 2);
     }
 
     #[test]
