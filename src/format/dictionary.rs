@@ -70,9 +70,13 @@ thread_local! {
 impl DictDecoder {
     /// A decoder for `dict`; `None` if zstd rejects it.
     pub fn new(dict: &[u8]) -> Option<Self> {
+        Self::from_bytes(Bytes::copy_from_slice(dict))
+    }
+
+    fn from_bytes(dict: Bytes) -> Option<Self> {
         Some(DictDecoder {
-            ddict: DDict::try_create(dict)?,
-            dict: Bytes::copy_from_slice(dict),
+            ddict: DDict::try_create(&dict)?,
+            dict,
         })
     }
 
@@ -88,10 +92,7 @@ impl DictDecoder {
         {
             return Some(d);
         }
-        let d = Arc::new(DictDecoder {
-            ddict: DDict::try_create(&dict)?,
-            dict,
-        });
+        let d = Arc::new(DictDecoder::from_bytes(dict)?);
         open.push(Arc::downgrade(&d));
         Some(d)
     }
