@@ -54,7 +54,7 @@ pub use chat::{
     ChatOptions, ChatStore, Conversation, ConversationKind, Cursors, InboxCursor, InboxEntry,
     InboxPage, MessageReceipts, Reaction, ReceiptState, SendOutcome, Unread,
 };
-pub use engine::{Problem, Stats, VerifyReport};
+pub use engine::{Problem, Stats, VerifyReport, ABORT_ON_PANIC_VAR};
 pub use error::{Error, Result};
 pub use options::{CompactionPolicy, Compression, Durability, Options};
 pub use store::{Export, Store};

@@ -4,6 +4,9 @@
 //!
 //! The test re-runs its own binary as the child (`child_writer`, ignored unless asked for).
 
+#[path = "common/watchdog.rs"]
+mod watchdog;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -34,6 +37,7 @@ fn content(conv: u64, id: u64) -> String {
 #[test]
 #[ignore = "run as a child process by compaction_crash_loses_nothing"]
 fn child_writer() {
+    let _watchdog = watchdog::arm(Duration::from_secs(300));
     let Ok(dir) = std::env::var(CHILD_ENV) else {
         return;
     };
@@ -98,6 +102,7 @@ fn run_child_once(dir: &Path, run_for: Duration) -> Vec<(u64, u64)> {
 
 #[test]
 fn compaction_crash_loses_nothing() {
+    let _watchdog = watchdog::arm(Duration::from_secs(300));
     let dir = tempfile::tempdir().expect("tempdir");
     let mut acked: BTreeMap<u64, u64> = BTreeMap::new();
     // Vary how long each child lives so kills land at different points of its work.

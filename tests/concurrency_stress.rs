@@ -2,6 +2,9 @@
 //! of its conversation (ids 1..=n without a gap, each with the content its writer gave it),
 //! and no reader ever sees a conversation shrink.
 
+#[path = "common/watchdog.rs"]
+mod watchdog;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +19,7 @@ fn content(conv: u64, id: u64) -> String {
 
 #[test]
 fn readers_see_consistent_prefixes_while_everything_runs() {
+    let _watchdog = watchdog::arm(Duration::from_secs(180));
     let dir = tempfile::tempdir().unwrap();
     let opts = Options {
         memtable_bytes: 16 << 10,

@@ -8,6 +8,11 @@
 //! The child is this test binary run again with `--exact crash_child --ignored`; it does
 //! nothing unless `CHATSTORE_CRASH_CHILD_DIR` is set.
 
+#[path = "common/watchdog.rs"]
+mod watchdog;
+
+use std::time::Duration;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
@@ -68,6 +73,7 @@ fn verify_content(c: &[u8]) -> Option<u64> {
 #[test]
 #[ignore = "child process of acknowledged_messages_survive_sigkill; the parent starts it"]
 fn crash_child() {
+    let _watchdog = watchdog::arm(Duration::from_secs(300));
     let Ok(dir) = std::env::var(CHILD_DIR_ENV) else {
         return;
     };
@@ -182,6 +188,7 @@ fn run_child(dir: &Path, round: u64, kill_after: usize) -> Vec<(u64, u64, u64)> 
 
 #[test]
 fn acknowledged_messages_survive_sigkill() {
+    let _watchdog = watchdog::arm(Duration::from_secs(300));
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let mut rng = StdRng::seed_from_u64(0x5eed);
     // Content hashes of every message known to be stored, per conversation (index = id - 1).

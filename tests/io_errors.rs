@@ -10,6 +10,11 @@
 //! intact, so they leave the store writable. Errors while opening fail the open and destroy
 //! nothing.
 
+#[path = "common/watchdog.rs"]
+mod watchdog;
+
+use std::time::Duration;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -61,6 +66,7 @@ fn os_code(e: Injected) -> i32 {
     match e {
         Injected::NoSpace => 28,
         Injected::Io => 5,
+        other => panic!("{other:?} is not an I/O error"),
     }
 }
 
@@ -329,21 +335,25 @@ fn fault_scenario(op: Op, suffix: &'static str, expect: fn(&'static str) -> Expe
 // commit: then the committed call succeeds and the next one reports the poisoning.
 #[test]
 fn wal_write_errors_fail_the_write_and_poison_the_store() {
+    let _watchdog = watchdog::arm(Duration::from_secs(180));
     fault_scenario(Op::Write, ".wal", Expect::Either, false);
 }
 
 #[test]
 fn short_wal_writes_leave_a_torn_record_that_recovery_cuts() {
+    let _watchdog = watchdog::arm(Duration::from_secs(180));
     fault_scenario(Op::Write, ".wal", Expect::Either, true);
 }
 
 #[test]
 fn wal_sync_errors_fail_the_write_and_poison_the_store() {
+    let _watchdog = watchdog::arm(Duration::from_secs(180));
     fault_scenario(Op::Sync, ".wal", Expect::Io, false);
 }
 
 #[test]
 fn segment_write_errors_poison_the_store_and_lose_nothing() {
+    let _watchdog = watchdog::arm(Duration::from_secs(180));
     fault_scenario(Op::Write, ".seg", Expect::Background, false);
     fault_scenario(Op::Sync, ".seg", Expect::Background, false);
     fault_scenario(Op::Create, ".seg", Expect::Background, false);
@@ -351,18 +361,21 @@ fn segment_write_errors_poison_the_store_and_lose_nothing() {
 
 #[test]
 fn manifest_errors_poison_the_store_and_lose_nothing() {
+    let _watchdog = watchdog::arm(Duration::from_secs(180));
     fault_scenario(Op::Rename, "MANIFEST", Expect::Background, false);
     fault_scenario(Op::Write, "MANIFEST.tmp", Expect::Background, true);
 }
 
 #[test]
 fn directory_sync_errors_poison_the_store_and_lose_nothing() {
+    let _watchdog = watchdog::arm(Duration::from_secs(180));
     // The directory is synced after a WAL switch (in the writer) and after a flush.
     fault_scenario(Op::SyncDir, DIR, Expect::Either, false);
 }
 
 #[test]
 fn wal_creation_errors_poison_the_store_and_lose_nothing() {
+    let _watchdog = watchdog::arm(Duration::from_secs(180));
     fault_scenario(Op::Create, ".wal", Expect::Either, false);
 }
 
@@ -416,11 +429,13 @@ fn any_operation_sweep(explicit_flushes: bool) {
 
 #[test]
 fn a_fault_at_any_operation_of_a_write_workload_loses_nothing_acknowledged() {
+    let _watchdog = watchdog::arm(Duration::from_secs(180));
     any_operation_sweep(false);
 }
 
 #[test]
 fn a_fault_at_any_operation_with_explicit_flushes_loses_nothing_acknowledged() {
+    let _watchdog = watchdog::arm(Duration::from_secs(180));
     any_operation_sweep(true);
 }
 
@@ -429,6 +444,7 @@ fn a_fault_at_any_operation_with_explicit_flushes_loses_nothing_acknowledged() {
 /// store"), or it keeps writing to the old WAL next to a half-created newer one.
 #[test]
 fn a_failed_wal_switch_in_flush_poisons_the_store() {
+    let _watchdog = watchdog::arm(Duration::from_secs(180));
     for (op, suffix) in [
         (Op::Write, ".wal"),
         (Op::SyncDir, DIR),
@@ -454,6 +470,7 @@ fn a_failed_wal_switch_in_flush_poisons_the_store() {
 /// write, in the field a crash) the store no longer opens: "WAL file header is incomplete".
 #[test]
 fn a_transient_error_in_flush_never_makes_the_store_unopenable() {
+    let _watchdog = watchdog::arm(Duration::from_secs(180));
     let fs = FaultFs::new();
     let store = open(&fs, "first open");
     let mut model = Model::default();
@@ -508,6 +525,7 @@ fn messy_directory() -> (FaultFs, Model) {
 
 #[test]
 fn errors_during_recovery_fail_the_open_and_destroy_nothing() {
+    let _watchdog = watchdog::arm(Duration::from_secs(180));
     let (template, model) = messy_directory();
     let clean = template.crash_copy(CrashMode::KeepWritten);
     let store = open(&clean, "clean open");
@@ -536,6 +554,7 @@ fn errors_during_recovery_fail_the_open_and_destroy_nothing() {
 
 #[test]
 fn read_errors_on_open_name_the_file() {
+    let _watchdog = watchdog::arm(Duration::from_secs(180));
     let (template, model) = messy_directory();
     for (op, suffix) in [
         (Op::Read, "MANIFEST"),
@@ -564,6 +583,7 @@ fn read_errors_on_open_name_the_file() {
 /// says nothing about the pages the failed one lost (Linux drops them after reporting EIO).
 #[test]
 fn a_failed_explicit_sync_poisons_the_store() {
+    let _watchdog = watchdog::arm(Duration::from_secs(180));
     let fs = FaultFs::new();
     let opts = Options {
         durability: chatstore::Durability::Buffered {
@@ -614,6 +634,7 @@ fn total_ops(fs: &FaultFs) -> u64 {
 /// the manifest on disk may name either set of segments.
 #[test]
 fn a_failed_compaction_step_loses_nothing() {
+    let _watchdog = watchdog::arm(Duration::from_secs(180));
     let (template, model) = store_ready_to_compact();
     let clean = template.crash_copy(CrashMode::KeepWritten);
     let store = open(&clean, "clean compaction");
@@ -679,6 +700,7 @@ fn a_failed_compaction_step_loses_nothing() {
 /// segments).
 #[test]
 fn a_failed_directory_sync_after_the_compaction_manifest_rename_keeps_the_store_openable() {
+    let _watchdog = watchdog::arm(Duration::from_secs(180));
     let (fs, model) = store_ready_to_compact();
     let store = open(&fs, "open");
     // The compaction syncs the directory once after writing its outputs, then once after

@@ -13,6 +13,9 @@
 //!
 //! `CHATSTORE_POWER_SEEDS=<n>` runs more seeds.
 
+#[path = "common/watchdog.rs"]
+mod watchdog;
+
 use std::collections::BTreeMap;
 use std::sync::{mpsc, Arc};
 use std::thread;
@@ -428,6 +431,7 @@ fn sequential_run(seed: u64, untidy: bool, totals: &mut Totals) {
 
 #[test]
 fn acknowledged_sync_writes_survive_power_cuts_between_operations() {
+    let _watchdog = watchdog::arm(Duration::from_secs(300));
     let mut totals = Totals::default();
     for seed in seeds(40) {
         sequential_run(seed, false, &mut totals);
@@ -437,6 +441,7 @@ fn acknowledged_sync_writes_survive_power_cuts_between_operations() {
 
 #[test]
 fn acknowledged_sync_writes_survive_crashes_that_keep_unsynced_state() {
+    let _watchdog = watchdog::arm(Duration::from_secs(300));
     let mut totals = Totals::default();
     for seed in seeds(40) {
         sequential_run(1000 + seed, true, &mut totals);
@@ -503,6 +508,7 @@ fn check_with_failed_call(store: &Store, model: &Model, failed: &Interrupted, ct
 /// manifest update), where cuts between API calls rarely land.
 #[test]
 fn acknowledged_sync_writes_survive_a_power_cut_at_any_file_operation() {
+    let _watchdog = watchdog::arm(Duration::from_secs(300));
     let mut totals = Totals::default();
     for seed in seeds(60) {
         let mut rng = StdRng::seed_from_u64(4000 + seed);
@@ -551,6 +557,7 @@ fn acknowledged_sync_writes_survive_a_power_cut_at_any_file_operation() {
 /// of its file operations in turn, in each crash mode.
 #[test]
 fn acknowledged_sync_writes_survive_a_power_cut_at_every_operation_of_a_short_workload() {
+    let _watchdog = watchdog::arm(Duration::from_secs(300));
     const CALLS: usize = 100;
     let run = |cut: Option<(u64, CrashMode)>, totals: &mut Totals| -> Option<FaultFs> {
         let ctx = format!("cut {cut:?}");
@@ -619,6 +626,7 @@ fn acknowledged_sync_writes_survive_a_power_cut_at_every_operation_of_a_short_wo
 /// whatever happens to the live store afterwards.
 #[test]
 fn checkpoints_survive_a_power_cut() {
+    let _watchdog = watchdog::arm(Duration::from_secs(300));
     let mut totals = Totals::default();
     for seed in seeds(12) {
         let mut rng = StdRng::seed_from_u64(6000 + seed);
@@ -815,6 +823,7 @@ fn check_concurrent_recovery(store: &Store, model: &Model, out: &Outcome, ctx: &
 
 #[test]
 fn acknowledged_sync_writes_survive_a_power_cut_under_concurrent_writers() {
+    let _watchdog = watchdog::arm(Duration::from_secs(300));
     let mut totals = Totals::default();
     for seed in seeds(16) {
         let mut rng = StdRng::seed_from_u64(2000 + seed);
@@ -846,6 +855,7 @@ fn acknowledged_sync_writes_survive_a_power_cut_under_concurrent_writers() {
 /// least), and lost ids are handed out again.
 #[test]
 fn buffered_writes_lose_only_a_suffix() {
+    let _watchdog = watchdog::arm(Duration::from_secs(300));
     let durability = Durability::Buffered {
         interval: Duration::from_millis(2),
     };
@@ -1021,6 +1031,7 @@ fn total_ops(fs: &FaultFs) -> u64 {
 /// reopened store keeps the ids going.
 #[test]
 fn a_power_cut_at_any_operation_of_a_level0_rewrite_loses_nothing() {
+    let _watchdog = watchdog::arm(Duration::from_secs(300));
     // How many file operations the rewrite makes.
     let probe = FaultFs::new();
     let (store, model) = with_level0_rewrite_due(&probe);

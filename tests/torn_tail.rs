@@ -9,6 +9,11 @@
 //!   `Error::Corruption` naming the segment; a flipped bit in a segment's indexes or footer
 //!   fails the open the same way. Nothing panics.
 
+#[path = "common/watchdog.rs"]
+mod watchdog;
+
+use std::time::Duration;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -149,6 +154,7 @@ fn check_reopens_with(dir: &Path, want: &Model, ctx: &str) {
 
 #[test]
 fn a_wal_cut_anywhere_in_its_last_records_keeps_exactly_the_complete_ones() {
+    let _watchdog = watchdog::arm(Duration::from_secs(180));
     let src = tempdir();
     let records = store_with_records(src.path(), 12);
     let wal_path = newest(src.path(), "wal");
@@ -187,6 +193,7 @@ fn a_wal_cut_anywhere_in_its_last_records_keeps_exactly_the_complete_ones() {
 
 #[test]
 fn a_zero_filled_wal_tail_is_a_torn_tail() {
+    let _watchdog = watchdog::arm(Duration::from_secs(180));
     let src = tempdir();
     let records = store_with_records(src.path(), 6);
     let wal_path = newest(src.path(), "wal");
@@ -239,6 +246,7 @@ fn zeroes_in_the_last_record(zero_from: fn(usize) -> usize, ctx: &str) {
 /// The header reached the disk, its payload did not.
 #[test]
 fn zeroes_from_the_start_of_the_last_payload_are_a_torn_tail() {
+    let _watchdog = watchdog::arm(Duration::from_secs(180));
     zeroes_in_the_last_record(|start| start + RECORD_HEADER, "zeroed payload");
 }
 
@@ -248,6 +256,7 @@ fn zeroes_from_the_start_of_the_last_payload_are_a_torn_tail() {
 /// the zeroed payload above, not damage that stops the store from opening.
 #[test]
 fn zeroes_from_a_page_boundary_inside_the_last_record_are_a_torn_tail() {
+    let _watchdog = watchdog::arm(Duration::from_secs(180));
     zeroes_in_the_last_record(
         |start| (start + RECORD_HEADER).div_ceil(4096) * 4096,
         "zeroes from a page boundary in the last record",
@@ -256,6 +265,7 @@ fn zeroes_from_a_page_boundary_inside_the_last_record_are_a_torn_tail() {
 
 #[test]
 fn a_flipped_bit_in_a_complete_wal_record_is_corruption_naming_the_wal() {
+    let _watchdog = watchdog::arm(Duration::from_secs(180));
     let src = tempdir();
     store_with_records(src.path(), 9);
     let wal_path = newest(src.path(), "wal");
@@ -318,6 +328,7 @@ fn u64_at(data: &[u8], at: usize) -> usize {
 
 #[test]
 fn a_flipped_bit_in_a_segment_is_corruption_naming_the_segment() {
+    let _watchdog = watchdog::arm(Duration::from_secs(180));
     let src = tempdir();
     let model = store_with_segment(src.path());
     let seg_path = newest(src.path(), "seg");

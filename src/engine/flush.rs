@@ -1,6 +1,9 @@
 //! The background thread: flushes frozen memtables to segments and, in buffered durability,
 //! fsyncs the WAL on its interval.
 
+// Background threads must not panic: no arithmetic that can overflow.
+#![deny(clippy::arithmetic_side_effects)]
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,16 +34,17 @@ pub(super) fn run(engine: &Arc<Engine>) {
                 if let Some(m) = engine.current().frozen.first() {
                     break Some(Arc::clone(m));
                 }
-                match sync_every {
-                    Some(every) if last_sync.elapsed() >= every => break None,
-                    Some(every) => {
-                        engine.bg_cv.wait_for(&mut g, every - last_sync.elapsed());
+                match sync_every.map(|every| sync_wait(every, last_sync.elapsed())) {
+                    Some(Some(wait)) => {
+                        engine.bg_cv.wait_for(&mut g, wait);
                     }
+                    Some(None) => break None,
                     None => engine.bg_cv.wait(&mut g),
                 }
             }
         };
-        if sync_every.is_some() && last_sync.elapsed() >= sync_every.unwrap_or(Duration::MAX) {
+        // One clock reading decides: another between the check and the use could disagree.
+        if let Some(None) = sync_every.map(|every| sync_wait(every, last_sync.elapsed())) {
             last_sync = Instant::now();
             if let Err(e) = engine.sync() {
                 engine.set_poison(format!("background WAL sync failed: {e}"));
@@ -48,7 +52,7 @@ pub(super) fn run(engine: &Arc<Engine>) {
             }
         }
         if let Some(mem) = job {
-            if let Err(e) = flush_one(engine, &mem) {
+            if let Err(e) = flush_one(engine, mem) {
                 engine.set_poison(format!("flush failed: {e}"));
                 return;
             }
@@ -58,9 +62,16 @@ pub(super) fn run(engine: &Arc<Engine>) {
     }
 }
 
+/// How long to wait before the next interval sync, or `None` if it is due. Never panics,
+/// whatever the clock says (an interval can pass between two readings of it).
+fn sync_wait(every: Duration, since_last: Duration) -> Option<Duration> {
+    let left = every.saturating_sub(since_last);
+    (!left.is_zero()).then_some(left)
+}
+
 /// Writes `mem` (the oldest frozen memtable) to a new segment, records it in the manifest with
 /// the new WAL horizon, swaps it into the version and deletes the WAL files it made obsolete.
-fn flush_one(engine: &Engine, mem: &Arc<Memtable>) -> Result<()> {
+fn flush_one(engine: &Engine, mem: Arc<Memtable>) -> Result<()> {
     let number = engine.next_file_number.fetch_add(1, Ordering::SeqCst);
     let path = files::segment_path(&engine.dir, number);
     let summary = mem.with_sorted_runs(|runs| -> Result<SegmentSummary> {
@@ -131,7 +142,7 @@ fn flush_one(engine: &Engine, mem: &Arc<Memtable>) -> Result<()> {
         let v = engine.current();
         v.frozen
             .iter()
-            .find(|m| !Arc::ptr_eq(m, mem))
+            .find(|m| !Arc::ptr_eq(m, &mem))
             .map_or(v.active.first_wal(), |m| m.first_wal())
     };
     next.log_number = horizon;
@@ -140,8 +151,12 @@ fn flush_one(engine: &Engine, mem: &Arc<Memtable>) -> Result<()> {
     *manifest = next;
     drop(manifest);
 
+    // Let go of the memtable before the version does: from the edit on, a writer may freeze
+    // a new one, and the memory bound counts only the memtables the version lists.
+    let flushed = Arc::as_ptr(&mem);
+    drop(mem);
     engine.edit_version(|v| {
-        v.frozen.retain(|m| !Arc::ptr_eq(m, mem));
+        v.frozen.retain(|m| !std::ptr::eq(Arc::as_ptr(m), flushed));
         v.segments.push(segment);
     });
     engine.counters.flushes.fetch_add(1, Ordering::Relaxed);
@@ -177,10 +192,10 @@ impl Engine {
         let total: usize = runs
             .iter()
             .flat_map(|r| r.messages())
-            .map(|m| m.content.len() + 16)
-            .sum();
-        let blocks = total / self.opts.block_bytes.max(1);
-        let every = (blocks / SAMPLE_BLOCKS).max(1);
+            .map(|m| m.content.len().saturating_add(16))
+            .fold(0usize, usize::saturating_add);
+        let blocks = total.checked_div(self.opts.block_bytes).unwrap_or(0);
+        let every = blocks.checked_div(SAMPLE_BLOCKS).unwrap_or(0).max(1);
         let mut samples = Vec::with_capacity(SAMPLE_BLOCKS + 1);
         let mut builder = crate::format::block::BlockBuilder::new();
         let mut n = 0usize;
@@ -194,7 +209,7 @@ impl Engine {
                 if n.is_multiple_of(every) {
                     samples.push(body);
                 }
-                n += 1;
+                n = n.wrapping_add(1);
             }
         }
         match crate::format::dictionary::train(&samples, max) {
@@ -219,5 +234,24 @@ fn delete_obsolete_wals(engine: &Engine, horizon: u64) {
                 let _ = engine.fs.remove(&engine.dir.join(name));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_wait_is_due_once_the_interval_passed_and_never_underflows() {
+        let every = Duration::from_millis(2);
+        assert_eq!(
+            sync_wait(every, Duration::from_millis(1)),
+            Some(Duration::from_millis(1))
+        );
+        assert_eq!(sync_wait(every, every), None);
+        // The interval passed between the caller's check and this reading.
+        assert_eq!(sync_wait(every, Duration::from_millis(3)), None);
+        assert_eq!(sync_wait(every, Duration::MAX), None);
+        assert_eq!(sync_wait(Duration::ZERO, Duration::ZERO), None);
     }
 }

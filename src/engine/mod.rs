@@ -2,6 +2,7 @@
 //! recovery. It stores messages keyed by conversation and knows nothing of chat semantics
 //! (membership, receipts) built on top of it.
 
+mod background;
 mod block_cache;
 mod checkpoint;
 mod commit;
@@ -22,6 +23,7 @@ use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex};
 
+pub use background::ABORT_ON_PANIC_VAR;
 pub(crate) use commit::Txn;
 pub use stats::Stats;
 pub use verify::{Problem, VerifyReport};
@@ -93,26 +95,16 @@ impl Engine {
         if self.opts.read_only {
             return Ok(threads);
         }
-        let engine = Arc::clone(self);
-        threads.push(
-            std::thread::Builder::new()
-                .name("chatstore-flush".into())
-                .spawn(move || flush::run(&engine))
-                .map_err(|e| Error::io(&self.dir, e))?,
-        );
+        threads.push(background::spawn(self, "flush", flush::run)?);
         if self.opts.background_compaction {
-            let engine = Arc::clone(self);
-            let spawned = std::thread::Builder::new()
-                .name("chatstore-compact".into())
-                .spawn(move || compaction::run(&engine));
-            match spawned {
+            match background::spawn(self, "compact", compaction::run) {
                 Ok(t) => threads.push(t),
                 Err(e) => {
                     let _ = self.shutdown();
                     for t in threads {
                         let _ = t.join();
                     }
-                    return Err(Error::io(&self.dir, e));
+                    return Err(e);
                 }
             }
         }

@@ -95,7 +95,16 @@ pub enum Injected {
     NoSpace,
     /// `EIO`: a low-level I/O error.
     Io,
+    /// Not an error: the operation panics with an [`InjectedPanic`] payload, to test that a
+    /// panic in a background thread poisons the store instead of leaving writers waiting.
+    Panic,
 }
+
+/// The payload of a panic injected with [`Injected::Panic`]. It poisons the store like any
+/// other panic in a background thread, but never aborts the process (see
+/// [`ABORT_ON_PANIC_VAR`](crate::ABORT_ON_PANIC_VAR)).
+#[derive(Debug, Clone, Copy)]
+pub struct InjectedPanic;
 
 impl Injected {
     /// The `std::io::Error` this fault produces (a raw OS error on Unix, as a real disk would).
@@ -104,7 +113,7 @@ impl Injected {
         {
             match self {
                 Injected::NoSpace => io::Error::from_raw_os_error(28),
-                Injected::Io => io::Error::from_raw_os_error(5),
+                Injected::Io | Injected::Panic => io::Error::from_raw_os_error(5),
             }
         }
         #[cfg(not(unix))]
@@ -113,7 +122,7 @@ impl Injected {
                 Injected::NoSpace => {
                     io::Error::new(io::ErrorKind::StorageFull, "injected: no space left")
                 }
-                Injected::Io => io::Error::other("injected: I/O error"),
+                Injected::Io | Injected::Panic => io::Error::other("injected: I/O error"),
             }
         }
     }
@@ -340,6 +349,9 @@ impl State {
             if r.rule.times.is_none_or(|t| r.fired < t) {
                 r.fired += 1;
                 self.injected += 1;
+                if r.rule.error == Injected::Panic {
+                    std::panic::panic_any(InjectedPanic);
+                }
                 return Err(Fault {
                     error: r.rule.error.to_io_error(),
                     torn: r.rule.torn,

@@ -3,7 +3,13 @@
 //! (and so no reader) uses them. A crash at any point leaves either the inputs or the outputs
 //! listed in the manifest; the other set is removed as garbage at the next open.
 
+// Background threads must not panic: no arithmetic that can overflow.
+#![deny(clippy::arithmetic_side_effects)]
+
+// The merge and the picker do their own (checked) arithmetic on sizes and ids.
+#[allow(clippy::arithmetic_side_effects)]
 pub(crate) mod job;
+#[allow(clippy::arithmetic_side_effects)]
 pub(crate) mod picker;
 
 use std::sync::atomic::Ordering;
@@ -207,7 +213,7 @@ pub(super) fn run(engine: &Arc<Engine>) {
                     .counters
                     .compaction_errors
                     .fetch_add(1, Ordering::Relaxed);
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                backoff = backoff.saturating_mul(2).min(Duration::from_secs(10));
             }
         }
         let mut g = engine.bg.lock();
