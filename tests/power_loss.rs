@@ -553,6 +553,72 @@ fn acknowledged_sync_writes_survive_a_power_cut_at_any_file_operation() {
     totals.assert_exercised_flushes();
 }
 
+/// A process crash right before a WAL sync leaves the last group commit in the page cache
+/// only. The reopened store replays it (readers see it, ids continue after it) and
+/// acknowledges more writes on top; then the power fails. Everything acknowledged after the
+/// reopen, and everything the reopen showed, must survive: recovery makes what it replays
+/// durable before it acknowledges anything new.
+#[test]
+fn replayed_records_survive_a_power_cut_after_a_process_crash() {
+    let _watchdog = watchdog::arm(Duration::from_secs(300));
+    let mut totals = Totals::default();
+    let mut replayed_unsynced = 0;
+    for seed in seeds(40) {
+        let mut rng = StdRng::seed_from_u64(7000 + seed);
+        let ctx = format!("seed {seed}");
+        let fs = FaultFs::new();
+        let mut model = Model::new();
+        let store = open(&fs, Durability::Sync, &ctx);
+        append_after_reopen(&store, &mut model, &mut rng, &ctx);
+        // The crash: the process dies before one of its WAL syncs, the OS lives on.
+        fs.schedule_power_cut(rng.gen_range(1..120), &[Op::Sync], CrashMode::KeepWritten);
+        let (store, failed) = Workload {
+            fs: &fs,
+            model: &mut model,
+            rng: &mut rng,
+            totals: &mut totals,
+            ctx: &ctx,
+        }
+        .run(store, 400, true);
+        let crashed = fs
+            .take_crash_image()
+            .unwrap_or_else(|| fs.power_cut_with(CrashMode::KeepWritten));
+        drop(store);
+        let store = open(&crashed, Durability::Sync, &ctx);
+        let shown = check_with_failed_call(&store, &model, &failed.unwrap_or_default(), &ctx);
+        if shown.values().map(Vec::len).sum::<usize>() > model.values().map(Vec::len).sum() {
+            replayed_unsynced += 1;
+        }
+        let mut model = shown;
+        append_after_reopen(&store, &mut model, &mut rng, &ctx);
+        let ops = rng.gen_range(0..60);
+        let (store, _) = Workload {
+            fs: &crashed,
+            model: &mut model,
+            rng: &mut rng,
+            totals: &mut totals,
+            ctx: &ctx,
+        }
+        .run(store, ops, false);
+        totals.add(&store);
+        let mode = if seed % 2 == 0 {
+            CrashMode::LoseUnsynced
+        } else {
+            CrashMode::Torn { seed }
+        };
+        let after = crashed.power_cut_with(mode);
+        drop(store);
+        let ctx = format!("{ctx} after the power cut");
+        let store = open(&after, Durability::Sync, &ctx);
+        assert_same(&read_all(&store, &ctx), &model, &ctx);
+        append_after_reopen(&store, &mut model, &mut rng, &ctx);
+    }
+    assert!(
+        replayed_unsynced > 0,
+        "no crash left an unsynced record for the reopen to replay"
+    );
+}
+
 /// The same short workload (flushes, a compaction, WAL switches) with the power cut before each
 /// of its file operations in turn, in each crash mode.
 #[test]

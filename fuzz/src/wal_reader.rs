@@ -39,9 +39,13 @@ fn check(data: &[u8]) {
                 ty: _,
                 payload,
                 offset,
+                synced_through: _,
             } => {
                 assert_eq!(offset, next, "records must follow each other");
-                next = offset + (RECORD_HEADER_LEN + payload.len()) as u64;
+                // The body is a slice of the file, after the header and `synced_through`.
+                let body_start = payload.as_ptr() as usize - owner.as_ptr() as usize;
+                assert!(body_start >= offset as usize + RECORD_HEADER_LEN);
+                next = (body_start + payload.len()) as u64;
                 assert!(next <= data.len() as u64, "record past the end of the file");
                 check_batch(&owner, payload);
             }

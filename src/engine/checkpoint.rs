@@ -22,9 +22,7 @@ impl Engine {
                 dest.display()
             )));
         }
-        self.fs
-            .create_dir_all(dest)
-            .map_err(|e| Error::io(dest, e))?;
+        files::create_dir_durably(&*self.fs, dest)?;
         // Lock order as everywhere: compaction, then manifest.
         let _no_compaction = self.compaction.lock();
         let manifest = self.manifest.lock();

@@ -450,7 +450,10 @@ impl Engine {
             } = txn;
             let mut result = result.map(|()| Vec::new());
             if result.is_ok() && !(txn_messages.is_empty() && txn_state.is_empty()) {
-                let start = wal::begin_record(&mut scratch.frame);
+                // Bytes of the log known durable now (possibly fewer: never more): recovery
+                // tells damage from a torn tail by them.
+                let synced_through = self.wal_synced.load(Ordering::Acquire);
+                let start = wal::begin_record(&mut scratch.frame, synced_through);
                 batch::put_count(&mut scratch.frame, txn_messages.len() + txn_state.len());
                 for m in &txn_messages {
                     batch::put_message(&mut scratch.frame, m);
@@ -580,12 +583,13 @@ impl Engine {
         if wal.sync()? {
             self.counters.wal_syncs.fetch_add(1, Ordering::Relaxed);
         }
-        let created = LogWriter::create(&*self.fs, &path).and_then(|w| {
-            self.fs
-                .sync_dir(&self.dir)
-                .map_err(|e| Error::io(&self.dir, e))?;
-            Ok(w)
-        });
+        let created =
+            LogWriter::create(&*self.fs, &path, Arc::clone(&self.wal_synced)).and_then(|w| {
+                self.fs
+                    .sync_dir(&self.dir)
+                    .map_err(|e| Error::io(&self.dir, e))?;
+                Ok(w)
+            });
         let new_wal = match created {
             Ok(w) => w,
             Err(e) => {

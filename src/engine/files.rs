@@ -61,6 +61,27 @@ pub fn segment_path(dir: &Path, n: u64) -> PathBuf {
     dir.join(format!("{n:06}.seg"))
 }
 
+/// Creates `dir` and any missing parents, and makes each new directory durable in its parent:
+/// a directory whose parent was not fsynced can vanish in a power cut with everything in it,
+/// however carefully its own files were synced.
+pub fn create_dir_durably(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !fs.exists(d))
+        .collect();
+    fs.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    // Deepest first: each parent's sync then covers an entry that already exists.
+    for d in missing {
+        let parent = match d.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            Some(_) => Path::new("."),
+            None => continue,
+        };
+        fs.sync_dir(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    Ok(())
+}
+
 /// Replaces the manifest atomically: write a temp file, fsync it, rename it over the old one,
 /// fsync the directory. A crash at any step leaves either the old or the new manifest.
 pub fn write_manifest(fs: &dyn FileSystem, dir: &Path, state: &ManifestState) -> Result<()> {

@@ -1,6 +1,8 @@
 //! Appends framed records to the current WAL file.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::format::wal::encode_file_header;
@@ -12,6 +14,9 @@ pub struct LogWriter {
     file: Box<dyn WritableFile>,
     len: u64,
     synced_len: u64,
+    /// `synced_len`, published for the commit leader, which frames records (each carrying
+    /// how much of the file was durable) before it takes the lock on this writer.
+    synced_mark: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for LogWriter {
@@ -27,16 +32,19 @@ impl std::fmt::Debug for LogWriter {
 impl LogWriter {
     /// Creates the WAL file at `path` and writes its header. The caller syncs the
     /// directory so the new name is durable before any record in it is acknowledged.
-    pub fn create(fs: &dyn FileSystem, path: &Path) -> Result<Self> {
+    /// `synced_mark` follows the file's durable length from now on.
+    pub fn create(fs: &dyn FileSystem, path: &Path, synced_mark: Arc<AtomicU64>) -> Result<Self> {
         let mut file = fs.create(path).map_err(|e| Error::io(path, e))?;
         let mut header = Vec::new();
         encode_file_header(&mut header);
         file.write_all(&header).map_err(|e| Error::io(path, e))?;
+        synced_mark.store(0, Ordering::Release);
         Ok(LogWriter {
             path: path.to_path_buf(),
             file,
             len: header.len() as u64,
             synced_len: 0,
+            synced_mark,
         })
     }
 
@@ -59,6 +67,7 @@ impl LogWriter {
             file: Box::new(Refuse),
             len: 0,
             synced_len: 0,
+            synced_mark: Arc::default(),
         }
     }
 
@@ -84,6 +93,7 @@ impl LogWriter {
         }
         self.file.sync().map_err(|e| Error::io(&self.path, e))?;
         self.synced_len = self.len;
+        self.synced_mark.store(self.synced_len, Ordering::Release);
         Ok(true)
     }
 }

@@ -54,6 +54,8 @@ pub(crate) struct Engine {
     leader: Mutex<commit::LeaderScratch>,
     /// The WAL file being appended to. Lock order: `leader` before `wal`.
     wal: Mutex<LogWriter>,
+    /// How many bytes of the current WAL file are durable (kept by the `LogWriter`).
+    wal_synced: Arc<AtomicU64>,
     /// Last persisted manifest; only the flusher changes it.
     manifest: Mutex<ManifestState>,
     next_file_number: AtomicU64,

@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::format::batch::{self, Entry};
 use crate::format::manifest::ManifestState;
 use crate::format::segment::SegmentReader;
-use crate::format::wal::{self, LogReader, ReadStep, WAL_VERSION};
+use crate::format::wal::{self, LogReader, ReadStep, FILE_HEADER_LEN, WAL_VERSION};
 use crate::fs::FileSystem;
 use crate::options::Options;
 use crate::types::ConversationId;
@@ -78,7 +78,7 @@ fn open_once(dir: PathBuf, opts: Options) -> Result<Arc<Engine>> {
                 ),
             ));
         }
-        fs.create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        files::create_dir_durably(&*fs, &dir)?;
     }
     let lock_path = dir.join(files::LOCK);
     // A read-only open takes no lock: it must work beside the live writer.
@@ -185,13 +185,25 @@ fn open_once(dir: PathBuf, opts: Options) -> Result<Arc<Engine>> {
         segments,
     };
     replay(&*fs, &dir, &wals, &base, opts.read_only)?;
+    if !opts.read_only {
+        // A crashed process may have left replayed records in the page cache only. They are
+        // now visible and later ids build on them, so they must be durable before anything
+        // new is acknowledged (and before a newer log exists: an older log is never torn).
+        for &n in &wals {
+            let path = files::wal_path(&dir, n);
+            if fs.exists(&path) {
+                fs.sync_file(&path).map_err(|e| Error::io(&path, e))?;
+            }
+        }
+    }
 
     let wal_number = manifest.next_file_number.max(max_number + 1);
     let wal_path = files::wal_path(&dir, wal_number);
+    let wal_synced = Arc::new(AtomicU64::new(0));
     let wal = if opts.read_only {
         LogWriter::refusing(&wal_path)
     } else {
-        let wal = LogWriter::create(&*fs, &wal_path)?;
+        let wal = LogWriter::create(&*fs, &wal_path, Arc::clone(&wal_synced))?;
         fs.sync_dir(&dir).map_err(|e| Error::io(&dir, e))?;
         wal
     };
@@ -231,6 +243,7 @@ fn open_once(dir: PathBuf, opts: Options) -> Result<Arc<Engine>> {
         queue_cv: Condvar::new(),
         leader: Mutex::new(LeaderScratch::default()),
         wal: Mutex::new(wal),
+        wal_synced,
         manifest: Mutex::new(manifest),
         next_file_number: AtomicU64::new(wal_number + 1),
         bg: Mutex::new(()),
@@ -266,8 +279,12 @@ fn replay(
                 })
             }
             Ok(Some(_)) => {}
-            // Created but its header never reached the disk: nothing in it was acknowledged.
-            Ok(None) if newest => {
+            // Created, but its header never reached the disk: nothing in it was acknowledged
+            // (the fsync of any record would have made the header durable too), unless a
+            // valid record says otherwise.
+            Ok(None) | Err(_)
+                if newest && wal::vouched_after(&data, FILE_HEADER_LEN, 0).is_none() =>
+            {
                 if !read_only {
                     fs.remove(&path).map_err(|e| Error::io(&path, e))?;
                 }

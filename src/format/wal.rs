@@ -1,24 +1,30 @@
 //! Write-ahead log framing: a file header, then checksummed records. See `docs/format-wal.md`.
 //!
 //! ```text
-//! file   := file_header record*
-//! header := magic:u64 = WAL_MAGIC | version:u32 | reserved:u32 = 0            (16 bytes)
-//! record := len:u32 | type:u8 | 0:u8[3] | payload_crc:u32 | header_crc:u32 | payload[len]
+//! file    := file_header record*
+//! header  := magic:u64 = WAL_MAGIC | version:u32 | reserved:u32 = 0           (16 bytes)
+//! record  := len:u32 | type:u8 | 0:u8[3] | payload_crc:u32 | header_crc:u32 | payload[len]
+//! payload := synced_through:varint body                          (version 2; v1: body only)
 //! ```
 //!
 //! `header_crc` covers the first 12 bytes of the record header, so a damaged length is caught
 //! before it is trusted; `payload_crc` covers the payload. All integers are little-endian.
-//! A record that runs past the end of the file is a torn tail (the write never completed);
-//! a complete record whose checksum fails is corruption.
+//! `synced_through` is how many bytes of the file were known durable (fsynced) when the record
+//! was written. It tells damage apart from a torn tail: bytes that a later valid record says
+//! were durable cannot have been lost by a power cut, so damage there is corruption; damage
+//! that no later record vouches for is the unsynced tail of a write that never completed
+//! (pages of it may be lost in any order), and is cut off.
 
 use crc32fast::Hasher;
 
-use super::coding::{get_u32, get_u64, put_u32, put_u64};
+use super::coding::{get_u32, get_u64, put_u32, put_u64, put_varint, Reader};
 
 /// "CHATWAL" followed by a format byte, as a little-endian u64.
 pub const WAL_MAGIC: u64 = u64::from_le_bytes(*b"CHATWAL\x01");
 /// The newest WAL format version this build writes and reads.
-pub const WAL_VERSION: u32 = 1;
+pub const WAL_VERSION: u32 = 2;
+/// The first version whose records carry `synced_through`.
+const SYNCED_THROUGH_VERSION: u32 = 2;
 /// Size of the file header.
 pub const FILE_HEADER_LEN: usize = 16;
 /// Size of a record header.
@@ -45,31 +51,52 @@ impl RecordType {
     }
 }
 
-/// Appends the file header to `buf`.
+/// Appends the file header (of the newest version) to `buf`.
 pub fn encode_file_header(buf: &mut Vec<u8>) {
+    encode_file_header_version(buf, WAL_VERSION);
+}
+
+/// Appends a file header of `version` (tests and tools that make files of older versions).
+pub fn encode_file_header_version(buf: &mut Vec<u8>, version: u32) {
     put_u64(buf, WAL_MAGIC);
-    put_u32(buf, WAL_VERSION);
+    put_u32(buf, version);
     put_u32(buf, 0);
 }
 
-/// Appends one framed record to `buf`.
-pub fn encode_record(buf: &mut Vec<u8>, ty: RecordType, payload: &[u8]) {
-    let start = buf.len();
-    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-    put_u32(buf, len);
-    buf.extend_from_slice(&[ty as u8, 0, 0, 0]);
-    put_u32(buf, crc32fast::hash(payload));
-    let header_crc = crc32fast::hash(&buf[start..start + 12]);
-    put_u32(buf, header_crc);
-    buf.extend_from_slice(payload);
+/// Appends one framed record (of the newest version) to `buf`; `synced_through` is how many
+/// bytes of the file were durable when it was written.
+pub fn encode_record(buf: &mut Vec<u8>, ty: RecordType, synced_through: u64, body: &[u8]) {
+    let start = begin_record(buf, synced_through);
+    buf.extend_from_slice(body);
+    finish_record(buf, start, ty);
 }
 
-/// Begins a record in `buf` whose payload the caller appends next; finish it with
-/// [`finish_record`]. Avoids building the payload in a separate buffer.
-pub fn begin_record(buf: &mut Vec<u8>) -> usize {
+/// Appends one framed version-1 record (no `synced_through`) to `buf`.
+pub fn encode_record_v1(buf: &mut Vec<u8>, ty: RecordType, body: &[u8]) {
     let start = buf.len();
     buf.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
+    buf.extend_from_slice(body);
+    finish_record(buf, start, ty);
+}
+
+/// Begins a record in `buf` whose body the caller appends next; finish it with
+/// [`finish_record`]. Avoids building the payload in a separate buffer.
+pub fn begin_record(buf: &mut Vec<u8>, synced_through: u64) -> usize {
+    let start = buf.len();
+    buf.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
+    put_varint(buf, synced_through);
     start
+}
+
+/// Bytes [`begin_record`] adds in front of the body (header and `synced_through`).
+pub fn record_overhead(synced_through: u64) -> usize {
+    let mut varint = 1;
+    let mut v = synced_through >> 7;
+    while v > 0 {
+        varint += 1;
+        v >>= 7;
+    }
+    RECORD_HEADER_LEN + varint
 }
 
 /// Fills in the header of a record begun at `start` with [`begin_record`].
@@ -87,24 +114,27 @@ pub fn finish_record(buf: &mut [u8], start: usize, ty: RecordType) {
 }
 
 /// One step of reading a log.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReadStep<'a> {
     /// A complete, checksummed record; `offset` is where its header starts.
     Record {
         /// Record type.
         ty: RecordType,
-        /// The payload.
+        /// The record's body (the payload after `synced_through`).
         payload: &'a [u8],
         /// File offset of the record header.
         offset: u64,
+        /// Bytes of the file that were durable when the record was written (0 in version 1).
+        synced_through: u64,
     },
     /// The log ends cleanly at `offset`.
     End {
         /// File offset of the end.
         offset: u64,
     },
-    /// The log ends with an incomplete record (or zero fill) starting at `offset`: everything
-    /// from there on was never fully written and may be cut off.
+    /// The log ends with an incomplete or damaged region starting at `offset` that no later
+    /// record shows was ever durable: everything from there on was never fully written and
+    /// may be cut off.
     TornTail {
         /// File offset of the incomplete record.
         offset: u64,
@@ -123,7 +153,10 @@ pub enum ReadStep<'a> {
 pub struct LogReader<'a> {
     buf: &'a [u8],
     pos: usize,
+    version: u32,
     done: bool,
+    /// The final step, once reached (it repeats).
+    last: Option<ReadStep<'a>>,
 }
 
 /// Checks the file header. `Ok(None)` if the file is too short to hold one (a torn creation).
@@ -140,13 +173,66 @@ pub fn check_file_header(buf: &[u8]) -> Result<Option<u32>, &'static str> {
     Ok(get_u32(buf, 8))
 }
 
+/// A record that checks out completely at `pos`: (type, body, synced_through, end offset).
+fn record_at(buf: &[u8], pos: usize, version: u32) -> Option<(RecordType, &[u8], u64, usize)> {
+    let h = buf.get(pos..pos.checked_add(RECORD_HEADER_LEN)?)?;
+    if crc32fast::hash(&h[..12]) != get_u32(h, 12)? {
+        return None;
+    }
+    let ty = RecordType::from_u8(h[4])?;
+    let len = get_u32(h, 0)? as usize;
+    if len > MAX_RECORD_LEN {
+        return None;
+    }
+    let start = pos + RECORD_HEADER_LEN;
+    let payload = buf.get(start..start.checked_add(len)?)?;
+    if crc32fast::hash(payload) != get_u32(h, 8)? {
+        return None;
+    }
+    let (synced_through, body) = if version >= SYNCED_THROUGH_VERSION {
+        let mut r = Reader::new(payload);
+        let synced = r.varint()?;
+        (synced, &payload[r.position()..])
+    } else {
+        (0, payload)
+    };
+    Some((ty, body, synced_through, start + len))
+}
+
+/// The earliest durability claim a valid record after `from` makes about bytes at or past
+/// `damage`: the offset of such a record, if any. Scans every position (a damaged length
+/// cannot be trusted to find the next record); a false match needs two 32-bit checksums to
+/// agree by chance.
+pub fn vouched_after(buf: &[u8], from: usize, damage: usize) -> Option<u64> {
+    let mut pos = from;
+    while pos.saturating_add(RECORD_HEADER_LEN) <= buf.len() {
+        match record_at(buf, pos, WAL_VERSION) {
+            Some((_, _, synced_through, end)) => {
+                if synced_through > damage as u64 {
+                    return Some(pos as u64);
+                }
+                pos = end;
+            }
+            None => pos += 1,
+        }
+    }
+    None
+}
+
 impl<'a> LogReader<'a> {
-    /// Reads the records of `buf`, which must start with a valid file header.
+    /// Reads the records of `buf`, which must start with a valid file header (its version
+    /// decides the record layout; an unreadable one is taken as the newest).
     pub fn new(buf: &'a [u8]) -> Self {
+        let version = match check_file_header(buf) {
+            Ok(Some(v)) => v,
+            _ => WAL_VERSION,
+        };
         LogReader {
             buf,
             pos: FILE_HEADER_LEN.min(buf.len()),
+            version,
             done: false,
+            last: None,
         }
     }
 
@@ -156,10 +242,54 @@ impl<'a> LogReader<'a> {
 
     /// Returns the next step. After `End`, `TornTail` or `Corrupt` it keeps returning the same.
     pub fn next_step(&mut self) -> ReadStep<'a> {
+        if let Some(last) = &self.last {
+            return last.clone();
+        }
+        let step = if self.version >= SYNCED_THROUGH_VERSION {
+            self.step()
+        } else {
+            self.step_v1()
+        };
+        if !matches!(step, ReadStep::Record { .. }) {
+            self.done = matches!(step, ReadStep::End { .. });
+            self.last = Some(step.clone());
+        }
+        step
+    }
+
+    /// Version 2 and later: damage is corruption only if a later record vouches that it was
+    /// durable.
+    fn step(&mut self) -> ReadStep<'a> {
+        let offset = self.pos as u64;
+        if self.pos == self.buf.len() {
+            return ReadStep::End { offset };
+        }
+        if let Some((ty, payload, synced_through, end)) =
+            record_at(self.buf, self.pos, self.version)
+        {
+            self.pos = end;
+            return ReadStep::Record {
+                ty,
+                payload,
+                offset,
+                synced_through,
+            };
+        }
+        match vouched_after(self.buf, self.pos + 1, self.pos) {
+            None => ReadStep::TornTail { offset },
+            Some(_) => ReadStep::Corrupt {
+                offset,
+                reason: "damaged record in bytes that a later record shows were durable",
+            },
+        }
+    }
+
+    /// Version 1: records carry no durability claim, so damage is told from a torn tail by
+    /// its shape alone.
+    fn step_v1(&mut self) -> ReadStep<'a> {
         let offset = self.pos as u64;
         let remaining = self.buf.len() - self.pos;
         if remaining == 0 {
-            self.done = true;
             return ReadStep::End { offset };
         }
         if remaining < RECORD_HEADER_LEN {
@@ -220,6 +350,7 @@ impl<'a> LogReader<'a> {
             ty,
             payload,
             offset,
+            synced_through: 0,
         }
     }
 
@@ -238,7 +369,8 @@ mod tests {
         encode_file_header(&mut buf);
         let mut ends = Vec::new();
         for p in payloads {
-            encode_record(&mut buf, RecordType::Batch, p);
+            let synced = buf.len() as u64;
+            encode_record(&mut buf, RecordType::Batch, synced, p);
             ends.push(buf.len());
         }
         (buf, ends)
@@ -272,9 +404,10 @@ mod tests {
     #[test]
     fn begin_finish_matches_encode() {
         let mut a = Vec::new();
-        encode_record(&mut a, RecordType::Batch, b"payload bytes");
+        encode_record(&mut a, RecordType::Batch, 77, b"payload bytes");
+        assert_eq!(a.len(), record_overhead(77) + 13);
         let mut b = Vec::new();
-        let start = begin_record(&mut b);
+        let start = begin_record(&mut b, 77);
         b.extend_from_slice(b"payload bytes");
         finish_record(&mut b, start, RecordType::Batch);
         assert_eq!(a, b);
@@ -353,5 +486,127 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A log whose records all claim only the first `durable` bytes were synced (one write
+    /// that was never fsynced, in buffered durability or a group in flight).
+    fn unsynced_log(payloads: &[&[u8]], durable: u64) -> (Vec<u8>, Vec<usize>) {
+        let mut buf = Vec::new();
+        encode_file_header(&mut buf);
+        let mut ends = Vec::new();
+        for p in payloads {
+            encode_record(&mut buf, RecordType::Batch, durable, p);
+            ends.push(buf.len());
+        }
+        (buf, ends)
+    }
+
+    #[test]
+    fn damage_that_no_later_record_vouches_for_is_a_torn_tail() {
+        let big = [7u8; 600];
+        let (buf, ends) = unsynced_log(&[b"synced", &big, &big, b"last"], 0);
+        // Lose the second record's bytes (as zeroes or stale bytes) while later ones survive:
+        // nothing after the damage says it was durable, so it is the tail of a write that
+        // never completed.
+        for stale in [0u8, 0x5a] {
+            let mut bad = buf.clone();
+            for b in &mut bad[ends[0] + 20..ends[0] + 300] {
+                *b = stale;
+            }
+            let (recs, end) = read_all(&bad);
+            assert_eq!(recs.len(), 1, "stale {stale}");
+            assert_eq!(
+                end,
+                ReadStep::TornTail {
+                    offset: ends[0] as u64
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn damage_followed_by_a_record_that_vouches_for_it_is_corruption() {
+        let big = [7u8; 600];
+        let (mut buf, ends) = unsynced_log(&[b"synced", &big], 0);
+        // A later group written after an fsync that covered the damaged bytes.
+        let synced = buf.len() as u64;
+        encode_record(&mut buf, RecordType::Batch, synced, b"after the sync");
+        for b in &mut buf[ends[0] + 20..ends[0] + 300] {
+            *b = 0;
+        }
+        let (recs, end) = read_all(&buf);
+        assert_eq!(recs.len(), 1);
+        assert!(
+            matches!(end, ReadStep::Corrupt { offset, .. } if offset == ends[0] as u64),
+            "{end:?}"
+        );
+        assert_eq!(
+            vouched_after(&buf, ends[0] + 1, ends[0]),
+            Some(ends[1] as u64)
+        );
+    }
+
+    #[test]
+    fn records_report_what_was_durable_when_they_were_written() {
+        let (buf, ends) = log_of(&[b"a", b"b"]);
+        let mut r = LogReader::new(&buf);
+        for want in [FILE_HEADER_LEN, ends[0]] {
+            match r.next_step() {
+                ReadStep::Record { synced_through, .. } => {
+                    assert_eq!(synced_through, want as u64)
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn version_1_logs_are_still_read_with_their_own_rules() {
+        let mut buf = Vec::new();
+        encode_file_header_version(&mut buf, 1);
+        let mut ends = Vec::new();
+        for p in [&b"first"[..], b"second record", b"third"] {
+            encode_record_v1(&mut buf, RecordType::Batch, p);
+            ends.push(buf.len());
+        }
+        assert_eq!(check_file_header(&buf), Ok(Some(1)));
+        let (recs, end) = read_all(&buf);
+        assert_eq!(
+            recs,
+            vec![
+                b"first".to_vec(),
+                b"second record".to_vec(),
+                b"third".to_vec()
+            ]
+        );
+        assert_eq!(
+            end,
+            ReadStep::End {
+                offset: buf.len() as u64
+            }
+        );
+        let mut bad = buf.clone();
+        bad[ends[0] + 18] ^= 1;
+        let (recs, end) = read_all(&bad);
+        assert_eq!(recs.len(), 1);
+        assert!(matches!(end, ReadStep::Corrupt { .. }), "{end:?}");
+    }
+
+    #[test]
+    fn the_documented_example_is_what_the_encoder_writes() {
+        let body: &[u8] = &[
+            0x02, 0x01, 0x07, 0x01, 0x2a, 0x80, 0xd0, 0x95, 0xff, 0xbc, 0x31, 0x00, 0x00, 0x02,
+            0x68, 0x69, 0x01, 0x07, 0x02, 0x2b, 0xdc, 0xdb, 0x95, 0xff, 0xbc, 0x31, 0x00, 0x02,
+            0x02, 0x6f, 0x6b, 0x01,
+        ];
+        let mut buf = Vec::new();
+        encode_file_header(&mut buf);
+        encode_record(&mut buf, RecordType::Batch, 0, body);
+        let header: &[u8] = &[
+            0x43, 0x48, 0x41, 0x54, 0x57, 0x41, 0x4c, 0x01, 0x02, 0, 0, 0, 0, 0, 0, 0, 0x21, 0, 0,
+            0, 0x01, 0, 0, 0, 0x52, 0xa8, 0xd2, 0x7c, 0x1d, 0x00, 0x39, 0x68, 0x00,
+        ];
+        assert_eq!(&buf[..header.len()], header);
+        assert_eq!(&buf[header.len()..], body);
     }
 }

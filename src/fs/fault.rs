@@ -4,13 +4,17 @@
 //!
 //! - **Power cuts.** Every file keeps the bytes written to it and the length that was made
 //!   durable by [`WritableFile::sync`]; every directory keeps the entries that were made durable
-//!   by [`FileSystem::sync_dir`] and the changes (creates, renames, removes) made since.
+//!   by [`FileSystem::sync_dir`] and the changes (creates, renames, removes, new
+//!   subdirectories) made since.
 //!   [`FaultFs::power_cut`] returns a new file system holding only what would be on the disk
 //!   after the power failed: files cut back to their synced length, and directory changes that
 //!   were not synced undone (a created file whose directory was not synced disappears, a rename
-//!   reverts, a removed file comes back). [`CrashMode::Torn`] models a less tidy failure where
-//!   part of the unsynced data and an in-order prefix of the unsynced directory changes reached
-//!   the disk, [`CrashMode::KeepWritten`] a process crash (everything written survives).
+//!   reverts, a removed file comes back, a new directory whose parent was not synced vanishes
+//!   with everything in it). [`CrashMode::Torn`] models a less tidy failure where part of the
+//!   unsynced data (not always a prefix: whole pages of it may be lost or stale) and an
+//!   in-order prefix of the unsynced directory changes reached the disk,
+//!   [`CrashMode::KeepWritten`] a process crash (everything written survives, and what was not
+//!   synced stays unsynced, so a later power cut can still lose it).
 //!   [`FaultFs::schedule_power_cut`] cuts the power by itself right before the Nth operation,
 //!   so a crash can land inside the store's own work.
 //! - **Injected errors.** A [`FaultRule`] makes the Nth matching operation (write, sync, create,
@@ -41,8 +45,7 @@
 //! # }
 //! ```
 //!
-//! Simplifications: directories themselves are durable as soon as they are created (a real
-//! file system also needs the parent directory synced), [`FileSystem::create`] on an existing
+//! Simplifications: [`FileSystem::create`] on an existing
 //! file truncates it durably (the pessimistic outcome), and `link_or_copy` is the trait's
 //! default copy. Paths are compared by their components, not resolved against a working
 //! directory.
@@ -64,7 +67,7 @@ use super::{DirLock, FileSystem, RandomAccessFile, WritableFile};
 pub enum Op {
     /// [`WritableFile::write_all`].
     Write,
-    /// [`WritableFile::sync`].
+    /// [`WritableFile::sync`] and [`FileSystem::sync_file`].
     Sync,
     /// [`FileSystem::create`].
     Create,
@@ -208,15 +211,19 @@ impl FaultRule {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CrashMode {
     /// Everything written survives, as after a process crash where the operating system (and
-    /// its page cache) lives on.
+    /// its page cache) lives on. Bytes and directory changes that were not synced are still
+    /// not synced in the image: a power cut of the image before they are synced loses them.
     KeepWritten,
     /// Only what was made durable survives: files are cut back to their synced length and
     /// directory changes since the directory's last sync are undone.
     LoseUnsynced,
-    /// Some unsynced state reached the disk, chosen by a seeded generator: each file keeps a
-    /// random part of its unsynced tail (sometimes as zeroes: the size reached the disk but the
-    /// data did not), and each directory keeps a random prefix of its unsynced changes, in the
-    /// order they were made (as a journaling file system commits them).
+    /// Some unsynced state reached the disk, chosen by a seeded generator: each file's size
+    /// grows by a random part of its unsynced tail, and within that part each 512-byte page
+    /// independently holds the written bytes, zeroes (the size reached the disk but the data
+    /// did not) or stale non-zero bytes (an old block exposed), so a later page may survive
+    /// while an earlier one is lost; in half the cases the part is an exact prefix. Each
+    /// directory keeps a random prefix of its unsynced changes, in the order they were made
+    /// (as a journaling file system commits them).
     Torn {
         /// Seed of the choices.
         seed: u64,
@@ -234,11 +241,16 @@ enum DirOp {
     Link(String, u64),
     Unlink(String),
     Move(String, String),
+    /// A subdirectory was created.
+    MkDir(String),
 }
 
 impl DirOp {
-    fn apply(&self, entries: &mut BTreeMap<String, u64>) {
+    fn apply(&self, entries: &mut BTreeMap<String, u64>, subdirs: &mut BTreeSet<String>) {
         match self {
+            DirOp::MkDir(name) => {
+                subdirs.insert(name.clone());
+            }
             DirOp::Link(name, ino) => {
                 entries.insert(name.clone(), *ino);
             }
@@ -254,10 +266,14 @@ impl DirOp {
     }
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Dir {
     current: BTreeMap<String, u64>,
     durable: BTreeMap<String, u64>,
+    /// Names of the subdirectories, and those whose creation was made durable by a sync of
+    /// this directory (a new directory whose parent was not synced vanishes in a power cut).
+    subdirs: BTreeSet<String>,
+    durable_subdirs: BTreeSet<String>,
     /// Changes since the last sync, oldest first: `durable` with all of them applied is
     /// `current`.
     pending: Vec<DirOp>,
@@ -428,24 +444,35 @@ impl State {
 
     /// The state a reboot after a power cut would find.
     fn durable(&self, mode: CrashMode) -> State {
-        let keep_all = mode == CrashMode::KeepWritten;
+        if mode == CrashMode::KeepWritten {
+            return self.after_process_crash();
+        }
         let mut rng = match mode {
             CrashMode::KeepWritten | CrashMode::LoseUnsynced => None,
             CrashMode::Torn { seed } => Some(SplitMix(seed)),
         };
-        let mut dirs = BTreeMap::new();
+        let mut dirs: BTreeMap<PathBuf, Dir> = BTreeMap::new();
         let mut live: BTreeSet<u64> = BTreeSet::new();
+        // Parents sort before their children, so a directory's fate is known before its
+        // entries are looked at.
         for (path, d) in &self.dirs {
-            let mut entries = if keep_all {
-                d.current.clone()
-            } else {
-                d.durable.clone()
+            let survives = match path.parent().filter(|p| self.dirs.contains_key(*p)) {
+                None => true,
+                Some(parent) => match (dirs.get(parent), path.file_name()) {
+                    (Some(p), Some(name)) => p.subdirs.contains(&*name.to_string_lossy()),
+                    _ => false,
+                },
             };
+            let mut entries = d.durable.clone();
+            let mut subdirs = d.durable_subdirs.clone();
             if let Some(rng) = rng.as_mut() {
                 let keep = rng.below(d.pending.len() as u64 + 1) as usize;
                 for op in &d.pending[..keep] {
-                    op.apply(&mut entries);
+                    op.apply(&mut entries, &mut subdirs);
                 }
+            }
+            if !survives {
+                continue;
             }
             live.extend(entries.values());
             dirs.insert(
@@ -453,6 +480,8 @@ impl State {
                 Dir {
                     current: entries.clone(),
                     durable: entries,
+                    subdirs: subdirs.clone(),
+                    durable_subdirs: subdirs,
                     pending: Vec::new(),
                 },
             );
@@ -462,21 +491,10 @@ impl State {
             let Some(inode) = self.inodes.get(&ino) else {
                 continue;
             };
-            let kept = if keep_all {
-                inode.data.len()
-            } else {
-                inode.synced.min(inode.data.len())
-            };
-            let mut data = inode.data[..kept].to_vec();
+            let synced = inode.synced.min(inode.data.len());
+            let mut data = inode.data[..synced].to_vec();
             if let Some(rng) = rng.as_mut() {
-                let unsynced = inode.data.len() - data.len();
-                let extra = rng.below(unsynced as u64 + 1) as usize;
-                if extra > 0 && rng.below(4) == 0 {
-                    data.resize(data.len() + extra, 0);
-                } else {
-                    let end = data.len() + extra;
-                    data.extend_from_slice(&inode.data[data.len()..end]);
-                }
+                tear_unsynced_tail(&mut data, &inode.data, rng);
             }
             let synced = data.len();
             inodes.insert(
@@ -495,7 +513,65 @@ impl State {
             ..State::default()
         }
     }
+
+    /// What survives a process crash: everything written, because the operating system and
+    /// its page cache live on. What was not synced is still not synced: a power cut later
+    /// (before anyone syncs it) still loses it.
+    fn after_process_crash(&self) -> State {
+        let inodes = self
+            .inodes
+            .iter()
+            .map(|(&ino, inode)| {
+                (
+                    ino,
+                    Inode {
+                        data: inode.data.clone(),
+                        synced: inode.synced,
+                        writers: 0,
+                    },
+                )
+            })
+            .collect();
+        let mut next = State {
+            inodes,
+            next_ino: self.next_ino,
+            dirs: self.dirs.clone(),
+            ..State::default()
+        };
+        next.collect_garbage();
+        next
+    }
 }
+
+/// The bytes of the unsynced tail `written[data.len()..]` that a torn power cut leaves after
+/// the synced prefix `data`. The file's new size reached the disk for a random part of the
+/// tail; within it each page independently holds what was written, zeroes (never written),
+/// or stale bytes from an earlier use of the disk block, so a later page can survive while an
+/// earlier one is lost.
+fn tear_unsynced_tail(data: &mut Vec<u8>, written: &[u8], rng: &mut SplitMix) {
+    let start = data.len();
+    let unsynced = written.len().saturating_sub(start);
+    let extra = rng.below(unsynced as u64 + 1) as usize;
+    let end = start + extra;
+    // Small pages, so that the small files of tests get torn in the middle too.
+    let page = TORN_PAGE;
+    // One case in two keeps an exact prefix (the tidy failure); otherwise pages are mixed.
+    let mixed = rng.below(2) == 0;
+    let mut pos = start;
+    while pos < end {
+        let page_end = ((pos / page + 1) * page).min(end);
+        let chunk = &written[pos..page_end];
+        match if mixed { rng.below(4) } else { 0 } {
+            0 | 1 => data.extend_from_slice(chunk),
+            2 => data.resize(data.len() + chunk.len(), 0),
+            _ => data.extend((0..chunk.len()).map(|_| rng.next() as u8 | 1)),
+        }
+        pos = page_end;
+    }
+}
+
+/// The page size a torn power cut works in (see [`CrashMode::Torn`]).
+const TORN_PAGE: usize = 512;
 
 /// A small deterministic generator (SplitMix64), so the crate needs no `rand` dependency.
 struct SplitMix(u64);
@@ -707,8 +783,21 @@ impl FileSystem for FaultFs {
         let mut s = self.state.lock();
         s.check(Op::CreateDir, &[dir]).map_err(|f| f.error)?;
         let dir = normalize(dir);
-        for d in dir.ancestors().filter(|d| !d.as_os_str().is_empty()) {
-            s.dirs.entry(d.to_path_buf()).or_default();
+        let mut created: Vec<PathBuf> = dir
+            .ancestors()
+            .filter(|d| !d.as_os_str().is_empty() && !s.dirs.contains_key(*d))
+            .map(Path::to_path_buf)
+            .collect();
+        created.reverse();
+        for d in created {
+            if let (Some(parent), Some(name)) = (d.parent(), d.file_name()) {
+                if let Some(p) = s.dirs.get_mut(parent) {
+                    let name = name.to_string_lossy().into_owned();
+                    p.subdirs.insert(name.clone());
+                    p.pending.push(DirOp::MkDir(name));
+                }
+            }
+            s.dirs.insert(d, Dir::default());
         }
         Ok(())
     }
@@ -765,7 +854,7 @@ impl FileSystem for FaultFs {
         if from_dir == to_dir {
             let d = s.dir_mut(&from_dir)?;
             let op = DirOp::Move(from_name, to_name);
-            op.apply(&mut d.current);
+            op.apply(&mut d.current, &mut d.subdirs);
             d.pending.push(op);
         } else {
             let d = s.dir_mut(&from_dir)?;
@@ -807,10 +896,26 @@ impl FileSystem for FaultFs {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut s = self.state.lock();
         s.check(Op::SyncDir, &[dir]).map_err(|f| f.error)?;
-        let d = s.dir_mut(&normalize(dir))?;
+        let dir = normalize(dir);
+        if dir.as_os_str().is_empty() || dir == Path::new(".") {
+            // The working directory of a relative path: taken as durable.
+            return Ok(());
+        }
+        let d = s.dir_mut(&dir)?;
         d.durable = d.current.clone();
+        d.durable_subdirs = d.subdirs.clone();
         d.pending.clear();
         s.collect_garbage();
+        Ok(())
+    }
+
+    fn sync_file(&self, path: &Path) -> io::Result<()> {
+        let mut s = self.state.lock();
+        s.check(Op::Sync, &[path]).map_err(|f| f.error)?;
+        let ino = s.lookup(path)?;
+        if let Some(inode) = s.inodes.get_mut(&ino) {
+            inode.synced = inode.data.len();
+        }
         Ok(())
     }
 
@@ -848,6 +953,7 @@ mod tests {
     fn fs_with_dir() -> FaultFs {
         let fs = FaultFs::new();
         fs.create_dir_all(dir()).unwrap();
+        fs.sync_dir(Path::new("/")).unwrap();
         fs
     }
 
@@ -948,18 +1054,41 @@ mod tests {
     }
 
     #[test]
-    fn a_process_crash_keeps_everything_written() {
+    fn a_process_crash_keeps_everything_written_but_not_as_synced() {
         let fs = fs_with_dir();
         let mut f = write(&fs, "a", b"synced", true);
+        fs.sync_dir(dir()).unwrap();
         f.write_all(b" and written").unwrap();
         write(&fs, "b", b"unsynced dir", false);
         let after = fs.power_cut_with(CrashMode::KeepWritten);
         assert_eq!(content(&after, "a").unwrap(), b"synced and written");
         assert_eq!(content(&after, "b").unwrap(), b"unsynced dir");
-        // And the copy is durable in its own right.
+        // What was never synced is still at the mercy of the next power cut.
         let again = after.power_cut();
-        assert_eq!(names(&again), ["a", "b"]);
-        assert_eq!(content(&again, "a").unwrap(), b"synced and written");
+        assert_eq!(names(&again), ["a"]);
+        assert_eq!(content(&again, "a").unwrap(), b"synced");
+    }
+
+    #[test]
+    fn a_new_directory_vanishes_unless_its_parent_is_synced() {
+        let fs = fs_with_dir();
+        fs.create_dir_all(Path::new("/db/sub/deeper")).unwrap();
+        let mut f = fs.create(Path::new("/db/sub/deeper/x")).unwrap();
+        f.write_all(b"x").unwrap();
+        f.sync().unwrap();
+        fs.sync_dir(Path::new("/db/sub/deeper")).unwrap();
+        let lost = fs.crash_copy(CrashMode::LoseUnsynced);
+        assert!(!lost.exists(Path::new("/db/sub")));
+        assert!(!lost.exists(Path::new("/db/sub/deeper/x")));
+        assert!(lost.exists(dir()));
+        // The deeper directory needs its own parent synced too.
+        fs.sync_dir(dir()).unwrap();
+        let half = fs.crash_copy(CrashMode::LoseUnsynced);
+        assert!(half.exists(Path::new("/db/sub")));
+        assert!(!half.exists(Path::new("/db/sub/deeper")));
+        fs.sync_dir(Path::new("/db/sub")).unwrap();
+        let kept = fs.power_cut();
+        assert_eq!(kept.read(Path::new("/db/sub/deeper/x")).unwrap(), &b"x"[..]);
     }
 
     #[test]
@@ -1106,15 +1235,15 @@ mod tests {
     }
 
     #[test]
-    fn torn_crashes_keep_a_prefix_of_unsynced_data_and_of_directory_changes() {
-        let mut lens = BTreeSet::new();
-        let mut zeroed = false;
+    fn torn_crashes_keep_a_prefix_of_directory_changes_and_pages_of_unsynced_data() {
+        let written: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8 + 1).collect();
+        let (mut lens, mut zeroed, mut stale, mut holes) = (BTreeSet::new(), false, false, false);
         let mut name_sets = BTreeSet::new();
-        for seed in 0..200 {
+        for seed in 0..300 {
             let fs = fs_with_dir();
             let mut f = write(&fs, "a", b"sync", true);
             fs.sync_dir(dir()).unwrap();
-            f.write_all(b"ed and more").unwrap();
+            f.write_all(&written).unwrap();
             write(&fs, "b", b"b", true);
             write(&fs, "c", b"c", true);
             fs.remove(&dir().join("a")).unwrap();
@@ -1124,20 +1253,37 @@ mod tests {
             let ok: &[&[&str]] = &[&["a"], &["a", "b"], &["a", "b", "c"], &["b", "c"]];
             assert!(ok.contains(&n.iter().map(String::as_str).collect::<Vec<_>>().as_slice()));
             name_sets.insert(n);
-            if let Some(a) = content(&after, "a") {
-                assert!(a.len() >= 4 && a.len() <= 15);
-                assert_eq!(&a[..4], b"sync");
-                let tail = &a[4..];
-                if tail.iter().all(|&b| b == 0) && !tail.is_empty() {
+            let Some(a) = content(&after, "a") else {
+                continue;
+            };
+            assert!(a.len() >= 4 && a.len() <= 4 + written.len());
+            assert_eq!(&a[..4], b"sync");
+            lens.insert(a.len());
+            // Page by page (pages are counted from the start of the file).
+            let mut lost_before = false;
+            for (i, page) in a.chunks(TORN_PAGE).enumerate() {
+                let from = i * TORN_PAGE;
+                let expected: Vec<u8> = (from..from + page.len())
+                    .map(|p| if p < 4 { b"sync"[p] } else { written[p - 4] })
+                    .collect();
+                if page == expected.as_slice() {
+                    holes |= lost_before;
+                } else if page.iter().all(|&b| b == 0) {
                     zeroed = true;
+                    lost_before = true;
                 } else {
-                    assert_eq!(tail, &b"ed and more"[..tail.len()]);
+                    assert!(i > 0 || page.starts_with(b"sync"));
+                    stale = true;
+                    lost_before = true;
                 }
-                lens.insert(a.len());
             }
         }
         assert!(lens.len() > 5, "{lens:?}");
-        assert!(zeroed);
+        assert!(
+            zeroed && stale,
+            "pages are lost as zeroes and as stale bytes"
+        );
+        assert!(holes, "a later page survives where an earlier one was lost");
         assert_eq!(name_sets.len(), 4);
     }
 

@@ -84,6 +84,9 @@ pub trait FileSystem: Send + Sync + fmt::Debug {
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
     /// Makes the directory's entries (creates, renames, removes) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Makes everything written to the existing file at `path` durable (fsync), whoever
+    /// wrote it: recovery uses it for log bytes a crashed process left in the page cache.
+    fn sync_file(&self, path: &Path) -> io::Result<()>;
     /// Takes an exclusive lock on `path` (created if missing); `Ok(None)` if someone else holds it.
     fn try_lock(&self, path: &Path) -> io::Result<Option<Box<dyn DirLock>>>;
     /// Whether the path exists.
@@ -198,6 +201,10 @@ impl FileSystem for StdFileSystem {
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
+    }
+
+    fn sync_file(&self, path: &Path) -> io::Result<()> {
+        File::open(path)?.sync_all()
     }
 
     fn try_lock(&self, path: &Path) -> io::Result<Option<Box<dyn DirLock>>> {
