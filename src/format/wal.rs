@@ -14,6 +14,7 @@
 use crc32fast::Hasher;
 
 use super::coding::{get_u32, get_u64, put_u32, put_u64};
+use super::{within, OverLimit};
 
 /// "CHATWAL" followed by a format byte, as a little-endian u64.
 pub const WAL_MAGIC: u64 = u64::from_le_bytes(*b"CHATWAL\x01");
@@ -25,7 +26,8 @@ pub const FILE_HEADER_LEN: usize = 16;
 pub const RECORD_HEADER_LEN: usize = 16;
 /// The page size torn-tail detection assumes: file systems write whole pages.
 const PAGE: usize = 4096;
-/// Largest payload a record may carry; anything bigger is treated as corruption.
+/// Largest payload a record may carry; anything bigger is treated as corruption. One record
+/// holds everything one write call commits, so this is also the most one write may carry.
 pub const MAX_RECORD_LEN: usize = 256 << 20;
 
 /// Record types. The values are part of the format and never change.
@@ -72,10 +74,19 @@ pub fn begin_record(buf: &mut Vec<u8>) -> usize {
     start
 }
 
-/// Fills in the header of a record begun at `start` with [`begin_record`].
-pub fn finish_record(buf: &mut [u8], start: usize, ty: RecordType) {
+/// Fills in the header of a record begun at `start` with [`begin_record`]. Refuses (leaving the
+/// header unwritten: the caller drops the record) a payload over [`MAX_RECORD_LEN`], which a
+/// reader would take for corruption.
+pub fn finish_record(buf: &mut [u8], start: usize, ty: RecordType) -> Result<(), OverLimit> {
     let payload_start = start + RECORD_HEADER_LEN;
-    let len = u32::try_from(buf.len() - payload_start).unwrap_or(u32::MAX);
+    let payload = buf.len().saturating_sub(payload_start);
+    within(
+        "bytes of one write's log record (split the batch)",
+        payload,
+        MAX_RECORD_LEN,
+    )?;
+    // Within the limit, so within a u32.
+    let len = payload as u32;
     let mut h = Hasher::new();
     h.update(&buf[payload_start..]);
     let payload_crc = h.finalize();
@@ -84,6 +95,7 @@ pub fn finish_record(buf: &mut [u8], start: usize, ty: RecordType) {
     buf[start + 8..start + 12].copy_from_slice(&payload_crc.to_le_bytes());
     let header_crc = crc32fast::hash(&buf[start..start + 12]);
     buf[start + 12..start + 16].copy_from_slice(&header_crc.to_le_bytes());
+    Ok(())
 }
 
 /// One step of reading a log.
@@ -276,8 +288,25 @@ mod tests {
         let mut b = Vec::new();
         let start = begin_record(&mut b);
         b.extend_from_slice(b"payload bytes");
-        finish_record(&mut b, start, RecordType::Batch);
+        finish_record(&mut b, start, RecordType::Batch).unwrap();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn finish_refuses_a_payload_over_the_limit() {
+        let mut log = Vec::new();
+        encode_file_header(&mut log);
+        let start = begin_record(&mut log);
+        log.resize(start + RECORD_HEADER_LEN + MAX_RECORD_LEN + 1, 7);
+        assert!(finish_record(&mut log, start, RecordType::Batch).is_err());
+        log.pop();
+        finish_record(&mut log, start, RecordType::Batch).unwrap();
+        let mut r = LogReader::new(&log);
+        assert!(
+            matches!(r.next_step(), ReadStep::Record { payload, .. } if payload.len() == MAX_RECORD_LEN),
+            "a record of exactly the limit reads back"
+        );
+        assert!(matches!(r.next_step(), ReadStep::End { .. }));
     }
 
     #[test]
