@@ -13,6 +13,7 @@ use bytes::Bytes;
 use crate::engine::overrides::Override;
 use crate::engine::{Engine, Stats, Txn, VerifyReport};
 use crate::error::{Error, Result};
+use crate::format::{batch, wal, within};
 use crate::options::Options;
 use crate::types::{ConversationId, Message, MessageId, MessageKind, NewMessage, UserId};
 
@@ -27,6 +28,8 @@ pub struct Store {
 struct Handle {
     engine: Arc<Engine>,
     background: Mutex<Vec<JoinHandle<()>>>,
+    /// [`Options::max_message_bytes`].
+    max_message_bytes: usize,
 }
 
 impl Handle {
@@ -46,6 +49,62 @@ impl Drop for Handle {
     fn drop(&mut self) {
         let _ = self.stop();
     }
+}
+
+/// Bytes of a WAL batch's entry count, at least.
+const MIN_COUNT_LEN: usize = 1;
+
+/// Checks messages about to be appended against the store's options and every limit of the
+/// formats they will be written in (see [`crate::format`]), before anything is encoded: the
+/// one check of every public entry that appends messages, so nothing a reader would refuse
+/// reaches the log. The size of the record is checked as far as it is known here (ids and
+/// timestamps are not: they are counted at their smallest); the commit checks it exactly.
+pub(crate) fn check_appends<'a>(
+    engine: &Engine,
+    messages: impl IntoIterator<Item = (ConversationId, &'a NewMessage)>,
+) -> Result<()> {
+    let mut record = MIN_COUNT_LEN;
+    for (conv, m) in messages {
+        engine.check_message(m)?;
+        let row = m.as_row(conv);
+        batch::check_message(row)?;
+        record = record.saturating_add(batch::message_len(row));
+    }
+    check_record(record)
+}
+
+/// [`check_appends`] for restored messages (`limit` is [`Options::max_message_bytes`]),
+/// which must also reply to an earlier message.
+fn check_imports(limit: usize, messages: &[Message]) -> Result<()> {
+    let mut record = MIN_COUNT_LEN;
+    for m in messages {
+        let size = m.content.len() + m.attachment.as_ref().map_or(0, Bytes::len);
+        if size > limit {
+            return Err(Error::MessageTooLarge { size, limit });
+        }
+        if let Some(r) = m.reply_to {
+            if r.0 == 0 || r.0 >= m.id.0 {
+                return Err(Error::IdOutOfRange {
+                    conversation: m.conversation,
+                    id: r,
+                    last: MessageId(m.id.0.saturating_sub(1)),
+                });
+            }
+        }
+        batch::check_message(m.as_ref())?;
+        record = record.saturating_add(batch::message_len(m.as_ref()));
+    }
+    check_record(record)
+}
+
+/// Refuses a write whose WAL record holds at least `payload` bytes, if that is over the limit.
+fn check_record(payload: usize) -> Result<()> {
+    within(
+        "bytes of one write's log record (split the batch)",
+        payload,
+        wal::MAX_RECORD_LEN,
+    )?;
+    Ok(())
 }
 
 /// A retention as stored: milliseconds, 0 for none. A zero duration is an error.
@@ -181,12 +240,14 @@ impl Store {
     /// [`Error::NotAStore`] if it holds other files, [`Error::UnsupportedVersion`] for files
     /// from a newer format, [`Error::Corruption`] naming the file and offset of damage.
     pub fn open_with(path: impl AsRef<Path>, options: Options) -> Result<Store> {
+        let max_message_bytes = options.max_message_bytes;
         let engine = Engine::open(path.as_ref().to_path_buf(), options)?;
         let background = engine.spawn_background()?;
         Ok(Store {
             handle: Arc::new(Handle {
                 engine,
                 background: Mutex::new(background),
+                max_message_bytes,
             }),
         })
     }
@@ -200,6 +261,7 @@ impl Store {
     ///
     /// [`Durability::Sync`]: crate::Durability::Sync
     pub fn append(&self, conv: ConversationId, message: NewMessage) -> Result<Message> {
+        check_appends(self.engine(), [(conv, &message)])?;
         let mut v = self.engine().write(vec![(conv, message)])?;
         v.pop()
             .ok_or_else(|| Error::Poisoned("write returned no message".into()))
@@ -211,6 +273,7 @@ impl Store {
         &self,
         messages: Vec<(ConversationId, NewMessage)>,
     ) -> Result<Vec<Message>> {
+        check_appends(self.engine(), messages.iter().map(|(c, m)| (*c, m)))?;
         self.engine().write(messages)
     }
 
@@ -340,6 +403,7 @@ impl Store {
     /// Restores exported messages: each must continue its conversation (id = last id + 1);
     /// ids, timestamps, kinds and edits are kept. All of `messages` is one atomic commit.
     pub fn import(&self, messages: Vec<Message>) -> Result<()> {
+        check_imports(self.handle.max_message_bytes, &messages)?;
         self.engine().transact(move |txn| {
             for m in messages {
                 txn.restore(m)?;

@@ -134,6 +134,22 @@ impl NewMessage {
     pub fn size(&self) -> usize {
         self.content.len() + self.attachment.as_ref().map_or(0, Bytes::len)
     }
+
+    /// The row this message becomes in `conv`, with the smallest id and timestamp a commit
+    /// may give it: what the formats' limits are checked on before the commit.
+    pub(crate) fn as_row(&self, conv: ConversationId) -> MessageRef<'_> {
+        MessageRef {
+            conversation: conv,
+            id: MessageId(1),
+            sender: self.sender,
+            timestamp_ms: 0,
+            kind: self.kind,
+            content: &self.content,
+            attachment: self.attachment.as_deref(),
+            reply_to: self.reply_to,
+            mentions: &self.mentions,
+        }
+    }
 }
 
 /// A stored message.

@@ -15,6 +15,9 @@ use crate::types::{ConversationId, Message, MessageId, UserId};
 /// Longest reaction accepted, in bytes (an emoji with modifiers fits easily).
 pub const MAX_REACTION_BYTES: usize = 32;
 
+// A reaction is a state value.
+const _: () = assert!(MAX_REACTION_BYTES <= crate::format::state_block::MAX_VALUE_LEN);
+
 /// One emoji's reactions on a message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reaction {

@@ -9,6 +9,10 @@ use crate::types::{ConversationId, Message, MessageId, NewMessage, UserId};
 /// Longest client key accepted for idempotent sends.
 pub const MAX_CLIENT_KEY: usize = 128;
 
+// The key that remembers a client key (a tag, the conversation and the sender before it) is a
+// state key.
+const _: () = assert!(1 + 8 + 8 + MAX_CLIENT_KEY <= crate::format::state_block::MAX_KEY_LEN);
+
 /// What [`ChatStore::send_detailed`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SendOutcome {
@@ -40,7 +44,7 @@ impl ChatStore {
     /// [`ChatStore::send`], also telling whether the message was a retry of an earlier send
     /// (same client key) that appended nothing: a server then skips pushing it again.
     pub fn send_detailed(&self, conv: ConversationId, message: NewMessage) -> Result<SendOutcome> {
-        self.store.engine().check_message(&message)?;
+        crate::store::check_appends(self.store.engine(), [(conv, &message)])?;
         if message
             .client_key
             .as_ref()

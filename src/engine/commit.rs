@@ -454,24 +454,15 @@ impl Engine {
                 // tells damage from a torn tail by them.
                 let synced_through = self.wal_synced.load(Ordering::Acquire);
                 let start = wal::begin_record(&mut scratch.frame, synced_through);
-                batch::put_count(&mut scratch.frame, txn_messages.len() + txn_state.len());
-                for m in &txn_messages {
-                    batch::put_message(&mut scratch.frame, m);
-                }
-                for (k, v) in &txn_state {
-                    batch::put_state(&mut scratch.frame, k, v.as_deref());
-                }
-                let payload = scratch.frame.len() - start - wal::RECORD_HEADER_LEN;
-                if payload > wal::MAX_RECORD_LEN {
-                    // Recovery refuses records this big, so the write must be refused too.
+                let encoded = batch::encode(&mut scratch.frame, &txn_messages, &txn_state)
+                    .and_then(|()| {
+                        wal::finish_record(&mut scratch.frame, start, wal::RecordType::Batch)
+                    });
+                if let Err(e) = encoded {
+                    // Recovery (or a segment reader) would refuse it, so the write is refused.
                     scratch.frame.truncate(start);
-                    result = Err(Error::InvalidArgument(format!(
-                        "a write of {payload} bytes is over the {} byte limit of one commit; \
-                         split the batch",
-                        wal::MAX_RECORD_LEN
-                    )));
+                    result = Err(e.into());
                 } else {
-                    wal::finish_record(&mut scratch.frame, start, wal::RecordType::Batch);
                     for m in &txn_messages {
                         scratch.ids.insert(m.conversation, m.id.0);
                     }

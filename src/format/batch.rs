@@ -12,10 +12,21 @@
 //! tag 3   := delete: key_len:varint key
 //! ```
 //! Tags are part of the format and never change; new entry kinds take new tags.
+//!
+//! Limits: at most [`MAX_MENTIONS`] mentions per message (the decoder refuses more), keys of
+//! at most [`MAX_KEY_LEN`] bytes, and the whole payload within [`MAX_RECORD_LEN`]. The store
+//! encodes batches with `encode`, which refuses a batch over any limit a reader of the WAL or of
+//! a segment would refuse, so such a batch never reaches the log.
+//!
+//! [`MAX_KEY_LEN`]: super::state_block::MAX_KEY_LEN
+//! [`MAX_RECORD_LEN`]: super::wal::MAX_RECORD_LEN
 
 use bytes::Bytes;
 
-use super::coding::{put_varint, Reader};
+use super::block::MAX_MESSAGE_BYTES;
+use super::coding::{put_varint, varint_len, Reader};
+use super::state_block::{MAX_KEY_LEN, MAX_VALUE_LEN};
+use super::{within, OverLimit};
 use crate::types::{ConversationId, Message, MessageId, MessageKind, MessageRef, UserId};
 
 /// Entry tag of an appended message.
@@ -37,8 +48,78 @@ pub mod flags {
     pub const ALL: u8 = HAS_ATTACHMENT | HAS_REPLY | HAS_MENTIONS;
 }
 
-/// Largest number of mentions a decoder accepts for one message.
+/// Largest number of mentions a decoder accepts for one message (WAL batches and segment
+/// blocks alike).
 pub const MAX_MENTIONS: usize = 1 << 16;
+
+/// Checks a message against every limit of the formats it will be written in: the WAL batch
+/// (mentions) and the segment block (mentions; content and attachment within
+/// [`MAX_MESSAGE_BYTES`], so that the row fits in a block).
+pub(crate) fn check_message(m: MessageRef<'_>) -> Result<(), OverLimit> {
+    within("mentions of one message", m.mentions.len(), MAX_MENTIONS)?;
+    within(
+        "bytes of one message's content and attachment",
+        m.content.len() + m.attachment.map_or(0, <[u8]>::len),
+        MAX_MESSAGE_BYTES,
+    )
+}
+
+/// Checks a state entry against the limits of the WAL batch and the state block.
+pub(crate) fn check_state(key: &[u8], value: Option<&[u8]>) -> Result<(), OverLimit> {
+    within("bytes of a state key", key.len(), MAX_KEY_LEN)?;
+    within(
+        "bytes of a state value",
+        value.map_or(0, <[u8]>::len),
+        MAX_VALUE_LEN,
+    )
+}
+
+/// Bytes [`put_message`] appends for `m`.
+pub(crate) fn message_len(m: MessageRef<'_>) -> usize {
+    let mut n = 1
+        + varint_len(m.conversation.0)
+        + varint_len(m.id.0)
+        + varint_len(m.sender.0)
+        + varint_len(m.timestamp_ms)
+        + 2
+        + varint_len(m.content.len() as u64)
+        + m.content.len();
+    if let Some(a) = m.attachment {
+        n += varint_len(a.len() as u64) + a.len();
+    }
+    if let Some(r) = m.reply_to {
+        n += varint_len(r.0);
+    }
+    if !m.mentions.is_empty() {
+        n += varint_len(m.mentions.len() as u64);
+        n += m.mentions.iter().map(|u| varint_len(u.0)).sum::<usize>();
+    }
+    n
+}
+
+/// Appends a whole batch payload: the messages, then the state entries. Refuses (appending
+/// nothing) a batch with an entry over a limit of the formats; the record's own size limit is
+/// checked when the record is finished ([`super::wal::finish_record`]).
+pub(crate) fn encode(
+    buf: &mut Vec<u8>,
+    messages: &[Message],
+    state: &[(Bytes, Option<Bytes>)],
+) -> Result<(), OverLimit> {
+    for m in messages {
+        check_message(m.as_ref())?;
+    }
+    for (k, v) in state {
+        check_state(k, v.as_deref())?;
+    }
+    put_count(buf, messages.len() + state.len());
+    for m in messages {
+        put_message(buf, m);
+    }
+    for (k, v) in state {
+        put_state(buf, k, v.as_deref());
+    }
+    Ok(())
+}
 
 /// Flag bits describing the optional fields of `m`.
 pub fn message_flags(m: &Message) -> u8 {
@@ -64,7 +145,8 @@ pub fn put_count(buf: &mut Vec<u8>, count: usize) {
     put_varint(buf, count as u64);
 }
 
-/// Appends a message entry.
+/// Appends a message entry. REQUIRES: `m` within the limits `encode` checks; a reader
+/// refuses the batch otherwise.
 pub fn put_message(buf: &mut Vec<u8>, m: &Message) {
     buf.push(TAG_MESSAGE);
     put_varint(buf, m.conversation.0);
@@ -91,7 +173,8 @@ pub fn put_message(buf: &mut Vec<u8>, m: &Message) {
     }
 }
 
-/// Appends a state put (`Some`) or delete (`None`) entry.
+/// Appends a state put (`Some`) or delete (`None`) entry. REQUIRES: within the limits
+/// `encode` checks.
 pub fn put_state(buf: &mut Vec<u8>, key: &[u8], value: Option<&[u8]>) {
     buf.push(if value.is_some() { TAG_PUT } else { TAG_DELETE });
     put_varint(buf, key.len() as u64);
@@ -180,9 +263,7 @@ pub fn decode(owner: &Bytes, payload: &[u8]) -> Result<Vec<Entry>, &'static str>
                 }));
             }
             tag @ (TAG_PUT | TAG_DELETE) => {
-                let n = r
-                    .len(super::state_block::MAX_KEY_LEN)
-                    .ok_or("bad key length")?;
+                let n = r.len(MAX_KEY_LEN).ok_or("bad key length")?;
                 let key = slice(&mut r, n)?;
                 let value = if tag == TAG_PUT {
                     let n = r.len(payload.len()).ok_or("bad value length")?;
@@ -246,6 +327,46 @@ mod tests {
         want.push(Entry::State(Bytes::from_static(b"gone"), None));
         want.push(Entry::State(Bytes::new(), Some(Bytes::new())));
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn message_len_is_what_put_message_appends() {
+        let mut full = msg(u64::MAX, u64::MAX);
+        full.attachment = Some(Bytes::from(vec![b'a'; 300]));
+        full.reply_to = Some(MessageId(1 << 40));
+        full.mentions = vec![UserId(0), UserId(200), UserId(u64::MAX)];
+        full.content = Bytes::from(vec![b'c'; 20_000]);
+        for m in [msg(1, 1), msg(300, 70_000), full] {
+            let mut buf = Vec::new();
+            put_message(&mut buf, &m);
+            assert_eq!(message_len(m.as_ref()), buf.len());
+        }
+    }
+
+    #[test]
+    fn encode_refuses_what_a_reader_would_refuse() {
+        let mut at = msg(1, 1);
+        at.mentions = (0..MAX_MENTIONS as u64).map(UserId).collect();
+        let mut buf = Vec::new();
+        encode(&mut buf, std::slice::from_ref(&at), &[]).unwrap();
+        let owner = Bytes::from(buf);
+        assert_eq!(
+            decode(&owner, &owner).unwrap(),
+            vec![Entry::Message(at.clone())]
+        );
+
+        let mut over = at;
+        over.mentions.push(UserId(7));
+        let long_key = Bytes::from(vec![b'k'; MAX_KEY_LEN + 1]);
+        let mut buf = vec![0xAA];
+        let refused = [
+            encode(&mut buf, &[msg(1, 1), over], &[]),
+            encode(&mut buf, &[], &[(long_key, None)]),
+        ];
+        for r in refused {
+            assert!(r.is_err());
+        }
+        assert_eq!(buf, vec![0xAA], "a refused batch appends nothing");
     }
 
     #[test]

@@ -17,8 +17,47 @@ use crate::types::{ConversationId, Message, MessageId, MessageKind, MessageRef, 
 /// Bytes after the stored body: uncompressed_len:u32 | compression:u8 | crc:u32.
 pub const BLOCK_TRAILER_LEN: usize = 9;
 /// Largest uncompressed block a reader accepts: a block closes at `block_bytes` (at most
-/// 4 MiB) plus one message (at most 16 MiB).
+/// 4 MiB) plus one message (at most 16 MiB), and a segment writer closes it earlier if its next
+/// row might not fit (`BlockBuilder::has_room_for`).
 pub const MAX_BLOCK_LEN: usize = 24 << 20;
+/// Largest message (content plus attachment link) a block holds: the most
+/// `Options::max_message_bytes` may be.
+pub(crate) const MAX_MESSAGE_BYTES: usize = 16 << 20;
+/// Largest target block size (`Options::block_bytes`).
+pub(crate) const MAX_TARGET_BLOCK_BYTES: usize = 4 << 20;
+
+/// Body bytes besides its rows and sections, at most: the row, run and dictionary counts and
+/// the six section lengths.
+const MAX_BODY_FIXED: usize = 3 * 5 + 6 * 10;
+/// Bytes a row takes outside the six sections, at most: a sender dictionary entry and index,
+/// a timestamp, the kind/flags byte.
+const MAX_ROW_FIXED: usize = 10 + 5 + 10 + 1;
+/// Bytes of a run entry, at most: conversation delta, first id, length.
+const MAX_RUN: usize = 10 + 10 + 5;
+
+/// The most bytes a row can add to a block's body: `bytes` of content and attachment, and
+/// the optional fields it has.
+const fn row_bound(bytes: usize, attachment: bool, reply: bool, mentions: usize) -> usize {
+    let mut n = MAX_RUN + MAX_ROW_FIXED + 10 + bytes;
+    if attachment {
+        n += 10;
+    }
+    if reply {
+        n += 10;
+    }
+    if mentions > 0 {
+        n += 10 + 10 * mentions;
+    }
+    n
+}
+
+// A block that reached its target size still has room for the largest message's bytes.
+const _: () = assert!(MAX_TARGET_BLOCK_BYTES + MAX_MESSAGE_BYTES <= MAX_BLOCK_LEN);
+
+// A message within the limits fits in a block of its own, whatever else it carries.
+const _: () = assert!(
+    MAX_BODY_FIXED + row_bound(MAX_MESSAGE_BYTES, true, true, MAX_MENTIONS) <= MAX_BLOCK_LEN
+);
 
 /// Compression codes stored in the trailer. Part of the format; values never change.
 const CODEC_NONE: u8 = 0;
@@ -88,6 +127,37 @@ impl BlockBuilder {
         self.content.len() + self.attachments.len() + self.rows() * 8 + self.mentions.len()
     }
 
+    /// The most bytes the block's body can take so far (the estimate above undercounts rows
+    /// whose senders, timestamps or replies take long encodings).
+    pub(crate) fn max_body_len(&self) -> usize {
+        MAX_BODY_FIXED
+            + self.runs.len() * MAX_RUN
+            + self.rows() * MAX_ROW_FIXED
+            + self.replies.len()
+            + self.mentions.len()
+            + self.content_lens.len()
+            + self.content.len()
+            + self.attachment_lens.len()
+            + self.attachments.len()
+    }
+
+    /// The most bytes `m` can add to a block's body.
+    pub(crate) fn max_row_len(m: MessageRef<'_>) -> usize {
+        row_bound(
+            m.content.len() + m.attachment.map_or(0, <[u8]>::len),
+            m.attachment.is_some(),
+            m.reply_to.is_some(),
+            m.mentions.len(),
+        )
+    }
+
+    /// Whether `m` surely fits: the block is empty, or its body with `m` stays within
+    /// [`MAX_BLOCK_LEN`] however long the encodings turn out. A writer that closes the block
+    /// when this is false never writes a block a reader refuses.
+    pub(crate) fn has_room_for(&self, m: MessageRef<'_>) -> bool {
+        self.is_empty() || self.max_body_len() + Self::max_row_len(m) <= MAX_BLOCK_LEN
+    }
+
     /// The conversation of the last row, if any.
     pub fn last_conversation(&self) -> Option<ConversationId> {
         self.runs.last().map(|r| r.conversation)
@@ -112,15 +182,19 @@ impl BlockBuilder {
         }
     }
 
-    /// Adds a message. REQUIRES: `self.accepts(m)`; otherwise the row is refused and `false`
-    /// returned, leaving the builder unchanged.
+    /// Adds a message. REQUIRES: `self.accepts(m)`, and `m` within the limits of
+    /// `batch::check_message`; otherwise the row is refused and `false` returned, leaving the
+    /// builder unchanged.
     pub fn add(&mut self, m: &Message) -> bool {
         self.add_ref(m.as_ref())
     }
 
     /// [`add`](Self::add) from borrowed fields.
     pub(crate) fn add_ref(&mut self, m: MessageRef<'_>) -> bool {
-        if !self.accepts_ref(m) || self.rows() >= u32::MAX as usize {
+        if !self.accepts_ref(m)
+            || self.rows() >= u32::MAX as usize
+            || super::batch::check_message(m).is_err()
+        {
             return false;
         }
         let row = self.rows() as u32;
@@ -752,6 +826,54 @@ mod tests {
             bad[byte] ^= 0x10;
             assert!(unpack(&Bytes::from(bad), None).is_err(), "byte {byte}");
         }
+    }
+
+    #[test]
+    fn the_body_bound_holds_for_the_longest_encodings() {
+        // Rows whose fixed fields take the longest encodings: a new conversation, sender and
+        // far timestamp each, replies far back, mentions of the largest ids.
+        let mut b = BlockBuilder::new();
+        for i in 0..2000u64 {
+            let mut m = msg(u64::MAX / 2000 * (i + 1), u64::MAX / 2 + i, "");
+            m.sender = UserId(u64::MAX - i * (1 << 50));
+            m.timestamp_ms = if i % 2 == 0 { 0 } else { u64::MAX / 2 + 1 };
+            m.reply_to = Some(MessageId(1));
+            m.mentions = vec![UserId(u64::MAX); (i % 3) as usize];
+            m.attachment = (i % 2 == 0).then(|| Bytes::from_static(b"a"));
+            let room = b.has_room_for(m.as_ref());
+            let before = b.max_body_len();
+            assert!(room && b.add(&m));
+            assert!(b.max_body_len() <= before + BlockBuilder::max_row_len(m.as_ref()));
+        }
+        let bound = b.max_body_len();
+        let body = b.finish_body();
+        assert!(body.len() <= bound, "{} > {bound}", body.len());
+    }
+
+    #[test]
+    fn rows_over_the_limits_are_refused() {
+        let mut b = BlockBuilder::new();
+        let mut m = msg(1, 1, "x");
+        m.mentions = vec![UserId(1); MAX_MENTIONS + 1];
+        assert!(!b.add(&m));
+        m.mentions.pop();
+        assert!(b.add(&m));
+    }
+
+    #[test]
+    fn the_options_stay_within_what_a_block_holds() {
+        use crate::options::Options;
+        let with = |max_message_bytes, block_bytes| {
+            Options {
+                max_message_bytes,
+                block_bytes,
+                ..Options::default()
+            }
+            .validate()
+        };
+        assert!(with(MAX_MESSAGE_BYTES, MAX_TARGET_BLOCK_BYTES).is_ok());
+        assert!(with(MAX_MESSAGE_BYTES + 1, MAX_TARGET_BLOCK_BYTES).is_err());
+        assert!(with(MAX_MESSAGE_BYTES, MAX_TARGET_BLOCK_BYTES + 1).is_err());
     }
 
     #[test]

@@ -13,6 +13,12 @@ pub fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
     buf.push(v as u8);
 }
 
+/// Bytes [`put_varint`] takes for `v`.
+#[inline]
+pub fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
 /// Maps signed to unsigned so small magnitudes stay small (0, -1, 1, -2 -> 0, 1, 2, 3).
 #[inline]
 pub fn zigzag(v: i64) -> u64 {
@@ -152,6 +158,7 @@ mod tests {
             let mut r = Reader::new(&buf);
             assert_eq!(r.varint(), Some(v));
             assert!(r.is_empty());
+            assert_eq!(varint_len(v), buf.len(), "{v}");
         }
     }
 
@@ -176,6 +183,7 @@ mod tests {
             let mut buf = Vec::new();
             put_varint(&mut buf, v);
             prop_assert!(buf.len() <= 10);
+            prop_assert_eq!(varint_len(v), buf.len());
             prop_assert_eq!(Reader::new(&buf).varint(), Some(v));
         }
     }

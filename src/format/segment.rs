@@ -28,11 +28,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::block::{pack, unpack, Block, BlockBuilder, BLOCK_TRAILER_LEN};
+use super::block::{pack, unpack, Block, BlockBuilder, BLOCK_TRAILER_LEN, MAX_BLOCK_LEN};
 use super::coding::{get_u32, get_u64, put_u32, put_u64};
 use super::coding::{put_varint, Reader};
 use super::dictionary::{DictDecoder, DictEncoder};
-use super::state_block::{StateBlock, StateBlockBuilder, MAX_KEY_LEN};
+use super::state_block::{self, StateBlock, StateBlockBuilder, MAX_KEY_LEN};
+use super::{within, OverLimit};
 use crate::error::{Error, Result};
 use crate::fs::{RandomAccessFile, WritableFile};
 use crate::options::Compression;
@@ -103,6 +104,12 @@ impl std::fmt::Debug for SegmentWriter {
 /// Fixed per-message bytes counted as logical size (ids, sender, timestamp, kind).
 const LOGICAL_FIXED_BYTES: u64 = 33;
 
+/// `v` as a u32 field of the format, refused if it would wrap.
+fn u32_field(what: &'static str, v: usize) -> Result<u32, OverLimit> {
+    within(what, v, u32::MAX as usize)?;
+    Ok(v as u32)
+}
+
 impl SegmentWriter {
     /// Starts a segment in `file`.
     pub fn new(file: Box<dyn WritableFile>, compression: Compression, block_bytes: usize) -> Self {
@@ -151,7 +158,8 @@ impl SegmentWriter {
     }
 
     /// Adds a message. Returns `false` (and adds nothing) if it is out of order or state
-    /// entries were already added.
+    /// entries were already added, and an error (adding nothing) if it is over a limit of the
+    /// format (`batch::check_message`).
     pub fn add(&mut self, m: &Message) -> std::io::Result<bool> {
         self.add_ref(m.as_ref())
     }
@@ -161,6 +169,7 @@ impl SegmentWriter {
         if self.state_started {
             return Ok(false);
         }
+        super::batch::check_message(m)?;
         match self.conv_index.last_mut() {
             Some(last) if last.0 == m.conversation.0 => {
                 if m.id.0 != last.2 + 1 {
@@ -176,11 +185,18 @@ impl SegmentWriter {
             .last_conversation()
             .is_some_and(|c| c != m.conversation);
         if !self.block.accepts_ref(m)
+            || !self.block.has_room_for(m)
             || (new_conversation && self.block.estimated_len() >= self.block_bytes / 2)
         {
             self.finish_block()?;
         }
-        self.block.add_ref(m);
+        if !self.block.add_ref(m) {
+            // Checked above: in order, within the limits, and the block was just ended if
+            // need be.
+            return Err(std::io::Error::other(
+                "a block refused a row it had accepted",
+            ));
+        }
         self.summary.messages += 1;
         self.summary.logical_bytes += LOGICAL_FIXED_BYTES
             + m.content.len() as u64
@@ -196,11 +212,11 @@ impl SegmentWriter {
         let Some((conv, id)) = self.block.first_key() else {
             return Ok(());
         };
-        let rows = self.block.rows() as u32;
+        let rows = u32_field("rows of one block", self.block.rows())?;
         let start = self.out.len();
         self.block
             .finish_into(self.compression, self.dict.as_mut(), &mut self.out);
-        let len = (self.out.len() - start) as u32;
+        let len = u32_field("bytes of one stored block", self.out.len() - start)?;
         let offset = self.offset + start as u64;
         put_u64(&mut self.block_index, conv.0);
         put_u64(&mut self.block_index, id);
@@ -215,10 +231,18 @@ impl SegmentWriter {
     }
 
     /// Adds a state entry (`None` = tombstone). REQUIRES: every message was added before, and
-    /// keys arrive strictly increasing; returns `false` (adding nothing) otherwise.
+    /// keys arrive strictly increasing; returns `false` (adding nothing) otherwise, and an
+    /// error (adding nothing) for a key or value over the format's limits.
     pub fn add_state(&mut self, key: &[u8], value: Option<&[u8]>) -> std::io::Result<bool> {
-        if key.len() > MAX_KEY_LEN {
-            return Ok(false);
+        super::batch::check_state(key, value)?;
+        if !self.state.is_empty()
+            && state_block::bound_with(self.state.estimated_len(), key, value) > MAX_BLOCK_LEN
+        {
+            // The entry might not fit beside the others: it starts the next block.
+            if key <= self.last_state_key.as_slice() {
+                return Ok(false);
+            }
+            self.finish_state_block()?;
         }
         if !self.state_started {
             self.finish_block()?;
@@ -247,9 +271,10 @@ impl SegmentWriter {
             return Ok(());
         };
         let body = self.state.finish();
+        within("bytes of one state block", body.len(), MAX_BLOCK_LEN)?;
         let start = self.out.len();
         pack(&body, self.compression, self.dict.as_mut(), &mut self.out);
-        let len = (self.out.len() - start) as u32;
+        let len = u32_field("bytes of one stored state block", self.out.len() - start)?;
         self.state_index
             .push((self.offset + start as u64, len, first));
         if self.out.len() >= (1 << 20) {
@@ -288,22 +313,32 @@ impl SegmentWriter {
         for (offset, len, first) in &self.state_index {
             put_u64(&mut self.out, *offset);
             put_u32(&mut self.out, *len);
-            put_u32(&mut self.out, keys.len() as u32);
+            put_u32(
+                &mut self.out,
+                u32_field("bytes of the state index keys", keys.len())?,
+            );
             put_varint(&mut keys, first.len() as u64);
             keys.extend_from_slice(first);
         }
         self.out.extend_from_slice(&keys);
-        let state_index_len = (self.out.len() - state_start) as u32;
+        let state_index_len = u32_field("bytes of the state index", self.out.len() - state_start)?;
+        let block_count = u32_field("blocks of one segment", self.summary.blocks as usize)?;
+        let conv_count = u32_field("conversations of one segment", self.conv_index.len())?;
+        let state_blocks = u32_field("state blocks of one segment", self.state_index.len())?;
+        let state_entries = u32_field(
+            "state entries of one segment",
+            self.summary.state_entries as usize,
+        )?;
         let index_crc = crc32fast::hash(&self.out[index_start..]);
         let footer_start = self.out.len();
         put_u64(&mut self.out, block_index_offset);
-        put_u32(&mut self.out, self.summary.blocks as u32);
-        put_u32(&mut self.out, self.conv_index.len() as u32);
+        put_u32(&mut self.out, block_count);
+        put_u32(&mut self.out, conv_count);
         put_u64(&mut self.out, self.summary.messages);
         put_u64(&mut self.out, self.summary.logical_bytes);
         put_u64(&mut self.out, state_index_offset);
-        put_u32(&mut self.out, self.state_index.len() as u32);
-        put_u32(&mut self.out, self.summary.state_entries as u32);
+        put_u32(&mut self.out, state_blocks);
+        put_u32(&mut self.out, state_entries);
         put_u32(&mut self.out, state_index_len);
         put_u32(&mut self.out, self.dict_at.1);
         put_u64(&mut self.out, self.dict_at.0);

@@ -11,10 +11,26 @@
 
 use bytes::Bytes;
 
+use super::block::{MAX_BLOCK_LEN, MAX_MESSAGE_BYTES};
 use super::coding::{put_varint, Reader};
 
 /// Largest key the store accepts.
 pub const MAX_KEY_LEN: usize = 4096;
+/// Bytes of an entry's three length fields, at most, plus the block's entry count.
+const MAX_ENTRY_FIXED: usize = 4 * 5;
+/// Largest value: what a block holds beside the longest key (a reader refuses a block body
+/// over [`MAX_BLOCK_LEN`]; a writer starts a new block for an entry that might not fit).
+pub(crate) const MAX_VALUE_LEN: usize = MAX_BLOCK_LEN - MAX_KEY_LEN - MAX_ENTRY_FIXED;
+
+// The largest value the store writes, an edit record of the largest message (a kind byte and
+// two varints before the content), fits.
+const _: () = assert!(MAX_MESSAGE_BYTES + 1 + 10 + 10 <= MAX_VALUE_LEN);
+
+/// The most bytes a block body can take with one more entry of `key` and `value` than the
+/// `current` bytes it has.
+pub(crate) fn bound_with(current: usize, key: &[u8], value: Option<&[u8]>) -> usize {
+    current + MAX_ENTRY_FIXED + key.len() + value.map_or(0, <[u8]>::len)
+}
 
 /// Accumulates sorted entries for one block.
 #[derive(Debug, Default)]
@@ -51,9 +67,13 @@ impl StateBlockBuilder {
         self.first_key.as_deref()
     }
 
-    /// Adds an entry. REQUIRES: keys strictly increasing; returns `false` otherwise.
+    /// Adds an entry. REQUIRES: keys strictly increasing, at most [`MAX_KEY_LEN`] bytes, a
+    /// value of at most `MAX_VALUE_LEN` bytes; returns `false` (adding nothing) otherwise.
     pub fn add(&mut self, key: &[u8], value: Option<&[u8]>) -> bool {
         if self.count > 0 && key <= self.last_key.as_slice() {
+            return false;
+        }
+        if super::batch::check_state(key, value).is_err() {
             return false;
         }
         let shared = key
@@ -186,6 +206,25 @@ mod tests {
         assert_eq!(block.get(b"U"), None);
         assert_eq!(block.entries_from(b"U\x00\x02").len(), 2);
         assert_eq!(block.entries_from(b"Z").len(), 0);
+    }
+
+    #[test]
+    fn entries_over_the_limits_are_refused() {
+        let mut b = StateBlockBuilder::new();
+        assert!(!b.add(&[b'k'; MAX_KEY_LEN + 1], None));
+        assert!(b.add(&[b'k'; MAX_KEY_LEN], None));
+        assert_eq!(b.len(), 1);
+        let key = [b'l'; MAX_KEY_LEN];
+        let value = vec![b'v'; MAX_VALUE_LEN];
+        let mut b = StateBlockBuilder::new();
+        let over = [&value[..], &b"!"[..]].concat();
+        assert!(!b.add(&key, Some(&over)));
+        assert!(b.add(&key, Some(&value)));
+        let body = b.finish();
+        assert!(body.len() <= bound_with(0, &key, Some(&value)));
+        assert!(body.len() <= MAX_BLOCK_LEN);
+        let block = StateBlock::decode(Bytes::from(body)).unwrap();
+        assert_eq!(block.get(&key), Some(Some(Bytes::from(value))));
     }
 
     #[test]

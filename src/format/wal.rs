@@ -18,6 +18,7 @@
 use crc32fast::Hasher;
 
 use super::coding::{get_u32, get_u64, put_u32, put_u64, put_varint, Reader};
+use super::{within, OverLimit};
 
 /// "CHATWAL" followed by a format byte, as a little-endian u64.
 pub const WAL_MAGIC: u64 = u64::from_le_bytes(*b"CHATWAL\x01");
@@ -31,7 +32,8 @@ pub const FILE_HEADER_LEN: usize = 16;
 pub const RECORD_HEADER_LEN: usize = 16;
 /// The page size torn-tail detection assumes: file systems write whole pages.
 const PAGE: usize = 4096;
-/// Largest payload a record may carry; anything bigger is treated as corruption.
+/// Largest payload a record may carry; anything bigger is treated as corruption. One record
+/// holds everything one write call commits, so this is also the most one write may carry.
 pub const MAX_RECORD_LEN: usize = 256 << 20;
 
 /// Record types. The values are part of the format and never change.
@@ -64,19 +66,22 @@ pub fn encode_file_header_version(buf: &mut Vec<u8>, version: u32) {
 }
 
 /// Appends one framed record (of the newest version) to `buf`; `synced_through` is how many
-/// bytes of the file were durable when it was written.
+/// bytes of the file were durable when it was written. For tests and tools: a payload over
+/// [`MAX_RECORD_LEN`] is left with a zeroed header, which readers take for damage (the
+/// store's own write path refuses such a write instead, see [`finish_record`]).
 pub fn encode_record(buf: &mut Vec<u8>, ty: RecordType, synced_through: u64, body: &[u8]) {
     let start = begin_record(buf, synced_through);
     buf.extend_from_slice(body);
-    finish_record(buf, start, ty);
+    let _ = finish_record(buf, start, ty);
 }
 
-/// Appends one framed version-1 record (no `synced_through`) to `buf`.
+/// Appends one framed version-1 record (no `synced_through`) to `buf`, as
+/// [`encode_record`] does.
 pub fn encode_record_v1(buf: &mut Vec<u8>, ty: RecordType, body: &[u8]) {
     let start = buf.len();
     buf.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
     buf.extend_from_slice(body);
-    finish_record(buf, start, ty);
+    let _ = finish_record(buf, start, ty);
 }
 
 /// Begins a record in `buf` whose body the caller appends next; finish it with
@@ -99,10 +104,19 @@ pub fn record_overhead(synced_through: u64) -> usize {
     RECORD_HEADER_LEN + varint
 }
 
-/// Fills in the header of a record begun at `start` with [`begin_record`].
-pub fn finish_record(buf: &mut [u8], start: usize, ty: RecordType) {
+/// Fills in the header of a record begun at `start` with [`begin_record`]. Refuses (leaving the
+/// header unwritten: the caller drops the record) a payload over [`MAX_RECORD_LEN`], which a
+/// reader would take for corruption.
+pub fn finish_record(buf: &mut [u8], start: usize, ty: RecordType) -> Result<(), OverLimit> {
     let payload_start = start + RECORD_HEADER_LEN;
-    let len = u32::try_from(buf.len() - payload_start).unwrap_or(u32::MAX);
+    let payload = buf.len().saturating_sub(payload_start);
+    within(
+        "bytes of one write's log record (split the batch)",
+        payload,
+        MAX_RECORD_LEN,
+    )?;
+    // Within the limit, so within a u32.
+    let len = payload as u32;
     let mut h = Hasher::new();
     h.update(&buf[payload_start..]);
     let payload_crc = h.finalize();
@@ -111,6 +125,7 @@ pub fn finish_record(buf: &mut [u8], start: usize, ty: RecordType) {
     buf[start + 8..start + 12].copy_from_slice(&payload_crc.to_le_bytes());
     let header_crc = crc32fast::hash(&buf[start..start + 12]);
     buf[start + 12..start + 16].copy_from_slice(&header_crc.to_le_bytes());
+    Ok(())
 }
 
 /// One step of reading a log.
@@ -409,8 +424,26 @@ mod tests {
         let mut b = Vec::new();
         let start = begin_record(&mut b, 77);
         b.extend_from_slice(b"payload bytes");
-        finish_record(&mut b, start, RecordType::Batch);
+        finish_record(&mut b, start, RecordType::Batch).unwrap();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn finish_refuses_a_payload_over_the_limit() {
+        let mut log = Vec::new();
+        encode_file_header(&mut log);
+        let start = begin_record(&mut log, 0);
+        log.resize(start + RECORD_HEADER_LEN + MAX_RECORD_LEN + 1, 7);
+        assert!(finish_record(&mut log, start, RecordType::Batch).is_err());
+        log.pop();
+        finish_record(&mut log, start, RecordType::Batch).unwrap();
+        let mut r = LogReader::new(&log);
+        assert!(
+            // The body is what follows the one-byte `synced_through`.
+            matches!(r.next_step(), ReadStep::Record { payload, .. } if payload.len() == MAX_RECORD_LEN - 1),
+            "a record of exactly the limit reads back"
+        );
+        assert!(matches!(r.next_step(), ReadStep::End { .. }));
     }
 
     #[test]
