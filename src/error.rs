@@ -133,6 +133,21 @@ pub enum Error {
     #[error("the store is open read-only")]
     ReadOnly,
 
+    /// A message that existed has expired under retention: for example the original of a
+    /// retried idempotent send, whose id is known but whose content is gone.
+    #[error("message {id} of conversation {conversation} has expired under retention")]
+    Expired {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The expired message.
+        id: MessageId,
+    },
+
+    /// An internal invariant did not hold: a bug in chatstore, not bad input or a bad disk.
+    /// The store is not poisoned by it; the call that met it did nothing.
+    #[error("internal error (a bug in chatstore): {0}")]
+    Internal(String),
+
     /// The store is shutting down.
     #[error("the store is closed")]
     Closed,

@@ -264,7 +264,7 @@ impl Store {
         check_appends(self.engine(), [(conv, &message)])?;
         let mut v = self.engine().write(vec![(conv, message)])?;
         v.pop()
-            .ok_or_else(|| Error::Poisoned("write returned no message".into()))
+            .ok_or_else(|| Error::Internal("write returned no message".into()))
     }
 
     /// Appends many messages (to one or many conversations) as one atomic WAL record: after a

@@ -320,3 +320,29 @@ fn callers_learn_about_retries_moves_and_membership() {
         Err(Error::UnknownConversation(_))
     ));
 }
+
+#[test]
+fn a_retried_send_whose_original_expired_gets_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let chat = with_users(dir.path());
+    let conv = chat.direct(A, B).unwrap();
+    let sent = chat
+        .send(conv, NewMessage::text(A, "hi").with_client_key("k-1"))
+        .unwrap();
+    chat.set_retention(conv, A, Some(Duration::from_millis(1)))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(chat.latest(A, conv, 10).unwrap(), vec![]);
+    // Within the idempotency window the retry is recognised, but its original is gone.
+    match chat.send(conv, NewMessage::text(A, "hi").with_client_key("k-1")) {
+        Err(Error::Expired { conversation, id }) => {
+            assert_eq!((conversation, id), (conv, sent.id));
+        }
+        other => panic!("expected Error::Expired, got {other:?}"),
+    }
+    assert_eq!(
+        chat.store().last_id(conv),
+        sent.id,
+        "the retry appended nothing"
+    );
+}

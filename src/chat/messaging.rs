@@ -99,11 +99,13 @@ impl ChatStore {
                 message,
                 duplicate: false,
             }),
+            // The original may have expired under retention since: its id is known, its
+            // content is gone.
             Sent::Earlier(id) => Ok(SendOutcome {
-                message: self
-                    .store
-                    .get(conv, id)?
-                    .ok_or_else(|| corrupt_record("idempotency (message missing)"))?,
+                message: self.store.get(conv, id)?.ok_or(Error::Expired {
+                    conversation: conv,
+                    id,
+                })?,
                 duplicate: true,
             }),
         }

@@ -150,7 +150,7 @@ impl Txn<'_> {
         self.messages
             .last()
             .cloned()
-            .ok_or_else(|| Error::Poisoned("an append recorded no message".into()))
+            .ok_or_else(|| Error::Internal("an append recorded no message".into()))
     }
 
     /// Appends a message like [`append`](Self::append) without returning a copy: the
@@ -308,8 +308,9 @@ fn copy_error(e: &Error) -> Error {
             source: std::io::Error::new(source.kind(), source.to_string()),
         },
         Error::Closed => Error::Closed,
+        Error::ReadOnly => Error::ReadOnly,
         Error::Poisoned(why) => Error::Poisoned(why.clone()),
-        other => Error::Poisoned(other.to_string()),
+        other => Error::Internal(format!("uncopied error in a commit group: {other}")),
     }
 }
 
@@ -409,7 +410,7 @@ impl Engine {
         let messages = outcome?;
         let value = slot.lock().take();
         let value =
-            value.ok_or_else(|| Error::Poisoned("transaction produced no result".into()))?;
+            value.ok_or_else(|| Error::Internal("transaction produced no result".into()))?;
         Ok((value, messages))
     }
 

@@ -37,7 +37,7 @@ use crate::types::ConversationId;
 
 pub(super) fn open(dir: PathBuf, opts: Options) -> Result<Arc<Engine>> {
     if !opts.read_only {
-        return open_once(dir, opts);
+        return open_once(dir, opts).map_err(OpenFailure::into_error);
     }
     // A read-only open races the live writer, which may retire a WAL file or segment between
     // our directory listing and our read of it: start over (the new manifest no longer needs
@@ -45,38 +45,54 @@ pub(super) fn open(dir: PathBuf, opts: Options) -> Result<Arc<Engine>> {
     let mut attempts = 0;
     loop {
         match open_once(dir.clone(), opts.clone()) {
-            Err(e) if attempts < 10 && vanished(&e) => {
+            Ok(engine) => return Ok(engine),
+            Err(OpenFailure::Vanished(_)) if attempts < 10 => {
                 attempts += 1;
                 std::thread::sleep(std::time::Duration::from_millis(5 << attempts.min(5)));
             }
-            other => return other,
+            Err(e) => return Err(e.into_error()),
         }
     }
 }
 
-/// Whether an open failed because a file it listed disappeared meanwhile.
-fn vanished(e: &Error) -> bool {
-    match e {
-        Error::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
-        Error::Corruption { reason, offset, .. } => {
-            *offset == 0 && reason.contains("listed in the manifest is missing")
+/// Why an open failed: a file it needed disappeared meanwhile (which a read-only open beside a
+/// live writer retries), or anything else.
+enum OpenFailure {
+    Vanished(Error),
+    Failed(Error),
+}
+
+impl OpenFailure {
+    fn into_error(self) -> Error {
+        match self {
+            OpenFailure::Vanished(e) | OpenFailure::Failed(e) => e,
         }
-        _ => false,
     }
 }
 
-fn open_once(dir: PathBuf, opts: Options) -> Result<Arc<Engine>> {
+impl From<Error> for OpenFailure {
+    fn from(e: Error) -> Self {
+        match &e {
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                OpenFailure::Vanished(e)
+            }
+            _ => OpenFailure::Failed(e),
+        }
+    }
+}
+
+fn open_once(dir: PathBuf, opts: Options) -> Result<Arc<Engine>, OpenFailure> {
     opts.validate()?;
     let fs = Arc::clone(&opts.fs);
     if !fs.exists(&dir) {
         if !opts.create_if_missing || opts.read_only {
-            return Err(Error::io(
+            return Err(OpenFailure::Failed(Error::io(
                 &dir,
                 std::io::Error::new(
                     std::io::ErrorKind::NotFound,
                     "store directory does not exist",
                 ),
-            ));
+            )));
         }
         files::create_dir_durably(&*fs, &dir)?;
     }
@@ -110,7 +126,7 @@ fn open_once(dir: PathBuf, opts: Options) -> Result<Arc<Engine>> {
             .iter()
             .any(|n| files::parse_name(n).is_none() && !n.starts_with('.'));
         if ours || foreign || opts.read_only {
-            return Err(Error::NotAStore { path: dir });
+            return Err(Error::NotAStore { path: dir }.into());
         }
         let fresh = ManifestState {
             next_file_number: 2,
@@ -126,9 +142,13 @@ fn open_once(dir: PathBuf, opts: Options) -> Result<Arc<Engine>> {
         let path = files::segment_path(&dir, rec.number);
         let data = fs.open_random_access(&path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                Error::corruption(&path, 0, "segment listed in the manifest is missing")
+                OpenFailure::Vanished(Error::corruption(
+                    &path,
+                    0,
+                    "segment listed in the manifest is missing",
+                ))
             } else {
-                Error::io(&path, e)
+                OpenFailure::Failed(Error::io(&path, e))
             }
         })?;
         if data.len() != rec.file_bytes {
@@ -140,7 +160,8 @@ fn open_once(dir: PathBuf, opts: Options) -> Result<Arc<Engine>> {
                     data.len(),
                     rec.file_bytes
                 ),
-            ));
+            )
+            .into());
         }
         let reader = SegmentReader::open(&path, data)?;
         segments.push(Arc::new(Segment::open(
