@@ -143,6 +143,11 @@ pub enum Error {
         id: MessageId,
     },
 
+    /// The commit log ([`Options::commit_log`](crate::Options::commit_log)) refused or lost a
+    /// commit group; the store is poisoned.
+    #[error("commit log append failed: {0}")]
+    CommitLog(String),
+
     /// An internal invariant did not hold: a bug in chatstore, not bad input or a bad disk.
     /// The store is not poisoned by it; the call that met it did nothing.
     #[error("internal error (a bug in chatstore): {0}")]

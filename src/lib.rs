@@ -41,6 +41,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod chat;
+pub mod commit_log;
 mod engine;
 mod error;
 pub mod format;
@@ -54,6 +55,7 @@ pub use chat::{
     ChatOptions, ChatStore, Conversation, ConversationKind, Cursors, InboxCursor, InboxEntry,
     InboxPage, MessageReceipts, Reaction, ReceiptState, SendOutcome, Unread,
 };
+pub use commit_log::{CommitLog, CommitRecord};
 pub use engine::{Problem, Stats, VerifyReport, ABORT_ON_PANIC_VAR};
 pub use error::{Error, Result};
 pub use options::{CompactionPolicy, Compression, Durability, Options};

@@ -96,6 +96,9 @@ pub struct Options {
     pub create_if_missing: bool,
     /// The file system the store reads and writes through. Tests swap in a fault-injecting one.
     pub fs: Arc<dyn FileSystem>,
+    /// A log every commit must reach before it is acknowledged, besides the local WAL (see
+    /// [`commit_log`](crate::commit_log)). `None` (the default): the local WAL is the log.
+    pub commit_log: Option<Arc<dyn crate::commit_log::CommitLog>>,
 }
 
 impl Default for Options {
@@ -119,6 +122,7 @@ impl Default for Options {
             read_only: false,
             create_if_missing: true,
             fs: Arc::new(StdFileSystem),
+            commit_log: None,
         }
     }
 }

@@ -362,7 +362,11 @@ impl Store {
     /// exist), without stopping writers: segments are hard-linked where the file system allows,
     /// the live WAL and the manifest are copied. The copy holds a prefix of every conversation
     /// at least as new as the last write acknowledged before the call.
-    pub fn checkpoint(&self, dest: impl AsRef<Path>) -> Result<()> {
+    ///
+    /// Returns the log sequence number the copy holds: a store opened on it has
+    /// [`last_lsn`](Store::last_lsn) equal to it, and continues from it by
+    /// [`apply`](Store::apply)ing later records (see [`commit_log`](crate::commit_log)).
+    pub fn checkpoint(&self, dest: impl AsRef<Path>) -> Result<u64> {
         self.engine().checkpoint(dest.as_ref(), &mut |_, _| {})
     }
 
@@ -371,8 +375,58 @@ impl Store {
         &self,
         dest: impl AsRef<Path>,
         progress: &mut dyn FnMut(u64, u64),
-    ) -> Result<()> {
+    ) -> Result<u64> {
         self.engine().checkpoint(dest.as_ref(), progress)
+    }
+
+    /// The log sequence number of the last commit record applied: every commit, local or
+    /// [`apply`](Store::apply)ed, gets the next one. Durable with the data: after a crash the
+    /// store reopens at the last sequence it kept (see [`commit_log`](crate::commit_log)).
+    pub fn last_lsn(&self) -> u64 {
+        self.engine().last_lsn()
+    }
+
+    /// Applies a commit record another store committed (`lsn` and `body` as its
+    /// [`CommitLog`](crate::CommitLog) received them), reaching the same state: the messages
+    /// keep their ids and timestamps, the state entries their values. Idempotent: a record at
+    /// or below [`last_lsn`](Store::last_lsn) changes nothing and returns `Ok(false)`. A
+    /// record past the next one (`lsn > last_lsn() + 1`) is refused with
+    /// [`Error::InvalidArgument`]: records must be applied in order, without gaps.
+    ///
+    /// The record is logged and made durable as this store's own writes are. A store that
+    /// applies records must take no writes of its own.
+    pub fn apply(&self, lsn: u64, body: &[u8]) -> Result<bool> {
+        if lsn <= self.last_lsn() {
+            return Ok(false);
+        }
+        let owner = Bytes::copy_from_slice(body);
+        let entries = crate::format::batch::decode(&owner, &owner).map_err(|why| {
+            Error::InvalidArgument(format!("commit record {lsn} does not decode: {why}"))
+        })?;
+        if entries.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "commit record {lsn} is empty: no store commits one"
+            )));
+        }
+        self.engine().transact(move |txn| {
+            let next = txn.lsn();
+            if lsn < next {
+                return Ok(false);
+            }
+            if lsn > next {
+                return Err(Error::InvalidArgument(format!(
+                    "commit record {lsn} is not the next one: this store continues at {next}"
+                )));
+            }
+            for entry in entries {
+                match entry {
+                    crate::format::batch::Entry::Message(m) => txn.restore(m)?,
+                    crate::format::batch::Entry::State(key, Some(value)) => txn.put(key, value)?,
+                    crate::format::batch::Entry::State(key, None) => txn.delete(key)?,
+                }
+            }
+            Ok(true)
+        })
     }
 
     /// Reads every segment block and WAL record, checks every checksum and invariant (ids

@@ -209,7 +209,7 @@ fn wal_batch_entry_count_amplification() {
     payload.resize(len, 0);
     let mut log = Vec::new();
     wal::encode_file_header(&mut log);
-    wal::encode_record(&mut log, wal::RecordType::Batch, 0, &payload);
+    wal::encode_record(&mut log, wal::RecordType::Batch, 0, 1, &payload);
     assert_eq!(run_one(wal_reader::run, &log), Ok(()));
 }
 
@@ -341,7 +341,7 @@ mod seeds {
             for m in chunk {
                 batch::put_message(&mut payload, m);
             }
-            wal::encode_record(&mut log, wal::RecordType::Batch, 0, &payload);
+            wal::encode_record(&mut log, wal::RecordType::Batch, 0, 1, &payload);
         }
         let mut payload = Vec::new();
         batch::put_count(&mut payload, 4);
@@ -349,7 +349,7 @@ mod seeds {
         batch::put_state(&mut payload, b"U\x00\x00\x00\x01cursor", Some(b"\x05"));
         batch::put_state(&mut payload, b"gone", None);
         batch::put_state(&mut payload, b"", Some(b""));
-        wal::encode_record(&mut log, wal::RecordType::Batch, 0, &payload);
+        wal::encode_record(&mut log, wal::RecordType::Batch, 0, 1, &payload);
         write("wal_reader", "batches", &log);
 
         // A torn tail: the last record cut short, then zero fill.
@@ -453,6 +453,7 @@ mod seeds {
                     messages: 17,
                 },
             ],
+            flushed_lsn: 77,
         };
         write("manifest_reader", "two-segments", &manifest::encode(&state));
     }

@@ -40,6 +40,7 @@ fn check(data: &[u8]) {
                 payload,
                 offset,
                 synced_through: _,
+                lsn: _,
             } => {
                 assert_eq!(offset, next, "records must follow each other");
                 // The body is a slice of the file, after the header and `synced_through`.

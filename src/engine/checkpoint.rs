@@ -11,11 +11,16 @@ use std::path::Path;
 use super::files::{self, FileKind};
 use super::Engine;
 use crate::error::{Error, Result};
+use crate::format::wal::{LogReader, ReadStep};
 
 impl Engine {
     /// Writes a checkpoint of the store into `dest`, which must not exist. `progress` is told
-    /// (bytes done, bytes total).
-    pub(crate) fn checkpoint(&self, dest: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
+    /// (bytes done, bytes total). Returns the log sequence number the copy holds.
+    pub(crate) fn checkpoint(
+        &self,
+        dest: &Path,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<u64> {
         if self.fs.exists(dest) {
             return Err(Error::InvalidArgument(format!(
                 "checkpoint destination {} already exists",
@@ -50,16 +55,23 @@ impl Engine {
             done += s.file_bytes;
             progress(done, total);
         }
+        // The copy's recovery replays the copied logs up to their first incomplete record;
+        // its sequence number is the last one of those (or the manifest's, if none).
+        let mut lsn = manifest.flushed_lsn;
         for n in wals {
             let from = files::wal_path(&self.dir, n);
             let to = files::wal_path(dest, n);
             let data = self.fs.read(&from).map_err(|e| Error::io(&from, e))?;
+            let mut reader = LogReader::new(&data);
+            while let ReadStep::Record { lsn: record, .. } = reader.next_step() {
+                lsn = if record == 0 { lsn + 1 } else { record };
+            }
             let mut f = self.fs.create(&to).map_err(|e| Error::io(&to, e))?;
             f.write_all(&data).map_err(|e| Error::io(&to, e))?;
             f.sync().map_err(|e| Error::io(&to, e))?;
         }
         files::write_manifest(&*self.fs, dest, &manifest)?;
         progress(total, total);
-        Ok(())
+        Ok(lsn)
     }
 }

@@ -23,6 +23,7 @@ use super::log_writer::LogWriter;
 use super::memtable::Memtable;
 use super::version::Version;
 use super::Engine;
+use crate::commit_log::CommitRecord;
 use crate::error::{Error, Result};
 use crate::format::state_block::MAX_KEY_LEN;
 use crate::format::{batch, wal};
@@ -107,6 +108,8 @@ pub(crate) struct Txn<'a> {
     last_ids: &'a LastIds,
     group_state: &'a FxHashMap<Bytes, Option<Bytes>>,
     now: u64,
+    /// The log sequence number this transaction's record gets if it has effects.
+    lsn: u64,
     messages: Vec<Message>,
     /// Last id this transaction gave each conversation (a scan of `messages` would make a
     /// batch append quadratic).
@@ -118,6 +121,11 @@ impl Txn<'_> {
     /// Server time of this commit group, in ms since the Unix epoch.
     pub fn now_ms(&self) -> u64 {
         self.now
+    }
+
+    /// The log sequence number this transaction's commit record gets if it has any effect.
+    pub fn lsn(&self) -> u64 {
+        self.lsn
     }
 
     /// The conversation's last id including appends made earlier in the group or this txn.
@@ -429,6 +437,9 @@ impl Engine {
         scratch.frame.clear();
         scratch.ids.clear();
         scratch.state.clear();
+        let mut lsn = self.last_lsn.load(Ordering::Acquire);
+        // Where each record's body lies in the frame, for the commit log.
+        let mut bodies: Vec<(u64, std::ops::Range<usize>)> = Vec::new();
         let mut outcomes: Vec<(u64, Result<Vec<Message>>)> = Vec::with_capacity(group.len());
         let mut state: Vec<(Bytes, Option<Bytes>)> = Vec::new();
         for (ticket, job) in group {
@@ -439,6 +450,7 @@ impl Engine {
                 last_ids: &scratch.last_ids,
                 group_state: &scratch.state,
                 now,
+                lsn: lsn + 1,
                 messages: Vec::new(),
                 own_ids: FxHashMap::default(),
                 state: Vec::new(),
@@ -454,7 +466,8 @@ impl Engine {
                 // Bytes of the log known durable now (possibly fewer: never more): recovery
                 // tells damage from a torn tail by them.
                 let synced_through = self.wal_synced.load(Ordering::Acquire);
-                let start = wal::begin_record(&mut scratch.frame, synced_through);
+                let start = wal::begin_record(&mut scratch.frame, synced_through, lsn + 1);
+                let body_start = start + wal::record_overhead(synced_through, lsn + 1);
                 let encoded = batch::encode(&mut scratch.frame, &txn_messages, &txn_state)
                     .and_then(|()| {
                         wal::finish_record(&mut scratch.frame, start, wal::RecordType::Batch)
@@ -464,6 +477,8 @@ impl Engine {
                     scratch.frame.truncate(start);
                     result = Err(e.into());
                 } else {
+                    lsn += 1;
+                    bodies.push((lsn, body_start..scratch.frame.len()));
                     for m in &txn_messages {
                         scratch.ids.insert(m.conversation, m.id.0);
                     }
@@ -478,6 +493,27 @@ impl Engine {
         }
         if scratch.frame.is_empty() {
             return outcomes;
+        }
+        if let Some(log) = &self.opts.commit_log {
+            let records: Vec<CommitRecord<'_>> = bodies
+                .iter()
+                .map(|(lsn, range)| CommitRecord {
+                    lsn: *lsn,
+                    body: &scratch.frame[range.clone()],
+                })
+                .collect();
+            if let Err(e) = log.append(&records) {
+                // The log may hold the records or not: stop, and let a reopen catch up from
+                // the log, which is the truth.
+                let why = e.to_string();
+                self.set_poison(format!("commit log append failed: {why}"));
+                for (_, o) in outcomes.iter_mut() {
+                    if o.is_ok() {
+                        *o = Err(Error::CommitLog(why.clone()));
+                    }
+                }
+                return outcomes;
+            }
         }
         if let Err(e) = self.write_wal(&scratch.frame) {
             // The record may be half on disk: refuse further writes until a reopen decides,
@@ -495,7 +531,8 @@ impl Engine {
             .filter_map(|(_, o)| o.as_ref().ok())
             .flatten();
         let appended = messages.clone().count();
-        version.active.apply(messages, &state);
+        version.active.apply(messages, &state, lsn);
+        self.last_lsn.store(lsn, Ordering::Release);
         for (&conv, &last) in &scratch.ids {
             scratch.last_ids.set(conv, last);
         }

@@ -146,6 +146,7 @@ fn flush_one(engine: &Engine, mem: Arc<Memtable>) -> Result<()> {
             .map_or(v.active.first_wal(), |m| m.first_wal())
     };
     next.log_number = horizon;
+    next.flushed_lsn = next.flushed_lsn.max(mem.max_lsn());
     next.next_file_number = engine.next_file_number.load(Ordering::SeqCst);
     files::write_manifest(&*engine.fs, &engine.dir, &next)?;
     *manifest = next;

@@ -165,6 +165,8 @@ pub struct Memtable {
     /// The first WAL file whose records this memtable holds; once it is flushed, every WAL
     /// file below the next memtable's `first_wal` is obsolete.
     first_wal: u64,
+    /// The highest log sequence number of the commit records applied to it.
+    max_lsn: AtomicU64,
     /// Bytes held by every live memtable of the engine, this one included until it drops: a
     /// flushed memtable lives on while a reader still holds a version that lists it.
     held: Arc<AtomicU64>,
@@ -208,6 +210,7 @@ impl Memtable {
         Memtable {
             inner: RwLock::new(Inner::default()),
             first_wal,
+            max_lsn: AtomicU64::new(0),
             held: Arc::clone(held),
         }
     }
@@ -215,6 +218,11 @@ impl Memtable {
     /// See the field.
     pub fn first_wal(&self) -> u64 {
         self.first_wal
+    }
+
+    /// The highest log sequence number applied (0 if none).
+    pub fn max_lsn(&self) -> u64 {
+        self.max_lsn.load(Ordering::Acquire)
     }
 
     /// Approximate memory held.
@@ -234,14 +242,17 @@ impl Memtable {
     }
 
     /// Inserts messages and sets state keys (`None` deletes; later entries win) under one
-    /// lock, so a reader sees all of a commit or none of it.
+    /// lock, so a reader sees all of a commit or none of it. `lsn` is the highest log
+    /// sequence number among the records applied.
     /// REQUIRES: each message's id is the next one of its conversation.
     pub fn apply<'a>(
         &self,
         messages: impl IntoIterator<Item = &'a Message>,
         state: &[(Bytes, Option<Bytes>)],
+        lsn: u64,
     ) {
         let mut guard = self.inner.write();
+        self.max_lsn.fetch_max(lsn, Ordering::AcqRel);
         let inner = &mut *guard;
         let before = inner.bytes;
         for m in messages {
@@ -399,7 +410,7 @@ mod tests {
     fn ranges_and_collect() {
         let mt = Memtable::new(3, &Arc::default());
         let msgs: Vec<Message> = (5..=9).map(|i| msg(1, i)).chain([msg(2, 1)]).collect();
-        mt.apply(&msgs, &[]);
+        mt.apply(&msgs, &[], 1);
         assert_eq!(mt.len(), 6);
         assert_eq!(mt.range(ConversationId(1)), Some((5, 9)));
         assert_eq!(mt.range(ConversationId(3)), None);
@@ -456,7 +467,7 @@ mod tests {
                 m
             })
             .collect();
-        mt.apply(&msgs, &[]);
+        mt.apply(&msgs, &[], 1);
         for conv in 1..=3u64 {
             let mut out = Vec::new();
             mt.collect(ConversationId(conv), 1, u64::MAX, &mut out);

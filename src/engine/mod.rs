@@ -59,6 +59,9 @@ pub(crate) struct Engine {
     /// Last persisted manifest; only the flusher changes it.
     manifest: Mutex<ManifestState>,
     next_file_number: AtomicU64,
+    /// The log sequence number of the last commit record applied (visible); only the write
+    /// leader advances it.
+    last_lsn: AtomicU64,
     /// Signals for the background thread (work to do, shutdown) and for writers waiting on it.
     bg: Mutex<()>,
     bg_cv: Condvar,
@@ -180,6 +183,11 @@ impl Engine {
     /// Last message id of `conv` (0 if none).
     pub(crate) fn last_id(&self, conv: ConversationId) -> u64 {
         self.current().last_id(conv)
+    }
+
+    /// The log sequence number of the last commit record applied.
+    pub(crate) fn last_lsn(&self) -> u64 {
+        self.last_lsn.load(Ordering::Acquire)
     }
 
     /// Messages of `conv` with ids in `lo..=hi`, oldest first, from one consistent version.

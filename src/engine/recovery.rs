@@ -132,6 +132,7 @@ fn open_once(dir: PathBuf, opts: Options) -> Result<Arc<Engine>, OpenFailure> {
             next_file_number: 2,
             log_number: 1,
             segments: Vec::new(),
+            flushed_lsn: 0,
         };
         files::write_manifest(&*fs, &dir, &fresh)?;
         fresh
@@ -205,7 +206,14 @@ fn open_once(dir: PathBuf, opts: Options) -> Result<Arc<Engine>, OpenFailure> {
         frozen: Vec::new(),
         segments,
     };
-    replay(&*fs, &dir, &wals, &base, opts.read_only)?;
+    let last_lsn = replay(
+        &*fs,
+        &dir,
+        &wals,
+        &base,
+        opts.read_only,
+        manifest.flushed_lsn,
+    )?;
     if !opts.read_only {
         // A crashed process may have left replayed records in the page cache only. They are
         // now visible and later ids build on them, so they must be durable before anything
@@ -267,6 +275,7 @@ fn open_once(dir: PathBuf, opts: Options) -> Result<Arc<Engine>, OpenFailure> {
         wal_synced,
         manifest: Mutex::new(manifest),
         next_file_number: AtomicU64::new(wal_number + 1),
+        last_lsn: AtomicU64::new(last_lsn),
         bg: Mutex::new(()),
         bg_cv: Condvar::new(),
         shutdown: AtomicBool::new(false),
@@ -278,14 +287,18 @@ fn open_once(dir: PathBuf, opts: Options) -> Result<Arc<Engine>, OpenFailure> {
     }))
 }
 
-/// Replays `wals` (sorted) into `base.active`, checking that ids continue each conversation.
+/// Replays `wals` (sorted) into `base.active`, checking that ids continue each conversation
+/// and that log sequence numbers continue from `flushed_lsn`. Returns the last sequence
+/// number replayed (`flushed_lsn` if none).
 fn replay(
     fs: &dyn FileSystem,
     dir: &Path,
     wals: &[u64],
     base: &Version,
     read_only: bool,
-) -> Result<()> {
+    flushed_lsn: u64,
+) -> Result<u64> {
+    let mut last_lsn = flushed_lsn;
     let mut last: FxHashMap<ConversationId, u64> = FxHashMap::default();
     for (i, &n) in wals.iter().enumerate() {
         let newest = i + 1 == wals.len();
@@ -318,8 +331,21 @@ fn replay(
         loop {
             match reader.next_step() {
                 ReadStep::Record {
-                    payload, offset, ..
+                    payload,
+                    offset,
+                    lsn,
+                    ..
                 } => {
+                    // Version 1 records carry no sequence number: they get the next one.
+                    let lsn = if lsn == 0 { last_lsn + 1 } else { lsn };
+                    if lsn != last_lsn + 1 {
+                        return Err(Error::corruption(
+                            &path,
+                            offset,
+                            format!("log sequence gap: record {lsn} after record {last_lsn}"),
+                        ));
+                    }
+                    last_lsn = lsn;
                     let entries = batch::decode(&data, payload)
                         .map_err(|why| Error::corruption(&path, offset, why))?;
                     let mut msgs = Vec::with_capacity(entries.len());
@@ -349,7 +375,7 @@ fn replay(
                         last.insert(m.conversation, m.id.0);
                         msgs.push(m);
                     }
-                    base.active.apply(&msgs, &state);
+                    base.active.apply(&msgs, &state, lsn);
                 }
                 ReadStep::End { .. } => break,
                 ReadStep::TornTail { offset } if newest => {
@@ -372,5 +398,5 @@ fn replay(
             }
         }
     }
-    Ok(())
+    Ok(last_lsn)
 }

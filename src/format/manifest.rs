@@ -5,17 +5,18 @@
 //! ```text
 //! manifest := magic:u64 = MANIFEST_MAGIC | version:u32 | payload_len:u32 | payload | crc:u32
 //! payload  := next_file_number:varint | log_number:varint | segment_count:varint
-//!             segment{segment_count}
+//!             segment{segment_count} | flushed_lsn:varint (version 2)
 //! segment  := number:varint | level:varint | file_bytes:varint | messages:varint
 //! ```
-//! `crc` covers everything before it. WAL files numbered below `log_number` are obsolete.
+//! `crc` covers everything before it. WAL files numbered below `log_number` are obsolete;
+//! every commit record with a sequence number up to `flushed_lsn` is in the listed segments.
 
 use super::coding::{get_u32, get_u64, put_u32, put_u64, put_varint, Reader};
 
 /// "CHATMAN" and a format byte, as a little-endian u64.
 pub const MANIFEST_MAGIC: u64 = u64::from_le_bytes(*b"CHATMAN\x01");
 /// The newest manifest format version this build writes and reads.
-pub const MANIFEST_VERSION: u32 = 1;
+pub const MANIFEST_VERSION: u32 = 2;
 /// Largest manifest payload a reader accepts.
 pub const MAX_MANIFEST_LEN: usize = 64 << 20;
 
@@ -41,6 +42,9 @@ pub struct ManifestState {
     pub log_number: u64,
     /// Live segments, oldest first.
     pub segments: Vec<SegmentRecord>,
+    /// Every commit record with a log sequence number up to this one is in the segments
+    /// (0 in version 1 manifests).
+    pub flushed_lsn: u64,
 }
 
 /// Why a manifest could not be decoded.
@@ -69,6 +73,7 @@ pub fn encode(state: &ManifestState) -> Vec<u8> {
         put_varint(&mut payload, s.file_bytes);
         put_varint(&mut payload, s.messages);
     }
+    put_varint(&mut payload, state.flushed_lsn);
     let mut out = Vec::with_capacity(payload.len() + 20);
     put_u64(&mut out, MANIFEST_MAGIC);
     put_u32(&mut out, MANIFEST_VERSION);
@@ -118,6 +123,11 @@ pub fn decode(buf: &[u8]) -> Result<ManifestState, DecodeError> {
             messages,
         });
     }
+    let flushed_lsn = if version >= 2 {
+        r.varint().ok_or_else(|| bad(&r))?
+    } else {
+        0
+    };
     if !r.is_empty() {
         return Err(bad(&r));
     }
@@ -125,6 +135,7 @@ pub fn decode(buf: &[u8]) -> Result<ManifestState, DecodeError> {
         next_file_number,
         log_number,
         segments,
+        flushed_lsn,
     })
 }
 
@@ -150,6 +161,7 @@ mod tests {
                     messages: 1,
                 },
             ],
+            flushed_lsn: 123_456,
         }
     }
 
@@ -182,5 +194,22 @@ mod tests {
         let crc = crc32fast::hash(&buf[..n - 4]);
         buf[n - 4..].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(decode(&buf), Err(DecodeError::Version(9)));
+    }
+
+    #[test]
+    fn version_1_manifests_read_with_no_flushed_sequence() {
+        // Version 1: the same payload without `flushed_lsn`.
+        let mut s = sample();
+        s.flushed_lsn = 0;
+        let v2 = encode(&s);
+        let payload_len = u32::from_le_bytes([v2[12], v2[13], v2[14], v2[15]]) as usize - 1;
+        let mut v1 = Vec::new();
+        put_u64(&mut v1, MANIFEST_MAGIC);
+        put_u32(&mut v1, 1);
+        put_u32(&mut v1, payload_len as u32);
+        v1.extend_from_slice(&v2[16..16 + payload_len]);
+        let crc = crc32fast::hash(&v1);
+        put_u32(&mut v1, crc);
+        assert_eq!(decode(&v1), Ok(s));
     }
 }

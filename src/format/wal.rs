@@ -4,7 +4,7 @@
 //! file    := file_header record*
 //! header  := magic:u64 = WAL_MAGIC | version:u32 | reserved:u32 = 0           (16 bytes)
 //! record  := len:u32 | type:u8 | 0:u8[3] | payload_crc:u32 | header_crc:u32 | payload[len]
-//! payload := synced_through:varint body                          (version 2; v1: body only)
+//! payload := synced_through:varint lsn:varint body               (version 2; v1: body only)
 //! ```
 //!
 //! `header_crc` covers the first 12 bytes of the record header, so a damaged length is caught
@@ -13,7 +13,9 @@
 //! was written. It tells damage apart from a torn tail: bytes that a later valid record says
 //! were durable cannot have been lost by a power cut, so damage there is corruption; damage
 //! that no later record vouches for is the unsynced tail of a write that never completed
-//! (pages of it may be lost in any order), and is cut off.
+//! (pages of it may be lost in any order), and is cut off. `lsn` is the record's log sequence
+//! number: one per commit record, consecutive across the store's WAL files, and the same on
+//! every store that applies the record (see `Store::apply`).
 
 use crc32fast::Hasher;
 
@@ -66,11 +68,18 @@ pub fn encode_file_header_version(buf: &mut Vec<u8>, version: u32) {
 }
 
 /// Appends one framed record (of the newest version) to `buf`; `synced_through` is how many
-/// bytes of the file were durable when it was written. For tests and tools: a payload over
-/// [`MAX_RECORD_LEN`] is left with a zeroed header, which readers take for damage (the
-/// store's own write path refuses such a write instead, see [`finish_record`]).
-pub fn encode_record(buf: &mut Vec<u8>, ty: RecordType, synced_through: u64, body: &[u8]) {
-    let start = begin_record(buf, synced_through);
+/// bytes of the file were durable when it was written, `lsn` its sequence number. For tests
+/// and tools: a payload over [`MAX_RECORD_LEN`] is left with a zeroed header, which readers
+/// take for damage (the store's own write path refuses such a write instead, see
+/// [`finish_record`]).
+pub fn encode_record(
+    buf: &mut Vec<u8>,
+    ty: RecordType,
+    synced_through: u64,
+    lsn: u64,
+    body: &[u8],
+) {
+    let start = begin_record(buf, synced_through, lsn);
     buf.extend_from_slice(body);
     let _ = finish_record(buf, start, ty);
 }
@@ -86,22 +95,22 @@ pub fn encode_record_v1(buf: &mut Vec<u8>, ty: RecordType, body: &[u8]) {
 
 /// Begins a record in `buf` whose body the caller appends next; finish it with
 /// [`finish_record`]. Avoids building the payload in a separate buffer.
-pub fn begin_record(buf: &mut Vec<u8>, synced_through: u64) -> usize {
+pub fn begin_record(buf: &mut Vec<u8>, synced_through: u64, lsn: u64) -> usize {
     let start = buf.len();
     buf.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
     put_varint(buf, synced_through);
+    put_varint(buf, lsn);
     start
 }
 
-/// Bytes [`begin_record`] adds in front of the body (header and `synced_through`).
-pub fn record_overhead(synced_through: u64) -> usize {
-    let mut varint = 1;
-    let mut v = synced_through >> 7;
-    while v > 0 {
-        varint += 1;
-        v >>= 7;
-    }
-    RECORD_HEADER_LEN + varint
+/// Bytes [`begin_record`] adds in front of the body (header, `synced_through` and `lsn`).
+pub fn record_overhead(synced_through: u64, lsn: u64) -> usize {
+    RECORD_HEADER_LEN + varint_len(synced_through) + varint_len(lsn)
+}
+
+fn varint_len(v: u64) -> usize {
+    let bits = 64 - (v | 1).leading_zeros() as usize;
+    bits.div_ceil(7)
 }
 
 /// Fills in the header of a record begun at `start` with [`begin_record`]. Refuses (leaving the
@@ -141,6 +150,8 @@ pub enum ReadStep<'a> {
         offset: u64,
         /// Bytes of the file that were durable when the record was written (0 in version 1).
         synced_through: u64,
+        /// The record's log sequence number (0 in version 1, where records carry none).
+        lsn: u64,
     },
     /// The log ends cleanly at `offset`.
     End {
@@ -188,8 +199,16 @@ pub fn check_file_header(buf: &[u8]) -> Result<Option<u32>, &'static str> {
     Ok(get_u32(buf, 8))
 }
 
-/// A record that checks out completely at `pos`: (type, body, synced_through, end offset).
-fn record_at(buf: &[u8], pos: usize, version: u32) -> Option<(RecordType, &[u8], u64, usize)> {
+/// A record that checks out completely at `pos`.
+struct Found<'a> {
+    ty: RecordType,
+    body: &'a [u8],
+    synced_through: u64,
+    lsn: u64,
+    end: usize,
+}
+
+fn record_at(buf: &[u8], pos: usize, version: u32) -> Option<Found<'_>> {
     let h = buf.get(pos..pos.checked_add(RECORD_HEADER_LEN)?)?;
     if crc32fast::hash(&h[..12]) != get_u32(h, 12)? {
         return None;
@@ -204,14 +223,21 @@ fn record_at(buf: &[u8], pos: usize, version: u32) -> Option<(RecordType, &[u8],
     if crc32fast::hash(payload) != get_u32(h, 8)? {
         return None;
     }
-    let (synced_through, body) = if version >= SYNCED_THROUGH_VERSION {
+    let (synced_through, lsn, body) = if version >= SYNCED_THROUGH_VERSION {
         let mut r = Reader::new(payload);
         let synced = r.varint()?;
-        (synced, &payload[r.position()..])
+        let lsn = r.varint()?;
+        (synced, lsn, &payload[r.position()..])
     } else {
-        (0, payload)
+        (0, 0, payload)
     };
-    Some((ty, body, synced_through, start + len))
+    Some(Found {
+        ty,
+        body,
+        synced_through,
+        lsn,
+        end: start + len,
+    })
 }
 
 /// The earliest durability claim a valid record after `from` makes about bytes at or past
@@ -222,11 +248,11 @@ pub fn vouched_after(buf: &[u8], from: usize, damage: usize) -> Option<u64> {
     let mut pos = from;
     while pos.saturating_add(RECORD_HEADER_LEN) <= buf.len() {
         match record_at(buf, pos, WAL_VERSION) {
-            Some((_, _, synced_through, end)) => {
-                if synced_through > damage as u64 {
+            Some(found) => {
+                if found.synced_through > damage as u64 {
                     return Some(pos as u64);
                 }
-                pos = end;
+                pos = found.end;
             }
             None => pos += 1,
         }
@@ -279,15 +305,14 @@ impl<'a> LogReader<'a> {
         if self.pos == self.buf.len() {
             return ReadStep::End { offset };
         }
-        if let Some((ty, payload, synced_through, end)) =
-            record_at(self.buf, self.pos, self.version)
-        {
-            self.pos = end;
+        if let Some(found) = record_at(self.buf, self.pos, self.version) {
+            self.pos = found.end;
             return ReadStep::Record {
-                ty,
-                payload,
+                ty: found.ty,
+                payload: found.body,
                 offset,
-                synced_through,
+                synced_through: found.synced_through,
+                lsn: found.lsn,
             };
         }
         match vouched_after(self.buf, self.pos + 1, self.pos) {
@@ -366,6 +391,7 @@ impl<'a> LogReader<'a> {
             payload,
             offset,
             synced_through: 0,
+            lsn: 0,
         }
     }
 
@@ -385,7 +411,13 @@ mod tests {
         let mut ends = Vec::new();
         for p in payloads {
             let synced = buf.len() as u64;
-            encode_record(&mut buf, RecordType::Batch, synced, p);
+            encode_record(
+                &mut buf,
+                RecordType::Batch,
+                synced,
+                ends.len() as u64 + 1,
+                p,
+            );
             ends.push(buf.len());
         }
         (buf, ends)
@@ -419,10 +451,12 @@ mod tests {
     #[test]
     fn begin_finish_matches_encode() {
         let mut a = Vec::new();
-        encode_record(&mut a, RecordType::Batch, 77, b"payload bytes");
-        assert_eq!(a.len(), record_overhead(77) + 13);
+        encode_record(&mut a, RecordType::Batch, 77, 300, b"payload bytes");
+        assert_eq!(a.len(), record_overhead(77, 300) + 13);
+        assert_eq!(record_overhead(0, 127), RECORD_HEADER_LEN + 2);
+        assert_eq!(record_overhead(128, 1 << 63), RECORD_HEADER_LEN + 2 + 10);
         let mut b = Vec::new();
-        let start = begin_record(&mut b, 77);
+        let start = begin_record(&mut b, 77, 300);
         b.extend_from_slice(b"payload bytes");
         finish_record(&mut b, start, RecordType::Batch).unwrap();
         assert_eq!(a, b);
@@ -432,15 +466,15 @@ mod tests {
     fn finish_refuses_a_payload_over_the_limit() {
         let mut log = Vec::new();
         encode_file_header(&mut log);
-        let start = begin_record(&mut log, 0);
+        let start = begin_record(&mut log, 0, 1);
         log.resize(start + RECORD_HEADER_LEN + MAX_RECORD_LEN + 1, 7);
         assert!(finish_record(&mut log, start, RecordType::Batch).is_err());
         log.pop();
         finish_record(&mut log, start, RecordType::Batch).unwrap();
         let mut r = LogReader::new(&log);
         assert!(
-            // The body is what follows the one-byte `synced_through`.
-            matches!(r.next_step(), ReadStep::Record { payload, .. } if payload.len() == MAX_RECORD_LEN - 1),
+            // The body is what follows the one-byte `synced_through` and `lsn`.
+            matches!(r.next_step(), ReadStep::Record { payload, .. } if payload.len() == MAX_RECORD_LEN - 2),
             "a record of exactly the limit reads back"
         );
         assert!(matches!(r.next_step(), ReadStep::End { .. }));
@@ -528,7 +562,13 @@ mod tests {
         encode_file_header(&mut buf);
         let mut ends = Vec::new();
         for p in payloads {
-            encode_record(&mut buf, RecordType::Batch, durable, p);
+            encode_record(
+                &mut buf,
+                RecordType::Batch,
+                durable,
+                ends.len() as u64 + 1,
+                p,
+            );
             ends.push(buf.len());
         }
         (buf, ends)
@@ -563,7 +603,7 @@ mod tests {
         let (mut buf, ends) = unsynced_log(&[b"synced", &big], 0);
         // A later group written after an fsync that covered the damaged bytes.
         let synced = buf.len() as u64;
-        encode_record(&mut buf, RecordType::Batch, synced, b"after the sync");
+        encode_record(&mut buf, RecordType::Batch, synced, 3, b"after the sync");
         for b in &mut buf[ends[0] + 20..ends[0] + 300] {
             *b = 0;
         }
@@ -583,10 +623,15 @@ mod tests {
     fn records_report_what_was_durable_when_they_were_written() {
         let (buf, ends) = log_of(&[b"a", b"b"]);
         let mut r = LogReader::new(&buf);
-        for want in [FILE_HEADER_LEN, ends[0]] {
+        for (i, want) in [FILE_HEADER_LEN, ends[0]].into_iter().enumerate() {
             match r.next_step() {
-                ReadStep::Record { synced_through, .. } => {
-                    assert_eq!(synced_through, want as u64)
+                ReadStep::Record {
+                    synced_through,
+                    lsn,
+                    ..
+                } => {
+                    assert_eq!(synced_through, want as u64);
+                    assert_eq!(lsn, i as u64 + 1);
                 }
                 other => panic!("{other:?}"),
             }
@@ -634,10 +679,10 @@ mod tests {
         ];
         let mut buf = Vec::new();
         encode_file_header(&mut buf);
-        encode_record(&mut buf, RecordType::Batch, 0, body);
+        encode_record(&mut buf, RecordType::Batch, 0, 1, body);
         let header: &[u8] = &[
-            0x43, 0x48, 0x41, 0x54, 0x57, 0x41, 0x4c, 0x01, 0x02, 0, 0, 0, 0, 0, 0, 0, 0x21, 0, 0,
-            0, 0x01, 0, 0, 0, 0x52, 0xa8, 0xd2, 0x7c, 0x1d, 0x00, 0x39, 0x68, 0x00,
+            0x43, 0x48, 0x41, 0x54, 0x57, 0x41, 0x4c, 0x01, 0x02, 0, 0, 0, 0, 0, 0, 0, 0x22, 0, 0,
+            0, 0x01, 0, 0, 0, 0x06, 0x6e, 0x2d, 0x71, 0x25, 0x21, 0x7f, 0x23, 0x00, 0x01,
         ];
         assert_eq!(&buf[..header.len()], header);
         assert_eq!(&buf[header.len()..], body);
