@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::fs::{FileSystem, StdFileSystem};
+use crate::presence::{Clock, SystemClock};
 
 /// When an acknowledged write is on stable storage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,6 +97,9 @@ pub struct Options {
     pub create_if_missing: bool,
     /// The file system the store reads and writes through. Tests swap in a fault-injecting one.
     pub fs: Arc<dyn FileSystem>,
+    /// The wall clock: message timestamps, edit times and retention cutoffs are read from it.
+    /// The system clock by default; tests swap in one they move (forward or back) themselves.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for Options {
@@ -119,6 +123,7 @@ impl Default for Options {
             read_only: false,
             create_if_missing: true,
             fs: Arc::new(StdFileSystem),
+            clock: Arc::new(SystemClock),
         }
     }
 }

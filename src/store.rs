@@ -360,6 +360,14 @@ impl Store {
         self.engine().compact()
     }
 
+    /// Runs the one compaction the background thread would run next (treating the store as
+    /// quiet), if any is due, and returns whether one ran. Not needed in normal use: it lets
+    /// tests drive partial compactions step by step with `background_compaction` off.
+    #[doc(hidden)]
+    pub fn compact_step(&self) -> Result<bool> {
+        self.engine().compact_step()
+    }
+
     /// Makes every acknowledged write durable (useful in buffered durability).
     pub fn sync(&self) -> Result<()> {
         self.engine().sync()

@@ -12,7 +12,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -295,12 +295,6 @@ impl Txn<'_> {
     }
 }
 
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 fn copy_error(e: &Error) -> Error {
     match e {
         Error::Io { path, source } => Error::Io {
@@ -424,7 +418,7 @@ impl Engine {
                 .collect();
         }
         let version = self.current();
-        let now = now_ms();
+        let now = self.opts.clock.now_ms();
         scratch.frame.clear();
         scratch.ids.clear();
         scratch.state.clear();

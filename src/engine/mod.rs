@@ -125,6 +125,20 @@ impl Engine {
         self.compact_all()
     }
 
+    /// Runs the compaction the background thread would run next, as if the store were quiet
+    /// (see [`Store::compact_step`](crate::Store::compact_step)). Damage found poisons the
+    /// store, as in the background.
+    pub(crate) fn compact_step(&self) -> Result<bool> {
+        self.check_writable()?;
+        let ran = self.compact_once(true);
+        if let Err(e) = &ran {
+            if e.is_corruption() {
+                self.set_poison(format!("compaction found damage: {e}"));
+            }
+        }
+        ran
+    }
+
     /// Asks the background thread to stop and syncs the WAL.
     pub(crate) fn shutdown(&self) -> Result<()> {
         self.shutdown.store(true, Ordering::Release);
@@ -223,7 +237,7 @@ impl Engine {
         v: &Version,
         conv: ConversationId,
     ) -> Result<Option<u64>> {
-        let now = commit::now_ms();
+        let now = self.opts.clock.now_ms();
         let mut cutoff = self
             .opts
             .max_message_age
