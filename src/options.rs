@@ -80,7 +80,9 @@ pub struct Options {
     /// Size at which compaction starts a new output segment.
     pub target_segment_bytes: u64,
     /// Store-wide retention: messages older than this disappear from reads at once and from
-    /// disk at the next compaction. `None` keeps messages forever.
+    /// disk at the next compaction. `None` keeps messages forever. Changing it (at the next
+    /// open) brings back expired messages no compaction has dropped yet, never those it
+    /// dropped.
     pub max_message_age: Option<Duration>,
     /// Compaction policy.
     pub compaction_policy: CompactionPolicy,

@@ -289,7 +289,8 @@ impl Store {
 
     /// Sets a time-to-live on the conversation's messages (disappearing messages): older
     /// messages disappear from reads at once and from disk at the next compaction. `None`
-    /// removes it. A zero duration is an error.
+    /// removes it (or a longer one lengthens it): expired messages no compaction has dropped
+    /// yet read again, those it dropped do not. A zero duration is an error.
     pub fn set_retention(&self, conv: ConversationId, ttl: Option<Duration>) -> Result<()> {
         let ms = retention_ms(ttl)?;
         self.engine().transact(move |txn| txn.set_ttl(conv, ms))

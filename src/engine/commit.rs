@@ -237,10 +237,8 @@ impl Txn<'_> {
         let Some(mut m) = found.pop() else {
             return Ok(None);
         };
-        if let Some(cutoff) = self.engine.retention_cutoff(self.version, conv)? {
-            if m.timestamp_ms < cutoff {
-                return Ok(None);
-            }
+        if self.engine.expiry(self.version, conv)?.hides(&m) {
+            return Ok(None);
         }
         if let Some(v) = self.get(&super::overrides::edit_key(conv, id))? {
             let o = super::overrides::Override::decode(&v)
