@@ -280,8 +280,9 @@ impl Store {
     }
 
     /// Deletes message `id` for everyone; `by` must have sent it. Reads return a placeholder
-    /// of kind [`MessageKind::Deleted`](crate::MessageKind::Deleted) without content; the next
-    /// compaction that rewrites the message's segment removes the content from disk.
+    /// of kind [`MessageKind::Deleted`](crate::MessageKind::Deleted) without content; the first
+    /// compaction that rewrites the message's segment once the delete itself is in a segment
+    /// (after the next flush) removes the content from disk.
     pub fn delete(&self, conv: ConversationId, id: MessageId, by: UserId) -> Result<Message> {
         self.engine()
             .transact(move |txn| edit_in(txn, conv, id, by, None))

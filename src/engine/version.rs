@@ -5,7 +5,7 @@
 //! lives in exactly one place, and for a given conversation the places hold consecutive id
 //! ranges in age order: segments (oldest first), frozen memtables, the active memtable.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
@@ -279,6 +279,16 @@ impl Version {
                     .as_ref()
                     .is_some_and(|(lo, _)| lo.as_ref() < bound.as_slice())
             })
+    }
+
+    /// The same store without its memtables: what is on disk in segments. In buffered
+    /// durability the memtables may hold writes a power cut would still take back.
+    pub fn segments_only(&self, held: &Arc<AtomicU64>) -> Version {
+        Version {
+            active: Arc::new(Memtable::new(self.active.first_wal(), held)),
+            frozen: Vec::new(),
+            segments: self.segments.clone(),
+        }
     }
 
     /// The conversation's watermark: every id below it was dropped by compaction and is gone

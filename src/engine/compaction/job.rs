@@ -171,6 +171,12 @@ const EXPIRY_PROBE_IDS: u64 = 1024;
 /// the ids below the conversation's watermark, and drop the expired messages just above it,
 /// raising the watermark over them.
 ///
+/// Only what is on disk in segments counts (`durable`): in buffered durability an edit or a
+/// retention change still in a memtable may be lost to a power cut, and content it removed
+/// from a segment would be lost with it. Retention drops a message only if it has expired
+/// under both the policy on disk and the latest one (which may be in a memtable), so a
+/// retention the user just removed or lengthened drops nothing.
+///
 /// The watermark only rises over messages from the current watermark on that all expired, so
 /// whatever the policy says later (retention removed or lengthened, the clock set back, old
 /// messages imported), the ids at and above it are all still there, gapless: no later merge
@@ -194,18 +200,23 @@ struct ConversationRules {
 }
 
 impl ConversationRules {
-    /// The rules for `conv` in a merge of `inputs`, whose first row of `conv` is `head`, as
-    /// of now. Reads the current version and lets go of it: a version lists memtables, and
-    /// holding one for a whole compaction would keep every memtable flushed meanwhile in
-    /// memory.
-    fn load(engine: &Engine, inputs: &[Arc<Segment>], head: &Message) -> Result<Self> {
+    /// The rules for `conv` in a merge of `inputs`, whose first row of `conv` is `head`.
+    /// `durable` is the store's segments at the start of the compaction; the latest retention
+    /// setting is read from the current version and let go of at once: a version lists
+    /// memtables, and holding one for a whole compaction would keep every memtable flushed
+    /// meanwhile in memory.
+    fn load(
+        engine: &Engine,
+        durable: &Version,
+        inputs: &[Arc<Segment>],
+        head: &Message,
+    ) -> Result<Self> {
         let conv = head.conversation;
-        let version = engine.current();
         let mut overrides = Vec::new();
-        let reserved = version.has_reserved_state();
+        let reserved = durable.has_reserved_state();
         if reserved {
             let prefix = overrides::edit_prefix(conv);
-            for (k, v) in version.state_scan(&engine.cache, &prefix, &prefix, usize::MAX)? {
+            for (k, v) in durable.state_scan(&engine.cache, &prefix, &prefix, usize::MAX)? {
                 let (Some(id), Some(o)) = (overrides::edit_key_id(&k), Override::decode(&v)) else {
                     return Err(Error::corruption("<state>", 0, "malformed edit record"));
                 };
@@ -213,11 +224,17 @@ impl ConversationRules {
             }
         }
         let floor_before = if reserved {
-            version.watermark(&engine.cache, conv)?
+            durable.watermark(&engine.cache, conv)?
         } else {
             1
         };
-        let cutoff = engine.retention_cutoff(&version, conv)?;
+        let cutoff = match (
+            engine.retention_cutoff(durable, conv)?,
+            engine.retention_cutoff(&engine.current(), conv)?,
+        ) {
+            (Some(on_disk), Some(latest)) => Some(on_disk.min(latest)),
+            _ => None,
+        };
 
         // The inputs' id ranges at and above the watermark. Inputs hold a gapless band of the
         // conversation's ids, except where a version that kept no watermark dropped expired
@@ -250,7 +267,7 @@ impl ConversationRules {
         let expired_prefix = match (cutoff, first) {
             (Some(cutoff), Some(first)) if first > floor => {
                 let live_head = head.id.0 == first && head.timestamp_ms >= cutoff;
-                !live_head && all_expired(engine, &version, conv, floor, first, cutoff)?
+                !live_head && all_expired(engine, durable, conv, floor, first, cutoff)?
             }
             (Some(_), _) => true,
             (None, _) => false,
@@ -438,6 +455,8 @@ fn merge(
     out: &mut OutputSet<'_>,
 ) -> Result<()> {
     let messages = &mut *out;
+    // Edits and retention as on disk when the compaction starts (see `ConversationRules`).
+    let durable = engine.current().segments_only(&engine.memtables_held);
     let mut watermarks = VecDeque::new();
     let mut cursors: Vec<MessageCursor<'_>> = inputs
         .iter()
@@ -476,7 +495,7 @@ fn merge(
             if messages.current_bytes() >= target {
                 messages.finish_current()?;
             }
-            rules = ConversationRules::load(engine, inputs, &m)?;
+            rules = ConversationRules::load(engine, &durable, inputs, &m)?;
         }
         last_conv = Some(conv);
         if let Some(m) = rules.rewrite(m) {
@@ -487,6 +506,7 @@ fn merge(
     if let Some(done) = last_conv {
         finish_conversation(messages, &mut rules, done, &mut watermarks, &last_path)?;
     }
+    drop(durable);
     if separate {
         // Message and state outputs of a level cover different key spaces: keep them apart.
         messages.finish_current()?;
