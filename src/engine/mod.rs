@@ -234,14 +234,19 @@ impl Engine {
     /// What retention hides of `conv` in `v`: ids below the watermark, and messages older
     /// than the cutoff.
     pub(crate) fn expiry(&self, v: &Version, conv: ConversationId) -> Result<Expiry> {
-        let floor = if v.has_reserved_state() {
+        self.expiry_in(v, conv, v.has_reserved_state())
+    }
+
+    /// [`expiry`](Self::expiry), given whether `v` holds reserved state at all.
+    fn expiry_in(&self, v: &Version, conv: ConversationId, reserved: bool) -> Result<Expiry> {
+        let floor = if reserved {
             v.watermark(&self.cache, conv)?
         } else {
             1
         };
         Ok(Expiry {
             floor,
-            cutoff: self.retention_cutoff(v, conv)?,
+            cutoff: self.cutoff_in(v, conv, reserved)?,
         })
     }
 
@@ -251,12 +256,16 @@ impl Engine {
         v: &Version,
         conv: ConversationId,
     ) -> Result<Option<u64>> {
+        self.cutoff_in(v, conv, v.has_reserved_state())
+    }
+
+    fn cutoff_in(&self, v: &Version, conv: ConversationId, reserved: bool) -> Result<Option<u64>> {
         let now = self.opts.clock.now_ms();
         let mut cutoff = self
             .opts
             .max_message_age
             .map(|age| now.saturating_sub(age.as_millis() as u64));
-        if v.has_reserved_state() {
+        if reserved {
             if let Some(ttl) = v
                 .state_get(&self.cache, &overrides::ttl_key(conv))?
                 .and_then(|t| overrides::decode_ttl(&t))
@@ -281,9 +290,10 @@ impl Engine {
         if out.is_empty() {
             return Ok(());
         }
-        let expiry = self.expiry(v, conv)?;
+        let reserved = v.has_reserved_state();
+        let expiry = self.expiry_in(v, conv, reserved)?;
         out.retain(|m| !expiry.hides(m));
-        if out.is_empty() || !v.has_reserved_state() {
+        if out.is_empty() || !reserved {
             return Ok(());
         }
         let prefix = overrides::edit_prefix(conv);
