@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::fs::{FileSystem, StdFileSystem};
+use crate::presence::{Clock, SystemClock};
 
 /// When an acknowledged write is on stable storage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,7 +80,9 @@ pub struct Options {
     /// Size at which compaction starts a new output segment.
     pub target_segment_bytes: u64,
     /// Store-wide retention: messages older than this disappear from reads at once and from
-    /// disk at the next compaction. `None` keeps messages forever.
+    /// disk at the next compaction. `None` keeps messages forever. Changing it (at the next
+    /// open) brings back expired messages no compaction has dropped yet, never those it
+    /// dropped.
     pub max_message_age: Option<Duration>,
     /// Compaction policy.
     pub compaction_policy: CompactionPolicy,
@@ -99,6 +102,9 @@ pub struct Options {
     /// A log every commit must reach before it is acknowledged, besides the local WAL (see
     /// [`commit_log`](crate::commit_log)). `None` (the default): the local WAL is the log.
     pub commit_log: Option<Arc<dyn crate::commit_log::CommitLog>>,
+    /// The wall clock: message timestamps, edit times and retention cutoffs are read from it.
+    /// The system clock by default; tests swap in one they move (forward or back) themselves.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for Options {
@@ -123,6 +129,7 @@ impl Default for Options {
             create_if_missing: true,
             fs: Arc::new(StdFileSystem),
             commit_log: None,
+            clock: Arc::new(SystemClock),
         }
     }
 }

@@ -343,8 +343,9 @@ impl Store {
     }
 
     /// Deletes message `id` for everyone; `by` must have sent it. Reads return a placeholder
-    /// of kind [`MessageKind::Deleted`](crate::MessageKind::Deleted) without content; the next
-    /// compaction that rewrites the message's segment removes the content from disk.
+    /// of kind [`MessageKind::Deleted`](crate::MessageKind::Deleted) without content; the first
+    /// compaction that rewrites the message's segment once the delete itself is in a segment
+    /// (after the next flush) removes the content from disk.
     pub fn delete(&self, conv: ConversationId, id: MessageId, by: UserId) -> Result<Message> {
         self.engine()
             .transact(move |txn| edit_in(txn, conv, id, by, None))
@@ -352,7 +353,8 @@ impl Store {
 
     /// Sets a time-to-live on the conversation's messages (disappearing messages): older
     /// messages disappear from reads at once and from disk at the next compaction. `None`
-    /// removes it. A zero duration is an error.
+    /// removes it (or a longer one lengthens it): expired messages no compaction has dropped
+    /// yet read again, those it dropped do not. A zero duration is an error.
     pub fn set_retention(&self, conv: ConversationId, ttl: Option<Duration>) -> Result<()> {
         let ms = retention_ms(ttl)?;
         self.engine().transact(move |txn| txn.set_ttl(conv, ms))
@@ -476,6 +478,14 @@ impl Store {
     /// Background compaction (on by default) keeps the tree in shape without this call.
     pub fn compact(&self) -> Result<()> {
         self.engine().compact()
+    }
+
+    /// Runs the one compaction the background thread would run next (treating the store as
+    /// quiet), if any is due, and returns whether one ran. Not needed in normal use: it lets
+    /// tests drive partial compactions step by step with `background_compaction` off.
+    #[doc(hidden)]
+    pub fn compact_step(&self) -> Result<bool> {
+        self.engine().compact_step()
     }
 
     /// Makes every acknowledged write durable (useful in buffered durability).

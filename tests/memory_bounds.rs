@@ -28,8 +28,11 @@ fn memtables_held_stay_within_the_configured_bound_during_compaction() {
     let text =
         "a message of a hundred bytes or so, words and more words, to be stored and read back.";
     let batch_bytes = 100 * (text.len() + 512);
-    // Active + frozen, each at most one commit over its limit.
-    let bound = ((1 + max_frozen) * (memtable_bytes + batch_bytes)) as u64;
+    // Active + frozen, each at most one commit over its limit, plus one flushed memtable a
+    // short read may still hold (the low-priority compaction thread reads retention settings
+    // from the current version and can be preempted while it does). A compaction that kept
+    // flushed memtables alive for its whole run would hold several.
+    let bound = ((2 + max_frozen) * (memtable_bytes + batch_bytes)) as u64;
     let mut worst = 0;
     let mut compactions_seen = false;
     for round in 0..1500u64 {

@@ -12,7 +12,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -245,10 +245,8 @@ impl Txn<'_> {
         let Some(mut m) = found.pop() else {
             return Ok(None);
         };
-        if let Some(cutoff) = self.engine.retention_cutoff(self.version, conv)? {
-            if m.timestamp_ms < cutoff {
-                return Ok(None);
-            }
+        if self.engine.expiry(self.version, conv)?.hides(&m) {
+            return Ok(None);
         }
         if let Some(v) = self.get(&super::overrides::edit_key(conv, id))? {
             let o = super::overrides::Override::decode(&v)
@@ -301,12 +299,6 @@ impl Txn<'_> {
         self.state.push((key, None));
         Ok(())
     }
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn copy_error(e: &Error) -> Error {
@@ -433,7 +425,7 @@ impl Engine {
                 .collect();
         }
         let version = self.current();
-        let now = now_ms();
+        let now = self.opts.clock.now_ms();
         scratch.frame.clear();
         scratch.ids.clear();
         scratch.state.clear();

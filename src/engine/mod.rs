@@ -122,6 +122,20 @@ impl Engine {
         self.compact_all()
     }
 
+    /// Runs the compaction the background thread would run next, as if the store were quiet
+    /// (see [`Store::compact_step`](crate::Store::compact_step)). Damage found poisons the
+    /// store, as in the background.
+    pub(crate) fn compact_step(&self) -> Result<bool> {
+        self.check_writable()?;
+        let ran = self.compact_once(true);
+        if let Err(e) = &ran {
+            if e.is_corruption() {
+                self.set_poison(format!("compaction found damage: {e}"));
+            }
+        }
+        ran
+    }
+
     /// Asks the background thread to stop and syncs the WAL.
     pub(crate) fn shutdown(&self) -> Result<()> {
         self.shutdown.store(true, Ordering::Release);
@@ -219,18 +233,41 @@ impl Engine {
         Ok(out)
     }
 
+    /// What retention hides of `conv` in `v`: ids below the watermark, and messages older
+    /// than the cutoff.
+    pub(crate) fn expiry(&self, v: &Version, conv: ConversationId) -> Result<Expiry> {
+        self.expiry_in(v, conv, v.has_reserved_state())
+    }
+
+    /// [`expiry`](Self::expiry), given whether `v` holds reserved state at all.
+    fn expiry_in(&self, v: &Version, conv: ConversationId, reserved: bool) -> Result<Expiry> {
+        let floor = if reserved {
+            v.watermark(&self.cache, conv)?
+        } else {
+            1
+        };
+        Ok(Expiry {
+            floor,
+            cutoff: self.cutoff_in(v, conv, reserved)?,
+        })
+    }
+
     /// The time below which messages of `conv` have expired, if any retention applies.
     pub(crate) fn retention_cutoff(
         &self,
         v: &Version,
         conv: ConversationId,
     ) -> Result<Option<u64>> {
-        let now = commit::now_ms();
+        self.cutoff_in(v, conv, v.has_reserved_state())
+    }
+
+    fn cutoff_in(&self, v: &Version, conv: ConversationId, reserved: bool) -> Result<Option<u64>> {
+        let now = self.opts.clock.now_ms();
         let mut cutoff = self
             .opts
             .max_message_age
             .map(|age| now.saturating_sub(age.as_millis() as u64));
-        if v.has_reserved_state() {
+        if reserved {
             if let Some(ttl) = v
                 .state_get(&self.cache, &overrides::ttl_key(conv))?
                 .and_then(|t| overrides::decode_ttl(&t))
@@ -255,10 +292,10 @@ impl Engine {
         if out.is_empty() {
             return Ok(());
         }
-        if let Some(cutoff) = self.retention_cutoff(v, conv)? {
-            out.retain(|m| m.timestamp_ms >= cutoff);
-        }
-        if !v.has_reserved_state() {
+        let reserved = v.has_reserved_state();
+        let expiry = self.expiry_in(v, conv, reserved)?;
+        out.retain(|m| !expiry.hides(m));
+        if out.is_empty() || !reserved {
             return Ok(());
         }
         let prefix = overrides::edit_prefix(conv);
@@ -367,6 +404,22 @@ impl Engine {
     }
 }
 
+/// What retention hides of one conversation.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Expiry {
+    /// The watermark: ids below it were dropped by compaction and never read again.
+    pub floor: u64,
+    /// Messages sent before this time (ms) have expired under the retention in force.
+    pub cutoff: Option<u64>,
+}
+
+impl Expiry {
+    /// Whether `m` is gone or expired.
+    pub fn hides(&self, m: &Message) -> bool {
+        m.id.0 < self.floor || self.cutoff.is_some_and(|c| m.timestamp_ms < c)
+    }
+}
+
 /// A read view pinned to one version: every read through it sees the same state, whatever
 /// commits or flushes happen meanwhile.
 pub(crate) struct Snapshot<'a> {
@@ -390,20 +443,24 @@ impl Snapshot<'_> {
         self.engine.read_range_in(&self.version, conv, lo, hi)
     }
 
-    /// The first id of `conv` not yet expired under retention (`last + 1` if all are).
-    /// Binary search on timestamps, which grow with ids.
+    /// The first id of `conv` not yet expired under retention (`last + 1` if all are): at or
+    /// above the watermark, then a binary search on timestamps, which grow with ids (unless
+    /// the clock stepped back or old messages were imported: then it is an estimate).
     pub(crate) fn first_live_id(&self, conv: ConversationId) -> Result<u64> {
         let last = self.version.last_id(conv);
-        let Some(cutoff) = self.engine.retention_cutoff(&self.version, conv)? else {
-            return Ok(1);
+        let expiry = self.engine.expiry(&self.version, conv)?;
+        let floor = expiry.floor.min(last + 1);
+        let Some(cutoff) = expiry.cutoff else {
+            return Ok(floor);
         };
-        let (mut lo, mut hi) = (1u64, last + 1);
+        let (mut lo, mut hi) = (floor, last + 1);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             let mut found = Vec::with_capacity(1);
             self.version
                 .collect(&self.engine.cache, conv, mid, mid, &mut found)?;
-            // A missing row was dropped by compaction because it had expired.
+            // A missing row (at or above the watermark only in a store compacted by an older
+            // version, which kept no watermark) was dropped because it had expired.
             let live = found.first().is_some_and(|m| m.timestamp_ms >= cutoff);
             if live {
                 hi = mid;

@@ -7,10 +7,16 @@
 //! |------------------------------------|----------------------------------------------------|
 //! | `0 'e' conversation:u64be id:u64be` | kind:u8 (1 edited, 2 deleted) edited_ms:varint [content_len:varint content] |
 //! | `0 't' conversation:u64be`          | ttl_ms:varint (0 = no time-to-live)                |
+//! | `0 'w' conversation:u64be`          | first_kept_id:varint (the watermark)               |
 //!
 //! Reads overlay them on the stored rows. Compaction strips the content of overridden rows
 //! from the segments it writes (the edited text lives only in its record; a deleted message's
 //! text nowhere) and drops messages older than their retention.
+//!
+//! The watermark is written by compaction only, into the segments it outputs, when it drops a
+//! conversation's expired messages: every id below it is gone for good, whatever the retention
+//! says later (removed, lengthened, a clock set back, old messages imported). Copies of it at
+//! several levels may differ (each compaction writes its own output level); the highest wins.
 
 use bytes::Bytes;
 
@@ -21,6 +27,7 @@ use crate::types::{ConversationId, Message, MessageId, MessageKind};
 pub const RESERVED: u8 = 0;
 const EDIT: u8 = b'e';
 const TTL: u8 = b't';
+const WATERMARK: u8 = b'w';
 
 const KIND_EDITED: u8 = 1;
 const KIND_DELETED: u8 = 2;
@@ -156,6 +163,33 @@ pub fn decode_ttl(v: &[u8]) -> Option<u64> {
     Reader::new(v).varint()
 }
 
+/// Key of a conversation's watermark: ids below it were dropped by compaction.
+pub fn watermark_key(conv: ConversationId) -> Vec<u8> {
+    key(WATERMARK, &[conv.0])
+}
+
+/// Prefix of every watermark key.
+pub fn watermark_prefix() -> Vec<u8> {
+    key(WATERMARK, &[])
+}
+
+/// Whether `k` is a watermark key (whose copies merge by taking the highest, not the newest).
+pub fn is_watermark_key(k: &[u8]) -> bool {
+    k.len() == 10 && k[0] == RESERVED && k[1] == WATERMARK
+}
+
+/// Encodes a watermark.
+pub fn encode_watermark(first_kept_id: u64) -> Bytes {
+    let mut v = Vec::new();
+    put_varint(&mut v, first_kept_id);
+    Bytes::from(v)
+}
+
+/// Decodes a watermark.
+pub fn decode_watermark(v: &[u8]) -> Option<u64> {
+    Reader::new(v).varint()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,5 +210,11 @@ mod tests {
         assert!(k.starts_with(&edit_prefix(ConversationId(5))));
         assert_eq!(edit_key_id(&k), Some(300));
         assert_eq!(decode_ttl(&encode_ttl(86_400_000)), Some(86_400_000));
+        let w = watermark_key(ConversationId(5));
+        assert!(is_watermark_key(&w));
+        assert!(w.starts_with(&watermark_prefix()));
+        assert!(!is_watermark_key(&ttl_key(ConversationId(5))));
+        assert!(!is_watermark_key(&k));
+        assert_eq!(decode_watermark(&encode_watermark(301)), Some(301));
     }
 }

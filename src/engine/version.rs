@@ -5,8 +5,8 @@
 //! lives in exactly one place, and for a given conversation the places hold consecutive id
 //! ranges in age order: segments (oldest first), frozen memtables, the active memtable.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
@@ -37,6 +37,8 @@ pub struct Segment {
     /// due for a rewrite), whatever its first block's codec says (a block that does not
     /// compress is stored raw, which would otherwise look like a flush's output).
     pub compacted: bool,
+    /// Whether it holds any watermark entry, once looked up (see `holds_watermarks`).
+    watermarks: OnceLock<bool>,
     obsolete: AtomicBool,
     fs: Arc<dyn FileSystem>,
 }
@@ -56,6 +58,7 @@ impl Segment {
             state_keys: reader.state_bounds()?,
             first_codec: reader.first_block_codec()?,
             compacted: false,
+            watermarks: OnceLock::new(),
             reader,
             obsolete: AtomicBool::new(false),
             fs,
@@ -129,6 +132,38 @@ impl Segment {
         cache.get_or_load((self.number, Section::State, i as u32), || {
             self.reader.read_state_block(i).map(CachedBlock::State)
         })
+    }
+
+    /// Whether this segment holds any watermark entry. Only compaction writes them, so most
+    /// segments (every flushed one) hold none; found once, then remembered, so that reads
+    /// probe only the segments that may hold a conversation's watermark.
+    fn holds_watermarks(&self, cache: &BlockCache) -> Result<bool> {
+        if let Some(&held) = self.watermarks.get() {
+            return Ok(held);
+        }
+        let prefix = super::overrides::watermark_prefix();
+        let mut held = false;
+        let in_range = self.state_keys.as_ref().is_some_and(|(lo, hi)| {
+            hi.as_ref() >= prefix.as_slice()
+                && (lo.as_ref() <= prefix.as_slice() || lo.starts_with(&prefix))
+        });
+        if in_range {
+            // The first key at or after the prefix tells.
+            let mut i = self.reader.find_state_block(&prefix).unwrap_or(0);
+            while i < self.reader.state_block_count() {
+                let cached = self.state_block(cache, i)?;
+                let CachedBlock::State(b) = &*cached else {
+                    break;
+                };
+                if let Some((k, _)) = b.entries_from(&prefix).first() {
+                    held = k.starts_with(&prefix);
+                    break;
+                }
+                i += 1;
+            }
+        }
+        let _ = self.watermarks.set(held);
+        Ok(held)
     }
 
     /// The state entry for `key` in this segment (`Some(None)` for a tombstone).
@@ -244,6 +279,39 @@ impl Version {
                     .as_ref()
                     .is_some_and(|(lo, _)| lo.as_ref() < bound.as_slice())
             })
+    }
+
+    /// The same store without its memtables: what is on disk in segments. In buffered
+    /// durability the memtables may hold writes a power cut would still take back.
+    pub fn segments_only(&self, held: &Arc<AtomicU64>) -> Version {
+        Version {
+            active: Arc::new(Memtable::new(self.active.first_wal(), held)),
+            frozen: Vec::new(),
+            segments: self.segments.clone(),
+        }
+    }
+
+    /// The conversation's watermark: every id below it was dropped by compaction and is gone
+    /// (1 if none was). Compactions write it into their own output level, so an older source
+    /// may hold a higher value than a newer one: the highest of all sources counts.
+    pub fn watermark(&self, cache: &BlockCache, conv: ConversationId) -> Result<u64> {
+        let key = super::overrides::watermark_key(conv);
+        let mut values = Vec::new();
+        for m in self.frozen.iter().chain(std::iter::once(&self.active)) {
+            values.extend(m.state_get(&key).flatten());
+        }
+        for s in &self.segments {
+            if s.holds_watermarks(cache)? {
+                values.extend(s.state_get(cache, &key)?.flatten());
+            }
+        }
+        let mut floor = 1;
+        for v in values {
+            let id = super::overrides::decode_watermark(&v)
+                .ok_or_else(|| crate::Error::corruption("<state>", 0, "malformed watermark"))?;
+            floor = floor.max(id);
+        }
+        Ok(floor)
     }
 
     /// The value of state `key`, newest source first (`None` if absent or deleted).

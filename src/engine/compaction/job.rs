@@ -1,10 +1,11 @@
 //! Running one compaction: merge the inputs' messages and state into new segments.
 //!
 //! Messages are merged by (conversation, id); inputs never hold the same id twice. State
-//! entries are merged by key, the newest input's entry winning; tombstones are dropped when
-//! nothing older lies below the output level. Outputs of level 1 and deeper hold one section
-//! each and split at `target_segment_bytes` (message segments only between conversations), so
-//! a level's segments stay disjoint.
+//! entries are merged by key, the newest input's entry winning (for a watermark, the highest);
+//! tombstones are dropped when nothing older lies below the output level. Edits, deletes and
+//! retention apply as `ConversationRules` says. Outputs of level 1 and deeper hold one
+//! section each and split at `target_segment_bytes` (message segments only between
+//! conversations), so a level's segments stay disjoint.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -16,7 +17,7 @@ use bytes::Bytes;
 
 use super::super::files;
 use super::super::overrides::{self, Override};
-use super::super::version::Segment;
+use super::super::version::{Segment, Version};
 use super::super::Engine;
 use crate::error::{Error, Result};
 use crate::format::segment::{SegmentReader, SegmentSummary, SegmentWriter};
@@ -142,86 +143,260 @@ impl MessageCursor<'_> {
     }
 }
 
-/// Reads one input's state entries in order, a block at a time.
+/// Reads one input's state entries in order, a block at a time; or, without a reader, hands
+/// out entries given up front (the watermarks the merge of messages produced).
 struct StateCursor<'a> {
-    reader: &'a SegmentReader,
+    reader: Option<&'a SegmentReader>,
     next_block: usize,
     buf: VecDeque<(Bytes, Option<Bytes>)>,
 }
 
 impl StateCursor<'_> {
     fn next(&mut self) -> Result<Option<(Bytes, Option<Bytes>)>> {
-        while self.buf.is_empty() && self.next_block < self.reader.state_block_count() {
-            let block = self.reader.read_state_block(self.next_block)?;
-            self.next_block += 1;
-            self.buf.extend(block.entries().iter().cloned());
+        if let Some(reader) = self.reader {
+            while self.buf.is_empty() && self.next_block < reader.state_block_count() {
+                let block = reader.read_state_block(self.next_block)?;
+                self.next_block += 1;
+                self.buf.extend(block.entries().iter().cloned());
+            }
         }
         Ok(self.buf.pop_front())
     }
 }
 
-/// What compaction does to one conversation's rows: strip edited and deleted content, and
-/// drop the expired prefix. If every row of the conversation in this merge has expired, the
-/// last one is kept as an empty stub: newer rows may still sit in the WAL or in newer segments,
-/// and the segments must keep knowing the conversation's last id, or recovery and id
-/// assignment would restart it.
+/// Ids read at a time when checking whether the messages below a merge's first one expired.
+const EXPIRY_PROBE_IDS: u64 = 1024;
+
+/// What compaction does to one conversation's rows: strip edited and deleted content, drop
+/// the ids below the conversation's watermark, and drop the expired messages just above it,
+/// raising the watermark over them.
+///
+/// Only what is on disk in segments counts (`durable`): in buffered durability an edit or a
+/// retention change still in a memtable may be lost to a power cut, and content it removed
+/// from a segment would be lost with it. Retention drops a message only if it has expired
+/// under both the policy on disk and the latest one (which may be in a memtable), so a
+/// retention the user just removed or lengthened drops nothing.
+///
+/// The watermark only rises over messages from the current watermark on that all expired, so
+/// whatever the policy says later (retention removed or lengthened, the clock set back, old
+/// messages imported), the ids at and above it are all still there, gapless: no later merge
+/// meets a hole. If every row of the conversation in this merge is below the new watermark,
+/// the last one is kept as an empty stub (hidden, being below the watermark): newer rows may
+/// still sit in the WAL, and the segments must keep knowing the conversation's last id, or
+/// recovery and id assignment would restart it.
 #[derive(Default)]
 struct ConversationRules {
     overrides: Vec<(u64, Override)>,
     cutoff: Option<u64>,
-    in_expired_prefix: bool,
+    /// The watermark before this merge.
+    floor_before: u64,
+    /// The watermark as the merge goes: rows below it are dropped.
+    floor: u64,
+    /// Whether the rows from `floor` on have all expired so far (so the next one may be
+    /// dropped too if it has).
+    expired_prefix: bool,
+    /// The last row dropped, kept if no row of the conversation is written.
     pending_stub: Option<Message>,
 }
 
 impl ConversationRules {
-    /// The rules for `conv` as of now. Reads the current version and lets go of it: a version
-    /// lists memtables, and holding one for a whole compaction would keep every memtable
-    /// flushed meanwhile in memory.
-    fn load(engine: &Engine, conv: ConversationId) -> Result<Self> {
-        let version = engine.current();
+    /// The rules for `conv` in a merge of `inputs`, whose first row of `conv` is `head`.
+    /// `durable` is the store's segments at the start of the compaction; the latest retention
+    /// setting is read from the current version and let go of at once: a version lists
+    /// memtables, and holding one for a whole compaction would keep every memtable flushed
+    /// meanwhile in memory.
+    fn load(
+        engine: &Engine,
+        durable: &Version,
+        inputs: &[Arc<Segment>],
+        head: &Message,
+    ) -> Result<Self> {
+        let conv = head.conversation;
         let mut overrides = Vec::new();
-        if version.has_reserved_state() {
+        let reserved = durable.has_reserved_state();
+        if reserved {
             let prefix = overrides::edit_prefix(conv);
-            for (k, v) in version.state_scan(&engine.cache, &prefix, &prefix, usize::MAX)? {
+            for (k, v) in durable.state_scan(&engine.cache, &prefix, &prefix, usize::MAX)? {
                 let (Some(id), Some(o)) = (overrides::edit_key_id(&k), Override::decode(&v)) else {
                     return Err(Error::corruption("<state>", 0, "malformed edit record"));
                 };
                 overrides.push((id, o));
             }
         }
+        let floor_before = if reserved {
+            durable.watermark(&engine.cache, conv)?
+        } else {
+            1
+        };
+        let cutoff = match (
+            engine.retention_cutoff(durable, conv)?,
+            engine.retention_cutoff(&engine.current(), conv)?,
+        ) {
+            (Some(on_disk), Some(latest)) => Some(on_disk.min(latest)),
+            _ => None,
+        };
+
+        // The inputs' id ranges at and above the watermark. Inputs hold a gapless band of the
+        // conversation's ids, except where a version that kept no watermark dropped expired
+        // rows: ids below such a hole are treated as below a watermark.
+        let mut ranges: Vec<(u64, u64)> = inputs
+            .iter()
+            .filter(|s| s.may_hold(conv))
+            .filter_map(|s| s.reader.conversation_range(conv))
+            .filter(|&(_, last)| last >= floor_before)
+            .map(|(first, last)| (first.max(floor_before), last))
+            .collect();
+        ranges.sort_unstable();
+        let mut floor = floor_before;
+        let mut end: Option<u64> = None;
+        for &(first, last) in &ranges {
+            if end.is_some_and(|e| first > e.saturating_add(1)) {
+                floor = first;
+            }
+            end = Some(end.map_or(last, |e| e.max(last)));
+        }
+        let first = ranges
+            .iter()
+            .map(|&(first, _)| first)
+            .filter(|&first| first >= floor)
+            .min();
+
+        // The expired prefix can grow from the watermark only if the ids between the
+        // watermark and this merge's first row (in older segments) have all expired too. No
+        // need to read them if that first row is live: the prefix would stop there anyway.
+        let expired_prefix = match (cutoff, first) {
+            (Some(cutoff), Some(first)) if first > floor => {
+                let live_head = head.id.0 == first && head.timestamp_ms >= cutoff;
+                !live_head && all_expired(engine, durable, conv, floor, first, cutoff)?
+            }
+            (Some(_), _) => true,
+            (None, _) => false,
+        };
         Ok(ConversationRules {
             overrides,
-            cutoff: engine.retention_cutoff(&version, conv)?,
-            in_expired_prefix: true,
+            cutoff,
+            floor_before,
+            floor,
+            expired_prefix,
             pending_stub: None,
         })
     }
 
     /// The row to write in place of `m`, if any.
     fn rewrite(&mut self, m: Message) -> Option<Message> {
-        if self.in_expired_prefix {
+        if m.id.0 < self.floor {
+            self.pending_stub = Some(Override::Deleted { at_ms: 0 }.strip(&m));
+            return None;
+        }
+        if self.expired_prefix {
             match self.cutoff {
                 Some(c) if m.timestamp_ms < c => {
+                    self.floor = m.id.0 + 1;
                     self.pending_stub = Some(Override::Deleted { at_ms: 0 }.strip(&m));
                     return None;
                 }
-                _ => {
-                    // Live rows follow: they carry the last id, the stub is not needed.
-                    self.in_expired_prefix = false;
-                    self.pending_stub = None;
-                }
+                _ => self.expired_prefix = false,
             }
         }
+        // A row at or above the watermark follows: it carries the last id, no stub needed.
+        self.pending_stub = None;
         match self.overrides.binary_search_by_key(&m.id.0, |(id, _)| *id) {
             Ok(i) => Some(self.overrides[i].1.strip(&m)),
             Err(_) => Some(m),
         }
     }
 
-    /// Called after the conversation's last row: the stub to write, if all rows expired.
+    /// Called after the conversation's last row: the stub to write, if no row was written.
     fn finish(&mut self) -> Option<Message> {
         self.pending_stub.take()
     }
+
+    /// The watermark entry to write, if this merge raised it.
+    fn watermark(&self, conv: ConversationId) -> Option<(Bytes, Option<Bytes>)> {
+        (self.floor > self.floor_before).then(|| {
+            (
+                Bytes::from(overrides::watermark_key(conv)),
+                Some(overrides::encode_watermark(self.floor)),
+            )
+        })
+    }
+}
+
+/// Whether every message of `conv` in `from..to` that `v` holds has expired (a missing one was
+/// dropped by a version that kept no watermark). Reads in steps and stops at the first live one.
+fn all_expired(
+    engine: &Engine,
+    v: &Version,
+    conv: ConversationId,
+    from: u64,
+    to: u64,
+    cutoff: u64,
+) -> Result<bool> {
+    let mut lo = from;
+    let mut rows = Vec::new();
+    while lo < to {
+        let hi = lo.saturating_add(EXPIRY_PROBE_IDS - 1).min(to - 1);
+        rows.clear();
+        v.collect(&engine.cache, conv, lo, hi, &mut rows)?;
+        if rows.iter().any(|m| m.timestamp_ms >= cutoff) {
+            return Ok(false);
+        }
+        lo = hi + 1;
+    }
+    Ok(true)
+}
+
+/// Ends a conversation's rows: writes its stub if it needs one, and queues its watermark.
+fn finish_conversation(
+    out: &mut OutputSet<'_>,
+    rules: &mut ConversationRules,
+    conv: ConversationId,
+    watermarks: &mut VecDeque<(Bytes, Option<Bytes>)>,
+    path: &Path,
+) -> Result<()> {
+    if let Some(stub) = rules.finish() {
+        write_row(out, &stub, path)?;
+    }
+    // Conversations come in order, and so do their watermark keys.
+    watermarks.extend(rules.watermark(conv));
+    Ok(())
+}
+
+/// A watermark's id (0 for a deleted entry, which no watermark ever is).
+fn watermark_value(v: &Option<Bytes>) -> Result<u64> {
+    match v {
+        Some(v) => overrides::decode_watermark(v)
+            .ok_or_else(|| Error::corruption("<state>", 0, "malformed watermark")),
+        None => Ok(0),
+    }
+}
+
+/// Writes the winning entry of a state key (unless it is a tombstone that may go).
+fn write_state(
+    engine: &Engine,
+    out: &mut OutputSet<'_>,
+    inputs: &[Arc<Segment>],
+    (k, v, i): (Bytes, Option<Bytes>, usize),
+    target: u64,
+    drop_tombstones: bool,
+) -> Result<()> {
+    if v.is_none() && drop_tombstones {
+        return Ok(());
+    }
+    if out.current_bytes() >= target {
+        out.finish_current()?;
+    }
+    let path = inputs
+        .get(i)
+        .map_or_else(|| engine.dir.clone(), |s| s.reader.path().to_path_buf());
+    if !out
+        .writer()?
+        .add_state(&k, v.as_deref())
+        .map_err(|e| Error::io(&path, e))?
+    {
+        return Err(Error::corruption(path, 0, "state keys out of order"));
+    }
+    Ok(())
 }
 
 fn write_row(out: &mut OutputSet<'_>, m: &Message, input: &Path) -> Result<()> {
@@ -280,6 +455,9 @@ fn merge(
     out: &mut OutputSet<'_>,
 ) -> Result<()> {
     let messages = &mut *out;
+    // Edits and retention as on disk when the compaction starts (see `ConversationRules`).
+    let durable = engine.current().segments_only(&engine.memtables_held);
+    let mut watermarks = VecDeque::new();
     let mut cursors: Vec<MessageCursor<'_>> = inputs
         .iter()
         .map(|s| MessageCursor {
@@ -311,13 +489,13 @@ fn merge(
         heads[i] = next;
         let path = inputs[i].reader.path().to_path_buf();
         if last_conv != Some(conv) {
-            if let Some(stub) = rules.finish() {
-                write_row(messages, &stub, &path)?;
+            if let Some(done) = last_conv {
+                finish_conversation(messages, &mut rules, done, &mut watermarks, &path)?;
             }
             if messages.current_bytes() >= target {
                 messages.finish_current()?;
             }
-            rules = ConversationRules::load(engine, conv)?;
+            rules = ConversationRules::load(engine, &durable, inputs, &m)?;
         }
         last_conv = Some(conv);
         if let Some(m) = rules.rewrite(m) {
@@ -325,24 +503,32 @@ fn merge(
         }
         last_path = path;
     }
-    if let Some(stub) = rules.finish() {
-        write_row(messages, &stub, &last_path)?;
+    if let Some(done) = last_conv {
+        finish_conversation(messages, &mut rules, done, &mut watermarks, &last_path)?;
     }
+    drop(durable);
     if separate {
         // Message and state outputs of a level cover different key spaces: keep them apart.
         messages.finish_current()?;
     }
     let state = messages;
 
-    // State: inputs later in the slice are newer, so on equal keys the higher index wins.
+    // State: inputs later in the slice are newer, so on equal keys the higher index wins; the
+    // watermarks this merge raised come last. Copies of a watermark merge by taking the
+    // highest (see `overrides`).
     let mut cursors: Vec<StateCursor<'_>> = inputs
         .iter()
         .map(|s| StateCursor {
-            reader: &s.reader,
+            reader: Some(&s.reader),
             next_block: 0,
             buf: VecDeque::new(),
         })
         .collect();
+    cursors.push(StateCursor {
+        reader: None,
+        next_block: 0,
+        buf: watermarks,
+    });
     let mut heads: Vec<Option<(Bytes, Option<Bytes>)>> = Vec::with_capacity(cursors.len());
     let mut heap = BinaryHeap::new();
     for (i, c) in cursors.iter_mut().enumerate() {
@@ -352,7 +538,8 @@ fn merge(
         }
         heads.push(head);
     }
-    let mut last_key: Option<Bytes> = None;
+    // The winning entry of the key being merged, and the input it came from.
+    let mut winner: Option<(Bytes, Option<Bytes>, usize)> = None;
     while let Some(Reverse((key, Reverse(i)))) = heap.pop() {
         let Some((k, v)) = heads[i].take() else {
             continue;
@@ -362,24 +549,23 @@ fn merge(
             heap.push(Reverse((nk.clone(), Reverse(i))));
         }
         heads[i] = next;
-        if last_key.as_ref() == Some(&key) {
-            continue; // an older version of a key already written
+        if let Some((wk, wv, _)) = &mut winner {
+            if *wk == key {
+                // An older version of the key: it loses, except a higher watermark.
+                if overrides::is_watermark_key(&key) && watermark_value(&v)? > watermark_value(wv)?
+                {
+                    *wv = v;
+                }
+                continue;
+            }
         }
-        last_key = Some(key);
-        if v.is_none() && drop_tombstones {
-            continue;
+        if let Some(done) = winner.take() {
+            write_state(engine, state, inputs, done, target, drop_tombstones)?;
         }
-        if state.current_bytes() >= target {
-            state.finish_current()?;
-        }
-        let path = inputs[i].reader.path().to_path_buf();
-        if !state
-            .writer()?
-            .add_state(&k, v.as_deref())
-            .map_err(|e| Error::io(&path, e))?
-        {
-            return Err(Error::corruption(path, 0, "state keys out of order"));
-        }
+        winner = Some((k, v, i));
+    }
+    if let Some(done) = winner.take() {
+        write_state(engine, state, inputs, done, target, drop_tombstones)?;
     }
     state.finish_current()?;
     engine

@@ -146,7 +146,7 @@ impl Engine {
     /// Runs the most urgent compaction, if any. Returns whether one ran.
     /// `quiet`: no flush for a while, so provisional level-0 segments may be folded in (doing
     /// it during a write burst would compete with the flush for the disk and the CPU).
-    fn compact_once(&self, quiet: bool) -> Result<bool> {
+    pub(super) fn compact_once(&self, quiet: bool) -> Result<bool> {
         let mut cursors = self.compaction.lock();
         let mut metas = self.segment_metas();
         if !quiet {
