@@ -10,6 +10,7 @@ mod server;
 
 mod browser;
 mod client;
+mod limits;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -30,6 +31,8 @@ fn test_config(dir: &Path) -> server::Config {
     c.send_burst = 10_000.0;
     c.argon2_memory_kib = 256;
     c.argon2_iterations = 1;
+    c.auth_rate = 10_000.0;
+    c.auth_burst = 10_000.0;
     c
 }
 

@@ -33,6 +33,18 @@ pub struct Config {
     pub argon2_memory_kib: u32,
     /// Argon2id iterations (OWASP: 2).
     pub argon2_iterations: u32,
+    /// Threads that hash passwords, each holding one hash's memory (0 = one per core).
+    pub hash_workers: usize,
+    /// Sign-ups and sign-ins that may wait for a hashing thread; more get `429`.
+    pub hash_queue: usize,
+    /// Sign-ups and sign-ins per second from one client address, refilled continuously.
+    pub auth_rate: f64,
+    /// Sign-ups and sign-ins one client address may make in a burst.
+    pub auth_burst: f64,
+    /// Failed sign-ins to one account before each next attempt must wait (1 s, doubling).
+    pub signin_free_failures: u32,
+    /// Failed sign-ins from one client address before each next attempt must wait.
+    pub signin_free_failures_per_addr: u32,
 }
 
 impl Default for Config {
@@ -51,6 +63,12 @@ impl Default for Config {
             unread_per_conversation: 50,
             argon2_memory_kib: 19_456,
             argon2_iterations: 2,
+            hash_workers: 0,
+            hash_queue: 64,
+            auth_rate: 1.0,
+            auth_burst: 20.0,
+            signin_free_failures: 5,
+            signin_free_failures_per_addr: 50,
         }
     }
 }
@@ -71,6 +89,10 @@ FLAGS (environment variable in brackets):
   --max-upload-bytes N      largest image upload [CHAT_MAX_UPLOAD_BYTES] (5242880)
   --argon2-memory-kib N     argon2id memory cost [CHAT_ARGON2_MEMORY_KIB] (19456)
   --argon2-iterations N     argon2id iterations [CHAT_ARGON2_ITERATIONS] (2)
+  --hash-workers N          password hashing threads, 0 = one per core [CHAT_HASH_WORKERS] (0)
+  --hash-queue N            sign-ups/sign-ins waiting for a hashing thread [CHAT_HASH_QUEUE] (64)
+  --auth-rate N             sign-ups/sign-ins per second per client address [CHAT_AUTH_RATE] (1)
+  --auth-burst N            burst of sign-ups/sign-ins per client address [CHAT_AUTH_BURST] (20)
   -h, --help                this text
 ";
 
@@ -85,6 +107,10 @@ const KEYS: &[(&str, &str)] = &[
     ("--max-upload-bytes", "CHAT_MAX_UPLOAD_BYTES"),
     ("--argon2-memory-kib", "CHAT_ARGON2_MEMORY_KIB"),
     ("--argon2-iterations", "CHAT_ARGON2_ITERATIONS"),
+    ("--hash-workers", "CHAT_HASH_WORKERS"),
+    ("--hash-queue", "CHAT_HASH_QUEUE"),
+    ("--auth-rate", "CHAT_AUTH_RATE"),
+    ("--auth-burst", "CHAT_AUTH_BURST"),
 ];
 
 /// What the command line asked for.
@@ -145,6 +171,10 @@ impl Config {
             "--max-upload-bytes" => self.max_upload_bytes = num(flag, v)?,
             "--argon2-memory-kib" => self.argon2_memory_kib = num(flag, v)?,
             "--argon2-iterations" => self.argon2_iterations = num(flag, v)?,
+            "--hash-workers" => self.hash_workers = num(flag, v)?,
+            "--hash-queue" => self.hash_queue = num(flag, v)?,
+            "--auth-rate" => self.auth_rate = num(flag, v)?,
+            "--auth-burst" => self.auth_burst = num(flag, v)?,
             _ => return Err(format!("unknown flag {flag}")),
         }
         Ok(())
@@ -157,6 +187,12 @@ impl Config {
         }
         if !(self.send_rate > 0.0 && self.send_burst >= 1.0) {
             return Err("send rate must be > 0 and burst >= 1".into());
+        }
+        if !(self.auth_rate > 0.0 && self.auth_burst >= 1.0) {
+            return Err("auth rate must be > 0 and burst >= 1".into());
+        }
+        if self.hash_workers > 1024 {
+            return Err("at most 1024 hashing threads".into());
         }
         if self.queue_frames < 4 {
             return Err("queue must hold at least 4 frames".into());

@@ -1,11 +1,12 @@
 //! HTTP routes (JSON): accounts, inbox, history, groups, assets; and the web page.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -17,7 +18,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult};
-use super::{assets, db, views, ws, Shared};
+use super::{accounts, assets, db, views, ws, Shared};
 
 const INDEX_HTML: &str = include_str!("../static/index.html");
 const APP_JS: &str = include_str!("../static/app.js");
@@ -146,10 +147,19 @@ fn session_json(state: &Shared, user: UserId) -> Value {
     })
 }
 
-async fn signup(State(state): State<Shared>, body: JsonBody<Credentials>) -> ApiResult<Response> {
+async fn signup(
+    State(state): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: JsonBody<Credentials>,
+) -> ApiResult<Response> {
     let Json(c) = body?;
+    state
+        .auth_limiter
+        .check(&peer.ip(), "sign-ups and sign-ins")?;
+    state.accounts.check_new(&c.username, &c.password)?;
+    let hash = state.hasher.hash(c.password).await?;
     let user = db(&state, move |st| {
-        st.accounts.sign_up(&st.store, &c.username, &c.password)
+        st.accounts.create(&st.store, &c.username, hash)
     })
     .await?;
     Ok((StatusCode::CREATED, Json(session_json(&state, user))).into_response())
@@ -157,14 +167,23 @@ async fn signup(State(state): State<Shared>, body: JsonBody<Credentials>) -> Api
 
 async fn signin(
     State(state): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: JsonBody<Credentials>,
 ) -> ApiResult<Json<Value>> {
     let Json(c) = body?;
-    let user = db(&state, move |st| {
-        st.accounts.sign_in(&c.username, &c.password)
-    })
-    .await?;
-    Ok(Json(session_json(&state, user)))
+    state
+        .auth_limiter
+        .check(&peer.ip(), "sign-ups and sign-ins")?;
+    let attempt = state.signin_backoff.begin(&c.username, peer.ip())?;
+    let (user, hash) = state.accounts.credentials(&c.username);
+    let ok = state.hasher.verify(c.password, hash).await?;
+    match user {
+        Some(user) if ok => {
+            state.signin_backoff.succeeded(attempt);
+            Ok(Json(session_json(&state, user)))
+        }
+        _ => Err(accounts::bad_credentials()),
+    }
 }
 
 async fn signout(State(state): State<Shared>, auth: Auth) -> StatusCode {
@@ -550,6 +569,7 @@ async fn stats(State(state): State<Shared>, _auth: Auth) -> Json<Value> {
         "connections": state.hub.connection_count(),
         "online_users": state.presence.online_count(),
         "dropped_slow": state.hub.dropped_slow.load(Ordering::Relaxed),
+        "hash_workers": state.hasher.worker_count(),
         "store": format!("{s:?}"),
     }))
 }

@@ -8,6 +8,7 @@ pub mod accounts;
 pub mod assets;
 pub mod config;
 pub mod error;
+pub mod hashing;
 pub mod http;
 pub mod hub;
 pub mod jsonlog;
@@ -16,7 +17,7 @@ pub mod views;
 pub mod ws;
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -35,11 +36,17 @@ pub struct AppState {
     pub cfg: Config,
     pub store: ChatStore,
     pub accounts: accounts::Accounts,
+    /// Password hashing threads.
+    pub hasher: hashing::Hasher,
+    /// Sign-ups and sign-ins per client address.
+    pub auth_limiter: ratelimit::RateLimiter<IpAddr>,
+    /// Back-off of failed sign-ins, per account and per client address.
+    pub signin_backoff: ratelimit::SignInBackoff,
     pub sessions: accounts::Sessions,
     pub assets: assets::Assets,
     pub hub: hub::Hub,
     pub presence: Presence,
-    pub limiter: ratelimit::RateLimiter,
+    pub limiter: ratelimit::RateLimiter<UserId>,
     pub groups: views::GroupNames,
     /// Users heard from since the last presence tick.
     pub active: Mutex<HashSet<UserId>>,
@@ -57,7 +64,7 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Runs blocking work (store calls fsync; argon2 burns CPU) off the async workers.
+/// Runs blocking work (store calls fsync) off the async workers.
 pub async fn db<T, F>(state: &Shared, f: F) -> ApiResult<T>
 where
     F: FnOnce(&AppState) -> ApiResult<T> + Send + 'static,
@@ -87,11 +94,13 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
         ChatOptions::default(),
     )
     .map_err(|e| format!("opening the store: {e}"))?;
-    let accounts = accounts::Accounts::open(
-        &dir.join("accounts.jsonl"),
+    let hasher = hashing::Hasher::start(
         cfg.argon2_memory_kib,
         cfg.argon2_iterations,
+        cfg.hash_workers,
+        cfg.hash_queue,
     )?;
+    let accounts = accounts::Accounts::open(&dir.join("accounts.jsonl"), hasher.dummy_hash()?)?;
     let assets = assets::Assets::open(&dir.join("assets"))?;
     let presence = Presence::new(
         PresenceOptions {
@@ -108,6 +117,12 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let state = Arc::new(AppState {
         limiter: ratelimit::RateLimiter::new(cfg.send_rate, cfg.send_burst),
+        auth_limiter: ratelimit::RateLimiter::new(cfg.auth_rate, cfg.auth_burst),
+        signin_backoff: ratelimit::SignInBackoff::new(
+            cfg.signin_free_failures,
+            cfg.signin_free_failures_per_addr,
+        ),
+        hasher,
         cfg,
         store,
         accounts,
@@ -123,9 +138,12 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
     let app = http::router(state.clone());
     let stop = state.shutdown.clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
     });
     let ticker = tokio::spawn(presence_loop(state.clone()));
     Ok(Running {

@@ -374,7 +374,7 @@ async fn send(
         ),
         None => None,
     };
-    if let Err(wait_ms) = state.limiter.take(user) {
+    if let Err(wait_ms) = state.limiter.take(&user) {
         let mut e = ApiError::new(
             axum::http::StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
