@@ -3,8 +3,8 @@
 
 use serde_json::json;
 
-use crate::client::{Http, Resp, WAIT};
-use crate::{example_binary, start, tempdir, test_config};
+use crate::client::{ws_open, Http, Resp, WAIT};
+use crate::{example_binary, start, tempdir, test_config, PNG};
 
 /// Resident set size of process `pid`, in bytes.
 #[cfg(target_os = "linux")]
@@ -222,5 +222,283 @@ async fn signups_are_rate_limited_per_client_address() {
     let r = signin(&s.http, "user0", "correct horse battery").await;
     assert_eq!(r.status, 429, "sign-ins share the address's budget");
     assert!(r.json()["retry_after_ms"].as_u64().unwrap_or(0) > 0);
+    s.running.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_changes_are_rate_limited_per_user() {
+    let dir = tempdir();
+    let mut cfg = test_config(dir.path());
+    cfg.conv_rate = 0.01;
+    cfg.conv_burst = 3.0;
+    let s = start(cfg).await;
+    let h = s.http;
+    let (ta, _) = h.signup("alice").await;
+    let (tb, _) = h.signup("bob").await;
+    let (_, carol) = h.signup("carol").await;
+    let mut statuses = Vec::new();
+    let mut first = 0;
+    for i in 0..5 {
+        let r = h
+            .post(
+                "/api/groups",
+                Some(&ta),
+                json!({ "name": format!("g{i}"), "members": ["carol"] }),
+            )
+            .await;
+        if i == 0 {
+            first = r.json()["id"].as_u64().unwrap_or(0);
+        }
+        if r.status == 429 {
+            let v = r.json();
+            assert_eq!(v["error"], "rate_limited", "{v}");
+            assert!(v["retry_after_ms"].as_u64().unwrap_or(0) > 0, "{v}");
+        }
+        statuses.push(r.status);
+    }
+    assert_eq!(statuses, [201, 201, 201, 429, 429]);
+    // Adding and removing members and opening direct chats draw on the same budget...
+    let add = h
+        .post(
+            &format!("/api/conversations/{first}/members"),
+            Some(&ta),
+            json!({ "username": "bob" }),
+        )
+        .await;
+    assert_eq!(add.status, 429);
+    let rm = h
+        .req(
+            "DELETE",
+            &format!("/api/conversations/{first}/members/{carol}"),
+            Some(&ta),
+            None,
+        )
+        .await;
+    assert_eq!(rm.status, 429);
+    let direct = h
+        .post("/api/direct", Some(&ta), json!({ "username": "bob" }))
+        .await;
+    assert_eq!(direct.status, 429);
+    // ...which is alice's alone: bob is not limited.
+    assert!(h.direct(&tb, "alice").await > 0);
+    s.running.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_frames_are_rate_limited_per_user() {
+    let dir = tempdir();
+    let mut cfg = test_config(dir.path());
+    cfg.typing_rate = 0.01;
+    cfg.typing_burst = 2.0;
+    let s = start(cfg).await;
+    let h = s.http;
+    let (ta, _) = h.signup("alice").await;
+    let mut convs = Vec::new();
+    for name in ["bob", "carol", "dave", "erin"] {
+        h.signup(name).await;
+        convs.push(h.direct(&ta, name).await);
+    }
+    let (mut wa, _) = ws_open(h.addr, &ta).await;
+    for &c in &convs {
+        wa.send(json!({ "type": "typing", "conversation": c }))
+            .await;
+    }
+    wa.send(json!({ "type": "ping" })).await;
+    // Two forwarded silently, two refused, then the pong.
+    let mut errors = Vec::new();
+    loop {
+        let f = wa.next().await;
+        if f["type"] == "pong" {
+            break;
+        }
+        assert_eq!(f["type"], "error", "{f}");
+        errors.push(f);
+    }
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    for e in &errors {
+        assert_eq!(e["code"], "rate_limited", "{e}");
+        assert_eq!(e["frame"], "typing", "{e}");
+        assert!(e["retry_after_ms"].as_u64().unwrap_or(0) > 0, "{e}");
+    }
+    s.running.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipt_frames_are_rate_limited_per_user() {
+    let dir = tempdir();
+    let mut cfg = test_config(dir.path());
+    cfg.receipt_rate = 0.01;
+    cfg.receipt_burst = 3.0;
+    let s = start(cfg).await;
+    let h = s.http;
+    let (ta, _) = h.signup("alice").await;
+    let (tb, _) = h.signup("bob").await;
+    let conv = h.direct(&ta, "bob").await;
+    let (mut wa, _) = ws_open(h.addr, &ta).await;
+    for i in 1..=6 {
+        wa.send_text(conv, &format!("m{i}"), &format!("k{i}")).await;
+    }
+    let (mut wb, _) = ws_open(h.addr, &tb).await;
+    for up_to in 1..=6 {
+        let kind = if up_to % 2 == 0 { "read" } else { "delivered" };
+        wb.send(json!({ "type": kind, "conversation": conv, "up_to": up_to }))
+            .await;
+    }
+    wb.send(json!({ "type": "ping" })).await;
+    let mut errors = 0;
+    loop {
+        let f = wb.next().await;
+        if f["type"] == "pong" {
+            break;
+        }
+        if f["type"] == "error" {
+            assert_eq!(f["code"], "rate_limited", "{f}");
+            assert!(f["retry_after_ms"].as_u64().unwrap_or(0) > 0, "{f}");
+            errors += 1;
+        }
+    }
+    assert_eq!(errors, 3);
+    // Only the first three moved bob's cursors.
+    let c = h
+        .get(&format!("/api/conversations/{conv}"), &ta)
+        .await
+        .json();
+    let bob = c["members"]
+        .as_array()
+        .and_then(|l| l.iter().find(|m| m["username"] == "bob").cloned())
+        .expect("bob");
+    assert_eq!(
+        (bob["delivered"].as_u64(), bob["read"].as_u64()),
+        (Some(3), Some(2))
+    );
+    s.running.shutdown().await.expect("clean shutdown");
+}
+
+async fn upload(h: &Http, token: &str) -> Resp {
+    h.req(
+        "POST",
+        "/api/assets",
+        Some(token),
+        Some(("image/png", PNG.to_vec())),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_are_rate_limited_per_user() {
+    let dir = tempdir();
+    let mut cfg = test_config(dir.path());
+    cfg.upload_rate = 0.01;
+    cfg.upload_burst = 2.0;
+    let s = start(cfg).await;
+    let h = s.http;
+    let (ta, _) = h.signup("alice").await;
+    let (tb, _) = h.signup("bob").await;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let r = upload(&h, &ta).await;
+        if r.status == 429 {
+            assert!(r.json()["retry_after_ms"].as_u64().unwrap_or(0) > 0);
+        }
+        statuses.push(r.status);
+    }
+    assert_eq!(statuses, [201, 201, 429, 429]);
+    assert_eq!(upload(&h, &tb).await.status, 201, "per user");
+    s.running.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_beyond_the_per_user_quota_are_refused() {
+    let dir = tempdir();
+    let mut cfg = test_config(dir.path());
+    cfg.upload_quota_bytes = 2 * PNG.len() as u64;
+    let s = start(cfg).await;
+    let h = s.http;
+    let (ta, _) = h.signup("alice").await;
+    let (tb, _) = h.signup("bob").await;
+    assert_eq!(upload(&h, &ta).await.status, 201);
+    assert_eq!(upload(&h, &ta).await.status, 201);
+    let r = upload(&h, &ta).await;
+    assert_eq!(r.status, 413);
+    assert_eq!(r.json()["error"], "quota_exceeded");
+    assert_eq!(upload(&h, &tb).await.status, 201, "bob has his own quota");
+    // The quota holds across a restart.
+    s.running.shutdown().await.expect("clean shutdown");
+    let mut cfg = test_config(dir.path());
+    cfg.upload_quota_bytes = 2 * PNG.len() as u64;
+    let s = start(cfg).await;
+    let (ta, _) = s.http.signin("alice").await;
+    assert_eq!(upload(&s.http, &ta).await.status, 413);
+    s.running.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_that_would_fill_the_disk_are_refused() {
+    let dir = tempdir();
+    let mut cfg = test_config(dir.path());
+    cfg.min_free_bytes = u64::MAX / 2; // more than any disk has free
+    let s = start(cfg).await;
+    let (ta, _) = s.http.signup("alice").await;
+    let r = upload(&s.http, &ta).await;
+    assert_eq!(r.status, 507);
+    assert_eq!(r.json()["error"], "no_space");
+    s.running.shutdown().await.expect("clean shutdown");
+
+    // All uploads together are capped too.
+    let mut cfg = test_config(dir.path());
+    cfg.uploads_max_bytes = PNG.len() as u64;
+    let s = start(cfg).await;
+    let (ta, _) = s.http.signin("alice").await;
+    let (tb, _) = s.http.signup("bob").await;
+    assert_eq!(upload(&s.http, &ta).await.status, 201);
+    let r = upload(&s.http, &tb).await;
+    assert_eq!(r.status, 507);
+    assert_eq!(r.json()["error"], "no_space");
+    s.running.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unattached_uploads_are_deleted_and_free_their_quota() {
+    let dir = tempdir();
+    let mut cfg = test_config(dir.path());
+    cfg.upload_quota_bytes = 2 * PNG.len() as u64;
+    let s = start(cfg.clone()).await;
+    let h = s.http;
+    let (ta, _) = h.signup("alice").await;
+    let (tb, _) = h.signup("bob").await;
+    let conv = h.direct(&ta, "bob").await;
+    let sent = upload(&h, &ta).await.json()["url"]
+        .as_str()
+        .expect("url")
+        .to_string();
+    let unsent = upload(&h, &ta).await.json()["url"]
+        .as_str()
+        .expect("url")
+        .to_string();
+    let (mut wa, _) = ws_open(h.addr, &ta).await;
+    wa.send(json!({ "type": "send", "conversation": conv, "attachment": sent, "client_key": "a" }))
+        .await;
+    assert_eq!(
+        wa.next_type("ack").await["message"]["attachment"],
+        sent.as_str()
+    );
+    assert_eq!(upload(&h, &ta).await.status, 413, "quota full");
+
+    // The sweep (run here as if the time limit had passed) deletes only the unsent one.
+    let ttl = cfg.unattached_upload_ttl.as_millis() as u64;
+    let now = crate::server::now_ms();
+    assert_eq!(s.running.state().assets.sweep_unattached(now + ttl, ttl), 1);
+    assert_eq!(h.get(&unsent, &ta).await.status, 404);
+    assert_eq!(h.get(&sent, &tb).await.status, 200);
+    assert_eq!(
+        upload(&h, &ta).await.status,
+        201,
+        "its bytes are free again"
+    );
+    s.running.shutdown().await.expect("clean shutdown");
+    // And it stays deleted after a restart.
+    let s = start(cfg).await;
+    let (ta, _) = s.http.signin("alice").await;
+    assert_eq!(s.http.get(&unsent, &ta).await.status, 404);
     s.running.shutdown().await.expect("clean shutdown");
 }

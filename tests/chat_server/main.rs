@@ -33,6 +33,15 @@ fn test_config(dir: &Path) -> server::Config {
     c.argon2_iterations = 1;
     c.auth_rate = 10_000.0;
     c.auth_burst = 10_000.0;
+    c.conv_rate = 10_000.0;
+    c.conv_burst = 10_000.0;
+    c.typing_rate = 10_000.0;
+    c.typing_burst = 10_000.0;
+    c.receipt_rate = 10_000.0;
+    c.receipt_burst = 10_000.0;
+    c.upload_rate = 10_000.0;
+    c.upload_burst = 10_000.0;
+    c.min_free_bytes = 0;
     c
 }
 

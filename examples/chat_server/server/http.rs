@@ -265,6 +265,10 @@ async fn direct(
     body: JsonBody<DirectReq>,
 ) -> ApiResult<Json<Value>> {
     let Json(req) = body?;
+    state
+        .limits
+        .conv_changes
+        .check(&auth.user, "new chats and member changes")?;
     let me = auth.user;
     let v = db(&state, move |st| {
         let other = st
@@ -301,6 +305,10 @@ async fn create_group(
     if req.members.len() > 256 {
         return Err(ApiError::bad_request("at most 256 members"));
     }
+    state
+        .limits
+        .conv_changes
+        .check(&auth.user, "new chats and member changes")?;
     let me = auth.user;
     let v = db(&state, move |st| {
         let mut members = vec![me];
@@ -351,6 +359,10 @@ async fn add_member(
 ) -> ApiResult<Json<Value>> {
     let conv = id_param(p)?;
     let Json(req) = body?;
+    state
+        .limits
+        .conv_changes
+        .check(&auth.user, "new chats and member changes")?;
     let me = auth.user;
     let v = db(&state, move |st| {
         let user = st
@@ -387,6 +399,10 @@ async fn remove_member(
         u.parse()
             .map_err(|_| ApiError::bad_request("user id must be a number"))?,
     );
+    state
+        .limits
+        .conv_changes
+        .check(&auth.user, "new chats and member changes")?;
     let me = auth.user;
     db(&state, move |st| {
         if st.store.conversation(conv)?.kind != ConversationKind::Group {
@@ -514,10 +530,14 @@ async fn upload(
     if body.is_empty() {
         return Err(ApiError::bad_request("empty upload"));
     }
+    state.limits.uploads.check(&auth.user, "uploads")?;
     let size = body.len();
     let ct = content_type.clone();
     let user = auth.user;
-    let id = db(&state, move |st| st.assets.upload(user, &ct, &body)).await?;
+    let id = db(&state, move |st| {
+        st.assets.upload(user, &ct, &body, &st.limits.upload_bytes)
+    })
+    .await?;
     let v = json!({
         "id": id,
         "url": format!("{}{id}", assets::URL_PREFIX),

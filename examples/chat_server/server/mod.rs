@@ -46,7 +46,7 @@ pub struct AppState {
     pub assets: assets::Assets,
     pub hub: hub::Hub,
     pub presence: Presence,
-    pub limiter: ratelimit::RateLimiter<UserId>,
+    pub limits: Limits,
     pub groups: views::GroupNames,
     /// Users heard from since the last presence tick.
     pub active: Mutex<HashSet<UserId>>,
@@ -57,6 +57,34 @@ pub struct AppState {
 }
 
 pub type Shared = Arc<AppState>;
+
+/// Per-user rate limits of everything a signed-in user can make the server do.
+pub struct Limits {
+    pub sends: ratelimit::RateLimiter<UserId>,
+    pub conv_changes: ratelimit::RateLimiter<UserId>,
+    pub typing: ratelimit::RateLimiter<UserId>,
+    pub receipts: ratelimit::RateLimiter<UserId>,
+    pub uploads: ratelimit::RateLimiter<UserId>,
+    pub upload_bytes: assets::UploadLimits,
+}
+
+impl Limits {
+    fn new(cfg: &Config) -> Self {
+        use ratelimit::RateLimiter;
+        Limits {
+            sends: RateLimiter::new(cfg.send_rate, cfg.send_burst),
+            conv_changes: RateLimiter::new(cfg.conv_rate, cfg.conv_burst),
+            typing: RateLimiter::new(cfg.typing_rate, cfg.typing_burst),
+            receipts: RateLimiter::new(cfg.receipt_rate, cfg.receipt_burst),
+            uploads: RateLimiter::new(cfg.upload_rate, cfg.upload_burst),
+            upload_bytes: assets::UploadLimits {
+                per_user_bytes: cfg.upload_quota_bytes,
+                total_bytes: cfg.uploads_max_bytes,
+                min_free_bytes: cfg.min_free_bytes,
+            },
+        }
+    }
+}
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -116,7 +144,7 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
         .map_err(|e| format!("listening on {}: {e}", cfg.addr))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let state = Arc::new(AppState {
-        limiter: ratelimit::RateLimiter::new(cfg.send_rate, cfg.send_burst),
+        limits: Limits::new(&cfg),
         auth_limiter: ratelimit::RateLimiter::new(cfg.auth_rate, cfg.auth_burst),
         signin_backoff: ratelimit::SignInBackoff::new(
             cfg.signin_free_failures,
@@ -157,6 +185,12 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
 impl Running {
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The server's state (tests look inside).
+    #[allow(dead_code)]
+    pub fn state(&self) -> &Shared {
+        &self.state
     }
 
     pub fn url(&self) -> String {
@@ -237,6 +271,8 @@ async fn presence_loop(state: Shared) {
             for e in events {
                 broadcast_presence(st, e);
             }
+            st.assets
+                .sweep_unattached(now_ms(), st.cfg.unattached_upload_ttl.as_millis() as u64);
             Ok(())
         })
         .await;

@@ -299,6 +299,10 @@ async fn handle_text(
             conversation,
             up_to,
         } => {
+            if let Err(e) = state.limits.receipts.check(&user, "receipts") {
+                conn.push(api_error_frame(&e, &ctx));
+                return;
+            }
             if let Err(e) = mark(state, conn, ConversationId(conversation), up_to, false).await {
                 conn.push(api_error_frame(&e, &ctx));
             }
@@ -307,6 +311,10 @@ async fn handle_text(
             conversation,
             up_to,
         } => {
+            if let Err(e) = state.limits.receipts.check(&user, "receipts") {
+                conn.push(api_error_frame(&e, &ctx));
+                return;
+            }
             if let Err(e) = mark(state, conn, ConversationId(conversation), up_to, true).await {
                 conn.push(api_error_frame(&e, &ctx));
             }
@@ -320,6 +328,10 @@ async fn handle_text(
                 return;
             }
             typing.insert(conversation, now);
+            if let Err(e) = state.limits.typing.check(&user, "typing frames") {
+                conn.push(api_error_frame(&e, &ctx));
+                return;
+            }
             let conv = ConversationId(conversation);
             let res = db(state, move |st| {
                 let members = st.store.members(conv)?;
@@ -374,15 +386,7 @@ async fn send(
         ),
         None => None,
     };
-    if let Err(wait_ms) = state.limiter.take(&user) {
-        let mut e = ApiError::new(
-            axum::http::StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many messages; slow down",
-        );
-        e.retry_after_ms = Some(wait_ms);
-        return Err(e);
-    }
+    state.limits.sends.check(&user, "messages")?;
     let mut nm = NewMessage::new(user, text.into_bytes());
     if let Some(link) = attachment {
         nm = nm.with_attachment(link.into_bytes());
