@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult};
+use super::membership::{self, Page};
 use super::{accounts, assets, db, views, ws, Shared};
 
 const INDEX_HTML: &str = include_str!("../static/index.html");
@@ -370,7 +371,28 @@ async fn add_member(
             .find(&req.username)
             .ok_or_else(|| ApiError::not_found("no such user"))?;
         let already = st.store.members(conv)?.contains(&user);
-        st.store.add_member(conv, me, user)?;
+        if !already {
+            if st.store.conversation(conv)?.kind != ConversationKind::Group {
+                return Err(ApiError::bad_request("members can only be added to a group"));
+            }
+            if !st.store.is_member(me, conv)? {
+                return Err(chatstore::Error::NotAMember {
+                    user: me,
+                    conversation: conv,
+                }
+                .into());
+            }
+        }
+        {
+            // No message may land between the last id read here and the add: a member
+            // added again reads from exactly there.
+            let _changing = st.memberships.changing(conv);
+            let last = st.store.store().last_id(conv).0;
+            if !already {
+                st.memberships.before_rejoin(st, conv, user, last)?;
+            }
+            st.store.add_member(conv, me, user)?;
+        }
         if !already {
             views::system_message(
                 st,
@@ -453,6 +475,17 @@ async fn history(
     let me = auth.user;
     let v = db(&state, move |st| {
         let s = &st.store;
+        if let Some(ranges) = membership::visible_ranges(st, conv, me)? {
+            let page = match (before, after, around) {
+                (Some(id), _, _) => Page::Before(id),
+                (_, Some(id), _) => Page::After(id),
+                (_, _, Some(id)) => Page::Around(id, limit / 2, limit / 2),
+                _ => Page::Latest,
+            };
+            let msgs = membership::read_page(st, conv, &ranges, page, limit)?;
+            let list: Vec<Value> = msgs.iter().map(|m| views::message_json(st, m)).collect();
+            return Ok(json!({ "conversation": conv.0, "messages": list }));
+        }
         let msgs = match (before, after, around) {
             (Some(id), _, _) => s.before(me, conv, MessageId(id), limit)?,
             (_, Some(id), _) => s.after(me, conv, MessageId(id), limit)?,
@@ -477,7 +510,7 @@ async fn receipts(
     let mid = MessageId(m.parse().map_err(|_| bad())?);
     let me = auth.user;
     let v = db(&state, move |st| {
-        if st.store.get(me, conv, mid)?.is_none() {
+        if !membership::can_see(st, conv, me, mid)? {
             return Err(ApiError::not_found("no such message"));
         }
         let r = st.store.receipts(conv, mid)?;

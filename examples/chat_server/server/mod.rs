@@ -12,6 +12,7 @@ pub mod hashing;
 pub mod http;
 pub mod hub;
 pub mod jsonlog;
+pub mod membership;
 pub mod ratelimit;
 pub mod views;
 pub mod ws;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub signin_backoff: ratelimit::SignInBackoff,
     pub sessions: accounts::Sessions,
     pub assets: assets::Assets,
+    /// Membership ranges the library forgot (members removed and added again).
+    pub memberships: membership::Memberships,
     pub hub: hub::Hub,
     pub presence: Presence,
     pub limits: Limits,
@@ -130,6 +133,7 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
     )?;
     let accounts = accounts::Accounts::open(&dir.join("accounts.jsonl"), hasher.dummy_hash()?)?;
     let assets = assets::Assets::open(&dir.join("assets"))?;
+    let memberships = membership::Memberships::open(&dir.join("memberships.jsonl"))?;
     let presence = Presence::new(
         PresenceOptions {
             heartbeat_interval: cfg.heartbeat,
@@ -156,6 +160,7 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
         accounts,
         sessions: accounts::Sessions::default(),
         assets,
+        memberships,
         hub: hub::Hub::default(),
         presence,
         groups: views::GroupNames::default(),

@@ -169,10 +169,13 @@ pub fn system_message(
     by: UserId,
     body: Value,
 ) -> ApiResult<Message> {
-    let m = st.store.send(
-        conv,
-        NewMessage::new(by, body.to_string().into_bytes()).with_kind(MessageKind::System),
-    )?;
+    let m = {
+        let _appending = st.memberships.appending(conv);
+        st.store.send(
+            conv,
+            NewMessage::new(by, body.to_string().into_bytes()).with_kind(MessageKind::System),
+        )?
+    };
     fanout(st, &m, None)?;
     Ok(m)
 }

@@ -412,7 +412,10 @@ async fn send(
             st.assets.can_read(&st.store, user, id)?;
             st.assets.link(id, conv)?;
         }
-        let m = st.store.send(conv, nm)?;
+        let m = {
+            let _appending = st.memberships.appending(conv);
+            st.store.send(conv, nm)?
+        };
         Ok((views::message_json(st, &m), members, m.id))
     })
     .await?;
