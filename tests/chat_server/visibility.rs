@@ -123,3 +123,97 @@ async fn check_rejoined_history(h: &Http, g: u64) {
         .await;
     assert_eq!(r.status, 200, "{:?}", r.json());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn former_members_see_no_live_data() {
+    let dir = tempdir();
+    let s = start_in(dir.path()).await;
+    let h = s.http;
+    let (ta, _) = h.signup("alice").await;
+    h.signup("bob").await;
+    let (tc, carol) = h.signup("carol").await;
+    h.signup("dave").await;
+    let g = h
+        .post(
+            "/api/groups",
+            Some(&ta),
+            json!({ "name": "g", "members": ["bob", "carol"] }),
+        )
+        .await
+        .json()["id"]
+        .as_u64()
+        .expect("group"); // 1
+    let (mut wa, _) = ws_open(h.addr, &ta).await;
+    say(&mut wa, g, "two").await;
+    let (_wc, _) = ws_open(h.addr, &tc).await; // carol is online
+    remove(&h, &ta, g, carol).await; // 3: removed
+    add(&h, &ta, g, "dave").await; // 4: added
+    say(&mut wa, g, "five").await;
+
+    let r = h.get(&format!("/api/conversations/{g}"), &tc).await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    let v = r.json();
+    assert_eq!(v["member"], false, "{v}");
+    assert_eq!(
+        v["members"],
+        json!([]),
+        "no members, presence or cursors: {v}"
+    );
+    assert_eq!(
+        v["last_id"], 2,
+        "her last message, not the conversation's: {v}"
+    );
+    assert_eq!(v["title"], "g");
+    // She still reads her history, but not its receipts (live cursors).
+    assert_eq!(ids(&h.history(&tc, g, "").await), [1, 2]);
+    let r = h
+        .get(&format!("/api/conversations/{g}/messages/2/receipts"), &tc)
+        .await;
+    assert_eq!(r.status, 403);
+    // A current member sees everything.
+    let v = h.get(&format!("/api/conversations/{g}"), &ta).await.json();
+    assert_eq!(v["members"].as_array().map(Vec::len), Some(3), "{v}");
+    assert_eq!(v["last_id"], 5);
+    s.running.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_point_only_at_messages_the_sender_can_see() {
+    let dir = tempdir();
+    let s = start_in(dir.path()).await;
+    let h = s.http;
+    let (ta, _) = h.signup("alice").await;
+    h.signup("bob").await;
+    let (td, _) = h.signup("dave").await;
+    let g = h
+        .post(
+            "/api/groups",
+            Some(&ta),
+            json!({ "name": "g", "members": ["bob"] }),
+        )
+        .await
+        .json()["id"]
+        .as_u64()
+        .expect("group"); // 1
+    let (mut wa, _) = ws_open(h.addr, &ta).await;
+    say(&mut wa, g, "secret before dave").await; // 2
+    add(&h, &ta, g, "dave").await; // 3
+    let (mut wd, _) = ws_open(h.addr, &td).await;
+    for (reply_to, ok) in [(2, false), (99, false), (0, false), (3, true)] {
+        let key = format!("r{reply_to}");
+        wd.send(json!({ "type": "send", "conversation": g, "text": "re", "reply_to": reply_to, "client_key": key }))
+            .await;
+        let f = wd.next_where(|v| v["client_key"] == key.as_str()).await;
+        if ok {
+            assert_eq!(f["type"], "ack", "reply to {reply_to}: {f}");
+            assert_eq!(f["message"]["reply_to"], reply_to);
+        } else {
+            assert_eq!(
+                (f["type"].as_str(), f["code"].as_str()),
+                (Some("error"), Some("bad_id")),
+                "reply to {reply_to}: {f}"
+            );
+        }
+    }
+    s.running.shutdown().await.expect("clean shutdown");
+}

@@ -513,6 +513,12 @@ async fn receipts(
         if !membership::can_see(st, conv, me, mid)? {
             return Err(ApiError::not_found("no such message"));
         }
+        if !st.store.is_member(me, conv)? {
+            // Receipts move with the members' cursors: live data, for current members.
+            return Err(ApiError::forbidden(
+                "receipts are for current members of the conversation",
+            ));
+        }
         let r = st.store.receipts(conv, mid)?;
         let details: Vec<Value> = r
             .details

@@ -173,6 +173,14 @@ fn merge(mut ranges: Vec<Range>, last: u64) -> Vec<Range> {
     out
 }
 
+/// The last id `user` may read in `conv` (0: none). Blocking.
+pub fn last_visible(st: &AppState, conv: ConversationId, user: UserId) -> ApiResult<u64> {
+    match visible_ranges(st, conv, user)? {
+        Some(r) => Ok(r.last().map_or(0, |r| r.1)),
+        None => Ok(st.store.latest(user, conv, 1)?.last().map_or(0, |m| m.id.0)),
+    }
+}
+
 /// May `user` read message `id` of `conv`? Blocking.
 pub fn can_see(
     st: &AppState,

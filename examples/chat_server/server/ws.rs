@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use super::error::ApiError;
 use super::hub::{Conn, Out};
-use super::{assets, db, now_ms, views, Shared};
+use super::{assets, db, membership, now_ms, views, Shared};
 
 #[derive(Deserialize)]
 pub struct WsQuery {
@@ -405,6 +405,15 @@ async fn send(
                 conversation: conv,
             }
             .into());
+        }
+        if let Some(r) = reply_to {
+            if !membership::can_see(st, conv, user, MessageId(r))? {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::BAD_REQUEST,
+                    "bad_id",
+                    format!("reply_to {r} is not a message you can see"),
+                ));
+            }
         }
         if let Some(id) = &asset {
             // Only an asset the sender may see can be attached, and the link is recorded
