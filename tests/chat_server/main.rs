@@ -11,6 +11,7 @@ mod server;
 mod browser;
 mod client;
 mod limits;
+mod robustness;
 mod visibility;
 
 use std::path::{Path, PathBuf};

@@ -100,6 +100,9 @@ impl Accounts {
         // The store learns the user first: a crash before the account line is written leaves
         // a registered id that nobody can name, and the next sign-up reuses it harmlessly.
         store.register_user(UserId(id))?;
+        // Taken even if the line below fails: a failed fsync may still leave the line on
+        // disk, and no id may ever name two accounts.
+        t.next_id = id + 1;
         let account = Account {
             id,
             username: username.to_string(),
@@ -109,7 +112,6 @@ impl Accounts {
             eprintln!("chat_server: accounts: {e}");
             ApiError::internal("could not save the account")
         })?;
-        t.next_id = id + 1;
         let account = Arc::new(account);
         t.by_name.insert(key, account);
         self.names.write().insert(id, Arc::from(username));
@@ -128,6 +130,12 @@ impl Accounts {
             Some(a) => (Some(UserId(a.id)), Arc::from(a.hash.as_str())),
             None => (None, self.dummy_hash.clone()),
         }
+    }
+
+    /// Makes the next append to the accounts file fail (tests).
+    #[cfg(test)]
+    pub fn fail_next_append(&self, fault: super::jsonlog::Fault) {
+        self.table.lock().log.fail_next = Some(fault);
     }
 
     pub fn find(&self, username: &str) -> Option<UserId> {

@@ -62,6 +62,13 @@ pub struct Config {
     pub min_free_bytes: u64,
     /// Uploads not attached to a message within this long are deleted.
     pub unattached_upload_ttl: Duration,
+    /// A request whose headers take longer than this to arrive is dropped (and so is a
+    /// keep-alive connection idle for longer).
+    pub header_timeout: Duration,
+    /// Rejected requests and frames logged per second, and their burst (the rest are
+    /// counted and summarized).
+    pub reject_log_rate: f64,
+    pub reject_log_burst: f64,
     /// Failed sign-ins to one account before each next attempt must wait (1 s, doubling).
     pub signin_free_failures: u32,
     /// Failed sign-ins from one client address before each next attempt must wait.
@@ -100,6 +107,9 @@ impl Default for Config {
             uploads_max_bytes: 10 << 30,
             min_free_bytes: 1 << 30,
             unattached_upload_ttl: Duration::from_secs(3600),
+            header_timeout: Duration::from_secs(10),
+            reject_log_rate: 5.0,
+            reject_log_burst: 50.0,
             signin_free_failures: 5,
             signin_free_failures_per_addr: 50,
         }
@@ -138,6 +148,7 @@ FLAGS (environment variable in brackets):
   --uploads-max-bytes N     upload bytes stored in all [CHAT_UPLOADS_MAX_BYTES] (10737418240)
   --min-free-bytes N        free disk space uploads must leave [CHAT_MIN_FREE_BYTES] (1073741824)
   --unattached-upload-ttl-s N  delete uploads not sent within this long [CHAT_UNATTACHED_UPLOAD_TTL_S] (3600)
+  --header-timeout-ms N     time allowed for a request's headers [CHAT_HEADER_TIMEOUT_MS] (10000)
   -h, --help                this text
 ";
 
@@ -168,6 +179,7 @@ const KEYS: &[(&str, &str)] = &[
     ("--uploads-max-bytes", "CHAT_UPLOADS_MAX_BYTES"),
     ("--min-free-bytes", "CHAT_MIN_FREE_BYTES"),
     ("--unattached-upload-ttl-s", "CHAT_UNATTACHED_UPLOAD_TTL_S"),
+    ("--header-timeout-ms", "CHAT_HEADER_TIMEOUT_MS"),
 ];
 
 /// What the command line asked for.
@@ -243,6 +255,7 @@ impl Config {
             "--upload-quota-bytes" => self.upload_quota_bytes = num(flag, v)?,
             "--uploads-max-bytes" => self.uploads_max_bytes = num(flag, v)?,
             "--min-free-bytes" => self.min_free_bytes = num(flag, v)?,
+            "--header-timeout-ms" => self.header_timeout = Duration::from_millis(num(flag, v)?),
             "--unattached-upload-ttl-s" => {
                 self.unattached_upload_ttl = Duration::from_secs(num(flag, v)?)
             }
@@ -269,6 +282,12 @@ impl Config {
             if !(rate > 0.0 && burst >= 1.0) {
                 return Err(format!("{what} rate must be > 0 and its burst >= 1"));
             }
+        }
+        if self.header_timeout.is_zero() {
+            return Err("header timeout must be > 0".into());
+        }
+        if !(self.reject_log_rate > 0.0 && self.reject_log_burst >= 1.0) {
+            return Err("reject log rate must be > 0 and its burst >= 1".into());
         }
         if self.hash_workers > 1024 {
             return Err("at most 1024 hashing threads".into());

@@ -87,8 +87,19 @@ impl From<axum::extract::rejection::BytesRejection> for ApiError {
     }
 }
 
+/// Put on every error response, for the log of rejected requests.
+#[derive(Clone, Debug)]
+pub struct Rejection {
+    pub code: &'static str,
+    pub message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let rejection = Rejection {
+            code: self.code,
+            message: self.message.clone(),
+        };
         let mut body = json!({ "error": self.code, "message": self.message });
         if let Some(ms) = self.retry_after_ms {
             body["retry_after_ms"] = json!(ms);
@@ -100,6 +111,7 @@ impl IntoResponse for ApiError {
                 header::HeaderValue::from(ms.div_ceil(1000)),
             );
         }
+        resp.extensions_mut().insert(rejection);
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Query, State};
@@ -14,10 +15,17 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use chatstore::{ConversationId, ConversationKind, InboxCursor, MessageId, ReceiptState, UserId};
+use hyper::body::Incoming;
+use hyper::Request;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiResult, Rejection};
 use super::membership::{self, Page};
 use super::{accounts, assets, db, views, ws, Shared};
 
@@ -65,7 +73,93 @@ pub fn router(state: Shared) -> Router {
         .route("/ws", get(ws::handler))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(64 << 10))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            log_rejections,
+        ))
         .with_state(state)
+}
+
+/// Accepts connections and serves `app` on each (HTTP/1.1, with upgrades for WebSockets)
+/// until `stop`; then lets the requests in flight finish. A request's headers must arrive
+/// within `header_timeout` (so must the next request on a kept-alive connection), or the
+/// connection is closed.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    stop: CancellationToken,
+    header_timeout: Duration,
+) -> std::io::Result<()> {
+    let conns = TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors, mostly: wait for some to close.
+                    eprintln!("chat_server: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            hyper::service::Service::call(&TowerToHyperService::new(app.clone()), req)
+        });
+        let stop = stop.clone();
+        conns.spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    conns.close();
+    conns.wait().await;
+    Ok(())
+}
+
+/// Logs every refused request (4xx) with its reason, at a bounded rate.
+async fn log_rejections(
+    State(state): State<Shared>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = req.method().clone();
+    // The path only: a query may carry a token.
+    let path = req.uri().path().to_string();
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_default();
+    let resp = next.run(req).await;
+    if resp.status().is_client_error() {
+        let (code, message) = match resp.extensions().get::<Rejection>() {
+            Some(r) => (r.code, r.message.as_str()),
+            None => ("", ""),
+        };
+        state.rejects.log(format_args!(
+            "{peer} {method} {path}: {} {code}: {message}",
+            resp.status().as_u16()
+        ));
+    }
+    resp
 }
 
 async fn page(body: &'static str, content_type: &'static str) -> Response {

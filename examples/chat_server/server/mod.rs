@@ -14,6 +14,7 @@ pub mod hub;
 pub mod jsonlog;
 pub mod membership;
 pub mod ratelimit;
+pub mod rejects;
 pub mod views;
 pub mod ws;
 
@@ -50,6 +51,8 @@ pub struct AppState {
     pub hub: hub::Hub,
     pub presence: Presence,
     pub limits: Limits,
+    /// Rejected requests and frames, logged at a bounded rate.
+    pub rejects: rejects::RejectLog,
     pub groups: views::GroupNames,
     /// Users heard from since the last presence tick.
     pub active: Mutex<HashSet<UserId>>,
@@ -149,6 +152,7 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let state = Arc::new(AppState {
         limits: Limits::new(&cfg),
+        rejects: rejects::RejectLog::new(cfg.reject_log_rate, cfg.reject_log_burst),
         auth_limiter: ratelimit::RateLimiter::new(cfg.auth_rate, cfg.auth_burst),
         signin_backoff: ratelimit::SignInBackoff::new(
             cfg.signin_free_failures,
@@ -170,14 +174,7 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
     });
     let app = http::router(state.clone());
     let stop = state.shutdown.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
-    });
+    let server = tokio::spawn(http::serve(listener, app, stop, state.cfg.header_timeout));
     let ticker = tokio::spawn(presence_loop(state.clone()));
     Ok(Running {
         addr,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chatstore::{ConversationId, Error, MessageId, NewMessage, UserId};
 use futures_util::stream::SplitSink;
@@ -111,6 +111,20 @@ fn api_error_frame(e: &ApiError, ctx: &Value) -> Out {
     out
 }
 
+fn bad_frame(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "bad_frame", message)
+}
+
+/// Answers a refused frame with an error frame, and logs it (at a bounded rate).
+fn reject(state: &Shared, conn: &Conn, e: &ApiError, ctx: &Value) {
+    let frame = ctx.get("frame").and_then(Value::as_str).unwrap_or("-");
+    state.rejects.log(format_args!(
+        "user {} websocket frame {frame}: {}: {}",
+        conn.user, e.code, e.message
+    ));
+    conn.push(api_error_frame(e, ctx));
+}
+
 fn touch(state: &Shared, conn: &Conn) {
     conn.last_heard_ms.store(now_ms(), Ordering::Relaxed);
     state.active.lock().insert(conn.user);
@@ -189,25 +203,23 @@ async fn run(state: Shared, user: UserId, token: Arc<str>, socket: WebSocket) {
         match msg {
             WsMessage::Text(text) => {
                 if text.len() > state.cfg.max_frame_bytes {
-                    conn.push(error_frame(
+                    let e = ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
                         "too_large",
-                        &format!(
+                        format!(
                             "frame is {} bytes; the limit is {}",
                             text.len(),
                             state.cfg.max_frame_bytes
                         ),
-                        &Value::Null,
-                    ));
+                    );
+                    reject(&state, &conn, &e, &Value::Null);
                     continue;
                 }
                 handle_text(&state, &conn, text.as_str(), &mut typing).await;
             }
             WsMessage::Binary(_) => {
-                conn.push(error_frame(
-                    "bad_frame",
-                    "binary frames are not supported; send JSON text frames",
-                    &Value::Null,
-                ));
+                let e = bad_frame("binary frames are not supported; send JSON text frames");
+                reject(&state, &conn, &e, &Value::Null);
             }
             WsMessage::Ping(_) | WsMessage::Pong(_) => {}
             WsMessage::Close(_) => break End::Now,
@@ -253,11 +265,12 @@ async fn handle_text(
     let value: Value = match serde_json::from_str(text) {
         Ok(v) => v,
         Err(e) => {
-            conn.push(error_frame(
-                "bad_frame",
-                &format!("not JSON: {e}"),
+            reject(
+                state,
+                conn,
+                &bad_frame(format!("not JSON: {e}")),
                 &Value::Null,
-            ));
+            );
             return;
         }
     };
@@ -265,7 +278,7 @@ async fn handle_text(
     let frame: ClientFrame = match serde_json::from_value(value) {
         Ok(f) => f,
         Err(e) => {
-            conn.push(error_frame("bad_frame", &e.to_string(), &ctx));
+            reject(state, conn, &bad_frame(e.to_string()), &ctx);
             return;
         }
     };
@@ -292,7 +305,7 @@ async fn handle_text(
             )
             .await
             {
-                conn.push(api_error_frame(&e, &ctx));
+                reject(state, conn, &e, &ctx);
             }
         }
         ClientFrame::Delivered {
@@ -300,11 +313,11 @@ async fn handle_text(
             up_to,
         } => {
             if let Err(e) = state.limits.receipts.check(&user, "receipts") {
-                conn.push(api_error_frame(&e, &ctx));
+                reject(state, conn, &e, &ctx);
                 return;
             }
             if let Err(e) = mark(state, conn, ConversationId(conversation), up_to, false).await {
-                conn.push(api_error_frame(&e, &ctx));
+                reject(state, conn, &e, &ctx);
             }
         }
         ClientFrame::Read {
@@ -312,11 +325,11 @@ async fn handle_text(
             up_to,
         } => {
             if let Err(e) = state.limits.receipts.check(&user, "receipts") {
-                conn.push(api_error_frame(&e, &ctx));
+                reject(state, conn, &e, &ctx);
                 return;
             }
             if let Err(e) = mark(state, conn, ConversationId(conversation), up_to, true).await {
-                conn.push(api_error_frame(&e, &ctx));
+                reject(state, conn, &e, &ctx);
             }
         }
         ClientFrame::Typing { conversation } => {
@@ -329,7 +342,7 @@ async fn handle_text(
             }
             typing.insert(conversation, now);
             if let Err(e) = state.limits.typing.check(&user, "typing frames") {
-                conn.push(api_error_frame(&e, &ctx));
+                reject(state, conn, &e, &ctx);
                 return;
             }
             let conv = ConversationId(conversation);
@@ -355,7 +368,7 @@ async fn handle_text(
             })
             .await;
             if let Err(e) = res {
-                conn.push(api_error_frame(&e, &ctx));
+                reject(state, conn, &e, &ctx);
             }
         }
     }
@@ -409,7 +422,7 @@ async fn send(
         if let Some(r) = reply_to {
             if !membership::can_see(st, conv, user, MessageId(r))? {
                 return Err(ApiError::new(
-                    axum::http::StatusCode::BAD_REQUEST,
+                    StatusCode::BAD_REQUEST,
                     "bad_id",
                     format!("reply_to {r} is not a message you can see"),
                 ));
