@@ -72,7 +72,19 @@ impl From<Error> for ApiError {
 
 impl From<axum::extract::rejection::JsonRejection> for ApiError {
     fn from(r: axum::extract::rejection::JsonRejection) -> Self {
-        ApiError::new(r.status(), "bad_request", r.body_text())
+        match r.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", r.body_text())
+            }
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_type",
+                "the body must be JSON, sent with `Content-Type: application/json`",
+            ),
+            // Malformed JSON, and well-formed JSON with a missing or mistyped field (422 in
+            // axum) alike.
+            _ => ApiError::bad_request(r.body_text()),
+        }
     }
 }
 

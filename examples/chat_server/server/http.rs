@@ -72,6 +72,13 @@ pub fn router(state: Shared) -> Router {
         .route("/api/stats", get(stats))
         .route("/ws", get(ws::handler))
         .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        })
         .layer(DefaultBodyLimit::max(64 << 10))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -567,13 +574,15 @@ async fn history(
         ));
     }
     let me = auth.user;
+    let before_around = (limit / 2) as u64;
+    let after_around = limit - 1 - limit / 2;
     let v = db(&state, move |st| {
         let s = &st.store;
         if let Some(ranges) = membership::visible_ranges(st, conv, me)? {
             let page = match (before, after, around) {
                 (Some(id), _, _) => Page::Before(id),
                 (_, Some(id), _) => Page::After(id),
-                (_, _, Some(id)) => Page::Around(id, limit / 2, limit / 2),
+                (_, _, Some(id)) => Page::Around(id, limit / 2, after_around),
                 _ => Page::Latest,
             };
             let msgs = membership::read_page(st, conv, &ranges, page, limit)?;
@@ -583,7 +592,16 @@ async fn history(
         let msgs = match (before, after, around) {
             (Some(id), _, _) => s.before(me, conv, MessageId(id), limit)?,
             (_, Some(id), _) => s.after(me, conv, MessageId(id), limit)?,
-            (_, _, Some(id)) => s.around(me, conv, MessageId(id), limit / 2)?,
+            (_, _, Some(id)) => {
+                // `limit` in all: limit/2 before the message, the rest after it.
+                let (lo, hi) = (
+                    id.saturating_sub(before_around),
+                    id.saturating_add(after_around as u64),
+                );
+                let mut page = s.around(me, conv, MessageId(id), limit / 2)?;
+                page.retain(|m| (lo..=hi).contains(&m.id.0));
+                page
+            }
             _ => s.latest(me, conv, limit)?,
         };
         let list: Vec<Value> = msgs.iter().map(|m| views::message_json(st, m)).collect();

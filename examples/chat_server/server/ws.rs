@@ -2,7 +2,6 @@
 //! presence and typing. See `docs/protocol.md` for the frames.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +18,7 @@ use tokio::sync::mpsc;
 
 use super::error::ApiError;
 use super::hub::{Conn, Out};
-use super::{assets, db, membership, now_ms, views, Shared};
+use super::{assets, db, membership, views, Shared};
 
 #[derive(Deserialize)]
 pub struct WsQuery {
@@ -84,31 +83,18 @@ enum ClientFrame {
     Ping,
 }
 
-fn error_frame(code: &str, message: &str, ctx: &Value) -> Out {
-    let mut v = json!({ "type": "error", "code": code, "message": message });
-    if let Value::Object(o) = &mut v {
-        for k in ["frame", "client_key"] {
-            if let Some(x) = ctx.get(k) {
-                o.insert(k.into(), x.clone());
-            }
+/// An error frame; `frame` and `client_key` echo the offending frame's where it had them.
+fn api_error_frame(e: &ApiError, ctx: &Value) -> Out {
+    let mut v = json!({ "type": "error", "code": e.code, "message": e.message });
+    for k in ["frame", "client_key"] {
+        if let Some(x) = ctx.get(k).filter(|x| !x.is_null()) {
+            v[k] = x.clone();
         }
+    }
+    if let Some(ms) = e.retry_after_ms {
+        v["retry_after_ms"] = json!(ms);
     }
     Out::text(v.to_string())
-}
-
-fn api_error_frame(e: &ApiError, ctx: &Value) -> Out {
-    let mut out = error_frame(e.code, &e.message, ctx);
-    if let (Some(ms), Out::Frame { text, .. }) = (e.retry_after_ms, &mut out) {
-        let mut v =
-            json!({ "type": "error", "code": e.code, "message": e.message, "retry_after_ms": ms });
-        for k in ["frame", "client_key"] {
-            if let Some(x) = ctx.get(k) {
-                v[k] = x.clone();
-            }
-        }
-        *text = v.to_string().into();
-    }
-    out
 }
 
 fn bad_frame(message: impl Into<String>) -> ApiError {
@@ -126,7 +112,7 @@ fn reject(state: &Shared, conn: &Conn, e: &ApiError, ctx: &Value) {
 }
 
 fn touch(state: &Shared, conn: &Conn) {
-    conn.last_heard_ms.store(now_ms(), Ordering::Relaxed);
+    conn.heard();
     state.active.lock().insert(conn.user);
 }
 
@@ -140,7 +126,7 @@ enum End {
 async fn run(state: Shared, user: UserId, token: Arc<str>, socket: WebSocket) {
     let (sink, mut stream) = socket.split();
     let (tx, rx) = mpsc::channel(state.cfg.queue_frames);
-    let conn = Arc::new(Conn::new(state.hub.next_id(), user, token, tx, now_ms()));
+    let conn = Arc::new(Conn::new(state.hub.next_id(), user, token, tx));
     // Registered before the unread snapshot is taken, so that nothing falls in between;
     // the writer skips live messages the snapshot already counted.
     state.hub.register(conn.clone());
@@ -186,7 +172,7 @@ async fn run(state: Shared, user: UserId, token: Arc<str>, socket: WebSocket) {
         skip,
         conn.clone(),
         state.cfg.heartbeat,
-        state.cfg.offline_after.as_millis() as u64,
+        state.cfg.offline_after,
     ));
 
     let mut typing: HashMap<u64, Instant> = HashMap::new();
@@ -196,8 +182,25 @@ async fn run(state: Shared, user: UserId, token: Arc<str>, socket: WebSocket) {
             _ = state.shutdown.cancelled() => break End::Drain,
             next = stream.next() => next,
         };
-        let Some(Ok(msg)) = next else {
-            break End::Now;
+        let msg = match next {
+            Some(Ok(msg)) => msg,
+            Some(Err(e)) => {
+                let too_big = e
+                    .into_inner()
+                    .downcast::<tokio_tungstenite::tungstenite::Error>()
+                    .is_ok_and(|e| {
+                        matches!(*e, tokio_tungstenite::tungstenite::Error::Capacity(_))
+                    });
+                if too_big {
+                    state.rejects.log(format_args!(
+                        "user {user} websocket: a message over {} bytes; closing (1009)",
+                        state.cfg.hard_frame_bytes
+                    ));
+                    conn.drop_with(1009, "message too big");
+                }
+                break End::Now;
+            }
+            None => break End::Now,
         };
         touch(&state, &conn);
         match msg {
@@ -501,7 +504,7 @@ async fn writer(
     skip: HashMap<u64, u64>,
     conn: Arc<Conn>,
     heartbeat: Duration,
-    offline_after_ms: u64,
+    offline_after: Duration,
 ) {
     let cancel = conn.cancel.clone();
     let skipped = |msg: Option<(u64, u64)>| {
@@ -517,6 +520,8 @@ async fn writer(
         }
     }
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    let silence = tokio::time::sleep_until(conn.silent_deadline(offline_after));
+    let mut silence = std::pin::pin!(silence);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     while close.is_none() {
         let mut batch = Vec::new();
@@ -547,11 +552,16 @@ async fn writer(
                 }
             }
             _ = tick.tick() => {
-                let silent = now_ms().saturating_sub(conn.last_heard_ms.load(Ordering::Relaxed));
-                if silent >= offline_after_ms {
+                batch.push(WsMessage::Ping(Default::default()));
+            }
+            // Exactly `offline_after` after the client was last heard from, not at the next
+            // ping: re-armed whenever something came in meanwhile.
+            _ = &mut silence => {
+                let deadline = conn.silent_deadline(offline_after);
+                if tokio::time::Instant::now() >= deadline {
                     close = Some((4000, "heartbeat timeout"));
                 } else {
-                    batch.push(WsMessage::Ping(Default::default()));
+                    silence.as_mut().reset(deadline);
                 }
             }
         }
