@@ -3,7 +3,7 @@
 //! ```sh
 //! ulimit -n 20000
 //! cargo run --release --example chat_server -- --data /tmp/load-data \
-//!     --argon2-memory-kib 256 --argon2-iterations 1 &
+//!     --argon2-memory-kib 256 --argon2-iterations 1 --auth-rate 100000 --auth-burst 100000 &
 //! cargo run --release --example load -- --clients 10000 --devices 2 --duration 30
 //! ```
 //!
@@ -95,12 +95,28 @@ fn parse_args() -> Result<Args, String> {
     Ok(a)
 }
 
+/// POSTs `body`; a `429` is retried after the `retry_after_ms` the server asks for.
 async fn http(
     addr: SocketAddr,
     path: &str,
     token: Option<&str>,
     body: Value,
 ) -> Result<Value, String> {
+    loop {
+        match http_once(addr, path, token, &body).await? {
+            Ok(v) => return Ok(v),
+            Err(wait_ms) => tokio::time::sleep(Duration::from_millis(wait_ms)).await,
+        }
+    }
+}
+
+/// One POST: the JSON answer, or `Err(ms)` for a `429` to retry after `ms`.
+async fn http_once(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    body: &Value,
+) -> Result<Result<Value, u64>, String> {
     let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -124,10 +140,13 @@ async fn http(
         .map_err(|e| e.to_string())?
         .to_bytes();
     let v: Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+    if status.as_u16() == 429 {
+        return Ok(Err(v["retry_after_ms"].as_u64().unwrap_or(1000).max(1)));
+    }
     if !status.is_success() {
         return Err(format!("{path}: {status} {v}"));
     }
-    Ok(v)
+    Ok(Ok(v))
 }
 
 #[derive(Default)]

@@ -5,8 +5,6 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
 use axum::http::StatusCode;
 use chatstore::{ChatStore, UserId};
 use parking_lot::{Mutex, RwLock};
@@ -33,9 +31,8 @@ struct Table {
 pub struct Accounts {
     table: Mutex<Table>,
     names: RwLock<HashMap<u64, Arc<str>>>,
-    argon: Argon2<'static>,
     /// Verified against when a username is unknown, so that both cases take the same time.
-    dummy_hash: String,
+    dummy_hash: Arc<str>,
 }
 
 pub fn valid_username(name: &str) -> bool {
@@ -46,9 +43,9 @@ pub fn valid_username(name: &str) -> bool {
 }
 
 impl Accounts {
-    pub fn open(path: &Path, memory_kib: u32, iterations: u32) -> Result<Accounts, String> {
-        let params = Params::new(memory_kib, iterations, 1, None).map_err(|e| e.to_string())?;
-        let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+    /// Opens the accounts file; `dummy_hash` is a hash nobody knows the password of, made
+    /// with the current argon2 parameters.
+    pub fn open(path: &Path, dummy_hash: String) -> Result<Accounts, String> {
         let (log, records) = JsonLog::open::<Account>(path)?;
         let mut table = Table {
             log,
@@ -62,21 +59,16 @@ impl Accounts {
             names.insert(a.id, Arc::from(a.username.as_str()));
             table.by_name.insert(a.username.to_ascii_lowercase(), a);
         }
-        let salt = SaltString::generate(&mut OsRng);
-        let dummy_hash = argon
-            .hash_password(b"not a real password", &salt)
-            .map_err(|e| e.to_string())?
-            .to_string();
         Ok(Accounts {
             table: Mutex::new(table),
             names: RwLock::new(names),
-            argon,
-            dummy_hash,
+            dummy_hash: Arc::from(dummy_hash.as_str()),
         })
     }
 
-    /// Creates an account. Blocking (argon2 and an fsync): call from a blocking thread.
-    pub fn sign_up(&self, store: &ChatStore, username: &str, password: &str) -> ApiResult<UserId> {
+    /// Checks a sign-up before its password is hashed: a valid, free username and a valid
+    /// password.
+    pub fn check_new(&self, username: &str, password: &str) -> ApiResult<()> {
         if !valid_username(username) {
             return Err(ApiError::bad_request(
                 "username: 3 to 32 letters, digits, '_', '-' or '.'",
@@ -85,16 +77,21 @@ impl Accounts {
         if !(8..=256).contains(&password.len()) {
             return Err(ApiError::bad_request("password: 8 to 256 bytes"));
         }
-        let key = username.to_ascii_lowercase();
-        if self.table.lock().by_name.contains_key(&key) {
+        if self
+            .table
+            .lock()
+            .by_name
+            .contains_key(&username.to_ascii_lowercase())
+        {
             return Err(taken());
         }
-        let salt = SaltString::generate(&mut OsRng);
-        let hash = self
-            .argon
-            .hash_password(password.as_bytes(), &salt)
-            .map_err(|e| ApiError::internal(format!("hashing failed: {e}")))?
-            .to_string();
+        Ok(())
+    }
+
+    /// Creates an account whose password `hash` was made by the hashing workers. Blocking
+    /// (an fsync): call from a blocking thread.
+    pub fn create(&self, store: &ChatStore, username: &str, hash: String) -> ApiResult<UserId> {
+        let key = username.to_ascii_lowercase();
         let mut t = self.table.lock();
         if t.by_name.contains_key(&key) {
             return Err(taken());
@@ -103,6 +100,9 @@ impl Accounts {
         // The store learns the user first: a crash before the account line is written leaves
         // a registered id that nobody can name, and the next sign-up reuses it harmlessly.
         store.register_user(UserId(id))?;
+        // Taken even if the line below fails: a failed fsync may still leave the line on
+        // disk, and no id may ever name two accounts.
+        t.next_id = id + 1;
         let account = Account {
             id,
             username: username.to_string(),
@@ -112,38 +112,30 @@ impl Accounts {
             eprintln!("chat_server: accounts: {e}");
             ApiError::internal("could not save the account")
         })?;
-        t.next_id = id + 1;
         let account = Arc::new(account);
         t.by_name.insert(key, account);
         self.names.write().insert(id, Arc::from(username));
         Ok(UserId(id))
     }
 
-    /// Checks a password. Blocking (argon2): call from a blocking thread.
-    pub fn sign_in(&self, username: &str, password: &str) -> ApiResult<UserId> {
-        let account = self
+    /// The user called `username` (if any) and the hash to check a password against: theirs,
+    /// or the dummy one, so that an unknown name costs the same time as a wrong password.
+    pub fn credentials(&self, username: &str) -> (Option<UserId>, Arc<str>) {
+        match self
             .table
             .lock()
             .by_name
             .get(&username.to_ascii_lowercase())
-            .cloned();
-        let hash = account
-            .as_ref()
-            .map_or(self.dummy_hash.as_str(), |a| &a.hash);
-        let parsed =
-            PasswordHash::new(hash).map_err(|_| ApiError::internal("bad stored password hash"))?;
-        let ok = self
-            .argon
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok();
-        match account {
-            Some(a) if ok => Ok(UserId(a.id)),
-            _ => Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "bad_credentials",
-                "wrong username or password",
-            )),
+        {
+            Some(a) => (Some(UserId(a.id)), Arc::from(a.hash.as_str())),
+            None => (None, self.dummy_hash.clone()),
         }
+    }
+
+    /// Makes the next append to the accounts file fail (tests).
+    #[cfg(test)]
+    pub fn fail_next_append(&self, fault: super::jsonlog::Fault) {
+        self.table.lock().log.fail_next = Some(fault);
     }
 
     pub fn find(&self, username: &str) -> Option<UserId> {
@@ -161,6 +153,14 @@ impl Accounts {
             .cloned()
             .unwrap_or_else(|| Arc::from(format!("user{}", user.0).as_str()))
     }
+}
+
+pub fn bad_credentials() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "bad_credentials",
+        "wrong username or password",
+    )
 }
 
 fn taken() -> ApiError {

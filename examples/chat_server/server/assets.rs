@@ -1,6 +1,11 @@
 //! Uploaded images: files under `assets/`, an index `assets/index.jsonl` of who uploaded what
 //! and in which conversations it was sent. The uploader may fetch an asset; so may the current
 //! members of any conversation it was sent to.
+//!
+//! Uploads count against a per-user quota and a total, and are refused while the disk has
+//! less free space than a reserve (the store shares that disk: it must never fill up from
+//! uploads). An upload never attached to a message is deleted after a while, and its bytes
+//! return to the quota.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
@@ -28,10 +33,17 @@ enum Record {
         owner: u64,
         content_type: String,
         size: u64,
+        /// When it was uploaded (ms since the epoch; absent in older indexes).
+        #[serde(default)]
+        at_ms: u64,
     },
     Link {
         asset: String,
         conversation: u64,
+    },
+    /// Deleted (never attached to a message in time).
+    Remove {
+        asset: String,
     },
 }
 
@@ -39,17 +51,54 @@ enum Record {
 pub struct Meta {
     pub owner: UserId,
     pub content_type: String,
+    pub size: u64,
+    pub at_ms: u64,
 }
 
 struct Index {
     log: JsonLog,
     meta: HashMap<String, Meta>,
     links: HashMap<String, HashSet<ConversationId>>,
+    /// Bytes stored per uploader, and in all (reserved before the file is written).
+    owner_bytes: HashMap<UserId, u64>,
+    total_bytes: u64,
+}
+
+/// How much may be uploaded.
+#[derive(Clone, Copy, Debug)]
+pub struct UploadLimits {
+    /// Bytes one user may have stored.
+    pub per_user_bytes: u64,
+    /// Bytes of all uploads together.
+    pub total_bytes: u64,
+    /// Free space the disk must keep after an upload.
+    pub min_free_bytes: u64,
 }
 
 pub struct Assets {
     dir: PathBuf,
     index: Mutex<Index>,
+}
+
+/// Bytes available to this process on the file system holding `dir`.
+#[cfg(unix)]
+pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized, writable struct.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    #[allow(clippy::unnecessary_cast)]
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+#[cfg(not(unix))]
+pub fn free_bytes(_dir: &Path) -> std::io::Result<u64> {
+    Ok(u64::MAX)
 }
 
 /// Does `bytes` start the way `content_type` says it does?
@@ -81,23 +130,32 @@ impl Assets {
             log,
             meta: HashMap::new(),
             links: HashMap::new(),
+            owner_bytes: HashMap::new(),
+            total_bytes: 0,
         };
+        let now = super::now_ms();
         for r in records {
             match r {
                 Record::Upload {
                     asset,
                     owner,
                     content_type,
-                    ..
+                    size,
+                    at_ms,
                 } => {
-                    index.meta.insert(
+                    // An upload from before upload times were kept counts from now.
+                    let at_ms = if at_ms == 0 { now } else { at_ms };
+                    index.add(
                         asset,
                         Meta {
                             owner: UserId(owner),
                             content_type,
+                            size,
+                            at_ms,
                         },
                     );
                 }
+                Record::Remove { asset } => index.remove(&asset),
                 Record::Link {
                     asset,
                     conversation,
@@ -110,14 +168,32 @@ impl Assets {
                 }
             }
         }
+        // Files nobody can reach: a write cut short, or one written but never indexed.
+        if let Ok(entries) = fs::read_dir(dir) {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                let stray = name.ends_with(".tmp")
+                    || (valid_id(&name) && !index.meta.contains_key(name.as_ref()));
+                if stray {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
         Ok(Assets {
             dir: dir.to_path_buf(),
             index: Mutex::new(index),
         })
     }
 
-    /// Stores an upload (file written and fsynced, then indexed). Blocking.
-    pub fn upload(&self, owner: UserId, content_type: &str, bytes: &[u8]) -> ApiResult<String> {
+    /// Stores an upload (room reserved, file written and fsynced, then indexed). Blocking.
+    pub fn upload(
+        &self,
+        owner: UserId,
+        content_type: &str,
+        bytes: &[u8],
+        limits: &UploadLimits,
+    ) -> ApiResult<String> {
         if !ALLOWED_TYPES.contains(&content_type) {
             return Err(unsupported(format!(
                 "content type must be one of {}",
@@ -129,6 +205,59 @@ impl Assets {
                 "the bytes are not a {content_type} image"
             )));
         }
+        let size = bytes.len() as u64;
+        self.reserve(owner, size, limits)?;
+        let stored = self.write_and_index(owner, content_type, bytes);
+        if stored.is_err() {
+            self.index.lock().unreserve(owner, size);
+        }
+        stored
+    }
+
+    /// Counts `size` bytes against the quotas, or says which one is exhausted.
+    fn reserve(&self, owner: UserId, size: u64, limits: &UploadLimits) -> ApiResult<()> {
+        let mut index = self.index.lock();
+        let mine = index.owner_bytes.get(&owner).copied().unwrap_or(0);
+        if mine.saturating_add(size) > limits.per_user_bytes {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "quota_exceeded",
+                format!(
+                    "your uploads would take {} bytes; the quota is {} (unattached uploads are deleted after a while)",
+                    mine.saturating_add(size),
+                    limits.per_user_bytes
+                ),
+            ));
+        }
+        if index.total_bytes.saturating_add(size) > limits.total_bytes {
+            eprintln!(
+                "chat_server: uploads refused: {} bytes stored, the limit is {}",
+                index.total_bytes, limits.total_bytes
+            );
+            return Err(no_space());
+        }
+        let free = free_bytes(&self.dir).map_err(|e| {
+            eprintln!("chat_server: free space of {}: {e}", self.dir.display());
+            ApiError::internal("could not check free space")
+        })?;
+        if free.saturating_sub(size) < limits.min_free_bytes {
+            eprintln!(
+                "chat_server: uploads refused: {free} bytes free on the data disk, the reserve is {}",
+                limits.min_free_bytes
+            );
+            return Err(no_space());
+        }
+        *index.owner_bytes.entry(owner).or_default() += size;
+        index.total_bytes += size;
+        Ok(())
+    }
+
+    fn write_and_index(
+        &self,
+        owner: UserId,
+        content_type: &str,
+        bytes: &[u8],
+    ) -> ApiResult<String> {
         let mut raw = [0u8; 16];
         OsRng.fill_bytes(&mut raw);
         let id: String = raw.iter().map(|b| format!("{b:02x}")).collect();
@@ -136,6 +265,7 @@ impl Assets {
         let tmp = self.dir.join(format!("{id}.tmp"));
         let io = |e: std::io::Error| {
             eprintln!("chat_server: asset write: {e}");
+            let _ = fs::remove_file(&tmp);
             ApiError::internal("could not store the upload")
         };
         {
@@ -147,6 +277,7 @@ impl Assets {
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io)?;
+        let at_ms = super::now_ms();
         let mut index = self.index.lock();
         index
             .log
@@ -155,19 +286,54 @@ impl Assets {
                 owner: owner.0,
                 content_type: content_type.to_string(),
                 size: bytes.len() as u64,
+                at_ms,
             })
             .map_err(|e| {
                 eprintln!("chat_server: asset index: {e}");
+                let _ = fs::remove_file(&path);
                 ApiError::internal("could not index the upload")
             })?;
+        // Reserved already: only the metadata is new.
         index.meta.insert(
             id.clone(),
             Meta {
                 owner,
                 content_type: content_type.to_string(),
+                size: bytes.len() as u64,
+                at_ms,
             },
         );
         Ok(id)
+    }
+
+    /// Deletes the uploads that were not attached to any message within `ttl_ms` of their
+    /// upload; returns how many. Blocking.
+    pub fn sweep_unattached(&self, now_ms: u64, ttl_ms: u64) -> usize {
+        let mut index = self.index.lock();
+        let old: Vec<String> = index
+            .meta
+            .iter()
+            .filter(|(id, m)| {
+                now_ms.saturating_sub(m.at_ms) >= ttl_ms
+                    && index.links.get(*id).is_none_or(|l| l.is_empty())
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut removed = 0;
+        for id in old {
+            if let Err(e) = index.log.append(&Record::Remove { asset: id.clone() }) {
+                eprintln!("chat_server: asset index: {e}");
+                break;
+            }
+            index.remove(&id);
+            if let Err(e) = fs::remove_file(self.dir.join(&id)) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    eprintln!("chat_server: removing asset {id}: {e}");
+                }
+            }
+            removed += 1;
+        }
+        removed
     }
 
     /// May `user` see asset `id`? Blocking (reads memberships).
@@ -200,6 +366,9 @@ impl Assets {
     /// Records that asset `id` is sent to `conv` (before the message is stored). Blocking.
     pub fn link(&self, id: &str, conv: ConversationId) -> ApiResult<()> {
         let mut index = self.index.lock();
+        if !index.meta.contains_key(id) {
+            return Err(ApiError::not_found("no such asset"));
+        }
         if index.links.get(id).is_some_and(|s| s.contains(&conv)) {
             return Ok(());
         }
@@ -220,6 +389,39 @@ impl Assets {
     pub fn path(&self, id: &str) -> PathBuf {
         self.dir.join(id)
     }
+}
+
+impl Index {
+    fn add(&mut self, id: String, meta: Meta) {
+        *self.owner_bytes.entry(meta.owner).or_default() += meta.size;
+        self.total_bytes += meta.size;
+        self.meta.insert(id, meta);
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Some(m) = self.meta.remove(id) {
+            self.unreserve(m.owner, m.size);
+        }
+        self.links.remove(id);
+    }
+
+    fn unreserve(&mut self, owner: UserId, size: u64) {
+        if let Some(b) = self.owner_bytes.get_mut(&owner) {
+            *b = b.saturating_sub(size);
+            if *b == 0 {
+                self.owner_bytes.remove(&owner);
+            }
+        }
+        self.total_bytes = self.total_bytes.saturating_sub(size);
+    }
+}
+
+fn no_space() -> ApiError {
+    ApiError::new(
+        StatusCode::INSUFFICIENT_STORAGE,
+        "no_space",
+        "the server has no room for uploads now",
+    )
 }
 
 fn unsupported(msg: String) -> ApiError {

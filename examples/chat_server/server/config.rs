@@ -33,6 +33,46 @@ pub struct Config {
     pub argon2_memory_kib: u32,
     /// Argon2id iterations (OWASP: 2).
     pub argon2_iterations: u32,
+    /// Threads that hash passwords, each holding one hash's memory (0 = one per core).
+    pub hash_workers: usize,
+    /// Sign-ups and sign-ins that may wait for a hashing thread; more get `429`.
+    pub hash_queue: usize,
+    /// Sign-ups and sign-ins per second from one client address, refilled continuously.
+    pub auth_rate: f64,
+    /// Sign-ups and sign-ins one client address may make in a burst.
+    pub auth_burst: f64,
+    /// Conversation changes (new direct chat or group, member added or removed) per second
+    /// per user, and their burst.
+    pub conv_rate: f64,
+    pub conv_burst: f64,
+    /// Typing frames forwarded per second per user, and their burst.
+    pub typing_rate: f64,
+    pub typing_burst: f64,
+    /// `delivered`/`read` frames per second per user, and their burst.
+    pub receipt_rate: f64,
+    pub receipt_burst: f64,
+    /// Uploads per second per user, and their burst.
+    pub upload_rate: f64,
+    pub upload_burst: f64,
+    /// Bytes of uploads one user may have stored.
+    pub upload_quota_bytes: u64,
+    /// Bytes of all uploads together.
+    pub uploads_max_bytes: u64,
+    /// Free space the data disk keeps: uploads that would leave less are refused.
+    pub min_free_bytes: u64,
+    /// Uploads not attached to a message within this long are deleted.
+    pub unattached_upload_ttl: Duration,
+    /// A request whose headers take longer than this to arrive is dropped (and so is a
+    /// keep-alive connection idle for longer).
+    pub header_timeout: Duration,
+    /// Rejected requests and frames logged per second, and their burst (the rest are
+    /// counted and summarized).
+    pub reject_log_rate: f64,
+    pub reject_log_burst: f64,
+    /// Failed sign-ins to one account before each next attempt must wait (1 s, doubling).
+    pub signin_free_failures: u32,
+    /// Failed sign-ins from one client address before each next attempt must wait.
+    pub signin_free_failures_per_addr: u32,
 }
 
 impl Default for Config {
@@ -51,6 +91,27 @@ impl Default for Config {
             unread_per_conversation: 50,
             argon2_memory_kib: 19_456,
             argon2_iterations: 2,
+            hash_workers: 0,
+            hash_queue: 64,
+            auth_rate: 1.0,
+            auth_burst: 20.0,
+            conv_rate: 1.0,
+            conv_burst: 10.0,
+            typing_rate: 2.0,
+            typing_burst: 10.0,
+            receipt_rate: 20.0,
+            receipt_burst: 60.0,
+            upload_rate: 0.5,
+            upload_burst: 10.0,
+            upload_quota_bytes: 100 << 20,
+            uploads_max_bytes: 10 << 30,
+            min_free_bytes: 1 << 30,
+            unattached_upload_ttl: Duration::from_secs(3600),
+            header_timeout: Duration::from_secs(10),
+            reject_log_rate: 5.0,
+            reject_log_burst: 50.0,
+            signin_free_failures: 5,
+            signin_free_failures_per_addr: 50,
         }
     }
 }
@@ -71,6 +132,23 @@ FLAGS (environment variable in brackets):
   --max-upload-bytes N      largest image upload [CHAT_MAX_UPLOAD_BYTES] (5242880)
   --argon2-memory-kib N     argon2id memory cost [CHAT_ARGON2_MEMORY_KIB] (19456)
   --argon2-iterations N     argon2id iterations [CHAT_ARGON2_ITERATIONS] (2)
+  --hash-workers N          password hashing threads, 0 = one per core [CHAT_HASH_WORKERS] (0)
+  --hash-queue N            sign-ups/sign-ins waiting for a hashing thread [CHAT_HASH_QUEUE] (64)
+  --auth-rate N             sign-ups/sign-ins per second per client address [CHAT_AUTH_RATE] (1)
+  --auth-burst N            burst of sign-ups/sign-ins per client address [CHAT_AUTH_BURST] (20)
+  --conv-rate N             new chats and member changes per second per user [CHAT_CONV_RATE] (1)
+  --conv-burst N            burst of them [CHAT_CONV_BURST] (10)
+  --typing-rate N           typing frames per second per user [CHAT_TYPING_RATE] (2)
+  --typing-burst N          burst of them [CHAT_TYPING_BURST] (10)
+  --receipt-rate N          delivered/read frames per second per user [CHAT_RECEIPT_RATE] (20)
+  --receipt-burst N         burst of them [CHAT_RECEIPT_BURST] (60)
+  --upload-rate N           uploads per second per user [CHAT_UPLOAD_RATE] (0.5)
+  --upload-burst N          burst of them [CHAT_UPLOAD_BURST] (10)
+  --upload-quota-bytes N    upload bytes stored per user [CHAT_UPLOAD_QUOTA_BYTES] (104857600)
+  --uploads-max-bytes N     upload bytes stored in all [CHAT_UPLOADS_MAX_BYTES] (10737418240)
+  --min-free-bytes N        free disk space uploads must leave [CHAT_MIN_FREE_BYTES] (1073741824)
+  --unattached-upload-ttl-s N  delete uploads not sent within this long [CHAT_UNATTACHED_UPLOAD_TTL_S] (3600)
+  --header-timeout-ms N     time allowed for a request's headers [CHAT_HEADER_TIMEOUT_MS] (10000)
   -h, --help                this text
 ";
 
@@ -85,6 +163,23 @@ const KEYS: &[(&str, &str)] = &[
     ("--max-upload-bytes", "CHAT_MAX_UPLOAD_BYTES"),
     ("--argon2-memory-kib", "CHAT_ARGON2_MEMORY_KIB"),
     ("--argon2-iterations", "CHAT_ARGON2_ITERATIONS"),
+    ("--hash-workers", "CHAT_HASH_WORKERS"),
+    ("--hash-queue", "CHAT_HASH_QUEUE"),
+    ("--auth-rate", "CHAT_AUTH_RATE"),
+    ("--auth-burst", "CHAT_AUTH_BURST"),
+    ("--conv-rate", "CHAT_CONV_RATE"),
+    ("--conv-burst", "CHAT_CONV_BURST"),
+    ("--typing-rate", "CHAT_TYPING_RATE"),
+    ("--typing-burst", "CHAT_TYPING_BURST"),
+    ("--receipt-rate", "CHAT_RECEIPT_RATE"),
+    ("--receipt-burst", "CHAT_RECEIPT_BURST"),
+    ("--upload-rate", "CHAT_UPLOAD_RATE"),
+    ("--upload-burst", "CHAT_UPLOAD_BURST"),
+    ("--upload-quota-bytes", "CHAT_UPLOAD_QUOTA_BYTES"),
+    ("--uploads-max-bytes", "CHAT_UPLOADS_MAX_BYTES"),
+    ("--min-free-bytes", "CHAT_MIN_FREE_BYTES"),
+    ("--unattached-upload-ttl-s", "CHAT_UNATTACHED_UPLOAD_TTL_S"),
+    ("--header-timeout-ms", "CHAT_HEADER_TIMEOUT_MS"),
 ];
 
 /// What the command line asked for.
@@ -145,6 +240,25 @@ impl Config {
             "--max-upload-bytes" => self.max_upload_bytes = num(flag, v)?,
             "--argon2-memory-kib" => self.argon2_memory_kib = num(flag, v)?,
             "--argon2-iterations" => self.argon2_iterations = num(flag, v)?,
+            "--hash-workers" => self.hash_workers = num(flag, v)?,
+            "--hash-queue" => self.hash_queue = num(flag, v)?,
+            "--auth-rate" => self.auth_rate = num(flag, v)?,
+            "--auth-burst" => self.auth_burst = num(flag, v)?,
+            "--conv-rate" => self.conv_rate = num(flag, v)?,
+            "--conv-burst" => self.conv_burst = num(flag, v)?,
+            "--typing-rate" => self.typing_rate = num(flag, v)?,
+            "--typing-burst" => self.typing_burst = num(flag, v)?,
+            "--receipt-rate" => self.receipt_rate = num(flag, v)?,
+            "--receipt-burst" => self.receipt_burst = num(flag, v)?,
+            "--upload-rate" => self.upload_rate = num(flag, v)?,
+            "--upload-burst" => self.upload_burst = num(flag, v)?,
+            "--upload-quota-bytes" => self.upload_quota_bytes = num(flag, v)?,
+            "--uploads-max-bytes" => self.uploads_max_bytes = num(flag, v)?,
+            "--min-free-bytes" => self.min_free_bytes = num(flag, v)?,
+            "--header-timeout-ms" => self.header_timeout = Duration::from_millis(num(flag, v)?),
+            "--unattached-upload-ttl-s" => {
+                self.unattached_upload_ttl = Duration::from_secs(num(flag, v)?)
+            }
             _ => return Err(format!("unknown flag {flag}")),
         }
         Ok(())
@@ -157,6 +271,26 @@ impl Config {
         }
         if !(self.send_rate > 0.0 && self.send_burst >= 1.0) {
             return Err("send rate must be > 0 and burst >= 1".into());
+        }
+        for (what, rate, burst) in [
+            ("auth", self.auth_rate, self.auth_burst),
+            ("conv", self.conv_rate, self.conv_burst),
+            ("typing", self.typing_rate, self.typing_burst),
+            ("receipt", self.receipt_rate, self.receipt_burst),
+            ("upload", self.upload_rate, self.upload_burst),
+        ] {
+            if !(rate > 0.0 && burst >= 1.0) {
+                return Err(format!("{what} rate must be > 0 and its burst >= 1"));
+            }
+        }
+        if self.header_timeout.is_zero() {
+            return Err("header timeout must be > 0".into());
+        }
+        if !(self.reject_log_rate > 0.0 && self.reject_log_burst >= 1.0) {
+            return Err("reject log rate must be > 0 and its burst >= 1".into());
+        }
+        if self.hash_workers > 1024 {
+            return Err("at most 1024 hashing threads".into());
         }
         if self.queue_frames < 4 {
             return Err("queue must hold at least 4 frames".into());

@@ -61,6 +61,8 @@ impl From<Error> for ApiError {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", msg)
             }
             Error::Closed => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", msg),
+            // A retry whose original has expired under the conversation's retention.
+            Error::Expired { .. } => ApiError::new(StatusCode::GONE, "expired", msg),
             // Disk trouble, corruption, a poisoned store: nothing the client did.
             _ => {
                 eprintln!("chat_server: storage error: {msg}");
@@ -72,7 +74,19 @@ impl From<Error> for ApiError {
 
 impl From<axum::extract::rejection::JsonRejection> for ApiError {
     fn from(r: axum::extract::rejection::JsonRejection) -> Self {
-        ApiError::new(r.status(), "bad_request", r.body_text())
+        match r.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", r.body_text())
+            }
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_type",
+                "the body must be JSON, sent with `Content-Type: application/json`",
+            ),
+            // Malformed JSON, and well-formed JSON with a missing or mistyped field (422 in
+            // axum) alike.
+            _ => ApiError::bad_request(r.body_text()),
+        }
     }
 }
 
@@ -87,10 +101,31 @@ impl From<axum::extract::rejection::BytesRejection> for ApiError {
     }
 }
 
+/// Put on every error response, for the log of rejected requests.
+#[derive(Clone, Debug)]
+pub struct Rejection {
+    pub code: &'static str,
+    pub message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(json!({ "error": self.code, "message": self.message }));
-        let mut resp = (self.status, body).into_response();
+        let rejection = Rejection {
+            code: self.code,
+            message: self.message.clone(),
+        };
+        let mut body = json!({ "error": self.code, "message": self.message });
+        if let Some(ms) = self.retry_after_ms {
+            body["retry_after_ms"] = json!(ms);
+        }
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(ms) = self.retry_after_ms {
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from(ms.div_ceil(1000)),
+            );
+        }
+        resp.extensions_mut().insert(rejection);
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

@@ -1,11 +1,13 @@
 //! HTTP routes (JSON): accounts, inbox, history, groups, assets; and the web page.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -13,11 +15,19 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use chatstore::{ConversationId, ConversationKind, InboxCursor, MessageId, ReceiptState, UserId};
+use hyper::body::Incoming;
+use hyper::Request;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use super::error::{ApiError, ApiResult};
-use super::{assets, db, views, ws, Shared};
+use super::error::{ApiError, ApiResult, Rejection};
+use super::membership::{self, Page};
+use super::{accounts, assets, db, views, ws, Shared};
 
 const INDEX_HTML: &str = include_str!("../static/index.html");
 const APP_JS: &str = include_str!("../static/app.js");
@@ -62,8 +72,101 @@ pub fn router(state: Shared) -> Router {
         .route("/api/stats", get(stats))
         .route("/ws", get(ws::handler))
         .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        })
         .layer(DefaultBodyLimit::max(64 << 10))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            log_rejections,
+        ))
         .with_state(state)
+}
+
+/// Accepts connections and serves `app` on each (HTTP/1.1, with upgrades for WebSockets)
+/// until `stop`; then lets the requests in flight finish. A request's headers must arrive
+/// within `header_timeout` (so must the next request on a kept-alive connection), or the
+/// connection is closed.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    stop: CancellationToken,
+    header_timeout: Duration,
+) -> std::io::Result<()> {
+    let conns = TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors, mostly: wait for some to close.
+                    eprintln!("chat_server: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            hyper::service::Service::call(&TowerToHyperService::new(app.clone()), req)
+        });
+        let stop = stop.clone();
+        conns.spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    conns.close();
+    conns.wait().await;
+    Ok(())
+}
+
+/// Logs every refused request (4xx) with its reason, at a bounded rate.
+async fn log_rejections(
+    State(state): State<Shared>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = req.method().clone();
+    // The path only: a query may carry a token.
+    let path = req.uri().path().to_string();
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_default();
+    let resp = next.run(req).await;
+    if resp.status().is_client_error() {
+        let (code, message) = match resp.extensions().get::<Rejection>() {
+            Some(r) => (r.code, r.message.as_str()),
+            None => ("", ""),
+        };
+        state.rejects.log(format_args!(
+            "{peer} {method} {path}: {} {code}: {message}",
+            resp.status().as_u16()
+        ));
+    }
+    resp
 }
 
 async fn page(body: &'static str, content_type: &'static str) -> Response {
@@ -146,10 +249,19 @@ fn session_json(state: &Shared, user: UserId) -> Value {
     })
 }
 
-async fn signup(State(state): State<Shared>, body: JsonBody<Credentials>) -> ApiResult<Response> {
+async fn signup(
+    State(state): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: JsonBody<Credentials>,
+) -> ApiResult<Response> {
     let Json(c) = body?;
+    state
+        .auth_limiter
+        .check(&peer.ip(), "sign-ups and sign-ins")?;
+    state.accounts.check_new(&c.username, &c.password)?;
+    let hash = state.hasher.hash(c.password).await?;
     let user = db(&state, move |st| {
-        st.accounts.sign_up(&st.store, &c.username, &c.password)
+        st.accounts.create(&st.store, &c.username, hash)
     })
     .await?;
     Ok((StatusCode::CREATED, Json(session_json(&state, user))).into_response())
@@ -157,14 +269,23 @@ async fn signup(State(state): State<Shared>, body: JsonBody<Credentials>) -> Api
 
 async fn signin(
     State(state): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: JsonBody<Credentials>,
 ) -> ApiResult<Json<Value>> {
     let Json(c) = body?;
-    let user = db(&state, move |st| {
-        st.accounts.sign_in(&c.username, &c.password)
-    })
-    .await?;
-    Ok(Json(session_json(&state, user)))
+    state
+        .auth_limiter
+        .check(&peer.ip(), "sign-ups and sign-ins")?;
+    let attempt = state.signin_backoff.begin(&c.username, peer.ip())?;
+    let (user, hash) = state.accounts.credentials(&c.username);
+    let ok = state.hasher.verify(c.password, hash).await?;
+    match user {
+        Some(user) if ok => {
+            state.signin_backoff.succeeded(attempt);
+            Ok(Json(session_json(&state, user)))
+        }
+        _ => Err(accounts::bad_credentials()),
+    }
 }
 
 async fn signout(State(state): State<Shared>, auth: Auth) -> StatusCode {
@@ -246,6 +367,10 @@ async fn direct(
     body: JsonBody<DirectReq>,
 ) -> ApiResult<Json<Value>> {
     let Json(req) = body?;
+    state
+        .limits
+        .conv_changes
+        .check(&auth.user, "new chats and member changes")?;
     let me = auth.user;
     let v = db(&state, move |st| {
         let other = st
@@ -282,6 +407,10 @@ async fn create_group(
     if req.members.len() > 256 {
         return Err(ApiError::bad_request("at most 256 members"));
     }
+    state
+        .limits
+        .conv_changes
+        .check(&auth.user, "new chats and member changes")?;
     let me = auth.user;
     let v = db(&state, move |st| {
         let mut members = vec![me];
@@ -332,6 +461,10 @@ async fn add_member(
 ) -> ApiResult<Json<Value>> {
     let conv = id_param(p)?;
     let Json(req) = body?;
+    state
+        .limits
+        .conv_changes
+        .check(&auth.user, "new chats and member changes")?;
     let me = auth.user;
     let v = db(&state, move |st| {
         let user = st
@@ -339,7 +472,28 @@ async fn add_member(
             .find(&req.username)
             .ok_or_else(|| ApiError::not_found("no such user"))?;
         let already = st.store.members(conv)?.contains(&user);
-        st.store.add_member(conv, me, user)?;
+        if !already {
+            if st.store.conversation(conv)?.kind != ConversationKind::Group {
+                return Err(ApiError::bad_request("members can only be added to a group"));
+            }
+            if !st.store.is_member(me, conv)? {
+                return Err(chatstore::Error::NotAMember {
+                    user: me,
+                    conversation: conv,
+                }
+                .into());
+            }
+        }
+        {
+            // No message may land between the last id read here and the add: a member
+            // added again reads from exactly there.
+            let _changing = st.memberships.changing(conv);
+            let last = st.store.store().last_id(conv).0;
+            if !already {
+                st.memberships.before_rejoin(st, conv, user, last)?;
+            }
+            st.store.add_member(conv, me, user)?;
+        }
         if !already {
             views::system_message(
                 st,
@@ -368,6 +522,10 @@ async fn remove_member(
         u.parse()
             .map_err(|_| ApiError::bad_request("user id must be a number"))?,
     );
+    state
+        .limits
+        .conv_changes
+        .check(&auth.user, "new chats and member changes")?;
     let me = auth.user;
     db(&state, move |st| {
         if st.store.conversation(conv)?.kind != ConversationKind::Group {
@@ -416,12 +574,34 @@ async fn history(
         ));
     }
     let me = auth.user;
+    let before_around = (limit / 2) as u64;
+    let after_around = limit - 1 - limit / 2;
     let v = db(&state, move |st| {
         let s = &st.store;
+        if let Some(ranges) = membership::visible_ranges(st, conv, me)? {
+            let page = match (before, after, around) {
+                (Some(id), _, _) => Page::Before(id),
+                (_, Some(id), _) => Page::After(id),
+                (_, _, Some(id)) => Page::Around(id, limit / 2, after_around),
+                _ => Page::Latest,
+            };
+            let msgs = membership::read_page(st, conv, &ranges, page, limit)?;
+            let list: Vec<Value> = msgs.iter().map(|m| views::message_json(st, m)).collect();
+            return Ok(json!({ "conversation": conv.0, "messages": list }));
+        }
         let msgs = match (before, after, around) {
             (Some(id), _, _) => s.before(me, conv, MessageId(id), limit)?,
             (_, Some(id), _) => s.after(me, conv, MessageId(id), limit)?,
-            (_, _, Some(id)) => s.around(me, conv, MessageId(id), limit / 2)?,
+            (_, _, Some(id)) => {
+                // `limit` in all: limit/2 before the message, the rest after it.
+                let (lo, hi) = (
+                    id.saturating_sub(before_around),
+                    id.saturating_add(after_around as u64),
+                );
+                let mut page = s.around(me, conv, MessageId(id), limit / 2)?;
+                page.retain(|m| (lo..=hi).contains(&m.id.0));
+                page
+            }
             _ => s.latest(me, conv, limit)?,
         };
         let list: Vec<Value> = msgs.iter().map(|m| views::message_json(st, m)).collect();
@@ -442,8 +622,14 @@ async fn receipts(
     let mid = MessageId(m.parse().map_err(|_| bad())?);
     let me = auth.user;
     let v = db(&state, move |st| {
-        if st.store.get(me, conv, mid)?.is_none() {
+        if !membership::can_see(st, conv, me, mid)? {
             return Err(ApiError::not_found("no such message"));
+        }
+        if !st.store.is_member(me, conv)? {
+            // Receipts move with the members' cursors: live data, for current members.
+            return Err(ApiError::forbidden(
+                "receipts are for current members of the conversation",
+            ));
         }
         let r = st.store.receipts(conv, mid)?;
         let details: Vec<Value> = r
@@ -495,10 +681,14 @@ async fn upload(
     if body.is_empty() {
         return Err(ApiError::bad_request("empty upload"));
     }
+    state.limits.uploads.check(&auth.user, "uploads")?;
     let size = body.len();
     let ct = content_type.clone();
     let user = auth.user;
-    let id = db(&state, move |st| st.assets.upload(user, &ct, &body)).await?;
+    let id = db(&state, move |st| {
+        st.assets.upload(user, &ct, &body, &st.limits.upload_bytes)
+    })
+    .await?;
     let v = json!({
         "id": id,
         "url": format!("{}{id}", assets::URL_PREFIX),
@@ -550,6 +740,7 @@ async fn stats(State(state): State<Shared>, _auth: Auth) -> Json<Value> {
         "connections": state.hub.connection_count(),
         "online_users": state.presence.online_count(),
         "dropped_slow": state.hub.dropped_slow.load(Ordering::Relaxed),
+        "hash_workers": state.hasher.worker_count(),
         "store": format!("{s:?}"),
     }))
 }

@@ -48,12 +48,14 @@ pub struct Conn {
     pub cancel: CancellationToken,
     /// Why it was dropped: a WebSocket close code and reason.
     pub close_reason: Mutex<Option<(u16, &'static str)>>,
-    /// Last time anything came from the client, ms since the epoch.
-    pub last_heard_ms: AtomicU64,
+    /// When the connection opened (a monotonic clock).
+    opened: tokio::time::Instant,
+    /// Last time anything came from the client, ms after `opened`.
+    last_heard_ms: AtomicU64,
 }
 
 impl Conn {
-    pub fn new(id: u64, user: UserId, token: Arc<str>, tx: mpsc::Sender<Out>, now_ms: u64) -> Self {
+    pub fn new(id: u64, user: UserId, token: Arc<str>, tx: mpsc::Sender<Out>) -> Self {
         Conn {
             id,
             user,
@@ -61,8 +63,22 @@ impl Conn {
             tx,
             cancel: CancellationToken::new(),
             close_reason: Mutex::new(None),
-            last_heard_ms: AtomicU64::new(now_ms),
+            opened: tokio::time::Instant::now(),
+            last_heard_ms: AtomicU64::new(0),
         }
+    }
+
+    /// Something came from the client.
+    pub fn heard(&self) {
+        let ms = self.opened.elapsed().as_millis() as u64;
+        self.last_heard_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// When the connection counts as dead if nothing more comes from the client.
+    pub fn silent_deadline(&self, offline_after: std::time::Duration) -> tokio::time::Instant {
+        self.opened
+            + std::time::Duration::from_millis(self.last_heard_ms.load(Ordering::Relaxed))
+            + offline_after
     }
 
     /// Queues a frame; a full queue drops the connection (it is not reading). Never waits.

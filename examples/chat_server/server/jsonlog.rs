@@ -2,6 +2,10 @@
 //! (accounts, assets). A record is acknowledged only after its line is on disk; a torn last
 //! line (a crash mid-append, so never acknowledged) is cut off at open; a bad line anywhere
 //! else is damage and refuses the open.
+//!
+//! A failed append (a short write, a failed fsync) is cut off again before the call returns,
+//! so the next record never lands glued to half a line; if even that fails, the log refuses
+//! further appends until a restart (whose open cuts the torn tail).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -13,6 +17,23 @@ use serde::Serialize;
 pub struct JsonLog {
     path: PathBuf,
     file: File,
+    /// Length of the complete records.
+    len: u64,
+    /// A failed append could not be undone: appends are refused.
+    poisoned: bool,
+    /// Tests make the next append fail this way.
+    #[cfg(test)]
+    pub fail_next: Option<Fault>,
+}
+
+/// A failure a test can inject into the next append.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug)]
+pub enum Fault {
+    /// Half the line is written, then the write fails.
+    ShortWrite,
+    /// The line is written, then the fsync fails.
+    SyncFails,
 }
 
 impl JsonLog {
@@ -60,18 +81,64 @@ impl JsonLog {
             JsonLog {
                 path: path.to_path_buf(),
                 file,
+                len: good_len as u64,
+                poisoned: false,
+                #[cfg(test)]
+                fail_next: None,
             },
             records,
         ))
     }
 
-    /// Appends one record and fsyncs it.
+    /// Appends one record and fsyncs it. On failure the file is cut back to its complete
+    /// records.
     pub fn append<T: Serialize>(&mut self, record: &T) -> Result<(), String> {
+        if self.poisoned {
+            return Err(format!(
+                "{}: an earlier append failed and could not be undone; restart to recover",
+                self.path.display()
+            ));
+        }
         let mut line = serde_json::to_vec(record).map_err(|e| e.to_string())?;
         line.push(b'\n');
-        self.file
-            .write_all(&line)
-            .and_then(|_| self.file.sync_data())
-            .map_err(|e| format!("{}: {e}", self.path.display()))
+        match self.write_and_sync(&line) {
+            Ok(()) => {
+                self.len += line.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                // Whatever reached the file (or may still reach the disk) goes: cut it off
+                // and make the cut durable. If that fails too, stop appending.
+                let undo = self
+                    .file
+                    .set_len(self.len)
+                    .and_then(|_| self.file.sync_all());
+                if let Err(u) = undo {
+                    self.poisoned = true;
+                    eprintln!(
+                        "chat_server: {}: undoing a failed append failed ({u}); no more appends until a restart",
+                        self.path.display()
+                    );
+                }
+                Err(format!("{}: {e}", self.path.display()))
+            }
+        }
+    }
+
+    fn write_and_sync(&mut self, line: &[u8]) -> std::io::Result<()> {
+        #[cfg(test)]
+        match self.fail_next.take() {
+            Some(Fault::ShortWrite) => {
+                self.file.write_all(&line[..line.len() / 2])?;
+                return Err(std::io::Error::other("injected short write"));
+            }
+            Some(Fault::SyncFails) => {
+                self.file.write_all(line)?;
+                return Err(std::io::Error::other("injected fsync failure"));
+            }
+            None => {}
+        }
+        self.file.write_all(line)?;
+        self.file.sync_data()
     }
 }

@@ -8,15 +8,18 @@ pub mod accounts;
 pub mod assets;
 pub mod config;
 pub mod error;
+pub mod hashing;
 pub mod http;
 pub mod hub;
 pub mod jsonlog;
+pub mod membership;
 pub mod ratelimit;
+pub mod rejects;
 pub mod views;
 pub mod ws;
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -35,11 +38,21 @@ pub struct AppState {
     pub cfg: Config,
     pub store: ChatStore,
     pub accounts: accounts::Accounts,
+    /// Password hashing threads.
+    pub hasher: hashing::Hasher,
+    /// Sign-ups and sign-ins per client address.
+    pub auth_limiter: ratelimit::RateLimiter<IpAddr>,
+    /// Back-off of failed sign-ins, per account and per client address.
+    pub signin_backoff: ratelimit::SignInBackoff,
     pub sessions: accounts::Sessions,
     pub assets: assets::Assets,
+    /// Membership ranges the library forgot (members removed and added again).
+    pub memberships: membership::Memberships,
     pub hub: hub::Hub,
     pub presence: Presence,
-    pub limiter: ratelimit::RateLimiter,
+    pub limits: Limits,
+    /// Rejected requests and frames, logged at a bounded rate.
+    pub rejects: rejects::RejectLog,
     pub groups: views::GroupNames,
     /// Users heard from since the last presence tick.
     pub active: Mutex<HashSet<UserId>>,
@@ -51,13 +64,41 @@ pub struct AppState {
 
 pub type Shared = Arc<AppState>;
 
+/// Per-user rate limits of everything a signed-in user can make the server do.
+pub struct Limits {
+    pub sends: ratelimit::RateLimiter<UserId>,
+    pub conv_changes: ratelimit::RateLimiter<UserId>,
+    pub typing: ratelimit::RateLimiter<UserId>,
+    pub receipts: ratelimit::RateLimiter<UserId>,
+    pub uploads: ratelimit::RateLimiter<UserId>,
+    pub upload_bytes: assets::UploadLimits,
+}
+
+impl Limits {
+    fn new(cfg: &Config) -> Self {
+        use ratelimit::RateLimiter;
+        Limits {
+            sends: RateLimiter::new(cfg.send_rate, cfg.send_burst),
+            conv_changes: RateLimiter::new(cfg.conv_rate, cfg.conv_burst),
+            typing: RateLimiter::new(cfg.typing_rate, cfg.typing_burst),
+            receipts: RateLimiter::new(cfg.receipt_rate, cfg.receipt_burst),
+            uploads: RateLimiter::new(cfg.upload_rate, cfg.upload_burst),
+            upload_bytes: assets::UploadLimits {
+                per_user_bytes: cfg.upload_quota_bytes,
+                total_bytes: cfg.uploads_max_bytes,
+                min_free_bytes: cfg.min_free_bytes,
+            },
+        }
+    }
+}
+
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Runs blocking work (store calls fsync; argon2 burns CPU) off the async workers.
+/// Runs blocking work (store calls fsync) off the async workers.
 pub async fn db<T, F>(state: &Shared, f: F) -> ApiResult<T>
 where
     F: FnOnce(&AppState) -> ApiResult<T> + Send + 'static,
@@ -87,12 +128,15 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
         ChatOptions::default(),
     )
     .map_err(|e| format!("opening the store: {e}"))?;
-    let accounts = accounts::Accounts::open(
-        &dir.join("accounts.jsonl"),
+    let hasher = hashing::Hasher::start(
         cfg.argon2_memory_kib,
         cfg.argon2_iterations,
+        cfg.hash_workers,
+        cfg.hash_queue,
     )?;
+    let accounts = accounts::Accounts::open(&dir.join("accounts.jsonl"), hasher.dummy_hash()?)?;
     let assets = assets::Assets::open(&dir.join("assets"))?;
+    let memberships = membership::Memberships::open(&dir.join("memberships.jsonl"))?;
     let presence = Presence::new(
         PresenceOptions {
             heartbeat_interval: cfg.heartbeat,
@@ -107,12 +151,20 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
         .map_err(|e| format!("listening on {}: {e}", cfg.addr))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let state = Arc::new(AppState {
-        limiter: ratelimit::RateLimiter::new(cfg.send_rate, cfg.send_burst),
+        limits: Limits::new(&cfg),
+        rejects: rejects::RejectLog::new(cfg.reject_log_rate, cfg.reject_log_burst),
+        auth_limiter: ratelimit::RateLimiter::new(cfg.auth_rate, cfg.auth_burst),
+        signin_backoff: ratelimit::SignInBackoff::new(
+            cfg.signin_free_failures,
+            cfg.signin_free_failures_per_addr,
+        ),
+        hasher,
         cfg,
         store,
         accounts,
         sessions: accounts::Sessions::default(),
         assets,
+        memberships,
         hub: hub::Hub::default(),
         presence,
         groups: views::GroupNames::default(),
@@ -122,11 +174,7 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
     });
     let app = http::router(state.clone());
     let stop = state.shutdown.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-    });
+    let server = tokio::spawn(http::serve(listener, app, stop, state.cfg.header_timeout));
     let ticker = tokio::spawn(presence_loop(state.clone()));
     Ok(Running {
         addr,
@@ -139,6 +187,12 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
 impl Running {
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The server's state (tests look inside).
+    #[allow(dead_code)]
+    pub fn state(&self) -> &Shared {
+        &self.state
     }
 
     pub fn url(&self) -> String {
@@ -219,6 +273,8 @@ async fn presence_loop(state: Shared) {
             for e in events {
                 broadcast_presence(st, e);
             }
+            st.assets
+                .sweep_unattached(now_ms(), st.cfg.unattached_upload_ttl.as_millis() as u64);
             Ok(())
         })
         .await;

@@ -12,7 +12,7 @@ use parking_lot::RwLock;
 use serde_json::{json, Value};
 
 use super::error::ApiResult;
-use super::AppState;
+use super::{membership, AppState};
 
 pub fn message_json(st: &AppState, m: &Message) -> Value {
     json!({
@@ -97,33 +97,41 @@ fn kind_str(k: ConversationKind) -> &'static str {
     }
 }
 
-/// A conversation with its members, their presence and receipt cursors.
+/// A conversation with its members, their presence and receipt cursors. A former member gets
+/// only what they could see while a member: the facts, no member list (its changes, presence
+/// and cursors are live data), and `last_id` the last id they may read.
 pub fn conversation_json(st: &AppState, user: UserId, conv: ConversationId) -> ApiResult<Value> {
     let c = st.store.conversation(conv)?;
     let (kind, title, members) = title(st, user, conv)?;
+    let is_member = members.contains(&user);
     let mut list = Vec::with_capacity(members.len());
-    for m in &members {
-        let cur = st.store.cursors(*m, conv)?;
-        let mut v = json!({
-            "id": m.0,
-            "username": &*st.accounts.name(*m),
-            "delivered": cur.delivered.0,
-            "read": cur.read.0,
-        });
-        if let (Value::Object(o), Value::Object(p)) = (&mut v, presence_json(st, *m)) {
-            o.extend(p);
+    let last_id = if is_member {
+        for m in &members {
+            let cur = st.store.cursors(*m, conv)?;
+            let mut v = json!({
+                "id": m.0,
+                "username": &*st.accounts.name(*m),
+                "delivered": cur.delivered.0,
+                "read": cur.read.0,
+            });
+            if let (Value::Object(o), Value::Object(p)) = (&mut v, presence_json(st, *m)) {
+                o.extend(p);
+            }
+            list.push(v);
         }
-        list.push(v);
-    }
+        st.store.store().last_id(conv).0
+    } else {
+        membership::last_visible(st, conv, user)?
+    };
     Ok(json!({
         "id": conv.0,
         "kind": kind_str(kind),
         "title": title,
         "created_ms": c.created_ms,
         "creator": c.creator.0,
-        "member": members.contains(&user),
+        "member": is_member,
         "members": list,
-        "last_id": st.store.store().last_id(conv).0,
+        "last_id": last_id,
     }))
 }
 
@@ -169,10 +177,13 @@ pub fn system_message(
     by: UserId,
     body: Value,
 ) -> ApiResult<Message> {
-    let m = st.store.send(
-        conv,
-        NewMessage::new(by, body.to_string().into_bytes()).with_kind(MessageKind::System),
-    )?;
+    let m = {
+        let _appending = st.memberships.appending(conv);
+        st.store.send(
+            conv,
+            NewMessage::new(by, body.to_string().into_bytes()).with_kind(MessageKind::System),
+        )?
+    };
     fanout(st, &m, None)?;
     Ok(m)
 }

@@ -2,13 +2,12 @@
 //! presence and typing. See `docs/protocol.md` for the frames.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chatstore::{ConversationId, Error, MessageId, NewMessage, UserId};
 use futures_util::stream::SplitSink;
@@ -19,7 +18,7 @@ use tokio::sync::mpsc;
 
 use super::error::ApiError;
 use super::hub::{Conn, Out};
-use super::{assets, db, now_ms, views, Shared};
+use super::{assets, db, membership, views, Shared};
 
 #[derive(Deserialize)]
 pub struct WsQuery {
@@ -84,35 +83,36 @@ enum ClientFrame {
     Ping,
 }
 
-fn error_frame(code: &str, message: &str, ctx: &Value) -> Out {
-    let mut v = json!({ "type": "error", "code": code, "message": message });
-    if let Value::Object(o) = &mut v {
-        for k in ["frame", "client_key"] {
-            if let Some(x) = ctx.get(k) {
-                o.insert(k.into(), x.clone());
-            }
+/// An error frame; `frame` and `client_key` echo the offending frame's where it had them.
+fn api_error_frame(e: &ApiError, ctx: &Value) -> Out {
+    let mut v = json!({ "type": "error", "code": e.code, "message": e.message });
+    for k in ["frame", "client_key"] {
+        if let Some(x) = ctx.get(k).filter(|x| !x.is_null()) {
+            v[k] = x.clone();
         }
+    }
+    if let Some(ms) = e.retry_after_ms {
+        v["retry_after_ms"] = json!(ms);
     }
     Out::text(v.to_string())
 }
 
-fn api_error_frame(e: &ApiError, ctx: &Value) -> Out {
-    let mut out = error_frame(e.code, &e.message, ctx);
-    if let (Some(ms), Out::Frame { text, .. }) = (e.retry_after_ms, &mut out) {
-        let mut v =
-            json!({ "type": "error", "code": e.code, "message": e.message, "retry_after_ms": ms });
-        for k in ["frame", "client_key"] {
-            if let Some(x) = ctx.get(k) {
-                v[k] = x.clone();
-            }
-        }
-        *text = v.to_string().into();
-    }
-    out
+fn bad_frame(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "bad_frame", message)
+}
+
+/// Answers a refused frame with an error frame, and logs it (at a bounded rate).
+fn reject(state: &Shared, conn: &Conn, e: &ApiError, ctx: &Value) {
+    let frame = ctx.get("frame").and_then(Value::as_str).unwrap_or("-");
+    state.rejects.log(format_args!(
+        "user {} websocket frame {frame}: {}: {}",
+        conn.user, e.code, e.message
+    ));
+    conn.push(api_error_frame(e, ctx));
 }
 
 fn touch(state: &Shared, conn: &Conn) {
-    conn.last_heard_ms.store(now_ms(), Ordering::Relaxed);
+    conn.heard();
     state.active.lock().insert(conn.user);
 }
 
@@ -126,7 +126,7 @@ enum End {
 async fn run(state: Shared, user: UserId, token: Arc<str>, socket: WebSocket) {
     let (sink, mut stream) = socket.split();
     let (tx, rx) = mpsc::channel(state.cfg.queue_frames);
-    let conn = Arc::new(Conn::new(state.hub.next_id(), user, token, tx, now_ms()));
+    let conn = Arc::new(Conn::new(state.hub.next_id(), user, token, tx));
     // Registered before the unread snapshot is taken, so that nothing falls in between;
     // the writer skips live messages the snapshot already counted.
     state.hub.register(conn.clone());
@@ -172,7 +172,7 @@ async fn run(state: Shared, user: UserId, token: Arc<str>, socket: WebSocket) {
         skip,
         conn.clone(),
         state.cfg.heartbeat,
-        state.cfg.offline_after.as_millis() as u64,
+        state.cfg.offline_after,
     ));
 
     let mut typing: HashMap<u64, Instant> = HashMap::new();
@@ -182,32 +182,47 @@ async fn run(state: Shared, user: UserId, token: Arc<str>, socket: WebSocket) {
             _ = state.shutdown.cancelled() => break End::Drain,
             next = stream.next() => next,
         };
-        let Some(Ok(msg)) = next else {
-            break End::Now;
+        let msg = match next {
+            Some(Ok(msg)) => msg,
+            Some(Err(e)) => {
+                let too_big = e
+                    .into_inner()
+                    .downcast::<tokio_tungstenite::tungstenite::Error>()
+                    .is_ok_and(|e| {
+                        matches!(*e, tokio_tungstenite::tungstenite::Error::Capacity(_))
+                    });
+                if too_big {
+                    state.rejects.log(format_args!(
+                        "user {user} websocket: a message over {} bytes; closing (1009)",
+                        state.cfg.hard_frame_bytes
+                    ));
+                    conn.drop_with(1009, "message too big");
+                }
+                break End::Now;
+            }
+            None => break End::Now,
         };
         touch(&state, &conn);
         match msg {
             WsMessage::Text(text) => {
                 if text.len() > state.cfg.max_frame_bytes {
-                    conn.push(error_frame(
+                    let e = ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
                         "too_large",
-                        &format!(
+                        format!(
                             "frame is {} bytes; the limit is {}",
                             text.len(),
                             state.cfg.max_frame_bytes
                         ),
-                        &Value::Null,
-                    ));
+                    );
+                    reject(&state, &conn, &e, &Value::Null);
                     continue;
                 }
                 handle_text(&state, &conn, text.as_str(), &mut typing).await;
             }
             WsMessage::Binary(_) => {
-                conn.push(error_frame(
-                    "bad_frame",
-                    "binary frames are not supported; send JSON text frames",
-                    &Value::Null,
-                ));
+                let e = bad_frame("binary frames are not supported; send JSON text frames");
+                reject(&state, &conn, &e, &Value::Null);
             }
             WsMessage::Ping(_) | WsMessage::Pong(_) => {}
             WsMessage::Close(_) => break End::Now,
@@ -253,11 +268,12 @@ async fn handle_text(
     let value: Value = match serde_json::from_str(text) {
         Ok(v) => v,
         Err(e) => {
-            conn.push(error_frame(
-                "bad_frame",
-                &format!("not JSON: {e}"),
+            reject(
+                state,
+                conn,
+                &bad_frame(format!("not JSON: {e}")),
                 &Value::Null,
-            ));
+            );
             return;
         }
     };
@@ -265,7 +281,7 @@ async fn handle_text(
     let frame: ClientFrame = match serde_json::from_value(value) {
         Ok(f) => f,
         Err(e) => {
-            conn.push(error_frame("bad_frame", &e.to_string(), &ctx));
+            reject(state, conn, &bad_frame(e.to_string()), &ctx);
             return;
         }
     };
@@ -292,23 +308,31 @@ async fn handle_text(
             )
             .await
             {
-                conn.push(api_error_frame(&e, &ctx));
+                reject(state, conn, &e, &ctx);
             }
         }
         ClientFrame::Delivered {
             conversation,
             up_to,
         } => {
+            if let Err(e) = state.limits.receipts.check(&user, "receipts") {
+                reject(state, conn, &e, &ctx);
+                return;
+            }
             if let Err(e) = mark(state, conn, ConversationId(conversation), up_to, false).await {
-                conn.push(api_error_frame(&e, &ctx));
+                reject(state, conn, &e, &ctx);
             }
         }
         ClientFrame::Read {
             conversation,
             up_to,
         } => {
+            if let Err(e) = state.limits.receipts.check(&user, "receipts") {
+                reject(state, conn, &e, &ctx);
+                return;
+            }
             if let Err(e) = mark(state, conn, ConversationId(conversation), up_to, true).await {
-                conn.push(api_error_frame(&e, &ctx));
+                reject(state, conn, &e, &ctx);
             }
         }
         ClientFrame::Typing { conversation } => {
@@ -320,6 +344,10 @@ async fn handle_text(
                 return;
             }
             typing.insert(conversation, now);
+            if let Err(e) = state.limits.typing.check(&user, "typing frames") {
+                reject(state, conn, &e, &ctx);
+                return;
+            }
             let conv = ConversationId(conversation);
             let res = db(state, move |st| {
                 let members = st.store.members(conv)?;
@@ -343,7 +371,7 @@ async fn handle_text(
             })
             .await;
             if let Err(e) = res {
-                conn.push(api_error_frame(&e, &ctx));
+                reject(state, conn, &e, &ctx);
             }
         }
     }
@@ -374,15 +402,7 @@ async fn send(
         ),
         None => None,
     };
-    if let Err(wait_ms) = state.limiter.take(user) {
-        let mut e = ApiError::new(
-            axum::http::StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many messages; slow down",
-        );
-        e.retry_after_ms = Some(wait_ms);
-        return Err(e);
-    }
+    state.limits.sends.check(&user, "messages")?;
     let mut nm = NewMessage::new(user, text.into_bytes());
     if let Some(link) = attachment {
         nm = nm.with_attachment(link.into_bytes());
@@ -402,13 +422,25 @@ async fn send(
             }
             .into());
         }
+        if let Some(r) = reply_to {
+            if !membership::can_see(st, conv, user, MessageId(r))? {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_id",
+                    format!("reply_to {r} is not a message you can see"),
+                ));
+            }
+        }
         if let Some(id) = &asset {
             // Only an asset the sender may see can be attached, and the link is recorded
             // before the message: a message never points at an asset its readers can't get.
             st.assets.can_read(&st.store, user, id)?;
             st.assets.link(id, conv)?;
         }
-        let m = st.store.send(conv, nm)?;
+        let m = {
+            let _appending = st.memberships.appending(conv);
+            st.store.send(conv, nm)?
+        };
         Ok((views::message_json(st, &m), members, m.id))
     })
     .await?;
@@ -472,7 +504,7 @@ async fn writer(
     skip: HashMap<u64, u64>,
     conn: Arc<Conn>,
     heartbeat: Duration,
-    offline_after_ms: u64,
+    offline_after: Duration,
 ) {
     let cancel = conn.cancel.clone();
     let skipped = |msg: Option<(u64, u64)>| {
@@ -488,6 +520,8 @@ async fn writer(
         }
     }
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    let silence = tokio::time::sleep_until(conn.silent_deadline(offline_after));
+    let mut silence = std::pin::pin!(silence);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     while close.is_none() {
         let mut batch = Vec::new();
@@ -518,11 +552,16 @@ async fn writer(
                 }
             }
             _ = tick.tick() => {
-                let silent = now_ms().saturating_sub(conn.last_heard_ms.load(Ordering::Relaxed));
-                if silent >= offline_after_ms {
+                batch.push(WsMessage::Ping(Default::default()));
+            }
+            // Exactly `offline_after` after the client was last heard from, not at the next
+            // ping: re-armed whenever something came in meanwhile.
+            _ = &mut silence => {
+                let deadline = conn.silent_deadline(offline_after);
+                if tokio::time::Instant::now() >= deadline {
                     close = Some((4000, "heartbeat timeout"));
                 } else {
-                    batch.push(WsMessage::Ping(Default::default()));
+                    silence.as_mut().reset(deadline);
                 }
             }
         }
