@@ -36,14 +36,32 @@
 //!
 //! Formats are documented in `docs/` (WAL, segment, manifest). Errors are values of
 //! [`Error`]; nothing in the public API panics on bad input or bad bytes.
+//!
+//! **Platforms:** Unix-like systems only (developed and tested on Linux): segments are read
+//! with `pread` and the store directory is locked with a file lock. Other targets (Windows)
+//! fail to compile with a message saying so.
+//!
+//! **Cargo features** (all off by default):
+//!
+//! - `serde`: `Serialize`/`Deserialize` on the public data types ([`Message`], the ids,
+//!   [`Stats`], the chat model's receipts, unread and inbox summaries...).
+//! - `fault-injection`: `fs::fault`, an in-memory file system that injects I/O errors and
+//!   power cuts, for testing code built on the store.
+//! - `cli`: the `chatstore-inspect` binary (`cargo install --path . --features cli`).
 
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+#[cfg(not(unix))]
+compile_error!("chatstore supports Unix-like systems only (it reads segments with pread)");
 
 pub mod chat;
 pub mod commit_log;
 mod engine;
 mod error;
+// The on-disk formats, public only for the fuzz targets and the format tests: not part of the
+// stable API.
+#[doc(hidden)]
 pub mod format;
 pub mod fs;
 mod options;

@@ -8,6 +8,8 @@ macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
         #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+        #[cfg_attr(feature = "serde", serde(transparent))]
         pub struct $name(pub u64);
 
         impl fmt::Display for $name {
@@ -40,6 +42,7 @@ id_type!(
 
 /// What a message is. Stored as one byte; the values never change.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[repr(u8)]
 pub enum MessageKind {
     /// A message written by a user.
@@ -65,6 +68,8 @@ impl MessageKind {
 /// A message to append. Build one with [`NewMessage::text`] or [`NewMessage::new`] and the
 /// `with_*` methods.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default))]
 pub struct NewMessage {
     /// Who sends it.
     pub sender: UserId,
@@ -154,6 +159,7 @@ impl NewMessage {
 
 /// A stored message.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Message {
     /// The conversation it belongs to.
     pub conversation: ConversationId,

@@ -6,25 +6,10 @@ use std::process::{Command, Output};
 use chatstore::{ConversationId, MessageId, NewMessage, Options, Store, UserId};
 use serde_json::Value;
 
+/// The binary Cargo built for this test run (the dev-dependency on the crate itself turns on
+/// the `cli` feature the binary requires).
 fn tool() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>")
-        .to_path_buf();
-    let bin = profile_dir.join("examples").join("chatstore-inspect");
-    if !bin.exists() {
-        // `cargo test` builds examples; a lone `--test inspect_cli` may not have.
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "--example", "chatstore-inspect"]);
-        if profile_dir.ends_with("release") {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("run cargo");
-        assert!(status.success(), "building chatstore-inspect failed");
-    }
-    bin
+    PathBuf::from(env!("CARGO_BIN_EXE_chatstore-inspect"))
 }
 
 fn run(args: &[&str]) -> Output {

@@ -20,6 +20,7 @@ const _: () = assert!(MAX_REACTION_BYTES <= crate::format::state_block::MAX_VALU
 
 /// One emoji's reactions on a message.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Reaction {
     /// The emoji.
     pub emoji: String,

@@ -6,6 +6,7 @@ use crate::types::{ConversationId, Message, UserId};
 
 /// One row of the inbox.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct InboxEntry {
     /// The conversation.
     pub conversation: ConversationId,
@@ -19,6 +20,7 @@ pub struct InboxEntry {
 
 /// Where the next page of an inbox starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct InboxCursor {
     /// Activity time of the last entry returned.
     pub activity_ms: u64,
@@ -28,6 +30,7 @@ pub struct InboxCursor {
 
 /// A page of the inbox.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct InboxPage {
     /// Entries, newest activity first (ties: higher conversation id first).
     pub entries: Vec<InboxEntry>,

@@ -15,6 +15,7 @@ const _: () = assert!(1 + 8 + 8 + MAX_CLIENT_KEY <= crate::format::state_block::
 
 /// What [`ChatStore::send_detailed`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct SendOutcome {
     /// The stored message (the original one for a retry).
     pub message: Message,

@@ -58,6 +58,7 @@ impl Default for ChatOptions {
 
 /// What kind of conversation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum ConversationKind {
     /// A 1:1 chat between two users.
     Direct,
@@ -67,6 +68,7 @@ pub enum ConversationKind {
 
 /// A conversation's fixed facts.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Conversation {
     /// Its id.
     pub id: ConversationId,

@@ -8,6 +8,7 @@ use crate::types::{ConversationId, MessageId, UserId};
 
 /// A user's cursors in a conversation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Cursors {
     /// Every message up to this id reached one of the user's devices.
     pub delivered: MessageId,
@@ -17,6 +18,7 @@ pub struct Cursors {
 
 /// Where one member stands on one message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum ReceiptState {
     /// Not yet on any of their devices.
     Sent,
@@ -28,6 +30,7 @@ pub enum ReceiptState {
 
 /// A message's receipts across the conversation's members (the sender excluded).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct MessageReceipts {
     /// Members other than the sender.
     pub recipients: u64,

@@ -7,6 +7,7 @@ use crate::types::{ConversationId, Message, MessageId, UserId};
 
 /// One conversation with unread messages.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Unread {
     /// The conversation.
     pub conversation: ConversationId,

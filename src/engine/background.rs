@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 
 use super::Engine;
 use crate::error::{Error, Result};
-use crate::fs::fault::InjectedPanic;
+use crate::fs::InjectedPanic;
 
 /// When this environment variable is set to `1`, a panic in a background thread aborts the
 /// process after poisoning the store (panics injected on purpose by the fault-injecting file

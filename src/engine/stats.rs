@@ -4,6 +4,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A snapshot of the store's counters and sizes. Counters run from when the store was opened.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default))]
 #[non_exhaustive]
 pub struct Stats {
     /// Messages appended since open.

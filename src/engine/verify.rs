@@ -12,6 +12,7 @@ use crate::types::ConversationId;
 
 /// One thing verification found wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Problem {
     /// The file.
     pub path: PathBuf,
@@ -23,6 +24,7 @@ pub struct Problem {
 
 /// What [`Store::verify`](crate::Store::verify) read and found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct VerifyReport {
     /// Segments read.
     pub segments: u64,

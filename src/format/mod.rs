@@ -1,6 +1,10 @@
 //! On-disk formats. Each submodule owns one format and documents it in `docs/`; none of them
 //! knows anything about the engine that uses it.
 //!
+//! **Not part of the stable API.** This module is public (and hidden from the documentation)
+//! only so that the fuzz targets, the format tests and `chatstore-inspect` can reach the
+//! decoders directly; any of its items may change or disappear in any release.
+//!
 //! Every size a decoder refuses, or a field cannot represent, is a named constant of the format
 //! that refuses it, used by its encoder (which refuses too, with [`OverLimit`], rather than
 //! write bytes no reader accepts) and by the store's validation of user input, which refuses

@@ -103,11 +103,8 @@ pub enum Injected {
     Panic,
 }
 
-/// The payload of a panic injected with [`Injected::Panic`]. It poisons the store like any
-/// other panic in a background thread, but never aborts the process (see
-/// [`ABORT_ON_PANIC_VAR`](crate::ABORT_ON_PANIC_VAR)).
-#[derive(Debug, Clone, Copy)]
-pub struct InjectedPanic;
+/// The payload of a panic injected with [`Injected::Panic`].
+pub use super::InjectedPanic;
 
 impl Injected {
     /// The `std::io::Error` this fault produces (a raw OS error on Unix, as a real disk would).

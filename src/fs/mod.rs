@@ -2,7 +2,9 @@
 //!
 //! Everything the engine does to disk goes through [`FileSystem`], so a test can substitute an
 //! implementation that injects I/O errors or forgets everything that was not fsynced (a
-//! simulated power cut). [`StdFileSystem`] is the real one.
+//! simulated power cut). [`StdFileSystem`] is the real one. The fault-injecting one,
+//! `fs::fault`, is compiled only with the cargo feature `fault-injection` (the crate's own
+//! tests turn it on).
 
 use std::fmt;
 use std::fs::{File, OpenOptions, TryLockError};
@@ -13,7 +15,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+#[cfg(feature = "fault-injection")]
 pub mod fault;
+
+/// The payload of a panic the fault-injecting file system injects on purpose (`fs::fault`,
+/// feature `fault-injection`). It poisons the store like any other panic in a background
+/// thread, but never aborts the process (see [`ABORT_ON_PANIC_VAR`](crate::ABORT_ON_PANIC_VAR)).
+#[derive(Debug, Clone, Copy)]
+pub struct InjectedPanic;
 
 /// A file opened for appending.
 pub trait WritableFile: Send {

@@ -1,7 +1,10 @@
 //! `chatstore-inspect`: look inside a store, check it, copy it, export and import it.
 //!
+//! Installed with `cargo install --path . --features cli` (or run in place with
+//! `cargo run --release --features cli --bin chatstore-inspect -- ...`):
+//!
 //! ```text
-//! cargo run --release --example chatstore-inspect -- <command> [--json]
+//! chatstore-inspect <command> [--json]
 //!   stats DIR                 segments, levels, sizes, amplification, WAL size
 //!   dump-segment FILE         blocks, columns, conversations and ids of one segment file
 //!   verify DIR                check every checksum and invariant (exit 1 on damage)
