@@ -420,6 +420,7 @@ impl Store {
                     "commit record {lsn} is not the next one: this store continues at {next}"
                 )));
             }
+            txn.mark_from_log();
             for entry in entries {
                 match entry {
                     crate::format::batch::Entry::Message(m) => txn.restore(m)?,

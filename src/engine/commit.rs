@@ -110,6 +110,8 @@ pub(crate) struct Txn<'a> {
     now: u64,
     /// The log sequence number this transaction's record gets if it has effects.
     lsn: u64,
+    /// The record came from the commit log (`Store::apply`): it is not handed back to it.
+    from_log: bool,
     messages: Vec<Message>,
     /// Last id this transaction gave each conversation (a scan of `messages` would make a
     /// batch append quadratic).
@@ -126,6 +128,12 @@ impl Txn<'_> {
     /// The log sequence number this transaction's commit record gets if it has any effect.
     pub fn lsn(&self) -> u64 {
         self.lsn
+    }
+
+    /// Marks this transaction as the application of a record the commit log already holds,
+    /// so the record is not appended to the log again.
+    pub fn mark_from_log(&mut self) {
+        self.from_log = true;
     }
 
     /// The conversation's last id including appends made earlier in the group or this txn.
@@ -443,6 +451,7 @@ impl Engine {
                 group_state: &scratch.state,
                 now,
                 lsn: lsn + 1,
+                from_log: false,
                 messages: Vec::new(),
                 own_ids: FxHashMap::default(),
                 state: Vec::new(),
@@ -451,6 +460,7 @@ impl Engine {
             let Txn {
                 messages: txn_messages,
                 state: txn_state,
+                from_log,
                 ..
             } = txn;
             let mut result = result.map(|()| Vec::new());
@@ -470,7 +480,9 @@ impl Engine {
                     result = Err(e.into());
                 } else {
                     lsn += 1;
-                    bodies.push((lsn, body_start..scratch.frame.len()));
+                    if !from_log {
+                        bodies.push((lsn, body_start..scratch.frame.len()));
+                    }
                     for m in &txn_messages {
                         scratch.ids.insert(m.conversation, m.id.0);
                     }
@@ -486,7 +498,7 @@ impl Engine {
         if scratch.frame.is_empty() {
             return outcomes;
         }
-        if let Some(log) = &self.opts.commit_log {
+        if let Some(log) = self.opts.commit_log.as_ref().filter(|_| !bodies.is_empty()) {
             let records: Vec<CommitRecord<'_>> = bodies
                 .iter()
                 .map(|(lsn, range)| CommitRecord {

@@ -212,4 +212,39 @@ mod tests {
         put_u32(&mut v1, crc);
         assert_eq!(decode(&v1), Ok(s));
     }
+
+    #[test]
+    fn the_documented_example_is_what_the_encoder_writes() {
+        let state = ManifestState {
+            next_file_number: 5,
+            log_number: 4,
+            segments: vec![SegmentRecord {
+                number: 3,
+                level: 0,
+                file_bytes: 262,
+                messages: 3,
+            }],
+            flushed_lsn: 7,
+        };
+        let doc = include_str!("../../docs/format-manifest.md");
+        let example = doc.split("## Example").nth(1).unwrap_or_default();
+        let bytes: Vec<u8> = example
+            .lines()
+            .filter(|l| {
+                l.len() > 6
+                    && l.as_bytes()[4] == b' '
+                    && l[..4].chars().all(|c| c.is_ascii_hexdigit())
+            })
+            .flat_map(|l| {
+                l[6..]
+                    .split("  ")
+                    .next()
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .filter_map(|h| u8::from_str_radix(h, 16).ok())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(bytes, encode(&state));
+    }
 }
