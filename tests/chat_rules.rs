@@ -346,3 +346,22 @@ fn a_retried_send_whose_original_expired_gets_a_clear_error() {
         "the retry appended nothing"
     );
 }
+
+#[test]
+fn empty_sends_and_edits_are_a_chat_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let chat = with_users(dir.path());
+    let conv = chat.direct(A, B).unwrap();
+    assert!(matches!(
+        chat.send(conv, NewMessage::text(A, "")),
+        Err(Error::EmptyMessage)
+    ));
+    let id = say(&chat, conv, A, "hi");
+    assert!(matches!(
+        chat.edit(conv, id, A, ""),
+        Err(Error::EmptyMessage)
+    ));
+    // The raw store under it keeps empty messages (imported histories have them).
+    let raw = chat.store().append(conv, NewMessage::text(A, "")).unwrap();
+    assert_eq!(raw.content, "");
+}

@@ -41,6 +41,9 @@ impl ChatStore {
         content: impl Into<Bytes>,
     ) -> Result<Message> {
         let content: Bytes = content.into();
+        if content.is_empty() {
+            return Err(Error::EmptyMessage);
+        }
         self.store.engine().check_edit(&content)?;
         self.store.engine().transact(move |txn| {
             txn_member_link(txn, by, conv)?;

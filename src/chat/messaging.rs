@@ -45,6 +45,10 @@ impl ChatStore {
     /// [`ChatStore::send`], also telling whether the message was a retry of an earlier send
     /// (same client key) that appended nothing: a server then skips pushing it again.
     pub fn send_detailed(&self, conv: ConversationId, message: NewMessage) -> Result<SendOutcome> {
+        // A chat rule, not a storage one: the raw store keeps empty messages.
+        if message.content.is_empty() && message.attachment.is_none() {
+            return Err(Error::EmptyMessage);
+        }
         crate::store::check_appends(self.store.engine(), [(conv, &message)])?;
         if message
             .client_key

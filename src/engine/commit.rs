@@ -323,10 +323,10 @@ fn copy_error(e: &Error) -> Error {
 }
 
 impl Engine {
+    /// Checks a message against the store's size limit. The engine stores any bytes, empty
+    /// content included (real chat histories hold empty messages); the chat model refuses an
+    /// empty send itself.
     pub(crate) fn check_message(&self, m: &NewMessage) -> Result<()> {
-        if m.content.is_empty() && m.attachment.is_none() {
-            return Err(Error::EmptyMessage);
-        }
         if m.size() > self.opts.max_message_bytes {
             return Err(Error::MessageTooLarge {
                 size: m.size(),
@@ -336,11 +336,9 @@ impl Engine {
         Ok(())
     }
 
-    /// Checks the new content of an edit: not empty, within the message size limit.
+    /// Checks the new content of an edit against the message size limit (empty content is
+    /// allowed, as for appends).
     pub(crate) fn check_edit(&self, content: &Bytes) -> Result<()> {
-        if content.is_empty() {
-            return Err(Error::EmptyMessage);
-        }
         if content.len() > self.opts.max_message_bytes {
             return Err(Error::MessageTooLarge {
                 size: content.len(),
@@ -544,7 +542,11 @@ impl Engine {
             .messages_appended
             .fetch_add(appended as u64, Ordering::Relaxed);
         self.counters.write_groups.fetch_add(1, Ordering::Relaxed);
-        if version.active.bytes() >= self.opts.memtable_bytes {
+        let full = version.active.bytes() >= self.opts.memtable_bytes;
+        // The group's view must not pin memtables that flush while this leader waits in a
+        // write stall: memory is bounded by the memtables the current version lists.
+        drop(version);
+        if full {
             if let Err(e) = self.freeze(scratch) {
                 self.set_poison(format!("memtable switch failed: {e}"));
             }
