@@ -30,7 +30,7 @@ impl Engine {
         files::create_dir_durably(&*self.fs, dest)?;
         // Lock order as everywhere: compaction, then manifest.
         let _no_compaction = self.compaction.lock();
-        let manifest = self.manifest.lock();
+        let manifest = self.versions.manifest();
         let names = self
             .fs
             .list(&self.dir)

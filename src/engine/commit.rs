@@ -610,7 +610,7 @@ impl Engine {
                 .write_stall_micros
                 .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
         }
-        let number = self.next_file_number.fetch_add(1, Ordering::SeqCst);
+        let number = self.versions.new_file_number();
         let path = files::wal_path(&self.dir, number);
         let mut wal = self.wal.lock();
         // The old log must be complete on disk before a newer one exists: recovery treats a
@@ -636,13 +636,8 @@ impl Engine {
         };
         *wal = new_wal;
         drop(wal);
-        self.edit_version(|v| {
-            let old = std::mem::replace(
-                &mut v.active,
-                Arc::new(Memtable::new(number, &self.memtables_held)),
-            );
-            v.frozen.push(old);
-        });
+        self.versions
+            .switch_memtable(Memtable::new(number, &self.memtables_held));
         let _g = self.bg.lock();
         self.bg_cv.notify_all();
         Ok(())

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use super::files;
 use super::memtable::Memtable;
 use super::version::Segment;
+use super::version_set::VersionEdit;
 use super::Engine;
 use crate::error::{Error, Result};
 use crate::format::manifest::SegmentRecord;
@@ -72,7 +73,7 @@ fn sync_wait(every: Duration, since_last: Duration) -> Option<Duration> {
 /// Writes `mem` (the oldest frozen memtable) to a new segment, records it in the manifest with
 /// the new WAL horizon, swaps it into the version and deletes the WAL files it made obsolete.
 fn flush_one(engine: &Engine, mem: Arc<Memtable>) -> Result<()> {
-    let number = engine.next_file_number.fetch_add(1, Ordering::SeqCst);
+    let number = engine.versions.new_file_number();
     let path = files::segment_path(&engine.dir, number);
     let summary = mem.with_sorted_runs(|runs| -> Result<SegmentSummary> {
         let dict = engine.dictionary_for_flush(runs);
@@ -128,44 +129,25 @@ fn flush_one(engine: &Engine, mem: Arc<Memtable>) -> Result<()> {
     let reader = SegmentReader::open(&path, data)?;
     let segment = Arc::new(Segment::open(number, 0, reader, Arc::clone(&engine.fs))?);
 
-    // Only this thread edits the manifest, so the read-modify-write below cannot race.
-    let mut manifest = engine.manifest.lock();
-    let mut next = manifest.clone();
-    next.segments.push(SegmentRecord {
-        number,
-        level: 0,
-        file_bytes: summary.file_bytes,
-        messages: summary.messages,
-    });
-    // WAL files below the next-oldest memtable's first file hold only flushed data.
-    let horizon = {
-        let v = engine.current();
-        v.frozen
-            .iter()
-            .find(|m| !Arc::ptr_eq(m, &mem))
-            .map_or(v.active.first_wal(), |m| m.first_wal())
-    };
-    next.log_number = horizon;
-    next.flushed_lsn = next.flushed_lsn.max(mem.max_lsn());
-    next.next_file_number = engine.next_file_number.load(Ordering::SeqCst);
-    files::write_manifest(&*engine.fs, &engine.dir, &next)?;
-    *manifest = next;
-    drop(manifest);
-
-    // Let go of the memtable before the version does: from the edit on, a writer may freeze
-    // a new one, and the memory bound counts only the memtables the version lists.
-    let flushed = Arc::as_ptr(&mem);
-    drop(mem);
-    engine.edit_version(|v| {
-        v.frozen.retain(|m| !std::ptr::eq(Arc::as_ptr(m), flushed));
-        v.segments.push(segment);
-    });
+    let applied = engine.versions.log_and_apply(VersionEdit {
+        added: vec![(
+            SegmentRecord {
+                number,
+                level: 0,
+                file_bytes: summary.file_bytes,
+                messages: summary.messages,
+            },
+            segment,
+        )],
+        flushed: Some(mem),
+        ..VersionEdit::default()
+    })?;
     engine.counters.flushes.fetch_add(1, Ordering::Relaxed);
     engine
         .counters
         .flush_bytes_written
         .fetch_add(summary.file_bytes, Ordering::Relaxed);
-    delete_obsolete_wals(engine, horizon);
+    delete_obsolete_wals(engine, applied.log_number);
     Ok(())
 }
 

@@ -16,6 +16,7 @@ mod recovery;
 mod stats;
 mod verify;
 mod version;
+mod version_set;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,8 +34,8 @@ use self::commit::WriteQueue;
 use self::log_writer::LogWriter;
 use self::stats::Counters;
 use self::version::Version;
+use self::version_set::VersionSet;
 use crate::error::{Error, Result};
-use crate::format::manifest::ManifestState;
 use crate::fs::{DirLock, FileSystem};
 use crate::options::Options;
 use crate::types::{ConversationId, Message};
@@ -45,8 +46,6 @@ pub(crate) struct Engine {
     dir: PathBuf,
     opts: Options,
     fs: Arc<dyn FileSystem>,
-    /// The current version; readers clone the `Arc` and read without further locking.
-    version: Mutex<Arc<Version>>,
     /// Writers waiting to be committed by a leader.
     queue: Mutex<WriteQueue>,
     queue_cv: Condvar,
@@ -56,9 +55,8 @@ pub(crate) struct Engine {
     wal: Mutex<LogWriter>,
     /// How many bytes of the current WAL file are durable (kept by the `LogWriter`).
     wal_synced: Arc<AtomicU64>,
-    /// Last persisted manifest; only the flusher changes it.
-    manifest: Mutex<ManifestState>,
-    next_file_number: AtomicU64,
+    /// The manifest, the current version and the file numbers.
+    versions: VersionSet,
     /// The log sequence number of the last commit record applied (visible); only the write
     /// leader advances it.
     last_lsn: AtomicU64,
@@ -158,17 +156,7 @@ impl Engine {
 
     /// The current version.
     fn current(&self) -> Arc<Version> {
-        Arc::clone(&self.version.lock())
-    }
-
-    /// Applies `edit` to a copy of the current version and installs it, atomically with
-    /// respect to other edits.
-    fn edit_version<T>(&self, edit: impl FnOnce(&mut Version) -> T) -> T {
-        let mut cur = self.version.lock();
-        let mut v = (**cur).clone();
-        let out = edit(&mut v);
-        *cur = Arc::new(v);
-        out
+        self.versions.current()
     }
 
     fn check_writable(&self) -> Result<()> {

@@ -25,6 +25,7 @@ use super::log_writer::LogWriter;
 use super::memtable::Memtable;
 use super::stats::Counters;
 use super::version::{Segment, Version};
+use super::version_set::VersionSet;
 use super::Engine;
 use crate::error::{Error, Result};
 use crate::format::batch::{self, Entry};
@@ -253,28 +254,33 @@ fn open_once(dir: PathBuf, opts: Options) -> Result<Arc<Engine>, OpenFailure> {
         }
     };
 
+    let versions = VersionSet::new(
+        dir.clone(),
+        Arc::clone(&fs),
+        version,
+        manifest,
+        wal_number + 1,
+    );
+    let dictionary = versions
+        .current()
+        .segments
+        .iter()
+        .rev()
+        .find_map(|s| s.reader.dictionary().cloned())
+        .map(Arc::new);
     Ok(Arc::new(Engine {
         // The newest segment's dictionary carries on until the next flush retrains one.
-        dictionary: Mutex::new(
-            version
-                .segments
-                .iter()
-                .rev()
-                .find_map(|s| s.reader.dictionary().cloned())
-                .map(Arc::new),
-        ),
+        dictionary: Mutex::new(dictionary),
         compaction: Mutex::new(Default::default()),
         cache: BlockCache::new(opts.block_cache_bytes),
         dir,
         fs,
-        version: Mutex::new(Arc::new(version)),
         queue: Mutex::new(WriteQueue::default()),
         queue_cv: Condvar::new(),
         leader: Mutex::new(LeaderScratch::default()),
         wal: Mutex::new(wal),
         wal_synced,
-        manifest: Mutex::new(manifest),
-        next_file_number: AtomicU64::new(wal_number + 1),
+        versions,
         last_lsn: AtomicU64::new(last_lsn),
         bg: Mutex::new(()),
         bg_cv: Condvar::new(),

@@ -185,7 +185,7 @@ impl Engine {
     }
 
     fn verify_wals(&self, report: &mut VerifyReport) -> Result<()> {
-        let horizon = self.manifest.lock().log_number;
+        let horizon = self.versions.manifest().log_number;
         let names = self
             .fs
             .list(&self.dir)

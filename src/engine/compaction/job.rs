@@ -10,7 +10,6 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -54,7 +53,7 @@ impl<'a> OutputSet<'a> {
         if self.current.is_none() {
             let number = match self.number.take() {
                 Some(n) => n,
-                None => self.engine.next_file_number.fetch_add(1, Ordering::SeqCst),
+                None => self.engine.versions.new_file_number(),
             };
             let path = files::segment_path(&self.engine.dir, number);
             let file = self

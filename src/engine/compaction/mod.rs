@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use self::picker::{Pick, PickerOptions, SegmentMeta};
-use super::files;
-use super::version::{sort_by_age, Segment};
+use super::version::Segment;
+use super::version_set::VersionEdit;
 use super::Engine;
 use crate::error::Result;
 use crate::format::manifest::SegmentRecord;
@@ -66,7 +66,7 @@ impl Engine {
         // no flush is under way and none finished since the pick: a flush in flight may hold
         // a smaller number for newer data. A flush that starts later takes a larger number.
         let number = if pick.output_level == 0 {
-            let number = self.next_file_number.fetch_add(1, Ordering::SeqCst);
+            let number = self.versions.new_file_number();
             let v = self.current();
             let newest_input = pick.inputs.iter().copied().max().unwrap_or(0);
             if !v.frozen.is_empty()
@@ -102,34 +102,29 @@ impl Engine {
         )?;
         let written: u64 = outputs.iter().map(|o| o.summary.file_bytes).sum();
 
-        let mut manifest = self.manifest.lock();
-        let mut next = manifest.clone();
-        next.segments.retain(|r| !pick.inputs.contains(&r.number));
-        for o in &outputs {
-            next.segments.push(SegmentRecord {
-                number: o.segment.number,
-                level: o.segment.level,
-                file_bytes: o.summary.file_bytes,
-                messages: o.summary.messages,
-            });
-        }
-        next.next_file_number = self.next_file_number.load(Ordering::SeqCst);
-        if let Err(e) = files::write_manifest(&*self.fs, &self.dir, &next) {
+        let edit = VersionEdit {
+            removed: pick.inputs.clone(),
+            added: outputs
+                .iter()
+                .map(|o| {
+                    let record = SegmentRecord {
+                        number: o.segment.number,
+                        level: o.segment.level,
+                        file_bytes: o.summary.file_bytes,
+                        messages: o.summary.messages,
+                    };
+                    (record, Arc::clone(&o.segment))
+                })
+                .collect(),
+            flushed: None,
+        };
+        if let Err(e) = self.versions.log_and_apply(edit) {
             // The rename may have reached the disk even though a later step failed, so the
             // manifest on disk may name either set of files: keep both, stop writing, and let
             // the next open (which reads the manifest) remove whichever set it does not name.
-            drop(manifest);
             self.set_poison(format!("compaction could not record its result: {e}"));
             return Err(e);
         }
-        *manifest = next;
-        self.edit_version(|v| {
-            v.segments.retain(|s| !pick.inputs.contains(&s.number));
-            v.segments
-                .extend(outputs.iter().map(|o| Arc::clone(&o.segment)));
-            sort_by_age(&mut v.segments);
-        });
-        drop(manifest);
         for s in &inputs {
             s.mark_obsolete();
         }
