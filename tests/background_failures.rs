@@ -104,3 +104,48 @@ fn the_test_suite_aborts_on_any_unexpected_background_panic() {
         chatstore::ABORT_ON_PANIC_VAR
     );
 }
+
+#[test]
+fn a_panic_inside_a_group_commit_fails_its_writers_instead_of_hanging_them() {
+    let _watchdog = watchdog::arm(Duration::from_secs(60));
+    let fs = FaultFs::new();
+    let store = Store::open_with(DIR, options(&fs)).unwrap();
+    store
+        .append(ConversationId(1), NewMessage::text(UserId(1), "before"))
+        .unwrap();
+    fs.inject(
+        FaultRule::new(Op::Write)
+            .on_paths_ending_with(".wal")
+            .times(1)
+            .with_error(Injected::Panic),
+    );
+    // Concurrent writers: whoever leads the group that panics, all of them get an answer.
+    let writers: Vec<_> = (0..4)
+        .map(|i| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                store.append(ConversationId(2), NewMessage::text(UserId(i), "during"))
+            })
+        })
+        .collect();
+    let results: Vec<_> = writers
+        .into_iter()
+        .map(|w| w.join().expect("a writer thread panicked"))
+        .collect();
+    assert!(
+        results.iter().any(
+            |r| matches!(r, Err(Error::Poisoned(why)) if why.contains("commit group panicked"))
+        ),
+        "{results:?}"
+    );
+    assert!(matches!(
+        store.append(ConversationId(1), NewMessage::text(UserId(1), "after")),
+        Err(Error::Poisoned(_))
+    ));
+    drop(store);
+    fs.clear_faults();
+    let store = Store::open_with(DIR, options(&fs)).unwrap();
+    let acked = results.iter().filter(|r| r.is_ok()).count() as u64;
+    assert_eq!(store.last_id(ConversationId(1)).0, 1);
+    assert_eq!(store.last_id(ConversationId(2)).0, acked);
+}

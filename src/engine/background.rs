@@ -59,7 +59,7 @@ fn run_guarded(engine: &Arc<Engine>, name: &str, body: fn(&Arc<Engine>)) {
 }
 
 /// The text of a panic payload (`panic!` with a string or a format), or a placeholder.
-fn panic_message(payload: &(dyn Any + Send)) -> String {
+pub(super) fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_string()
     } else if let Some(s) = payload.downcast_ref::<String>() {

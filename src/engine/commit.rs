@@ -403,7 +403,7 @@ impl Engine {
                 q.leader_active = true;
                 let group = std::mem::take(&mut q.pending);
                 drop(q);
-                let outcomes = self.commit_group(group);
+                let outcomes = self.commit_group_guarded(group);
                 q = self.queue.lock();
                 q.done.extend(outcomes);
                 q.leader_active = false;
@@ -418,6 +418,29 @@ impl Engine {
         let value =
             value.ok_or_else(|| Error::Internal("transaction produced no result".into()))?;
         Ok((value, messages))
+    }
+
+    /// [`commit_group`](Self::commit_group), turning a panic inside it (a bug, or a file
+    /// system that panics) into an error for every writer of the group and a poisoned store:
+    /// otherwise the writers would wait forever for outcomes that never come, and so would
+    /// every writer after them.
+    fn commit_group_guarded(&self, group: Vec<(u64, Job)>) -> Vec<(u64, Result<Vec<Message>>)> {
+        let tickets: Vec<u64> = group.iter().map(|(t, _)| *t).collect();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.commit_group(group))) {
+            Ok(outcomes) => outcomes,
+            Err(payload) => {
+                // The WAL may hold part of the group: stop, and let a reopen decide.
+                let why = format!(
+                    "a commit group panicked: {}",
+                    super::background::panic_message(payload.as_ref())
+                );
+                self.set_poison(why.clone());
+                tickets
+                    .into_iter()
+                    .map(|t| (t, Err(Error::Poisoned(why.clone()))))
+                    .collect()
+            }
+        }
     }
 
     /// Commits one group as leader.
