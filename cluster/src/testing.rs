@@ -51,7 +51,14 @@ impl std::fmt::Debug for NatsCluster {
 /// The `nats-server` binary, or an error saying how to get one.
 pub fn nats_server_binary() -> io::Result<PathBuf> {
     if let Some(p) = std::env::var_os("NATS_SERVER") {
-        return Ok(PathBuf::from(p));
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("NATS_SERVER={} is not a file", p.display()),
+            ));
+        }
+        return Ok(p);
     }
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
@@ -123,7 +130,8 @@ impl NatsCluster {
         for _ in 0..3 {
             match Self::try_start(&bin, n) {
                 Ok(c) => return Ok(c),
-                Err(e) => last = Some(e),
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => last = Some(e),
+                Err(e) => return Err(e),
             }
         }
         Err(last.unwrap_or_else(|| io::Error::other("no attempt")))
@@ -352,7 +360,13 @@ impl NatsCluster {
         let mut last = String::new();
         while Instant::now() < deadline {
             if !self.is_running(i) {
-                return Err(self.not_ready(format!("server {} exited", self.servers[i].name)));
+                let e = self.not_ready(format!("server {} exited", self.servers[i].name));
+                let kind = if self.log(i).contains("address already in use") {
+                    io::ErrorKind::AddrInUse
+                } else {
+                    io::ErrorKind::Other
+                };
+                return Err(io::Error::new(kind, e.to_string()));
             }
             let opts = NatsOptions {
                 urls: vec![self.url(i)],
