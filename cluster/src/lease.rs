@@ -329,7 +329,9 @@ impl Lease {
     }
 
     /// Renews the lease every `every` in the background (on the NATS runtime) until the
-    /// returned guard is dropped or the lease is lost.
+    /// returned guard is dropped or the lease is lost. `every` must be well under the TTL
+    /// minus the margin (a third of the TTL leaves room for two failed attempts): the lease
+    /// stops being valid locally when a renewal is that late.
     pub fn keep_alive(&self, every: Duration) -> KeepAlive {
         let me = self.clone();
         let task = self.inner.nats.handle().spawn(async move {
