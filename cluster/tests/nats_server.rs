@@ -1,0 +1,147 @@
+//! What the cluster layer relies on, checked against the `nats-server` the machine has
+//! (Debian's 2.9.10) through the pinned `async-nats`, on a real 3-server cluster: a stream with
+//! 3 replicas, publishes fenced by `Nats-Expected-Last-Sequence` (error 10071), KV `create`
+//! refused for an existing key, `update` refused at a stale revision, and a bucket TTL that
+//! expires a key so that another `create` takes it.
+
+use std::error::Error as _;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::kv::{self, CreateErrorKind, UpdateErrorKind};
+use async_nats::jetstream::stream::{self, StorageType};
+use async_nats::jetstream::ErrorCode;
+use async_nats::HeaderMap;
+use chatstore_cluster::testing::NatsCluster;
+
+fn expect_last(seq: u64) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        async_nats::header::NATS_EXPECTED_LAST_SEQUENCE,
+        seq.to_string().as_str(),
+    );
+    h
+}
+
+#[test]
+fn the_server_has_what_the_cluster_layer_needs() {
+    let cluster = NatsCluster::start(3).unwrap_or_else(|e| panic!("{e}"));
+    let nats = cluster.connect("features").unwrap();
+    println!("nats-server {}", nats.server_version());
+    let js = nats.jetstream().clone();
+    nats.block_on(async move {
+        // A stream with 3 replicas, on file storage.
+        let mut s = js
+            .create_stream(stream::Config {
+                name: "features".into(),
+                subjects: vec!["features.log".into()],
+                num_replicas: 3,
+                storage: StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let info = s.info().await.unwrap().clone();
+        assert_eq!(info.config.num_replicas, 3);
+        let cluster_info = info
+            .cluster
+            .expect("a clustered stream reports its cluster");
+        assert!(cluster_info.leader.is_some(), "the stream has a leader");
+        assert_eq!(
+            cluster_info.replicas.len(),
+            2,
+            "two more replicas than the leader"
+        );
+
+        // Publishes fenced by the expected last sequence.
+        let a = js
+            .publish_with_headers("features.log", expect_last(0), "first".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert_eq!(a.sequence, 1);
+        let refused = js
+            .publish_with_headers("features.log", expect_last(0), "stale".into())
+            .await
+            .unwrap()
+            .await
+            .expect_err("a publish expecting a stale last sequence is refused");
+        assert_eq!(refused.kind(), PublishErrorKind::WrongLastSequence);
+        let server_error = refused
+            .source()
+            .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>())
+            .unwrap_or_else(|| panic!("no server error under {refused:?}"));
+        assert_eq!(
+            server_error.error_code(),
+            ErrorCode::STREAM_WRONG_LAST_SEQUENCE
+        );
+        assert!(
+            server_error.to_string().contains("error code 10071"),
+            "{server_error}"
+        );
+        let b = js
+            .publish_with_headers("features.log", expect_last(1), "second".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert_eq!(b.sequence, 2);
+        let msg = s.get_raw_message(2).await.unwrap();
+        assert_eq!(&msg.payload[..], b"second");
+
+        // A KV bucket: create refused if the key exists, update refused at a stale revision.
+        let bucket = js
+            .create_key_value(kv::Config {
+                bucket: "features".into(),
+                history: 1,
+                max_age: Duration::from_secs(2),
+                num_replicas: 3,
+                storage: StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            bucket.status().await.unwrap().max_age(),
+            Duration::from_secs(2)
+        );
+        let r1 = bucket.create("lease", "a".into()).await.unwrap();
+        let again = bucket
+            .create("lease", "b".into())
+            .await
+            .expect_err("create of an existing key is refused");
+        assert_eq!(again.kind(), CreateErrorKind::AlreadyExists);
+        let r2 = bucket.update("lease", "a".into(), r1).await.unwrap();
+        assert!(r2 > r1);
+        let stale = bucket
+            .update("lease", "b".into(), r1)
+            .await
+            .expect_err("update at a stale revision is refused");
+        assert_eq!(stale.kind(), UpdateErrorKind::WrongLastRevision);
+
+        // The bucket TTL expires the key; then another create takes it, and the old holder's
+        // update at its last revision is refused.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let r3 = loop {
+            match bucket.create("lease", "b".into()).await {
+                Ok(r) => break r,
+                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {}
+                Err(e) => panic!("create after expiry: {e}"),
+            }
+            assert!(Instant::now() < deadline, "the key never expired");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(r3 > r2);
+        let late = bucket
+            .update("lease", "a".into(), r2)
+            .await
+            .expect_err("the expired holder's renewal is refused");
+        assert_eq!(late.kind(), UpdateErrorKind::WrongLastRevision);
+        assert_eq!(
+            &bucket.get("lease").await.unwrap().expect("b holds it")[..],
+            b"b"
+        );
+    })
+    .unwrap();
+}
