@@ -95,3 +95,17 @@ pub fn describe(dir: &Path) -> String {
         dir.display()
     )
 }
+
+/// The 1, 5 and 15 minute load averages (/proc/loadavg): how busy the machine was around a
+/// measurement (other builds share it).
+pub fn loadavg() -> [f64; 3] {
+    let s = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut it = s
+        .split_whitespace()
+        .map(|v| v.parse::<f64>().unwrap_or(f64::NAN));
+    [
+        it.next().unwrap_or(f64::NAN),
+        it.next().unwrap_or(f64::NAN),
+        it.next().unwrap_or(f64::NAN),
+    ]
+}

@@ -9,6 +9,7 @@ mod engines;
 mod machine;
 mod phases;
 mod report;
+mod sustained;
 mod workload;
 
 use std::collections::BTreeMap;
@@ -184,6 +185,17 @@ fn run_engine(engine: &str, a: &Args, meta: &Meta) -> Res<Value> {
     std::fs::remove_dir_all(&durable_dir)?;
     let build = run_group(engine, "build", a, &main_dir)?;
     let build_disk = disk_bytes(&main_dir);
+    if a.preset.ingest_only {
+        std::fs::remove_dir_all(&main_dir)?;
+        return Ok(json!({
+            "durable": durable,
+            "durable_disk_bytes": durable_disk,
+            "durable_file_bytes": durable_files,
+            "build": build,
+            "build_disk_bytes": build_disk,
+            "logical_bytes": meta.logical_bytes,
+        }));
+    }
     let reads = run_group(engine, "reads", a, &main_dir)?;
     let crash = run_group(engine, "crash", a, &main_dir)?;
     let crashed_disk = disk_bytes(&main_dir);
@@ -265,6 +277,16 @@ fn figures(raw: &Value, disk: &Value, meta: &Meta, messages: u64) -> Figures {
     put("peak_anon_mib", peak("anon_kib"));
     put("peak_file_mib", peak("file_kib"));
     put("peak_rss_mib", rss.iter().copied().reduce(f64::max));
+    for (group, mode, disk_key) in [
+        ("durable", "durable", "durable_disk_bytes"),
+        ("build", "buffered", "build_disk_bytes"),
+    ] {
+        if let Some(c) = raw.get(group).and_then(|g| g.get("curve")) {
+            for (k, v) in sustained::curve_figures(c, f(raw, disk_key), meta.logical_bytes) {
+                m.insert(format!("{mode}_{k}"), v);
+            }
+        }
+    }
     m
 }
 
@@ -337,6 +359,8 @@ fn parent(a: &Args) -> Res<()> {
         a.runs,
         a.engines.join(",")
     );
+    let wall = std::time::Instant::now();
+    let load_start = machine::loadavg();
     let w = Workload::new(p);
     let meta = Meta::load_or_generate(&w, &a.work)?;
 
@@ -352,7 +376,11 @@ fn parent(a: &Args) -> Res<()> {
         let mut raw_engines = serde_json::Map::new();
         for e in &a.engines {
             eprintln!("== run {} of {}: {e}", run + 1, a.runs);
-            let raw = run_engine(e, a, &meta)?;
+            let (t, load_before) = (std::time::Instant::now(), machine::loadavg());
+            let mut raw = run_engine(e, a, &meta)?;
+            raw["wall_s"] = json!(t.elapsed().as_secs_f64());
+            raw["load_before"] = json!(load_before);
+            raw["load_after"] = json!(machine::loadavg());
             let figs = figures(&raw, &disk, &meta, p.messages);
             eprintln!("   {e}: {}", serde_json::to_string(&figs)?);
             by_engine.entry(e.clone()).or_default().push(figs);
@@ -364,6 +392,9 @@ fn parent(a: &Args) -> Res<()> {
     let info = RunInfo {
         started: started.clone(),
         commit: commit.clone(),
+        wall_s: Some(wall.elapsed().as_secs_f64()),
+        load_start: Some(load_start),
+        load_end: Some(machine::loadavg()),
     };
     let md = render(a, &w, &meta, &info, &disks, &by_engine, &raw_runs);
     let md_path = a.out.join(format!("{}.md", p.name));
@@ -376,6 +407,9 @@ fn parent(a: &Args) -> Res<()> {
             "command": command_line(a),
             "started": started,
             "chatstore_commit": commit,
+            "wall_s": info.wall_s,
+            "load_start": info.load_start,
+            "load_end": info.load_end,
             "machine": machine::describe(&a.work),
             "logical_bytes": meta.logical_bytes,
             "content_bytes": meta.content_bytes,
@@ -431,7 +465,14 @@ fn rerender(mut a: Args) -> Res<()> {
     a.engines = engines;
     let started = v["started"].as_str().unwrap_or("?").to_string();
     let commit = v["chatstore_commit"].as_str().unwrap_or("?").to_string();
-    let info = RunInfo { started, commit };
+    let load = |k: &str| serde_json::from_value::<[f64; 3]>(v[k].clone()).ok();
+    let info = RunInfo {
+        started,
+        commit,
+        wall_s: v["wall_s"].as_f64(),
+        load_start: load("load_start"),
+        load_end: load("load_end"),
+    };
     let md = render(&a, &w, &meta, &info, &disks, &by_engine, &runs);
     let md_path = a.out.join(format!("{}.md", a.preset.name));
     std::fs::write(&md_path, &md)?;
@@ -461,10 +502,13 @@ fn command_line(a: &Args) -> String {
     s
 }
 
-/// When and against what a run was made.
+/// When and against what a run was made, how long it took and how loaded the machine was.
 struct RunInfo {
     started: String,
     commit: String,
+    wall_s: Option<f64>,
+    load_start: Option<[f64; 3]>,
+    load_end: Option<[f64; 3]>,
 }
 
 fn render(
@@ -499,12 +543,35 @@ fn render(
     };
     let mean_text = meta.content_bytes as f64 / p.messages as f64;
     let mut s = String::new();
-    s.push_str(&format!(
-        "# chatstore vs RocksDB, fjall, sled, redb: preset `{}`\n\n",
-        p.name
-    ));
+    if p.ingest_only {
+        s.push_str(&format!(
+            "# Sustained ingest, preset `{}`: {}\n\n",
+            p.name,
+            a.engines.join(", ")
+        ));
+    } else {
+        s.push_str(&format!(
+            "# chatstore vs RocksDB, fjall, sled, redb: preset `{}`\n\n",
+            p.name
+        ));
+    }
     s.push_str(&format!("- Command: `{}`\n", command_line(a)));
     s.push_str(&format!("- Date: {}\n", info.started));
+    if let Some(wall) = info.wall_s {
+        s.push_str(&format!(
+            "- Wall time of the whole run: {:.1} min\n",
+            wall / 60.0
+        ));
+    }
+    if let (Some(l0), Some(l1)) = (info.load_start, info.load_end) {
+        let l = |x: [f64; 3]| format!("{:.2} / {:.2} / {:.2}", x[0], x[1], x[2]);
+        s.push_str(&format!(
+            "- Load average (1 / 5 / 15 min) at the start: {}; at the end: {} (the machine is \
+             shared with other work; each engine's load before and after is in the JSON)\n",
+            l(l0),
+            l(l1)
+        ));
+    }
     s.push_str(&format!("- Machine: {}\n", machine::describe(&a.work)));
     s.push_str(&format!(
         "- Crates: chatstore at commit {}; {}\n",
@@ -535,6 +602,10 @@ fn render(
          (for ↓ columns, below 1 means chatstore leads).\n\n",
         a.runs
     ));
+    if p.ingest_only {
+        s.push_str(&sustained::render(&a.engines, by_engine, raw_runs, meta));
+        return s;
+    }
     s.push_str(&report::table(
         "Ingest, space, memory",
         INGEST_COLUMNS,

@@ -5,6 +5,10 @@
 //!   let compaction finish) and close; the parent measures the files.
 //! - `build`: chat setup (chatstore only), buffered ingest of the main data set into a fresh
 //!   directory, settle, close.
+//!
+//! Both ingest phases record the sustained-ingest curve: after every `Preset::slice` messages,
+//! the slice's throughput, the engine's stall time, compaction debt, level shape and bytes
+//! written ([`Engine::sample`]), the bytes on disk and the RSS.
 //! - `reads`: reopen the built store; newest-50 reads, paging every history backwards,
 //!   unread-on-reconnect.
 //! - `crash`: reopen the built store, write the tail (buffered), report, then wait to be
@@ -108,16 +112,82 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
+/// Resident KiB of the process now (all of it, anonymous and file-backed).
+fn resident_kib() -> u64 {
+    let [anon, file] = statm_kib();
+    anon + file
+}
+
+/// Samples taken during an ingest phase: after every `slice` messages, the time the slice
+/// took, the engine's own counters ([`Engine::sample`]), the bytes on disk and the RSS. The
+/// samples are taken between slices, outside the clock.
+struct Curve<'a> {
+    engine: &'a str,
+    dir: &'a Path,
+    slice: usize,
+    /// Resident KiB before the engine was opened (the arena included), subtracted from each
+    /// point.
+    resident0: u64,
+    points: Vec<Value>,
+}
+
+impl Curve<'_> {
+    fn point(
+        &mut self,
+        e: &dyn Engine,
+        arena: &Arena,
+        done: usize,
+        slice_msgs: usize,
+        slice_time: Duration,
+        ingest_time: Duration,
+    ) {
+        let [anon, _] = statm_kib();
+        let sample = e.sample();
+        let rate = slice_msgs as f64 / secs(slice_time);
+        eprintln!(
+            "[{}] {done} messages: {rate:.0} msgs/s in the slice, stalled {:.1} s, pending \
+             compaction {} MiB, files per level {}",
+            self.engine,
+            sample["stall_micros"].as_f64().unwrap_or(0.0) / 1e6,
+            sample["pending_compaction_bytes"].as_u64().unwrap_or(0) >> 20,
+            sample["files_per_level"],
+        );
+        self.points.push(json!({
+            "msgs": done,
+            "slice_msgs": slice_msgs,
+            "slice_s": secs(slice_time),
+            "msgs_s": rate,
+            "ingest_s": secs(ingest_time),
+            "logical_bytes": arena.logical_bytes(done),
+            "disk_bytes": crate::disk_bytes(self.dir),
+            "rss_kib": resident_kib().saturating_sub(self.resident0),
+            "anon_kib": anon,
+            "engine": sample,
+        }));
+    }
+}
+
 /// Writes `arena` in batches of [`BATCH`], numbering messages from `counts`. Returns the time
-/// spent in the engine's write calls plus the (cheap, allocation-free) batch assembly.
-fn ingest(e: &mut dyn Engine, arena: &Arena, counts: &mut [u64]) -> Res<Duration> {
+/// spent in the engine's write calls plus the (cheap, allocation-free) batch assembly; with a
+/// `curve`, a point is added after every slice of messages and the time of taking it is left
+/// out.
+fn ingest(
+    e: &mut dyn Engine,
+    arena: &Arena,
+    counts: &mut [u64],
+    mut curve: Option<&mut Curve<'_>>,
+) -> Res<Duration> {
     let mut batch: Vec<Msg<'_>> = Vec::with_capacity(BATCH);
-    let start = Instant::now();
+    let slice = curve.as_ref().map_or(usize::MAX, |c| c.slice.max(1));
+    let mut total = Duration::ZERO;
+    let mut slice_start = Instant::now();
+    let mut slice_first = 0;
     let mut i = 0;
     while i < arena.len() {
         batch.clear();
         let ts = now_ms();
-        for j in i..(i + BATCH).min(arena.len()) {
+        let end = (i + BATCH).min(arena.len());
+        for j in i..end {
             let c = arena.conv[j] as usize;
             counts[c] += 1;
             batch.push(Msg {
@@ -129,9 +199,38 @@ fn ingest(e: &mut dyn Engine, arena: &Arena, counts: &mut [u64]) -> Res<Duration
             });
         }
         e.write_batch(&batch)?;
-        i += BATCH;
+        i = end;
+        if i - slice_first >= slice || i == arena.len() {
+            let took = slice_start.elapsed();
+            total += took;
+            if let Some(c) = curve.as_deref_mut() {
+                c.point(&*e, arena, i, i - slice_first, took, total);
+            }
+            slice_first = i;
+            slice_start = Instant::now();
+        }
     }
-    Ok(start.elapsed())
+    Ok(total)
+}
+
+/// The curve's points and the engine's state before the ingest and after the settle.
+fn curve_json(
+    curve: Curve<'_>,
+    before: Value,
+    settled: Value,
+    settle: Duration,
+    dir: &Path,
+) -> Value {
+    json!({
+        "slice": curve.slice,
+        "before": before,
+        "points": curve.points,
+        "settled": {
+            "settle_s": secs(settle),
+            "disk_bytes": crate::disk_bytes(dir),
+            "engine": settled,
+        },
+    })
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -166,14 +265,24 @@ pub fn run_child(engine: &str, group: &str, preset: Preset, dir: &Path, work: &P
 fn durable(engine: &str, w: &Workload, dir: &Path) -> Res<Value> {
     let arena = Arena::build(w, false);
     let hwm0 = proc_status_kib("VmHWM:");
+    let resident0 = resident_kib();
     let sampler = RssSampler::start();
     let mut e = engines::open(engine, dir, Mode::Durable)?;
     let mut counts = vec![0u64; w.preset.conversations];
     eprintln!("[{engine}] durable ingest of {} messages", arena.len());
-    let took = ingest(e.as_mut(), &arena, &mut counts)?;
+    let mut curve = Curve {
+        engine,
+        dir,
+        slice: w.preset.slice as usize,
+        resident0,
+        points: Vec::new(),
+    };
+    let before = e.sample();
+    let took = ingest(e.as_mut(), &arena, &mut counts, Some(&mut curve))?;
     let t = Instant::now();
     e.settle()?;
     let settle = t.elapsed();
+    let curve = curve_json(curve, before, e.sample(), settle, dir);
     let extra = e.extra();
     e.close()?;
     let hwm = proc_status_kib("VmHWM:");
@@ -188,12 +297,14 @@ fn durable(engine: &str, w: &Workload, dir: &Path) -> Res<Value> {
         "hwm_kib": hwm,
         "harness_kib": hwm0,
         "extra": extra,
+        "curve": curve,
     }))
 }
 
 fn build(engine: &str, w: &Workload, dir: &Path) -> Res<Value> {
     let arena = Arena::build(w, false);
     let hwm0 = proc_status_kib("VmHWM:");
+    let resident0 = resident_kib();
     let sampler = RssSampler::start();
     let mut e = engines::open(engine, dir, Mode::Buffered)?;
     let t = Instant::now();
@@ -201,10 +312,20 @@ fn build(engine: &str, w: &Workload, dir: &Path) -> Res<Value> {
     let setup = t.elapsed();
     let mut counts = vec![0u64; w.preset.conversations];
     eprintln!("[{engine}] buffered ingest of {} messages", arena.len());
-    let took = ingest(e.as_mut(), &arena, &mut counts)?;
+    let mut curve = Curve {
+        engine,
+        dir,
+        slice: w.preset.slice as usize,
+        resident0,
+        points: Vec::new(),
+    };
+    // After the chat setup: its writes are not part of the curve's counters.
+    let before = e.sample();
+    let took = ingest(e.as_mut(), &arena, &mut counts, Some(&mut curve))?;
     let t = Instant::now();
     e.settle()?;
     let settle = t.elapsed();
+    let curve = curve_json(curve, before, e.sample(), settle, dir);
     let extra = e.extra();
     e.close()?;
     let hwm = proc_status_kib("VmHWM:");
@@ -220,6 +341,7 @@ fn build(engine: &str, w: &Workload, dir: &Path) -> Res<Value> {
         "hwm_kib": hwm,
         "harness_kib": hwm0,
         "extra": extra,
+        "curve": curve,
     }))
 }
 
@@ -359,7 +481,7 @@ fn crash(engine: &str, w: &Workload, dir: &Path, work: &Path) -> Res<()> {
         "[{engine}] writing a tail of {} messages, then crashing",
         arena.len()
     );
-    let took = ingest(e.as_mut(), &arena, &mut counts)?;
+    let took = ingest(e.as_mut(), &arena, &mut counts, None)?;
     let extra = e.extra();
     let line = json!({
         "ready": true,

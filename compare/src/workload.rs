@@ -35,6 +35,12 @@ pub struct Preset {
     /// Messages written after the store is built, then lost to a SIGKILL: the WAL tail.
     pub tail: u64,
     pub seed: u64,
+    /// Messages per slice of the sustained-ingest curve (a sample of the engine's state after
+    /// each slice of the ingest phases).
+    pub slice: u64,
+    /// Runs only the two ingest phases (durable and buffered): the long presets measure
+    /// sustained ingest, not reads.
+    pub ingest_only: bool,
 }
 
 pub const PRESETS: &[Preset] = &[
@@ -46,6 +52,8 @@ pub const PRESETS: &[Preset] = &[
         unread_users: 500,
         tail: 20_000,
         seed: 42,
+        slice: 5_000,
+        ingest_only: false,
     },
     Preset {
         name: "quick",
@@ -55,6 +63,8 @@ pub const PRESETS: &[Preset] = &[
         unread_users: 2_000,
         tail: 50_000,
         seed: 42,
+        slice: 20_000,
+        ingest_only: false,
     },
     Preset {
         name: "full",
@@ -64,6 +74,34 @@ pub const PRESETS: &[Preset] = &[
         unread_users: 10_000,
         tail: 200_000,
         seed: 42,
+        slice: 200_000,
+        ingest_only: false,
+    },
+    // Sustained ingest: 20 M messages over 500 K conversations, long enough for compaction
+    // debt to build up. Ingest phases only; a curve point every million messages.
+    Preset {
+        name: "long",
+        messages: 20_000_000,
+        conversations: 500_000,
+        reads: 0,
+        unread_users: 0,
+        tail: 0,
+        seed: 42,
+        slice: 1_000_000,
+        ingest_only: true,
+    },
+    // The first quarter of `long` (same seed and conversations, so the same first 5 M
+    // messages): a check of the long preset in a fraction of its time.
+    Preset {
+        name: "long-5m",
+        messages: 5_000_000,
+        conversations: 500_000,
+        reads: 0,
+        unread_users: 0,
+        tail: 0,
+        seed: 42,
+        slice: 1_000_000,
+        ingest_only: true,
     },
 ];
 
@@ -225,7 +263,9 @@ impl Meta {
 /// pay for text generation.
 pub struct Arena {
     pub text: Vec<u8>,
-    pub ends: Vec<u32>,
+    /// End offset of each message's text (u64: the long preset's 20 M texts weigh 2.4 GB,
+    /// close to what a u32 offset can reach).
+    pub ends: Vec<u64>,
     pub conv: Vec<u32>,
     pub sender: Vec<u32>,
 }
@@ -245,7 +285,7 @@ impl Arena {
         };
         let mut push = |c: usize, s: u64, t: &str| {
             a.text.extend_from_slice(t.as_bytes());
-            a.ends.push(a.text.len() as u32);
+            a.ends.push(a.text.len() as u64);
             a.conv.push(c as u32);
             a.sender.push(s as u32);
         };
@@ -259,6 +299,14 @@ impl Arena {
 
     pub fn len(&self) -> usize {
         self.ends.len()
+    }
+
+    /// Logical bytes of the first `n` messages (see [`LOGICAL_OVERHEAD`]).
+    pub fn logical_bytes(&self, n: usize) -> u64 {
+        if n == 0 {
+            return 0;
+        }
+        LOGICAL_OVERHEAD * n as u64 + self.ends[n - 1]
     }
 
     pub fn content(&self, i: usize) -> &[u8] {

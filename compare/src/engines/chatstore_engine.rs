@@ -172,6 +172,24 @@ impl Engine for Chat {
         })
     }
 
+    fn sample(&self) -> serde_json::Value {
+        let s = self.chat.store().stats();
+        serde_json::json!({
+            "stall_micros": s.write_stall_micros,
+            "stalls": s.write_stalls,
+            "pending_compaction_bytes": s.pending_compaction_bytes,
+            "files_per_level": s.segments_per_level,
+            "flush_bytes_written": s.flush_bytes_written,
+            "compaction_bytes_written": s.compaction_bytes_written,
+            "compaction_bytes_read": s.compaction_bytes_read,
+            "wal_bytes_written": s.wal_bytes_written,
+            "flushes": s.flushes,
+            "compactions": s.compactions,
+            "frozen_memtables": s.frozen_memtables,
+            "segment_bytes": s.segment_bytes,
+        })
+    }
+
     fn close(self: Box<Self>) -> Res<()> {
         Ok(self.chat.close()?)
     }

@@ -125,6 +125,22 @@ pub trait Engine {
         serde_json::Value::Null
     }
 
+    /// The engine's own view of its write path, taken after each slice of an ingest phase
+    /// (the sustained-ingest curve). A JSON object whose keys are common to the engines that
+    /// report them (all counters cumulative since open):
+    /// - `stall_micros`: time writers were held back (slowed down or stopped) by the engine;
+    /// - `stalls`: how many times, where the engine counts them;
+    /// - `pending_compaction_bytes`: the engine's estimate of its compaction debt;
+    /// - `files_per_level`: segment / SST files per level, level 0 first;
+    /// - `flush_bytes_written`, `compaction_bytes_written`: bytes written to segment / SST files
+    ///   by flushes and by compactions;
+    /// - `wal_bytes_written`: bytes written to the write-ahead log.
+    ///
+    /// `Null` for engines without such counters.
+    fn sample(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
     /// Clean close.
     fn close(self: Box<Self>) -> Res<()>;
 }
