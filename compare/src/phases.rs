@@ -162,6 +162,7 @@ impl Curve<'_> {
             "disk_bytes": crate::disk_bytes(self.dir),
             "rss_kib": resident_kib().saturating_sub(self.resident0),
             "anon_kib": anon,
+            "load1": crate::machine::loadavg()[0],
             "engine": sample,
         }));
     }

@@ -293,8 +293,8 @@ pub fn render(
             let _ = writeln!(s, "### {e}, {mode} ingest: the curve (last run)\n");
             s.push_str(
                 "| messages | msgs/s | ingest s | stalled s | pending compaction MiB | files L0/L1/… | \
-                 disk MiB | disk ÷ logical | write amp | RSS MiB |\n\
-                 |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+                 disk MiB | disk ÷ logical | write amp | RSS MiB | load |\n\
+                 |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
             );
             let engine_cells = |sample: &Value, logical: f64| -> [String; 4] {
                 if !sample.is_object() {
@@ -315,13 +315,14 @@ pub fn render(
                 let [stalled, pending, lv, wamp] = engine_cells(&p["engine"], logical);
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {} | {stalled} | {pending} | {lv} | {} | {} | {wamp} | {} |",
+                    "| {} | {} | {} | {stalled} | {pending} | {lv} | {} | {} | {wamp} | {} | {} |",
                     msgs_label(f(p, "msgs").unwrap_or(f64::NAN)),
                     num(f(p, "msgs_s").unwrap_or(f64::NAN)),
                     num(f(p, "ingest_s").unwrap_or(f64::NAN)),
                     num(disk / MIB),
                     num(disk / logical),
                     num(f(p, "rss_kib").unwrap_or(f64::NAN) / 1024.0),
+                    f(p, "load1").map_or("-".into(), |l| format!("{l:.2}")),
                 );
             }
             let settled = &curve["settled"];
@@ -331,7 +332,7 @@ pub fn render(
                 let [stalled, pending, lv, wamp] = engine_cells(&settled["engine"], logical);
                 let _ = writeln!(
                     s,
-                    "| settled (+{} s) | | | {stalled} | {pending} | {lv} | {} | {} | {wamp} | |",
+                    "| settled (+{} s) | | | {stalled} | {pending} | {lv} | {} | {} | {wamp} | | |",
                     num(f(settled, "settle_s").unwrap_or(f64::NAN)),
                     num(disk / MIB),
                     num(disk / logical),
@@ -363,8 +364,9 @@ no reads: they measure sustained ingest, as the store grows and compaction debt 
   above what it was before the engine was opened (the pre-generated text arena is not \
   counted). **msgs/s** of the whole phase = messages ÷ the sum of the slices' times.
 - **stalled s**: time the engine held writers back, cumulative from the start of the ingest. \
-  chatstore: `Stats::write_stall_micros` (writers waiting for a flush, or for compaction when \
-  level 0 reaches five times its trigger). RocksDB: the `rocksdb.stall.micros` ticker (write \
+  chatstore: `Stats::write_stall_micros` (at each memtable switch, writers wait while too \
+  many frozen memtables wait for their flush, and up to 1 s more while level 0 holds five \
+  times its compaction trigger). RocksDB: the `rocksdb.stall.micros` ticker (write \
   slowdowns and stops; statistics are on at `ExceptHistogramOrTimers`, counters only); its \
   `rocksdb.stats` \"Cumulative stall\" line is kept in the JSON beside it. **stalled % of run** = \
   stall time ÷ ingest time.
@@ -389,6 +391,8 @@ no reads: they measure sustained ingest, as the store grows and compaction debt 
   **disk ÷ logical settled**: allocated bytes of the store's files after that and a clean \
   close, ÷ the logical bytes.
 - **peak RSS**: VmHWM of the process minus the VmHWM before the engine was opened.
+- **load**: the machine's 1-minute load average when the point was taken (the harness's own \
+  process counts for about 1 of it, the engine's background threads for more).
 
 One run takes long (`--runs 1` is the usual choice for `long`), and other builds share the \
 machine's two cores: compare engines within one run, and read the load averages above.
