@@ -37,8 +37,7 @@ async fn parallel_signups_in_waves_keep_server_memory_bounded() {
     use tokio::io::{AsyncBufReadExt, BufReader};
 
     let Some(bin) = example_binary() else {
-        println!("SKIPPED: target/<profile>/examples/chat_server is not built");
-        return;
+        panic!("target/<profile>/examples/chat_server is not built: run `cargo test --release`, which builds examples");
     };
     let dir = tempdir();
     const WORKERS: u64 = 2;

@@ -913,8 +913,7 @@ async fn the_binary_stops_cleanly_on_ctrl_c_and_loses_nothing_on_kill_9() {
     use tokio::io::{AsyncBufReadExt, BufReader};
 
     let Some(bin) = example_binary() else {
-        println!("SKIPPED: target/<profile>/examples/chat_server is not built (run `cargo test --release`, which builds examples)");
-        return;
+        panic!("target/<profile>/examples/chat_server is not built: run `cargo test --release`, which builds examples");
     };
     let dir = tempdir();
     let spawn = || {
