@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use crate::types::{ConversationId, MessageId, UserId};
+use crate::types::{ConversationId, MessageId};
 
 /// A specialised `Result` for chatstore operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -60,10 +60,6 @@ pub enum Error {
         supported: u32,
     },
 
-    /// A message with no content and no attachment.
-    #[error("message is empty (no content and no attachment)")]
-    EmptyMessage,
-
     /// A message larger than [`Options::max_message_bytes`](crate::Options::max_message_bytes).
     #[error("message is {size} bytes; the limit is {limit}")]
     MessageTooLarge {
@@ -88,33 +84,10 @@ pub enum Error {
     #[error("conversation {0} is unknown")]
     UnknownConversation(ConversationId),
 
-    /// A user the store does not know (see [`ChatStore::register_user`](crate::ChatStore::register_user)).
-    #[error("user {0} is unknown")]
-    UnknownUser(UserId),
-
-    /// The user is not (or no longer) a member of the conversation.
-    #[error("user {user} is not a member of conversation {conversation}")]
-    NotAMember {
-        /// The user.
-        user: UserId,
-        /// The conversation.
-        conversation: ConversationId,
-    },
-
-    /// Only a message's sender may edit or delete it.
-    #[error("user {user} did not send message {id} of conversation {conversation}")]
-    NotTheSender {
-        /// Who tried.
-        user: UserId,
-        /// The conversation.
-        conversation: ConversationId,
-        /// The message.
-        id: MessageId,
-    },
-
-    /// A group must have at least one member.
-    #[error("a group needs at least one member")]
-    EmptyGroup,
+    /// The chat model refused the call ([`ChatStore`](crate::ChatStore) only: the raw
+    /// [`Store`](crate::Store) enforces no chat rule).
+    #[error(transparent)]
+    Chat(#[from] crate::chat::ChatError),
 
     /// An argument that makes no sense (the message says which).
     #[error("invalid argument: {0}")]

@@ -70,8 +70,8 @@ mod store;
 mod types;
 
 pub use chat::{
-    ChatOptions, ChatStore, Conversation, ConversationKind, Cursors, InboxCursor, InboxEntry,
-    InboxPage, MessageReceipts, Reaction, ReceiptState, SendOutcome, Unread,
+    ChatError, ChatOptions, ChatStore, Conversation, ConversationKind, Cursors, InboxCursor,
+    InboxEntry, InboxPage, MessageReceipts, Reaction, ReceiptState, SendOutcome, Unread,
 };
 pub use commit_log::{CommitLog, CommitRecord};
 pub use engine::{Problem, Stats, VerifyReport, ABORT_ON_PANIC_VAR};

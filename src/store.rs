@@ -11,11 +11,12 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::engine::overrides::Override;
-use crate::engine::{Engine, Stats, Txn, VerifyReport};
+use crate::engine::{Engine, Stats, VerifyReport};
+pub(crate) use crate::engine::{Snapshot as ReadView, Txn};
 use crate::error::{Error, Result};
 use crate::format::{batch, wal, within};
 use crate::options::Options;
-use crate::types::{ConversationId, Message, MessageId, MessageKind, NewMessage, UserId};
+use crate::types::{ConversationId, Message, MessageId, MessageKind, NewMessage};
 
 /// An open chatstore. Cheap to clone and share between threads (`Send + Sync`); the store
 /// closes when the last clone is dropped (or on [`Store::close`]).
@@ -118,13 +119,13 @@ pub(crate) fn retention_ms(ttl: Option<Duration>) -> Result<u64> {
 }
 
 /// Edits (`Some(content)`) or deletes (`None`) a message inside a transaction, checking that
-/// it exists, is not deleted, and that `by` sent it.
+/// it exists and is not deleted, and then that `allowed` accepts it (the chat layer's rules).
 pub(crate) fn edit_in(
     txn: &mut Txn<'_>,
     conv: ConversationId,
     id: MessageId,
-    by: UserId,
     content: Option<Bytes>,
+    allowed: impl FnOnce(&Message) -> Result<()>,
 ) -> Result<Message> {
     let Some(mut m) = txn.message(conv, id)? else {
         return Err(Error::IdOutOfRange {
@@ -133,13 +134,7 @@ pub(crate) fn edit_in(
             last: MessageId(txn.last_id(conv)),
         });
     };
-    if m.sender != by {
-        return Err(Error::NotTheSender {
-            user: by,
-            conversation: conv,
-            id,
-        });
-    }
+    allowed(&m)?;
     if m.kind == MessageKind::Deleted {
         return Err(Error::InvalidArgument(format!(
             "message {id} of conversation {conv} was deleted"
@@ -153,6 +148,38 @@ pub(crate) fn edit_in(
     txn.set_override(conv, id, &o)?;
     o.apply(&mut m);
     Ok(m)
+}
+
+/// The surface the chat layer ([`crate::chat`]) builds on, and all it uses of the engine:
+/// transactions (the same group commit as every write, one record each), consistent read
+/// views, and the checks every append and edit passes before it is queued. Crate-internal:
+/// a user builds a model of their own on [`Store`]'s public calls, or on
+/// [`ChatStore`](crate::ChatStore).
+impl Store {
+    /// Runs `f` as one transaction: everything it writes is one commit record, applied all or
+    /// nothing, durable on return in `Sync` durability.
+    pub(crate) fn transact<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Txn<'_>) -> Result<T> + Send + 'static,
+    {
+        self.engine().transact(f)
+    }
+
+    /// A consistent read view of the whole store: messages and state as of one moment.
+    pub(crate) fn read_view(&self) -> ReadView<'_> {
+        self.engine().snapshot()
+    }
+
+    /// Checks a message about to be appended to `conv` (see [`check_appends`]).
+    pub(crate) fn check_append(&self, conv: ConversationId, message: &NewMessage) -> Result<()> {
+        check_appends(self.engine(), [(conv, message)])
+    }
+
+    /// Checks new content for an edit against the size limits.
+    pub(crate) fn check_edit(&self, content: &Bytes) -> Result<()> {
+        self.engine().check_edit(content)
+    }
 }
 
 /// Iterator over a conversation's messages; see [`Store::export`].
@@ -252,7 +279,7 @@ impl Store {
         })
     }
 
-    pub(crate) fn engine(&self) -> &Engine {
+    fn engine(&self) -> &Engine {
         &self.handle.engine
     }
 
@@ -326,29 +353,27 @@ impl Store {
         })
     }
 
-    /// Replaces the content of message `id`, which `by` must have sent. Reads return the new
-    /// content with [`Message::edited_ms`] set. Edits and deletes of one message are applied
-    /// in WAL order, the later winning; editing a deleted message is refused.
+    /// Replaces the content of message `id`. Reads return the new content with
+    /// [`Message::edited_ms`] set. Edits and deletes of one message are applied in WAL order,
+    /// the later winning; editing a deleted message is refused. The raw store checks no
+    /// authorship: [`ChatStore::edit`](crate::ChatStore::edit) lets only the sender edit.
     pub fn edit(
         &self,
         conv: ConversationId,
         id: MessageId,
-        by: UserId,
         content: impl Into<Bytes>,
     ) -> Result<Message> {
         let content = content.into();
-        self.engine().check_edit(&content)?;
-        self.engine()
-            .transact(move |txn| edit_in(txn, conv, id, by, Some(content)))
+        self.check_edit(&content)?;
+        self.transact(move |txn| edit_in(txn, conv, id, Some(content), |_| Ok(())))
     }
 
-    /// Deletes message `id` for everyone; `by` must have sent it. Reads return a placeholder
-    /// of kind [`MessageKind::Deleted`](crate::MessageKind::Deleted) without content; the first
+    /// Deletes message `id` for everyone. Reads return a placeholder of kind
+    /// [`MessageKind::Deleted`](crate::MessageKind::Deleted) without content; the first
     /// compaction that rewrites the message's segment once the delete itself is in a segment
     /// (after the next flush) removes the content from disk.
-    pub fn delete(&self, conv: ConversationId, id: MessageId, by: UserId) -> Result<Message> {
-        self.engine()
-            .transact(move |txn| edit_in(txn, conv, id, by, None))
+    pub fn delete(&self, conv: ConversationId, id: MessageId) -> Result<Message> {
+        self.transact(move |txn| edit_in(txn, conv, id, None, |_| Ok(())))
     }
 
     /// Sets a time-to-live on the conversation's messages (disappearing messages): older

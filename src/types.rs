@@ -83,11 +83,6 @@ pub struct NewMessage {
     pub reply_to: Option<MessageId>,
     /// Users this message mentions (the chat model counts unread mentions from these).
     pub mentions: Vec<UserId>,
-    /// A key the client picks per message so that a retried send is recognised:
-    /// [`ChatStore::send`](crate::ChatStore::send) returns the original message instead of
-    /// appending a duplicate. Not stored with the message; the raw [`Store`](crate::Store)
-    /// ignores it.
-    pub client_key: Option<Bytes>,
 }
 
 impl NewMessage {
@@ -126,12 +121,6 @@ impl NewMessage {
     /// Sets the mentioned users.
     pub fn with_mentions(mut self, users: Vec<UserId>) -> Self {
         self.mentions = users;
-        self
-    }
-
-    /// Sets the idempotency key.
-    pub fn with_client_key(mut self, key: impl Into<Bytes>) -> Self {
-        self.client_key = Some(key.into());
         self
     }
 

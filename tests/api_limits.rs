@@ -229,9 +229,9 @@ fn the_largest_message_after_a_block_of_small_rows_survives_flush_and_compaction
     });
 
     // The largest edit: its record is the largest state value.
-    assert_too_large(store.edit(conv, big.id, UserId(3), bytes.clone()));
+    assert_too_large(store.edit(conv, big.id, bytes.clone()));
     let edited = store
-        .edit(conv, big.id, UserId(3), bytes.slice(..MAX_MESSAGE_BYTES))
+        .edit(conv, big.id, bytes.slice(..MAX_MESSAGE_BYTES))
         .unwrap();
     let store = survives(dir.path(), &options, store, |s| {
         assert_eq!(s.get(conv, big.id).unwrap().as_ref(), Some(&edited));
@@ -464,7 +464,10 @@ fn chat_sends_edits_and_reactions_are_held_to_the_limits() {
         NewMessage::text(A, "too many").with_mentions(mentions.clone()),
     ));
     for key in [Vec::new(), vec![b'k'; MAX_CLIENT_KEY + 1]] {
-        assert_invalid(chat.send(conv, NewMessage::text(A, "hi").with_client_key(key)));
+        assert_invalid(
+            chat.send_with_key(conv, NewMessage::text(A, "hi"), key)
+                .map(|s| s.message),
+        );
     }
     assert_eq!(chat.store().last_id(conv), MessageId(0));
     let first = chat.send(conv, NewMessage::text(A, "first")).unwrap();
@@ -482,12 +485,12 @@ fn chat_sends_edits_and_reactions_are_held_to_the_limits() {
     mentions.push(B);
     let key = vec![b'k'; MAX_CLIENT_KEY];
     let everyone = chat
-        .send(
+        .send_with_key(
             conv,
-            NewMessage::text(A, "@everyone")
-                .with_mentions(mentions)
-                .with_client_key(key.clone()),
+            NewMessage::text(A, "@everyone").with_mentions(mentions),
+            key.clone(),
         )
+        .map(|s| s.message)
         .unwrap();
     assert_eq!(everyone.mentions.len(), MAX_MENTIONS);
     let edited = chat
@@ -506,10 +509,7 @@ fn chat_sends_edits_and_reactions_are_held_to_the_limits() {
         assert_eq!(reactions[&everyone.id][0].emoji, thumbs);
         // A retry with the longest key is still recognised.
         let retry = c
-            .send_detailed(
-                conv,
-                NewMessage::text(A, "@everyone").with_client_key(key.clone()),
-            )
+            .send_with_key(conv, NewMessage::text(A, "@everyone"), key.clone())
             .unwrap();
         assert!(retry.duplicate);
         assert_eq!(retry.message, everyone);

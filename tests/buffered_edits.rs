@@ -62,8 +62,8 @@ fn an_unsynced_edit_or_delete_never_strips_the_durable_original() {
     let store = Store::open_with(DIR, options(&fs)).unwrap();
     two_flushed_segments(&store);
     // Acknowledged, in the memtable, not yet synced.
-    store.edit(CONV, MessageId(1), A, "EDITED-ONE").unwrap();
-    store.delete(CONV, MessageId(2), A).unwrap();
+    store.edit(CONV, MessageId(1), "EDITED-ONE").unwrap();
+    store.delete(CONV, MessageId(2)).unwrap();
     assert!(
         store.compact_step().unwrap(),
         "level 0 is compacted into level 1"
@@ -101,8 +101,8 @@ fn edits_on_disk_are_purged_by_compaction_and_survive_a_power_cut() {
     let fs = FaultFs::new();
     let store = Store::open_with(DIR, options(&fs)).unwrap();
     two_flushed_segments(&store);
-    store.edit(CONV, MessageId(1), A, "EDITED-ONE").unwrap();
-    store.delete(CONV, MessageId(2), A).unwrap();
+    store.edit(CONV, MessageId(1), "EDITED-ONE").unwrap();
+    store.delete(CONV, MessageId(2)).unwrap();
     // The flush puts the edit records in a segment: durable, so compaction may apply them.
     store.flush().unwrap();
     while store.compact_step().unwrap() {}

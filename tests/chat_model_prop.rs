@@ -266,13 +266,15 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     continue;
                 }
                 let mut msg = NewMessage::text(UserId(sender), "hello there");
-                if let Some(k) = key {
-                    msg = msg.with_client_key(vec![b'k', k]);
-                }
                 if let Some(u) = mention {
                     msg = msg.with_mentions(vec![UserId(u)]);
                 }
-                let got = chat.send(m.convs[conv].id, msg);
+                let got = match key {
+                    Some(k) => chat
+                        .send_with_key(m.convs[conv].id, msg, vec![b'k', k])
+                        .map(|s| s.message),
+                    None => chat.send(m.convs[conv].id, msg),
+                };
                 if !m.member(sender, conv) {
                     prop_assert!(got.is_err());
                     continue;

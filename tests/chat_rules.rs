@@ -7,8 +7,8 @@ use chatstore::presence::{
     Clock, ManualClock, Presence, PresenceEvent, PresenceOptions, PresenceStatus,
 };
 use chatstore::{
-    ChatOptions, ChatStore, ConversationId, Error, MessageId, NewMessage, Options, ReceiptState,
-    UserId,
+    ChatError, ChatOptions, ChatStore, ConversationId, Error, MessageId, NewMessage, Options,
+    ReceiptState, UserId,
 };
 
 const A: UserId = UserId(1);
@@ -46,7 +46,7 @@ fn direct_conversations_are_symmetric_and_need_known_users() {
     assert_eq!(chat.members(ab).unwrap(), vec![A, B]);
     assert!(matches!(
         chat.direct(A, UserId(99)),
-        Err(Error::UnknownUser(UserId(99)))
+        Err(Error::Chat(ChatError::UnknownUser(UserId(99))))
     ));
     assert!(matches!(chat.direct(A, A), Err(Error::InvalidArgument(_))));
     assert!(matches!(
@@ -63,12 +63,15 @@ fn direct_conversations_are_symmetric_and_need_known_users() {
 fn only_members_send_and_removed_members_keep_history_up_to_removal() {
     let dir = tempfile::tempdir().unwrap();
     let chat = with_users(dir.path());
-    assert!(matches!(chat.create_group(A, &[]), Err(Error::EmptyGroup)));
+    assert!(matches!(
+        chat.create_group(A, &[]),
+        Err(Error::Chat(ChatError::EmptyGroup))
+    ));
     let g = chat.create_group(A, &[B, C]).unwrap();
     assert_eq!(chat.members(g).unwrap(), vec![A, B, C]);
     assert!(matches!(
         chat.send(g, NewMessage::text(D, "let me in")),
-        Err(Error::NotAMember { .. })
+        Err(Error::Chat(ChatError::NotAMember { .. }))
     ));
     assert!(matches!(
         chat.send(ConversationId(12345), NewMessage::text(A, "hello?")),
@@ -89,16 +92,16 @@ fn only_members_send_and_removed_members_keep_history_up_to_removal() {
     assert!(chat.get(C, g, MessageId(3)).unwrap().is_none());
     assert!(matches!(
         chat.send(g, NewMessage::text(C, "still here?")),
-        Err(Error::NotAMember { .. })
+        Err(Error::Chat(ChatError::NotAMember { .. }))
     ));
     assert!(matches!(
         chat.mark_read(C, g, MessageId(2)),
-        Err(Error::NotAMember { .. })
+        Err(Error::Chat(ChatError::NotAMember { .. }))
     ));
     assert!(!chat.conversations_of(C).unwrap().contains(&g));
     assert!(matches!(
         chat.latest(D, g, 10),
-        Err(Error::NotAMember { .. })
+        Err(Error::Chat(ChatError::NotAMember { .. }))
     ));
 
     // A new member sees what is sent after they join; adding twice is a no-op.
@@ -114,7 +117,7 @@ fn only_members_send_and_removed_members_keep_history_up_to_removal() {
     assert_eq!(seen, vec![4]);
     assert!(matches!(
         chat.add_member(g, C, C),
-        Err(Error::NotAMember { .. })
+        Err(Error::Chat(ChatError::NotAMember { .. }))
     ));
     let ab = chat.direct(A, B).unwrap();
     assert!(matches!(
@@ -130,27 +133,32 @@ fn retried_sends_return_the_original_also_after_restart() {
         let chat = with_users(dir.path());
         let conv = chat.direct(A, B).unwrap();
         let first = chat
-            .send(conv, NewMessage::text(A, "hi").with_client_key("k-1"))
+            .send_with_key(conv, NewMessage::text(A, "hi"), "k-1")
+            .map(|s| s.message)
             .unwrap();
         let again = chat
-            .send(conv, NewMessage::text(A, "hi").with_client_key("k-1"))
+            .send_with_key(conv, NewMessage::text(A, "hi"), "k-1")
+            .map(|s| s.message)
             .unwrap();
         assert_eq!(again, first);
         // Same key from another sender is a different message.
         let other = chat
-            .send(conv, NewMessage::text(B, "hi").with_client_key("k-1"))
+            .send_with_key(conv, NewMessage::text(B, "hi"), "k-1")
+            .map(|s| s.message)
             .unwrap();
         assert_eq!(other.id, MessageId(2));
         (conv, first)
     };
     let chat = open(dir.path());
     let again = chat
-        .send(conv, NewMessage::text(A, "hi").with_client_key("k-1"))
+        .send_with_key(conv, NewMessage::text(A, "hi"), "k-1")
+        .map(|s| s.message)
         .unwrap();
     assert_eq!(again, first);
     assert_eq!(chat.store().last_id(conv), MessageId(2));
     assert!(matches!(
-        chat.send(conv, NewMessage::text(A, "x").with_client_key("")),
+        chat.send_with_key(conv, NewMessage::text(A, "x"), "")
+            .map(|s| s.message),
         Err(Error::InvalidArgument(_))
     ));
 }
@@ -299,11 +307,11 @@ fn callers_learn_about_retries_moves_and_membership() {
     let chat = with_users(dir.path());
     let ab = chat.direct(A, B).unwrap();
     let first = chat
-        .send_detailed(ab, NewMessage::text(A, "hi").with_client_key("k"))
+        .send_with_key(ab, NewMessage::text(A, "hi"), "k")
         .unwrap();
     assert!(!first.duplicate);
     let again = chat
-        .send_detailed(ab, NewMessage::text(A, "hi").with_client_key("k"))
+        .send_with_key(ab, NewMessage::text(A, "hi"), "k")
         .unwrap();
     assert!(again.duplicate);
     assert_eq!(again.message, first.message);
@@ -327,14 +335,18 @@ fn a_retried_send_whose_original_expired_gets_a_clear_error() {
     let chat = with_users(dir.path());
     let conv = chat.direct(A, B).unwrap();
     let sent = chat
-        .send(conv, NewMessage::text(A, "hi").with_client_key("k-1"))
+        .send_with_key(conv, NewMessage::text(A, "hi"), "k-1")
+        .map(|s| s.message)
         .unwrap();
     chat.set_retention(conv, A, Some(Duration::from_millis(1)))
         .unwrap();
     std::thread::sleep(Duration::from_millis(20));
     assert_eq!(chat.latest(A, conv, 10).unwrap(), vec![]);
     // Within the idempotency window the retry is recognised, but its original is gone.
-    match chat.send(conv, NewMessage::text(A, "hi").with_client_key("k-1")) {
+    match chat
+        .send_with_key(conv, NewMessage::text(A, "hi"), "k-1")
+        .map(|s| s.message)
+    {
         Err(Error::Expired { conversation, id }) => {
             assert_eq!((conversation, id), (conv, sent.id));
         }
@@ -354,12 +366,12 @@ fn empty_sends_and_edits_are_a_chat_rule() {
     let conv = chat.direct(A, B).unwrap();
     assert!(matches!(
         chat.send(conv, NewMessage::text(A, "")),
-        Err(Error::EmptyMessage)
+        Err(Error::Chat(ChatError::EmptyMessage))
     ));
     let id = say(&chat, conv, A, "hi");
     assert!(matches!(
         chat.edit(conv, id, A, ""),
-        Err(Error::EmptyMessage)
+        Err(Error::Chat(ChatError::EmptyMessage))
     ));
     // The raw store under it keeps empty messages (imported histories have them).
     let raw = chat.store().append(conv, NewMessage::text(A, "")).unwrap();

@@ -57,7 +57,7 @@ fn build_store(dir: &Path) {
         store.append(conv, m).unwrap();
     }
     store
-        .edit(ConversationId(1), MessageId(2), UserId(3), "edited")
+        .edit(ConversationId(1), MessageId(2), "edited")
         .unwrap();
     store.flush().unwrap();
     store

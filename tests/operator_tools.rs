@@ -167,10 +167,8 @@ fn export_then_import_round_trips() {
         }
         store.append(conv, m).unwrap();
     }
-    store
-        .edit(conv, MessageId(5), UserId(1), "edited text")
-        .unwrap();
-    store.delete(conv, MessageId(6), UserId(2)).unwrap();
+    store.edit(conv, MessageId(5), "edited text").unwrap();
+    store.delete(conv, MessageId(6)).unwrap();
     store.flush().unwrap();
     let exported: Vec<_> = store.export(conv).map(|m| m.unwrap()).collect();
     assert_eq!(exported.len(), 2500);

@@ -279,11 +279,10 @@ impl Workload<'_> {
                     let Some((conv, id, content)) = self.random_override(&tag) else {
                         continue;
                     };
-                    let by = self.model[&conv][id as usize - 1].sender;
                     let (c, i) = (ConversationId(conv), MessageId(id));
                     let r = match &content {
-                        Some(text) => store.edit(c, i, by, text.clone()),
-                        None => store.delete(c, i, by),
+                        Some(text) => store.edit(c, i, text.clone()),
+                        None => store.delete(c, i),
                     };
                     let call = Interrupted::Override { conv, id, content };
                     (call, r.map(|m| vec![m]))

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use chatstore::fs::fault::{CrashMode, FaultFs};
 use chatstore::{
-    ChatOptions, ChatStore, CommitLog, CommitRecord, ConversationId, Durability, Error, Message,
-    MessageId, NewMessage, Options, Unread, UserId,
+    ChatError, ChatOptions, ChatStore, CommitLog, CommitRecord, ConversationId, Durability, Error,
+    Message, MessageId, NewMessage, Options, Unread, UserId,
 };
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
@@ -160,14 +160,16 @@ fn random_op(rng: &mut StdRng, chat: &ChatStore, convs: &[ConversationId], n: u6
     let last = chat.store().last_id(conv).0;
     let result = match rng.gen_range(0..10) {
         0..=5 => {
-            let mut m = NewMessage::text(
+            let m = NewMessage::text(
                 user,
                 &format!("message {n} {}", "x".repeat(n as usize % 90)),
             );
             if rng.gen_ratio(1, 4) {
-                m = m.with_client_key(format!("k{}", rng.gen_range(0..20)));
+                let key = format!("k{}", rng.gen_range(0..20));
+                chat.send_with_key(conv, m, key).map(|_| ())
+            } else {
+                chat.send(conv, m).map(|_| ())
             }
-            chat.send(conv, m).map(|_| ())
         }
         6 if last > 0 => chat
             .mark_read(user, conv, MessageId(rng.gen_range(1..=last)))
@@ -187,8 +189,8 @@ fn random_op(rng: &mut StdRng, chat: &ChatStore, convs: &[ConversationId], n: u6
     };
     match result {
         Ok(())
-        | Err(Error::NotAMember { .. })
-        | Err(Error::NotTheSender { .. })
+        | Err(Error::Chat(ChatError::NotAMember { .. }))
+        | Err(Error::Chat(ChatError::NotTheSender { .. }))
         | Err(Error::InvalidArgument(_))
         | Err(Error::IdOutOfRange { .. }) => {}
         Err(e) => panic!("operation {n}: {e}"),

@@ -472,9 +472,9 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 salt += 1;
                 let content = body(conv, id, salt);
                 let got = if delete {
-                    store.delete(ConversationId(conv), MessageId(id), SENDER)
+                    store.delete(ConversationId(conv), MessageId(id))
                 } else {
-                    store.edit(ConversationId(conv), MessageId(id), SENDER, content.clone())
+                    store.edit(ConversationId(conv), MessageId(id), content.clone())
                 };
                 no_damage(&got, &what)?;
                 let (w_lo, w_hi) = (model.convs[c].w_lo, model.convs[c].w_hi);

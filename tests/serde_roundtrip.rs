@@ -59,8 +59,7 @@ fn a_new_message_needs_only_its_sender_and_content() {
         .with_kind(MessageKind::System)
         .with_attachment("link")
         .with_reply_to(MessageId(3))
-        .with_mentions(vec![UserId(4)])
-        .with_client_key("c-1");
+        .with_mentions(vec![UserId(4)]);
     round_trip(&full);
     let minimal: NewMessage =
         serde_json::from_str(r#"{"sender": 9, "content": [104, 105]}"#).unwrap();

@@ -508,7 +508,7 @@ fn a_large_store_at_rest_rewrites_level0_within_level0() {
     // An edit of a message in the rewritten segment, then a newer raw segment: the next
     // rewrite takes only that one, and the edit (newer) still wins over the old content.
     let edited = store
-        .edit(ConversationId(1), MessageId(1001), UserId(1), "edited")
+        .edit(ConversationId(1), MessageId(1001), "edited")
         .unwrap();
     expected.insert((1, 1001), "edited".to_string());
     write(&store, &mut expected, 41_000..42_000);

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use chatstore::fs::fault::{CrashMode, FaultFs};
 use chatstore::{
-    ChatOptions, ChatStore, CommitLog, ConversationId, Durability, Error as StoreError, Message,
-    MessageId, NewMessage, Options, Unread, UserId,
+    ChatError, ChatOptions, ChatStore, CommitLog, ConversationId, Durability, Error as StoreError,
+    Message, MessageId, NewMessage, Options, Unread, UserId,
 };
 use chatstore_cluster::testing::NatsCluster;
 use chatstore_cluster::{
@@ -115,11 +115,13 @@ fn random_op(rng: &mut StdRng, chat: &ChatStore, convs: &[ConversationId], n: u6
     let last = chat.store().last_id(conv).0;
     let result = match rng.gen_range(0..12) {
         0..=5 => {
-            let mut m = NewMessage::text(user, &format!("m{n} {}", "x".repeat(n as usize % 70)));
+            let m = NewMessage::text(user, &format!("m{n} {}", "x".repeat(n as usize % 70)));
             if rng.gen_ratio(1, 4) {
-                m = m.with_client_key(format!("k{}", rng.gen_range(0..10)));
+                let key = format!("k{}", rng.gen_range(0..10));
+                chat.send_with_key(conv, m, key).map(|_| ())
+            } else {
+                chat.send(conv, m).map(|_| ())
             }
-            chat.send(conv, m).map(|_| ())
         }
         6 | 7 if last > 0 => chat
             .mark_read(user, conv, MessageId(rng.gen_range(1..=last)))
@@ -142,8 +144,8 @@ fn random_op(rng: &mut StdRng, chat: &ChatStore, convs: &[ConversationId], n: u6
     };
     match result {
         Ok(())
-        | Err(StoreError::NotAMember { .. })
-        | Err(StoreError::NotTheSender { .. })
+        | Err(StoreError::Chat(ChatError::NotAMember { .. }))
+        | Err(StoreError::Chat(ChatError::NotTheSender { .. }))
         | Err(StoreError::InvalidArgument(_))
         | Err(StoreError::IdOutOfRange { .. }) => {}
         Err(e) => panic!("operation {n}: {e}"),

@@ -25,8 +25,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use chatstore::{
-    CompactionPolicy, Compression, ConversationId, Durability, Error, Message, MessageId,
-    MessageKind, NewMessage, Options, Store, UserId,
+    ChatError, CompactionPolicy, Compression, ConversationId, Durability, Error, Message,
+    MessageId, MessageKind, NewMessage, Options, Store, UserId,
 };
 
 /// Most operations one input runs.
@@ -224,17 +224,15 @@ enum Expect {
     Empty,
     TooLarge,
     OutOfRange,
-    NotSender,
     Invalid,
 }
 
 /// The documented bad-input errors; `None` for anything else (always a finding).
 fn classify(e: &Error) -> Option<Expect> {
     match e {
-        Error::EmptyMessage => Some(Expect::Empty),
+        Error::Chat(ChatError::EmptyMessage) => Some(Expect::Empty),
         Error::MessageTooLarge { .. } => Some(Expect::TooLarge),
         Error::IdOutOfRange { .. } => Some(Expect::OutOfRange),
-        Error::NotTheSender { .. } => Some(Expect::NotSender),
         Error::InvalidArgument(_) => Some(Expect::Invalid),
         _ => None,
     }
@@ -398,7 +396,6 @@ impl Harness {
             attachment,
             reply_to,
             mentions,
-            client_key: (flags & 32 != 0).then(|| Bytes::from_static(b"ignored by Store")),
         }
     }
 
@@ -594,7 +591,6 @@ impl Harness {
                 } else {
                     match &row {
                         None => Expect::OutOfRange,
-                        Some(r) if r.sender != by => Expect::NotSender,
                         Some(r) if r.kind == MessageKind::Deleted => Expect::Invalid,
                         Some(_) => Expect::Ok,
                     }
@@ -612,10 +608,10 @@ impl Harness {
                     content.len()
                 ));
                 let got = if delete {
-                    self.store().delete(ConversationId(conv), MessageId(id), by)
+                    self.store().delete(ConversationId(conv), MessageId(id))
                 } else {
                     self.store()
-                        .edit(ConversationId(conv), MessageId(id), by, content.clone())
+                        .edit(ConversationId(conv), MessageId(id), content.clone())
                 };
                 if let Some(msg) = self.outcome(what, expect, also, got) {
                     let Some(row) = row else {

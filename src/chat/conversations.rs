@@ -1,9 +1,10 @@
 //! Users, conversations and membership.
 
 use super::keys::{self, read_fields};
+use super::ChatError;
 use super::{ChatStore, Conversation, ConversationKind};
-use crate::engine::Txn;
 use crate::error::{Error, Result};
+use crate::store::{ReadView, Txn};
 use crate::types::{ConversationId, UserId};
 
 const KIND_DIRECT: u64 = 1;
@@ -81,10 +82,11 @@ pub(crate) fn txn_member_link(txn: &Txn<'_>, user: UserId, conv: ConversationId)
         Some(l) if l.is_member() => Ok(l),
         _ => {
             require_conversation(txn, conv)?;
-            Err(Error::NotAMember {
+            Err(ChatError::NotAMember {
                 user,
                 conversation: conv,
-            })
+            }
+            .into())
         }
     }
 }
@@ -92,7 +94,7 @@ pub(crate) fn txn_member_link(txn: &Txn<'_>, user: UserId, conv: ConversationId)
 fn require_user(txn: &Txn<'_>, user: UserId) -> Result<()> {
     match txn.get(&keys::user(user))? {
         Some(_) => Ok(()),
-        None => Err(Error::UnknownUser(user)),
+        None => Err(ChatError::UnknownUser(user).into()),
     }
 }
 
@@ -149,7 +151,7 @@ fn new_conversation(txn: &mut Txn<'_>, kind: u64, creator: UserId) -> Result<Con
 impl ChatStore {
     /// Makes `user` known to the store. Idempotent.
     pub fn register_user(&self, user: UserId) -> Result<()> {
-        self.store.engine().transact(move |txn| {
+        self.store.transact(move |txn| {
             if txn.get(&keys::user(user))?.is_none() {
                 let now = txn.now_ms();
                 txn.put(keys::user(user), keys::fields(&[now]))?;
@@ -162,8 +164,7 @@ impl ChatStore {
     pub fn user_exists(&self, user: UserId) -> Result<bool> {
         Ok(self
             .store
-            .engine()
-            .snapshot()
+            .read_view()
             .state_get(&keys::user(user))?
             .is_some())
     }
@@ -176,16 +177,11 @@ impl ChatStore {
             ));
         }
         // Fast path without a write when it exists already.
-        if let Some(v) = self
-            .store
-            .engine()
-            .snapshot()
-            .state_get(&keys::direct(a, b))?
-        {
+        if let Some(v) = self.store.read_view().state_get(&keys::direct(a, b))? {
             let [id] = read_fields::<1>(&v).ok_or_else(|| corrupt_record("direct"))?;
             return Ok(ConversationId(id));
         }
-        self.store.engine().transact(move |txn| {
+        self.store.transact(move |txn| {
             if let Some(v) = txn.get(&keys::direct(a, b))? {
                 let [id] = read_fields::<1>(&v).ok_or_else(|| corrupt_record("direct"))?;
                 return Ok(ConversationId(id));
@@ -203,13 +199,13 @@ impl ChatStore {
     /// Creates a group of `members` (the creator is added if not listed).
     pub fn create_group(&self, creator: UserId, members: &[UserId]) -> Result<ConversationId> {
         if members.is_empty() {
-            return Err(Error::EmptyGroup);
+            return Err(ChatError::EmptyGroup.into());
         }
         let mut all: Vec<UserId> = members.to_vec();
         all.push(creator);
         all.sort_unstable();
         all.dedup();
-        self.store.engine().transact(move |txn| {
+        self.store.transact(move |txn| {
             for &u in &all {
                 require_user(txn, u)?;
             }
@@ -224,7 +220,7 @@ impl ChatStore {
     /// Adds `user` to group `conv`, on behalf of member `by`. Adding a current member is a
     /// no-op. The new member sees messages sent from now on.
     pub fn add_member(&self, conv: ConversationId, by: UserId, user: UserId) -> Result<()> {
-        self.store.engine().transact(move |txn| {
+        self.store.transact(move |txn| {
             let c = require_conversation(txn, conv)?;
             if c.kind != ConversationKind::Group {
                 return Err(Error::InvalidArgument(
@@ -244,7 +240,7 @@ impl ChatStore {
     /// Removes `user` from group `conv`, on behalf of member `by` (a user may remove
     /// themself: leaving). The user keeps read access to the history up to now.
     pub fn remove_member(&self, conv: ConversationId, by: UserId, user: UserId) -> Result<()> {
-        self.store.engine().transact(move |txn| {
+        self.store.transact(move |txn| {
             let c = require_conversation(txn, conv)?;
             if c.kind != ConversationKind::Group {
                 return Err(Error::InvalidArgument(
@@ -272,8 +268,7 @@ impl ChatStore {
     pub fn conversation(&self, conv: ConversationId) -> Result<Conversation> {
         match self
             .store
-            .engine()
-            .snapshot()
+            .read_view()
             .state_get(&keys::conversation(conv))?
         {
             Some(v) => decode_conversation(conv, &v),
@@ -283,7 +278,7 @@ impl ChatStore {
 
     /// Current members of `conv`, in id order.
     pub fn members(&self, conv: ConversationId) -> Result<Vec<UserId>> {
-        let snap = self.store.engine().snapshot();
+        let snap = self.store.read_view();
         if snap.state_get(&keys::conversation(conv))?.is_none() {
             return Err(Error::UnknownConversation(conv));
         }
@@ -303,7 +298,7 @@ impl ChatStore {
     /// The conversations `user` is currently a member of, in id order.
     pub fn conversations_of(&self, user: UserId) -> Result<Vec<ConversationId>> {
         Ok(self
-            .links_of(&self.store.engine().snapshot(), user)?
+            .links_of(&self.store.read_view(), user)?
             .into_iter()
             .filter(|(_, l)| l.is_member())
             .map(|(c, _)| c)
@@ -313,7 +308,7 @@ impl ChatStore {
     /// Every conversation link of `user` (current and former memberships).
     pub(crate) fn links_of(
         &self,
-        snap: &crate::engine::Snapshot<'_>,
+        snap: &ReadView<'_>,
         user: UserId,
     ) -> Result<Vec<(ConversationId, Link)>> {
         let prefix = keys::links_prefix(user);
@@ -328,10 +323,10 @@ impl ChatStore {
         Ok(out)
     }
 
-    /// `user`'s link to `conv` as of `snap`, or [`Error::NotAMember`] if they never were one.
+    /// `user`'s link to `conv` as of `snap`, or [`ChatError::NotAMember`] if they never were one.
     pub(crate) fn link_in(
         &self,
-        snap: &crate::engine::Snapshot<'_>,
+        snap: &ReadView<'_>,
         user: UserId,
         conv: ConversationId,
     ) -> Result<Link> {
@@ -341,10 +336,11 @@ impl ChatStore {
                 if snap.state_get(&keys::conversation(conv))?.is_none() {
                     return Err(Error::UnknownConversation(conv));
                 }
-                Err(Error::NotAMember {
+                Err(ChatError::NotAMember {
                     user,
                     conversation: conv,
-                })
+                }
+                .into())
             }
         }
     }

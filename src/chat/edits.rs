@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use super::conversations::{corrupt_record, txn_member_link};
 use super::keys;
+use super::ChatError;
 use super::ChatStore;
 use crate::error::{Error, Result};
 use crate::store::{edit_in, retention_ms};
@@ -30,6 +31,20 @@ pub struct Reaction {
     pub mine: bool,
 }
 
+/// Only a message's sender may edit or delete it.
+fn sent_by(m: &Message, by: UserId) -> Result<()> {
+    if m.sender == by {
+        Ok(())
+    } else {
+        Err(ChatError::NotTheSender {
+            user: by,
+            conversation: m.conversation,
+            id: m.id,
+        }
+        .into())
+    }
+}
+
 impl ChatStore {
     /// Edits message `id`; `by` must be a current member and its sender.
     /// See [`Store::edit`](crate::Store::edit) for ordering rules.
@@ -42,20 +57,20 @@ impl ChatStore {
     ) -> Result<Message> {
         let content: Bytes = content.into();
         if content.is_empty() {
-            return Err(Error::EmptyMessage);
+            return Err(ChatError::EmptyMessage.into());
         }
-        self.store.engine().check_edit(&content)?;
-        self.store.engine().transact(move |txn| {
+        self.store.check_edit(&content)?;
+        self.store.transact(move |txn| {
             txn_member_link(txn, by, conv)?;
-            edit_in(txn, conv, id, by, Some(content))
+            edit_in(txn, conv, id, Some(content), |m| sent_by(m, by))
         })
     }
 
     /// Deletes message `id` for everyone; `by` must be a current member and its sender.
     pub fn delete(&self, conv: ConversationId, id: MessageId, by: UserId) -> Result<Message> {
-        self.store.engine().transact(move |txn| {
+        self.store.transact(move |txn| {
             txn_member_link(txn, by, conv)?;
-            edit_in(txn, conv, id, by, None)
+            edit_in(txn, conv, id, None, |m| sent_by(m, by))
         })
     }
 
@@ -74,7 +89,7 @@ impl ChatStore {
             )));
         }
         let emoji = Bytes::copy_from_slice(emoji.as_bytes());
-        self.store.engine().transact(move |txn| {
+        self.store.transact(move |txn| {
             let link = txn_member_link(txn, user, conv)?;
             let visible = id.0 > link.joined_after
                 && txn
@@ -93,7 +108,7 @@ impl ChatStore {
 
     /// Removes `user`'s reaction to message `id` (a no-op if there is none).
     pub fn unreact(&self, conv: ConversationId, id: MessageId, user: UserId) -> Result<()> {
-        self.store.engine().transact(move |txn| {
+        self.store.transact(move |txn| {
             txn_member_link(txn, user, conv)?;
             txn.delete(keys::reaction(conv, id, user))
         })
@@ -108,7 +123,7 @@ impl ChatStore {
         lo: MessageId,
         hi: MessageId,
     ) -> Result<BTreeMap<MessageId, Vec<Reaction>>> {
-        let snap = self.store.engine().snapshot();
+        let snap = self.store.read_view();
         self.link_in(&snap, reader, conv)?;
         let prefix = keys::reactions_prefix(conv);
         let from = keys::reaction(conv, lo, UserId(0));
@@ -148,7 +163,7 @@ impl ChatStore {
         ttl: Option<Duration>,
     ) -> Result<()> {
         let ms = retention_ms(ttl)?;
-        self.store.engine().transact(move |txn| {
+        self.store.transact(move |txn| {
             txn_member_link(txn, by, conv)?;
             txn.set_ttl(conv, ms)
         })

@@ -48,7 +48,7 @@ impl ChatStore {
         limit: usize,
         cursor: Option<InboxCursor>,
     ) -> Result<InboxPage> {
-        let snap = self.store.engine().snapshot();
+        let snap = self.store.read_view();
         let mut rows: Vec<InboxEntry> = Vec::new();
         for (conv, link) in self.links_of(&snap, user)? {
             if !link.is_member() {

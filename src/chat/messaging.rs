@@ -2,8 +2,11 @@
 
 use super::conversations::{corrupt_record, txn_member_link};
 use super::keys::{self, read_fields};
+use super::ChatError;
 use super::ChatStore;
 use crate::error::{Error, Result};
+use bytes::Bytes;
+
 use crate::types::{ConversationId, Message, MessageId, NewMessage, UserId};
 
 /// Longest client key accepted for idempotent sends.
@@ -13,7 +16,7 @@ pub const MAX_CLIENT_KEY: usize = 128;
 // state key.
 const _: () = assert!(1 + 8 + 8 + MAX_CLIENT_KEY <= crate::format::state_block::MAX_KEY_LEN);
 
-/// What [`ChatStore::send_detailed`] did.
+/// What [`ChatStore::send_with_key`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct SendOutcome {
@@ -32,39 +35,50 @@ impl ChatStore {
     /// Sends a message to `conv` as `message.sender`, who must be a current member.
     ///
     /// In one atomic commit: the message takes the conversation's next id, the sender's read
-    /// and delivered cursors move to it, mentioned members get an unread-mention record and,
-    /// if the message carries a client key, the key is remembered. A retry with the same
-    /// (conversation, sender, key) within [`ChatOptions::idempotency_window`] returns the
-    /// original message and appends nothing, also after a restart.
-    ///
-    /// [`ChatOptions::idempotency_window`]: super::ChatOptions::idempotency_window
+    /// and delivered cursors move to it, and mentioned members get an unread-mention record.
+    /// A client that may retry (a lost acknowledgement) sends with
+    /// [`send_with_key`](Self::send_with_key) instead.
     pub fn send(&self, conv: ConversationId, message: NewMessage) -> Result<Message> {
-        self.send_detailed(conv, message).map(|s| s.message)
+        self.send_checked(conv, message, None).map(|s| s.message)
     }
 
-    /// [`ChatStore::send`], also telling whether the message was a retry of an earlier send
-    /// (same client key) that appended nothing: a server then skips pushing it again.
-    pub fn send_detailed(&self, conv: ConversationId, message: NewMessage) -> Result<SendOutcome> {
-        // A chat rule, not a storage one: the raw store keeps empty messages.
-        if message.content.is_empty() && message.attachment.is_none() {
-            return Err(Error::EmptyMessage);
-        }
-        crate::store::check_appends(self.store.engine(), [(conv, &message)])?;
-        if message
-            .client_key
-            .as_ref()
-            .is_some_and(|k| k.is_empty() || k.len() > MAX_CLIENT_KEY)
-        {
+    /// [`send`](Self::send), idempotent by `client_key` (1 to [`MAX_CLIENT_KEY`] bytes, chosen
+    /// by the client per message): the key is remembered in the same commit, and a retry with
+    /// the same (conversation, sender, key) within [`ChatOptions::idempotency_window`] returns
+    /// the original message with `duplicate` set and appends nothing, also after a restart.
+    ///
+    /// [`ChatOptions::idempotency_window`]: super::ChatOptions::idempotency_window
+    pub fn send_with_key(
+        &self,
+        conv: ConversationId,
+        message: NewMessage,
+        client_key: impl Into<Bytes>,
+    ) -> Result<SendOutcome> {
+        let key = client_key.into();
+        if key.is_empty() || key.len() > MAX_CLIENT_KEY {
             return Err(Error::InvalidArgument(format!(
                 "client key must be 1 to {MAX_CLIENT_KEY} bytes"
             )));
         }
+        self.send_checked(conv, message, Some(key))
+    }
+
+    fn send_checked(
+        &self,
+        conv: ConversationId,
+        message: NewMessage,
+        client_key: Option<Bytes>,
+    ) -> Result<SendOutcome> {
+        // A chat rule, not a storage one: the raw store keeps empty messages.
+        if message.content.is_empty() && message.attachment.is_none() {
+            return Err(ChatError::EmptyMessage.into());
+        }
+        self.store.check_append(conv, &message)?;
         let window_ms = self.opts.idempotency_window.as_millis() as u64;
-        let sent = self.store.engine().transact(move |txn| {
+        let sent = self.store.transact(move |txn| {
             let sender = message.sender;
             let mut link = txn_member_link(txn, sender, conv)?;
-            let idem_key = message
-                .client_key
+            let idem_key = client_key
                 .as_ref()
                 .map(|k| keys::idempotency(conv, sender, k));
             if let Some(k) = &idem_key {
@@ -118,10 +132,10 @@ impl ChatStore {
 
     /// Whether `user` is a current member of `conv` (one lookup).
     pub fn is_member(&self, user: UserId, conv: ConversationId) -> Result<bool> {
-        let snap = self.store.engine().snapshot();
+        let snap = self.store.read_view();
         match self.link_in(&snap, user, conv) {
             Ok(link) => Ok(link.is_member()),
-            Err(Error::NotAMember { .. }) => Ok(false),
+            Err(Error::Chat(ChatError::NotAMember { .. })) => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -133,7 +147,7 @@ impl ChatStore {
         conv: ConversationId,
         range: impl FnOnce(u64, u64) -> Result<(u64, u64)>,
     ) -> Result<Vec<Message>> {
-        let snap = self.store.engine().snapshot();
+        let snap = self.store.read_view();
         let link = self.link_in(&snap, user, conv)?;
         let first = link.joined_after + 1;
         let last = link.visible_last(snap.last_id(conv));

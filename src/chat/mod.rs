@@ -6,6 +6,12 @@
 //! the number of users or conversations. Each operation is one engine transaction: a send
 //! appends the message and moves the sender's read cursor in one WAL record.
 //!
+//! The model uses the engine only through a narrow, crate-internal surface of
+//! [`Store`](crate::Store) (one transaction per operation, consistent read views, the append
+//! checks); the raw store enforces no chat rule. The model's own rules and refusals live here:
+//! membership, authorship of edits, non-empty messages, idempotency keys
+//! ([`ChatStore::send_with_key`]), and [`ChatError`] (inside [`Error::Chat`](crate::Error::Chat)).
+//!
 //! Rules worth knowing:
 //! - A member sees the messages sent while they are a member: from the one after the last id
 //!   at the time they joined (group creators and initial members see everything) up to the
@@ -17,6 +23,7 @@
 
 mod conversations;
 mod edits;
+mod error;
 mod inbox;
 pub(crate) mod keys;
 mod messaging;
@@ -27,6 +34,7 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use edits::Reaction;
+pub use error::ChatError;
 pub use inbox::{InboxCursor, InboxEntry, InboxPage};
 pub use messaging::SendOutcome;
 pub use receipts::{Cursors, MessageReceipts, ReceiptState};
@@ -125,7 +133,7 @@ impl ChatStore {
 impl ChatStore {
     /// Records when `user` was last seen (ms since the Unix epoch). Never moves backwards.
     pub fn set_last_seen(&self, user: UserId, ms: u64) -> Result<()> {
-        self.store.engine().transact(move |txn| {
+        self.store.transact(move |txn| {
             let key = keys::presence(user);
             let prev = match txn.get(&key)? {
                 Some(v) => keys::read_fields::<1>(&v).map_or(0, |[x]| x),
@@ -140,11 +148,7 @@ impl ChatStore {
 
     /// When `user` was last seen, if ever recorded.
     pub fn last_seen(&self, user: UserId) -> Result<Option<u64>> {
-        let v = self
-            .store
-            .engine()
-            .snapshot()
-            .state_get(&keys::presence(user))?;
+        let v = self.store.read_view().state_get(&keys::presence(user))?;
         Ok(v.and_then(|v| keys::read_fields::<1>(&v)).map(|[x]| x))
     }
 }

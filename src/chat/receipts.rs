@@ -53,7 +53,7 @@ enum Mark {
 
 impl ChatStore {
     fn mark(&self, user: UserId, conv: ConversationId, id: MessageId, mark: Mark) -> Result<bool> {
-        self.store.engine().transact(move |txn| {
+        self.store.transact(move |txn| {
             let mut link = txn_member_link(txn, user, conv)?;
             let last = txn.last_id(conv);
             if id.0 > last {
@@ -99,7 +99,7 @@ impl ChatStore {
 
     /// `user`'s cursors in `conv`.
     pub fn cursors(&self, user: UserId, conv: ConversationId) -> Result<Cursors> {
-        let link = self.link_in(&self.store.engine().snapshot(), user, conv)?;
+        let link = self.link_in(&self.store.read_view(), user, conv)?;
         Ok(Cursors {
             delivered: MessageId(link.delivered),
             read: MessageId(link.read),
@@ -108,7 +108,7 @@ impl ChatStore {
 
     /// Who has message `id` of `conv` delivered and read. Costs one cursor lookup per member.
     pub fn receipts(&self, conv: ConversationId, id: MessageId) -> Result<MessageReceipts> {
-        let snap = self.store.engine().snapshot();
+        let snap = self.store.read_view();
         let Some(msg) = snap.read_range(conv, id.0, id.0)?.pop() else {
             return Err(Error::IdOutOfRange {
                 conversation: conv,

@@ -3,6 +3,7 @@
 use super::keys;
 use super::ChatStore;
 use crate::error::Result;
+use crate::store::ReadView;
 use crate::types::{ConversationId, Message, MessageId, UserId};
 
 /// One conversation with unread messages.
@@ -26,10 +27,10 @@ impl ChatStore {
     /// counts, unread mentions and the first unread id. One consistent snapshot; the cost is
     /// one cursor scan plus one last-id lookup per conversation of the user.
     pub fn unread(&self, user: UserId) -> Result<Vec<Unread>> {
-        self.unread_in(&self.store.engine().snapshot(), user)
+        self.unread_in(&self.store.read_view(), user)
     }
 
-    fn unread_in(&self, snap: &crate::engine::Snapshot<'_>, user: UserId) -> Result<Vec<Unread>> {
+    fn unread_in(&self, snap: &ReadView<'_>, user: UserId) -> Result<Vec<Unread>> {
         let mut out = Vec::new();
         for (conv, link) in self.links_of(snap, user)? {
             if !link.is_member() {
@@ -61,7 +62,7 @@ impl ChatStore {
         user: UserId,
         per_conversation: usize,
     ) -> Result<Vec<(Unread, Vec<Message>)>> {
-        let snap = self.store.engine().snapshot();
+        let snap = self.store.read_view();
         let mut out = Vec::new();
         for u in self.unread_in(&snap, user)? {
             let hi = u.last_id.0.min(

@@ -29,7 +29,7 @@ impl Engine {
         }
         files::create_dir_durably(&*self.fs, dest)?;
         // Lock order as everywhere: compaction, then manifest.
-        let _no_compaction = self.compaction.lock();
+        let _no_compaction = self.compactor.pause();
         let manifest = self.versions.manifest();
         let names = self
             .fs

@@ -10,12 +10,12 @@
 //! so under load one fsync serves many writers, and closures are serialized without a lock
 //! held across the fsync.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use rustc_hash::FxHashMap;
 
 use super::files;
@@ -39,12 +39,66 @@ type Job = Box<dyn FnOnce(&mut Txn<'_>) -> Result<()> + Send>;
 
 /// Writers waiting for a leader, and outcomes waiting for their writers.
 #[derive(Default)]
-pub(crate) struct WriteQueue {
+struct WriteQueue {
     pending: Vec<(u64, Job)>,
     /// Each finished transaction's outcome: the messages it appended, once committed.
     done: FxHashMap<u64, Result<Vec<Message>>>,
     next_ticket: u64,
     leader_active: bool,
+}
+
+/// The write path's state: the queue of writers, the leader's scratch, the WAL being
+/// appended to, and the last log sequence number applied. Only this module reads or changes
+/// it; the rest of the engine calls [`Engine::transact`], [`Engine::sync`],
+/// [`Engine::freeze_active`] and the accessors below.
+pub(super) struct Committer {
+    /// Writers waiting to be committed by a leader.
+    queue: Mutex<WriteQueue>,
+    queue_cv: Condvar,
+    /// Held by the write leader for a whole group commit (and by a memtable switch).
+    leader: Mutex<LeaderScratch>,
+    /// The WAL file being appended to. Lock order: `leader` before `wal`.
+    wal: Mutex<LogWriter>,
+    /// How many bytes of the current WAL file are durable (kept by the `LogWriter`).
+    wal_synced: Arc<AtomicU64>,
+    /// The log sequence number of the last commit record applied (visible); only the write
+    /// leader advances it.
+    last_lsn: AtomicU64,
+}
+
+impl Committer {
+    /// The write path of a store recovered up to `last_lsn`, appending to `wal`.
+    pub(super) fn new(wal: LogWriter, wal_synced: Arc<AtomicU64>, last_lsn: u64) -> Self {
+        Committer {
+            queue: Mutex::new(WriteQueue::default()),
+            queue_cv: Condvar::new(),
+            leader: Mutex::new(LeaderScratch::default()),
+            wal: Mutex::new(wal),
+            wal_synced,
+            last_lsn: AtomicU64::new(last_lsn),
+        }
+    }
+
+    /// The log sequence number of the last commit record applied.
+    pub(super) fn last_lsn(&self) -> u64 {
+        self.last_lsn.load(Ordering::Acquire)
+    }
+
+    /// Bytes in the current WAL file.
+    pub(super) fn wal_len(&self) -> u64 {
+        self.wal.lock().len()
+    }
+
+    /// Wakes writers waiting in the queue (after a poison or a shutdown, so they see it).
+    pub(super) fn wake_writers(&self) {
+        let _q = self.queue.lock();
+        self.queue_cv.notify_all();
+    }
+
+    /// Fsyncs the WAL; `Ok(true)` if there was anything to sync.
+    fn sync_wal(&self) -> Result<bool> {
+        self.wal.lock().sync()
+    }
 }
 
 /// Slots of the leader's last-id cache (16 bytes each).
@@ -89,7 +143,7 @@ impl LastIds {
 
 /// Buffers the leader reuses from group to group.
 #[derive(Default)]
-pub(crate) struct LeaderScratch {
+struct LeaderScratch {
     frame: Vec<u8>,
     /// Last id assigned in this group per conversation.
     ids: FxHashMap<ConversationId, u64>,
@@ -391,7 +445,7 @@ impl Engine {
             *out.lock() = Some(v);
             Ok(())
         });
-        let mut q = self.queue.lock();
+        let mut q = self.committer.queue.lock();
         let ticket = q.next_ticket;
         q.next_ticket += 1;
         q.pending.push((ticket, job));
@@ -404,13 +458,13 @@ impl Engine {
                 let group = std::mem::take(&mut q.pending);
                 drop(q);
                 let outcomes = self.commit_group_guarded(group);
-                q = self.queue.lock();
+                q = self.committer.queue.lock();
                 q.done.extend(outcomes);
                 q.leader_active = false;
-                self.queue_cv.notify_all();
+                self.committer.queue_cv.notify_all();
                 continue;
             }
-            self.queue_cv.wait(&mut q);
+            self.committer.queue_cv.wait(&mut q);
         };
         drop(q);
         let messages = outcome?;
@@ -445,7 +499,7 @@ impl Engine {
 
     /// Commits one group as leader.
     fn commit_group(&self, group: Vec<(u64, Job)>) -> Vec<(u64, Result<Vec<Message>>)> {
-        let mut scratch = self.leader.lock();
+        let mut scratch = self.committer.leader.lock();
         let scratch = &mut *scratch;
         if let Err(e) = self.check_writable() {
             return group
@@ -458,7 +512,7 @@ impl Engine {
         scratch.frame.clear();
         scratch.ids.clear();
         scratch.state.clear();
-        let mut lsn = self.last_lsn.load(Ordering::Acquire);
+        let mut lsn = self.committer.last_lsn.load(Ordering::Acquire);
         // Where each record's body lies in the frame, for the commit log.
         let mut bodies: Vec<(u64, std::ops::Range<usize>)> = Vec::new();
         let mut outcomes: Vec<(u64, Result<Vec<Message>>)> = Vec::with_capacity(group.len());
@@ -488,7 +542,7 @@ impl Engine {
             if result.is_ok() && !(txn_messages.is_empty() && txn_state.is_empty()) {
                 // Bytes of the log known durable now (possibly fewer: never more): recovery
                 // tells damage from a torn tail by them.
-                let synced_through = self.wal_synced.load(Ordering::Acquire);
+                let synced_through = self.committer.wal_synced.load(Ordering::Acquire);
                 let start = wal::begin_record(&mut scratch.frame, synced_through, lsn + 1);
                 let body_start = start + wal::record_overhead(synced_through, lsn + 1);
                 let encoded = batch::encode(&mut scratch.frame, &txn_messages, &txn_state)
@@ -557,7 +611,7 @@ impl Engine {
             .flatten();
         let appended = messages.clone().count();
         version.active.apply(messages, &state, lsn);
-        self.last_lsn.store(lsn, Ordering::Release);
+        self.committer.last_lsn.store(lsn, Ordering::Release);
         for (&conv, &last) in &scratch.ids {
             scratch.last_ids.set(conv, last);
         }
@@ -578,7 +632,7 @@ impl Engine {
     }
 
     fn write_wal(&self, frame: &[u8]) -> Result<()> {
-        let mut wal = self.wal.lock();
+        let mut wal = self.committer.wal.lock();
         wal.append(frame)?;
         self.counters
             .wal_bytes_written
@@ -609,10 +663,10 @@ impl Engine {
     /// Freezes the active memtable and starts a new one with a new WAL file, first waiting
     /// (not failing) while too many frozen memtables wait for flush.
     /// REQUIRES: the caller holds the leader lock (passes its scratch as proof).
-    pub(crate) fn freeze(&self, _leader: &mut LeaderScratch) -> Result<()> {
+    fn freeze(&self, _leader: &mut LeaderScratch) -> Result<()> {
         let mut stalled: Option<Instant> = None;
         {
-            let mut g = self.bg.lock();
+            let mut g = self.lifecycle.lock();
             // Memory: wait as long as it takes (a failed flush poisons the store and ends it).
             // Level 0: wait up to L0_STALL_MAX per switch, a slowdown that gives compaction
             // time without ever stopping writes on a compaction that keeps failing.
@@ -623,8 +677,9 @@ impl Engine {
                 }
                 self.check_writable()?;
                 stalled.get_or_insert_with(Instant::now);
-                self.bg_cv.notify_all();
-                self.bg_cv.wait_for(&mut g, Duration::from_millis(100));
+                // The flush and compaction threads wait on the same signal: wake them.
+                g.notify_all();
+                g.wait(Some(Duration::from_millis(100)));
             }
         }
         if let Some(t) = stalled {
@@ -635,14 +690,14 @@ impl Engine {
         }
         let number = self.versions.new_file_number();
         let path = files::wal_path(&self.dir, number);
-        let mut wal = self.wal.lock();
+        let mut wal = self.committer.wal.lock();
         // The old log must be complete on disk before a newer one exists: recovery treats a
         // torn tail anywhere but in the newest log as corruption.
         if wal.sync()? {
             self.counters.wal_syncs.fetch_add(1, Ordering::Relaxed);
         }
-        let created =
-            LogWriter::create(&*self.fs, &path, Arc::clone(&self.wal_synced)).and_then(|w| {
+        let created = LogWriter::create(&*self.fs, &path, Arc::clone(&self.committer.wal_synced))
+            .and_then(|w| {
                 self.fs
                     .sync_dir(&self.dir)
                     .map_err(|e| Error::io(&self.dir, e))?;
@@ -661,9 +716,37 @@ impl Engine {
         drop(wal);
         self.versions
             .switch_memtable(Memtable::new(number, &self.memtables_held));
-        let _g = self.bg.lock();
-        self.bg_cv.notify_all();
+        self.lifecycle.notify();
         Ok(())
+    }
+
+    /// Freezes the active memtable if it holds anything (a flush asked for by the user).
+    /// A failed switch poisons the store, as on the write path: a half-switched WAL must not
+    /// take more writes.
+    pub(super) fn freeze_active(&self) -> Result<()> {
+        let mut scratch = self.committer.leader.lock();
+        if self.current().active.is_empty() {
+            return Ok(());
+        }
+        self.freeze(&mut scratch).inspect_err(|e| {
+            self.set_poison(format!("memtable switch failed: {e}"));
+        })
+    }
+
+    /// Fsyncs the WAL. A failure poisons the store: after a failed fsync the kernel may have
+    /// dropped the dirty pages, so a later successful fsync proves nothing about them.
+    pub(crate) fn sync(&self) -> Result<()> {
+        match self.committer.sync_wal() {
+            Ok(true) => {
+                self.counters.wal_syncs.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Ok(false) => Ok(()),
+            Err(e) => {
+                self.set_poison(format!("WAL sync failed: {e}"));
+                Err(e)
+            }
+        }
     }
 }
 

@@ -27,20 +27,18 @@ pub(super) fn run(engine: &Arc<Engine>) {
     let mut last_sync = Instant::now();
     loop {
         let job = {
-            let mut g = engine.bg.lock();
+            let mut g = engine.lifecycle.lock();
             loop {
-                if engine.is_shut_down() || engine.poison.lock().is_some() {
+                if engine.lifecycle.should_stop() {
                     return;
                 }
                 if let Some(m) = engine.current().frozen.first() {
                     break Some(Arc::clone(m));
                 }
                 match sync_every.map(|every| sync_wait(every, last_sync.elapsed())) {
-                    Some(Some(wait)) => {
-                        engine.bg_cv.wait_for(&mut g, wait);
-                    }
+                    Some(Some(wait)) => g.wait(Some(wait)),
                     Some(None) => break None,
-                    None => engine.bg_cv.wait(&mut g),
+                    None => g.wait(None),
                 }
             }
         };
@@ -57,8 +55,7 @@ pub(super) fn run(engine: &Arc<Engine>) {
                 engine.set_poison(format!("flush failed: {e}"));
                 return;
             }
-            let _g = engine.bg.lock();
-            engine.bg_cv.notify_all();
+            engine.lifecycle.notify();
         }
     }
 }
@@ -156,6 +153,26 @@ const RETRAIN_EVERY: u64 = 16;
 /// Sample blocks a dictionary is trained on.
 const SAMPLE_BLOCKS: usize = 128;
 
+/// The zstd dictionary new segments are compressed with: trained by flushes (only this
+/// module replaces it), used by compaction.
+pub(super) struct SharedDictionary(parking_lot::Mutex<Option<Arc<bytes::Bytes>>>);
+
+impl SharedDictionary {
+    /// Starts with `dictionary` (the newest segment's, carried on until a flush retrains one).
+    pub(super) fn new(dictionary: Option<Arc<bytes::Bytes>>) -> Self {
+        SharedDictionary(parking_lot::Mutex::new(dictionary))
+    }
+
+    /// The dictionary in force.
+    pub(super) fn current(&self) -> Option<Arc<bytes::Bytes>> {
+        self.0.lock().clone()
+    }
+
+    fn replace(&self, dictionary: Arc<bytes::Bytes>) {
+        *self.0.lock() = Some(dictionary);
+    }
+}
+
 impl Engine {
     /// The dictionary the next flush uses: the current one, retrained from `runs` now and then
     /// (and whenever there is none yet and `runs` hold enough data to learn from).
@@ -168,7 +185,7 @@ impl Engine {
             return None;
         }
         let flushes = self.counters.flushes.load(Ordering::Relaxed);
-        let current = self.dictionary.lock().clone();
+        let current = self.dictionary.current();
         if current.is_some() && !flushes.is_multiple_of(RETRAIN_EVERY) {
             return current;
         }
@@ -198,7 +215,7 @@ impl Engine {
         match crate::format::dictionary::train(&samples, max) {
             Some(d) => {
                 let d = Arc::new(bytes::Bytes::from(d));
-                *self.dictionary.lock() = Some(Arc::clone(&d));
+                self.dictionary.replace(Arc::clone(&d));
                 Some(d)
             }
             None => current,

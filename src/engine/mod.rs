@@ -19,19 +19,21 @@ mod version;
 mod version_set;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 
 pub use background::ABORT_ON_PANIC_VAR;
 pub(crate) use commit::Txn;
 pub use stats::Stats;
 pub use verify::{Problem, VerifyReport};
 
+use self::background::Lifecycle;
 use self::block_cache::BlockCache;
-use self::commit::WriteQueue;
-use self::log_writer::LogWriter;
+use self::commit::Committer;
+use self::compaction::Compactor;
+use self::flush::SharedDictionary;
 use self::stats::Counters;
 use self::version::Version;
 use self::version_set::VersionSet;
@@ -46,31 +48,19 @@ pub(crate) struct Engine {
     dir: PathBuf,
     opts: Options,
     fs: Arc<dyn FileSystem>,
-    /// Writers waiting to be committed by a leader.
-    queue: Mutex<WriteQueue>,
-    queue_cv: Condvar,
-    /// Held by the write leader for a whole group commit (and by freeze).
-    leader: Mutex<commit::LeaderScratch>,
-    /// The WAL file being appended to. Lock order: `leader` before `wal`.
-    wal: Mutex<LogWriter>,
-    /// How many bytes of the current WAL file are durable (kept by the `LogWriter`).
-    wal_synced: Arc<AtomicU64>,
-    /// The manifest, the current version and the file numbers.
+    /// The write path: queue, leader, WAL, log sequence numbers (`commit.rs`).
+    committer: Committer,
+    /// The manifest, the current version and the file numbers (`version_set.rs`).
     versions: VersionSet,
-    /// The log sequence number of the last commit record applied (visible); only the write
-    /// leader advances it.
-    last_lsn: AtomicU64,
-    /// Signals for the background thread (work to do, shutdown) and for writers waiting on it.
-    bg: Mutex<()>,
-    bg_cv: Condvar,
-    shutdown: AtomicBool,
-    /// Set after a failed WAL write or flush: the store refuses writes from then on.
-    poison: Mutex<Option<String>>,
+    /// Shutdown, poison, and the signal background threads and stalled writers wait on
+    /// (`background.rs`).
+    lifecycle: Lifecycle,
+    /// Compaction's lock and the picker's positions (`compaction/`).
+    compactor: Compactor,
     /// The zstd dictionary new segments are compressed with (trained by flushes).
-    dictionary: Mutex<Option<Arc<bytes::Bytes>>>,
-    /// Held while a compaction runs; holds the picker's round-robin positions.
-    compaction: Mutex<compaction::picker::Cursors>,
+    dictionary: SharedDictionary,
     cache: BlockCache,
+    /// Statistics every component adds to (atomic counters, no other state).
     counters: Counters,
     /// Bytes of every memtable still in memory (see [`Stats::memtable_bytes_held`]).
     memtables_held: Arc<AtomicU64>,
@@ -134,15 +124,11 @@ impl Engine {
         ran
     }
 
-    /// Asks the background thread to stop and syncs the WAL.
+    /// Asks the background threads to stop and syncs the WAL.
     pub(crate) fn shutdown(&self) -> Result<()> {
-        self.shutdown.store(true, Ordering::Release);
-        {
-            let _g = self.bg.lock();
-            self.bg_cv.notify_all();
-        }
-        self.queue_cv.notify_all();
-        self.wal.lock().sync().map(|_| ())
+        self.lifecycle.shut_down();
+        self.committer.wake_writers();
+        self.sync()
     }
 
     /// Lets another store open the directory. REQUIRES: shut down, background threads joined.
@@ -151,7 +137,7 @@ impl Engine {
     }
 
     pub(crate) fn is_shut_down(&self) -> bool {
-        self.shutdown.load(Ordering::Acquire)
+        self.lifecycle.is_shut_down()
     }
 
     /// The current version.
@@ -166,20 +152,14 @@ impl Engine {
         if self.opts.read_only {
             return Err(Error::ReadOnly);
         }
-        match &*self.poison.lock() {
-            Some(why) => Err(Error::Poisoned(why.clone())),
+        match self.lifecycle.poisoned() {
+            Some(why) => Err(Error::Poisoned(why)),
             None => Ok(()),
         }
     }
 
     fn set_poison(&self, why: String) {
-        let mut p = self.poison.lock();
-        if p.is_none() {
-            *p = Some(why);
-        }
-        drop(p);
-        let _g = self.bg.lock();
-        self.bg_cv.notify_all();
+        self.lifecycle.poison(why);
     }
 
     /// Last message id of `conv` (0 if none).
@@ -189,7 +169,7 @@ impl Engine {
 
     /// The log sequence number of the last commit record applied.
     pub(crate) fn last_lsn(&self) -> u64 {
-        self.last_lsn.load(Ordering::Acquire)
+        self.committer.last_lsn()
     }
 
     /// Messages of `conv` with ids in `lo..=hi`, oldest first, from one consistent version.
@@ -329,40 +309,14 @@ impl Engine {
     /// Freezes the active memtable and waits until every frozen memtable is in a segment.
     pub(crate) fn flush(&self) -> Result<()> {
         self.check_writable()?;
-        {
-            let mut scratch = self.leader.lock();
-            if !self.current().active.is_empty() {
-                if let Err(e) = self.freeze(&mut scratch) {
-                    // As on the write path: a half-switched WAL must not take more writes.
-                    self.set_poison(format!("memtable switch failed: {e}"));
-                    return Err(e);
-                }
-            }
-        }
-        let mut g = self.bg.lock();
+        self.freeze_active()?;
+        let mut g = self.lifecycle.lock();
         loop {
             self.check_writable()?;
             if self.current().frozen.is_empty() {
                 return Ok(());
             }
-            self.bg_cv.wait(&mut g);
-        }
-    }
-
-    /// Fsyncs the WAL.
-    pub(crate) fn sync(&self) -> Result<()> {
-        match self.wal.lock().sync() {
-            Ok(true) => {
-                self.counters.wal_syncs.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            Ok(false) => Ok(()),
-            Err(e) => {
-                // After a failed fsync the kernel may have dropped the dirty pages, so a later
-                // successful fsync proves nothing about them: stop acknowledging writes.
-                self.set_poison(format!("WAL sync failed: {e}"));
-                Err(e)
-            }
+            g.wait(None);
         }
     }
 
@@ -383,7 +337,7 @@ impl Engine {
             s.segment_messages += seg.reader.message_count();
             s.segment_logical_bytes += seg.reader.logical_bytes();
         }
-        s.wal_file_bytes = self.wal.lock().len();
+        s.wal_file_bytes = self.committer.wal_len();
         s.pending_compaction_bytes = self.pending_compaction_bytes();
         s.block_cache_hits = hits;
         s.block_cache_misses = misses;

@@ -12,15 +12,18 @@
 //! 6. Start a fresh WAL file for new writes.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 
+use super::background::Lifecycle;
 use super::block_cache::BlockCache;
-use super::commit::{LeaderScratch, WriteQueue};
+use super::commit::Committer;
+use super::compaction::Compactor;
 use super::files::{self, FileKind};
+use super::flush::SharedDictionary;
 use super::log_writer::LogWriter;
 use super::memtable::Memtable;
 use super::stats::Counters;
@@ -270,22 +273,14 @@ fn open_once(dir: PathBuf, opts: Options) -> Result<Arc<Engine>, OpenFailure> {
         .map(Arc::new);
     Ok(Arc::new(Engine {
         // The newest segment's dictionary carries on until the next flush retrains one.
-        dictionary: Mutex::new(dictionary),
-        compaction: Mutex::new(Default::default()),
+        dictionary: SharedDictionary::new(dictionary),
+        compactor: Compactor::default(),
         cache: BlockCache::new(opts.block_cache_bytes),
         dir,
         fs,
-        queue: Mutex::new(WriteQueue::default()),
-        queue_cv: Condvar::new(),
-        leader: Mutex::new(LeaderScratch::default()),
-        wal: Mutex::new(wal),
-        wal_synced,
+        committer: Committer::new(wal, wal_synced, last_lsn),
         versions,
-        last_lsn: AtomicU64::new(last_lsn),
-        bg: Mutex::new(()),
-        bg_cv: Condvar::new(),
-        shutdown: AtomicBool::new(false),
-        poison: Mutex::new(None),
+        lifecycle: Lifecycle::default(),
         counters: Counters::default(),
         memtables_held,
         lock: Mutex::new(lock),

@@ -3,7 +3,7 @@
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chatstore::Error;
+use chatstore::{ChatError, Error};
 use serde_json::json;
 
 /// An error with an HTTP status, a stable machine-readable code and a human message.
@@ -50,13 +50,13 @@ impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         let msg = e.to_string();
         match e {
-            Error::NotAMember { .. } => ApiError::forbidden(msg),
+            Error::Chat(ChatError::NotAMember { .. }) => ApiError::forbidden(msg),
             Error::UnknownConversation(_) => ApiError::not_found(msg),
-            Error::UnknownUser(_) => ApiError::not_found(msg),
+            Error::Chat(ChatError::UnknownUser(_)) => ApiError::not_found(msg),
             Error::IdOutOfRange { .. } => ApiError::new(StatusCode::BAD_REQUEST, "bad_id", msg),
-            Error::EmptyMessage | Error::EmptyGroup | Error::InvalidArgument(_) => {
-                ApiError::bad_request(msg)
-            }
+            Error::Chat(ChatError::EmptyMessage)
+            | Error::Chat(ChatError::EmptyGroup)
+            | Error::InvalidArgument(_) => ApiError::bad_request(msg),
             Error::MessageTooLarge { .. } => {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", msg)
             }

@@ -477,10 +477,10 @@ async fn add_member(
                 return Err(ApiError::bad_request("members can only be added to a group"));
             }
             if !st.store.is_member(me, conv)? {
-                return Err(chatstore::Error::NotAMember {
+                return Err(chatstore::Error::Chat(chatstore::ChatError::NotAMember {
                     user: me,
                     conversation: conv,
-                }
+                })
                 .into());
             }
         }

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use chatstore::{ConversationId, Error, Message, MessageId, UserId};
+use chatstore::{ChatError, ConversationId, Error, Message, MessageId, UserId};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use serde::{Deserialize, Serialize};
 
@@ -114,7 +114,7 @@ impl Memberships {
 fn library_range(st: &AppState, conv: ConversationId, user: UserId) -> ApiResult<Option<Range>> {
     let hi = match st.store.latest(user, conv, 1) {
         Ok(m) => m.last().map_or(0, |m| m.id.0),
-        Err(Error::NotAMember { .. }) => return Ok(None),
+        Err(Error::Chat(ChatError::NotAMember { .. })) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
     if hi == 0 {

@@ -9,7 +9,7 @@ use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, 
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use chatstore::{ConversationId, Error, MessageId, NewMessage, UserId};
+use chatstore::{ChatError, ConversationId, Error, MessageId, NewMessage, UserId};
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
@@ -352,10 +352,10 @@ async fn handle_text(
             let res = db(state, move |st| {
                 let members = st.store.members(conv)?;
                 if !members.contains(&user) {
-                    return Err(Error::NotAMember {
+                    return Err(Error::Chat(ChatError::NotAMember {
                         user,
                         conversation: conv,
-                    }
+                    })
                     .into());
                 }
                 let frame = json!({
@@ -407,19 +407,17 @@ async fn send(
     if let Some(link) = attachment {
         nm = nm.with_attachment(link.into_bytes());
     }
-    if let Some(k) = &client_key {
-        nm = nm.with_client_key(k.clone().into_bytes());
-    }
     if let Some(r) = reply_to {
         nm = nm.with_reply_to(MessageId(r));
     }
+    let key = client_key.clone().map(String::into_bytes);
     let (json, members, mid) = db(state, move |st| {
         let members = st.store.members(conv)?;
         if !members.contains(&user) {
-            return Err(Error::NotAMember {
+            return Err(Error::Chat(ChatError::NotAMember {
                 user,
                 conversation: conv,
-            }
+            })
             .into());
         }
         if let Some(r) = reply_to {
@@ -439,7 +437,10 @@ async fn send(
         }
         let m = {
             let _appending = st.memberships.appending(conv);
-            st.store.send(conv, nm)?
+            match key {
+                Some(k) => st.store.send_with_key(conv, nm, k)?.message,
+                None => st.store.send(conv, nm)?,
+            }
         };
         Ok((views::message_json(st, &m), members, m.id))
     })

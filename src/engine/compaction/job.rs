@@ -61,7 +61,7 @@ impl<'a> OutputSet<'a> {
                 .fs
                 .create(&path)
                 .map_err(|e| Error::io(&path, e))?;
-            let dict = self.engine.dictionary.lock().clone();
+            let dict = self.engine.dictionary.current();
             let w = SegmentWriter::with_dictionary(
                 file,
                 self.engine.opts.compression,

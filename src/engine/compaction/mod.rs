@@ -24,6 +24,29 @@ use crate::error::Result;
 use crate::format::manifest::SegmentRecord;
 use crate::options::CompactionPolicy;
 
+/// Compaction's own state: held while a compaction runs (one at a time), and the picker's
+/// round-robin positions. A checkpoint holds it too, so no input file vanishes while the
+/// checkpoint links it.
+#[derive(Default)]
+pub(super) struct Compactor {
+    cursors: parking_lot::Mutex<picker::Cursors>,
+}
+
+/// While held, no compaction runs.
+pub(super) struct CompactionPause<'a> {
+    _held: parking_lot::MutexGuard<'a, picker::Cursors>,
+}
+
+impl Compactor {
+    /// Waits for a running compaction to end and holds off the next one until the pause is
+    /// dropped.
+    pub(super) fn pause(&self) -> CompactionPause<'_> {
+        CompactionPause {
+            _held: self.cursors.lock(),
+        }
+    }
+}
+
 impl Engine {
     fn picker_options(&self) -> PickerOptions {
         PickerOptions {
@@ -142,7 +165,7 @@ impl Engine {
     /// `quiet`: no flush for a while, so provisional level-0 segments may be folded in (doing
     /// it during a write burst would compete with the flush for the disk and the CPU).
     pub(super) fn compact_once(&self, quiet: bool) -> Result<bool> {
-        let mut cursors = self.compaction.lock();
+        let mut cursors = self.compactor.cursors.lock();
         let mut metas = self.segment_metas();
         if !quiet {
             for m in &mut metas {
@@ -163,7 +186,7 @@ impl Engine {
     /// Flushes, then merges every segment into one sorted run.
     pub(crate) fn compact_all(&self) -> Result<()> {
         self.flush()?;
-        let _cursors = self.compaction.lock();
+        let _cursors = self.compactor.cursors.lock();
         if let Some(pick) = picker::pick_all(&self.segment_metas()) {
             self.run_pick(&pick)?;
         }
@@ -181,7 +204,7 @@ pub(super) fn run(engine: &Arc<Engine>) {
     let mut flushes_seen = engine.counters.flushes.load(Ordering::Relaxed);
     let mut last_flush = Instant::now();
     loop {
-        if engine.is_shut_down() || engine.poison.lock().is_some() {
+        if engine.lifecycle.should_stop() {
             return;
         }
         let flushes = engine.counters.flushes.load(Ordering::Relaxed);
@@ -193,8 +216,7 @@ pub(super) fn run(engine: &Arc<Engine>) {
             Ok(true) => {
                 backoff = Duration::from_millis(100);
                 // Writers may be waiting for level 0 to shrink.
-                let _g = engine.bg.lock();
-                engine.bg_cv.notify_all();
+                engine.lifecycle.notify();
                 continue;
             }
             Ok(false) => {}
@@ -211,11 +233,11 @@ pub(super) fn run(engine: &Arc<Engine>) {
                 backoff = backoff.saturating_mul(2).min(Duration::from_secs(10));
             }
         }
-        let mut g = engine.bg.lock();
+        let mut g = engine.lifecycle.lock();
         if engine.is_shut_down() {
             return;
         }
-        engine.bg_cv.wait_for(&mut g, backoff);
+        g.wait(Some(backoff));
     }
 }
 
