@@ -248,7 +248,23 @@ struct Workload<'a> {
     ctx: &'a str,
 }
 
-impl Workload<'_> {
+impl<'a> Workload<'a> {
+    fn new(
+        fs: &'a FaultFs,
+        model: &'a mut Model,
+        rng: &'a mut StdRng,
+        totals: &'a mut Totals,
+        ctx: &'a str,
+    ) -> Self {
+        Workload {
+            fs,
+            model,
+            rng,
+            totals,
+            ctx,
+        }
+    }
+
     /// Runs `ops` operations. With `cut_scheduled`, a call failing after the power went ends the
     /// run and is returned; any other failure fails the test.
     fn run(
@@ -405,14 +421,8 @@ fn sequential_run(seed: u64, untidy: bool, totals: &mut Totals) {
         assert_same(&read_all(&store, &ctx), &model, &ctx);
         append_after_reopen(&store, &mut model, &mut rng, &ctx);
         let cut_at = rng.gen_range(0..400);
-        let (store, _) = Workload {
-            fs: &fs,
-            model: &mut model,
-            rng: &mut rng,
-            totals,
-            ctx: &ctx,
-        }
-        .run(store, cut_at, false);
+        let (store, _) =
+            Workload::new(&fs, &mut model, &mut rng, totals, &ctx).run(store, cut_at, false);
         totals.add(&store);
         let mode = match (untidy, gen % 2) {
             (false, _) => CrashMode::LoseUnsynced,
@@ -503,6 +513,30 @@ fn check_with_failed_call(store: &Store, model: &Model, failed: &Interrupted, ct
     got
 }
 
+/// Ends a workload run with a power cut scheduled on `fs`: takes the image the cut left (or,
+/// if it did not strike within the work, cuts the power now in `otherwise`; with `None`, gives
+/// up), reopens the store on it and checks it against `model`, allowing the call the cut
+/// interrupted to have landed or not. Returns the image, the reopened store and the state it
+/// shows.
+fn reopen_after_cut(
+    fs: &FaultFs,
+    store: Store,
+    model: &Model,
+    failed: Option<Interrupted>,
+    otherwise: Option<CrashMode>,
+    ctx: &str,
+) -> Option<(FaultFs, Store, Model)> {
+    let image = match (fs.take_crash_image(), otherwise) {
+        (Some(image), _) => image,
+        (None, Some(mode)) => fs.power_cut_with(mode),
+        (None, None) => return None,
+    };
+    drop(store);
+    let store = open(&image, Durability::Sync, ctx);
+    let shown = check_with_failed_call(&store, model, &failed.unwrap_or_default(), ctx);
+    Some((image, store, shown))
+}
+
 /// Power cuts at exact file operations (inside a group commit, a flush, a compaction, a
 /// manifest update), where cuts between API calls rarely land.
 #[test]
@@ -530,23 +564,12 @@ fn acknowledged_sync_writes_survive_a_power_cut_at_any_file_operation() {
             } else {
                 fs.schedule_power_cut(rng.gen_range(0..60), METADATA_OPS, mode);
             }
-            let (store, failed) = Workload {
-                fs: &fs,
-                model: &mut model,
-                rng: &mut rng,
-                totals: &mut totals,
-                ctx: &ctx,
-            }
-            .run(store, 400, true);
+            let (store, failed) =
+                Workload::new(&fs, &mut model, &mut rng, &mut totals, &ctx).run(store, 400, true);
             totals.add(&store);
-            // The cut may not have come within the work: then it comes now.
-            let after = fs
-                .take_crash_image()
-                .unwrap_or_else(|| fs.power_cut_with(mode));
-            drop(store);
-            fs = after;
-            let store = open(&fs, Durability::Sync, &ctx);
-            model = check_with_failed_call(&store, &model, &failed.unwrap_or_default(), &ctx);
+            let (after, _, shown) = reopen_after_cut(&fs, store, &model, failed, Some(mode), &ctx)
+                .expect("a fallback cut leaves an image");
+            (fs, model) = (after, shown);
         }
     }
     totals.assert_exercised_flushes();
@@ -571,34 +594,25 @@ fn replayed_records_survive_a_power_cut_after_a_process_crash() {
         append_after_reopen(&store, &mut model, &mut rng, &ctx);
         // The crash: the process dies before one of its WAL syncs, the OS lives on.
         fs.schedule_power_cut(rng.gen_range(1..120), &[Op::Sync], CrashMode::KeepWritten);
-        let (store, failed) = Workload {
-            fs: &fs,
-            model: &mut model,
-            rng: &mut rng,
-            totals: &mut totals,
-            ctx: &ctx,
-        }
-        .run(store, 400, true);
-        let crashed = fs
-            .take_crash_image()
-            .unwrap_or_else(|| fs.power_cut_with(CrashMode::KeepWritten));
-        drop(store);
-        let store = open(&crashed, Durability::Sync, &ctx);
-        let shown = check_with_failed_call(&store, &model, &failed.unwrap_or_default(), &ctx);
+        let (store, failed) =
+            Workload::new(&fs, &mut model, &mut rng, &mut totals, &ctx).run(store, 400, true);
+        let (crashed, store, shown) = reopen_after_cut(
+            &fs,
+            store,
+            &model,
+            failed,
+            Some(CrashMode::KeepWritten),
+            &ctx,
+        )
+        .expect("a fallback cut leaves an image");
         if shown.values().map(Vec::len).sum::<usize>() > model.values().map(Vec::len).sum() {
             replayed_unsynced += 1;
         }
         let mut model = shown;
         append_after_reopen(&store, &mut model, &mut rng, &ctx);
         let ops = rng.gen_range(0..60);
-        let (store, _) = Workload {
-            fs: &crashed,
-            model: &mut model,
-            rng: &mut rng,
-            totals: &mut totals,
-            ctx: &ctx,
-        }
-        .run(store, ops, false);
+        let (store, _) =
+            Workload::new(&crashed, &mut model, &mut rng, &mut totals, &ctx).run(store, ops, false);
         totals.add(&store);
         let mode = if seed % 2 == 0 {
             CrashMode::LoseUnsynced
@@ -633,19 +647,10 @@ fn acknowledged_sync_writes_survive_a_power_cut_at_every_operation_of_a_short_wo
         if let Some((after, mode)) = cut {
             fs.schedule_power_cut(after, ALL_OPS, mode);
         }
-        let (store, failed) = Workload {
-            fs: &fs,
-            model: &mut model,
-            rng: &mut rng,
-            totals,
-            ctx: &ctx,
-        }
-        .run(store, CALLS, cut.is_some());
+        let (store, failed) =
+            Workload::new(&fs, &mut model, &mut rng, totals, &ctx).run(store, CALLS, cut.is_some());
         totals.add(&store);
-        let image = fs.take_crash_image()?;
-        drop(store);
-        let store = open(&image, Durability::Sync, &ctx);
-        let mut model = check_with_failed_call(&store, &model, &failed.unwrap_or_default(), &ctx);
+        let (image, store, mut model) = reopen_after_cut(&fs, store, &model, failed, None, &ctx)?;
         append_after_reopen(&store, &mut model, &mut rng, &ctx);
         Some(image)
     };
@@ -656,14 +661,8 @@ fn acknowledged_sync_writes_survive_a_power_cut_at_every_operation_of_a_short_wo
         let mut rng = StdRng::seed_from_u64(5000);
         let mut model = Model::new();
         let store = open(&probe, Durability::Sync, "probe");
-        let (store, _) = Workload {
-            fs: &probe,
-            model: &mut model,
-            rng: &mut rng,
-            totals: &mut totals,
-            ctx: "probe",
-        }
-        .run(store, CALLS, false);
+        let (store, _) = Workload::new(&probe, &mut model, &mut rng, &mut totals, "probe")
+            .run(store, CALLS, false);
         store.close().unwrap_or_else(|e| panic!("probe close: {e}"));
     }
     let total: u64 = ALL_OPS.iter().map(|&op| probe.op_count(op)).sum();
@@ -699,13 +698,7 @@ fn checkpoints_survive_a_power_cut() {
         let fs = FaultFs::new();
         let mut model = Model::new();
         let store = open(&fs, Durability::Sync, &ctx);
-        let mut work = Workload {
-            fs: &fs,
-            model: &mut model,
-            rng: &mut rng,
-            totals: &mut totals,
-            ctx: &ctx,
-        };
+        let mut work = Workload::new(&fs, &mut model, &mut rng, &mut totals, &ctx);
         let (store, _) = work.run(store, 250, false);
         store
             .checkpoint("/backup")

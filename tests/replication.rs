@@ -3,21 +3,23 @@
 //! step every store that has caught up holds the same state: the same messages (ids,
 //! timestamps, edits), cursors, unread counts and log sequence number.
 
+#[path = "common/chat_replica.rs"]
+mod chat_replica;
 #[path = "common/watchdog.rs"]
 mod watchdog;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chatstore::fs::fault::{CrashMode, FaultFs};
 use chatstore::{
-    ChatError, ChatOptions, ChatStore, CommitLog, CommitRecord, ConversationId, Durability, Error,
-    Message, MessageId, NewMessage, Options, Unread, UserId,
+    ChatOptions, ChatStore, CommitLog, CommitRecord, Durability, Error, Options, UserId,
 };
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+use chat_replica::{random_op, state, USERS};
 
 /// A replicated log in memory: the records every acknowledged commit reached, in order. Like
 /// a stream fenced by its expected last sequence, it refuses a record that does not continue
@@ -66,7 +68,6 @@ impl MemoryLog {
     }
 }
 
-const USERS: u64 = 5;
 const DIR: &str = "/replica";
 
 /// One store of the set: its file system (power cuts replace it) and the open store.
@@ -117,83 +118,6 @@ impl Node {
         self.chat = None;
         self.fs = after;
         self.open(log)
-    }
-}
-
-/// Everything a replica must agree on.
-#[derive(Debug, PartialEq)]
-struct State {
-    lsn: u64,
-    messages: BTreeMap<u64, Vec<Message>>,
-    unread: BTreeMap<u64, Vec<Unread>>,
-    read_cursors: BTreeMap<(u64, u64), u64>,
-}
-
-fn state(chat: &ChatStore, convs: &[ConversationId]) -> State {
-    let store = chat.store();
-    let mut messages = BTreeMap::new();
-    let mut read_cursors = BTreeMap::new();
-    for &c in convs {
-        messages.insert(c.0, store.latest(c, usize::MAX).unwrap());
-        for u in 1..=USERS {
-            if let Ok(cursors) = chat.cursors(UserId(u), c) {
-                read_cursors.insert((c.0, u), cursors.read.0);
-            }
-        }
-    }
-    let unread = (1..=USERS)
-        .map(|u| (u, chat.unread(UserId(u)).unwrap()))
-        .collect();
-    State {
-        lsn: store.last_lsn(),
-        messages,
-        unread,
-        read_cursors,
-    }
-}
-
-/// One random chat operation on the leader; errors a chat model gives for bad requests
-/// (not a member, not the sender...) are fine, storage errors are not.
-fn random_op(rng: &mut StdRng, chat: &ChatStore, convs: &[ConversationId], n: u64) {
-    let conv = convs[rng.gen_range(0..convs.len())];
-    let user = UserId(rng.gen_range(1..=USERS));
-    let last = chat.store().last_id(conv).0;
-    let result = match rng.gen_range(0..10) {
-        0..=5 => {
-            let m = NewMessage::text(
-                user,
-                &format!("message {n} {}", "x".repeat(n as usize % 90)),
-            );
-            if rng.gen_ratio(1, 4) {
-                let key = format!("k{}", rng.gen_range(0..20));
-                chat.send_with_key(conv, m, key).map(|_| ())
-            } else {
-                chat.send(conv, m).map(|_| ())
-            }
-        }
-        6 if last > 0 => chat
-            .mark_read(user, conv, MessageId(rng.gen_range(1..=last)))
-            .map(|_| ()),
-        7 if last > 0 => chat
-            .edit(
-                conv,
-                MessageId(rng.gen_range(1..=last)),
-                user,
-                format!("edited {n}"),
-            )
-            .map(|_| ()),
-        8 if last > 0 => chat
-            .delete(conv, MessageId(rng.gen_range(1..=last)), user)
-            .map(|_| ()),
-        _ => chat.store().flush(),
-    };
-    match result {
-        Ok(())
-        | Err(Error::Chat(ChatError::NotAMember { .. }))
-        | Err(Error::Chat(ChatError::NotTheSender { .. }))
-        | Err(Error::InvalidArgument(_))
-        | Err(Error::IdOutOfRange { .. }) => {}
-        Err(e) => panic!("operation {n}: {e}"),
     }
 }
 

@@ -3,6 +3,9 @@
 //! fencing of a deposed owner, the loss of a NATS server, and a leader that crashes and
 //! catches up from the stream.
 
+#[path = "../../tests/common/chat_replica.rs"]
+mod chat_replica;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -10,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use chatstore::fs::fault::{CrashMode, FaultFs};
 use chatstore::{
-    ChatError, ChatOptions, ChatStore, CommitLog, ConversationId, Durability, Error as StoreError,
-    Message, MessageId, NewMessage, Options, Unread, UserId,
+    ChatOptions, ChatStore, CommitLog, ConversationId, Durability, Error as StoreError, Message,
+    NewMessage, Options, UserId,
 };
 use chatstore_cluster::testing::NatsCluster;
 use chatstore_cluster::{
@@ -20,7 +23,7 @@ use chatstore_cluster::{
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-const USERS: u64 = 5;
+use chat_replica::{random_op, state, USERS};
 
 fn stream_config(prefix: &str) -> StreamConfig {
     StreamConfig {
@@ -63,38 +66,6 @@ fn open_leader(
     (chat, log)
 }
 
-/// Everything replicas must agree on.
-#[derive(Debug, PartialEq)]
-struct State {
-    lsn: u64,
-    messages: BTreeMap<u64, Vec<Message>>,
-    unread: BTreeMap<u64, Vec<Unread>>,
-    read_cursors: BTreeMap<(u64, u64), u64>,
-}
-
-fn state(chat: &ChatStore, convs: &[ConversationId]) -> State {
-    let store = chat.store();
-    let mut messages = BTreeMap::new();
-    let mut read_cursors = BTreeMap::new();
-    for &c in convs {
-        messages.insert(c.0, store.latest(c, usize::MAX).unwrap());
-        for u in 1..=USERS {
-            if let Ok(cursors) = chat.cursors(UserId(u), c) {
-                read_cursors.insert((c.0, u), cursors.read.0);
-            }
-        }
-    }
-    let unread = (1..=USERS)
-        .map(|u| (u, chat.unread(UserId(u)).unwrap()))
-        .collect();
-    State {
-        lsn: store.last_lsn(),
-        messages,
-        unread,
-        read_cursors,
-    }
-}
-
 /// Users 1..=USERS, a direct chat and a group.
 fn setup(chat: &ChatStore) -> Vec<ConversationId> {
     for u in 1..=USERS {
@@ -105,51 +76,6 @@ fn setup(chat: &ChatStore) -> Vec<ConversationId> {
         chat.create_group(UserId(1), &[UserId(2), UserId(3), UserId(4)])
             .unwrap(),
     ]
-}
-
-/// One random chat operation (messages, receipts, edits, deletes, retention, flushes);
-/// refusals the chat model gives for bad requests are fine, anything else is not.
-fn random_op(rng: &mut StdRng, chat: &ChatStore, convs: &[ConversationId], n: u64) {
-    let conv = convs[rng.gen_range(0..convs.len())];
-    let user = UserId(rng.gen_range(1..=USERS));
-    let last = chat.store().last_id(conv).0;
-    let result = match rng.gen_range(0..12) {
-        0..=5 => {
-            let m = NewMessage::text(user, &format!("m{n} {}", "x".repeat(n as usize % 70)));
-            if rng.gen_ratio(1, 4) {
-                let key = format!("k{}", rng.gen_range(0..10));
-                chat.send_with_key(conv, m, key).map(|_| ())
-            } else {
-                chat.send(conv, m).map(|_| ())
-            }
-        }
-        6 | 7 if last > 0 => chat
-            .mark_read(user, conv, MessageId(rng.gen_range(1..=last)))
-            .map(|_| ()),
-        8 if last > 0 => chat
-            .edit(
-                conv,
-                MessageId(rng.gen_range(1..=last)),
-                user,
-                format!("e{n}"),
-            )
-            .map(|_| ()),
-        9 if last > 0 => chat
-            .delete(conv, MessageId(rng.gen_range(1..=last)), user)
-            .map(|_| ()),
-        10 => chat
-            .set_retention(conv, user, Some(Duration::from_secs(3600 * 24)))
-            .map(|_| ()),
-        _ => chat.store().flush(),
-    };
-    match result {
-        Ok(())
-        | Err(StoreError::Chat(ChatError::NotAMember { .. }))
-        | Err(StoreError::Chat(ChatError::NotTheSender { .. }))
-        | Err(StoreError::InvalidArgument(_))
-        | Err(StoreError::IdOutOfRange { .. }) => {}
-        Err(e) => panic!("operation {n}: {e}"),
-    }
 }
 
 /// Sends `text` from user 1 in `conv`.
