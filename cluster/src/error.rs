@@ -34,6 +34,10 @@ pub enum Error {
         /// The first LSN the stream still holds.
         first_lsn: u64,
     },
+    /// A local file operation failed (snapshot archives, restores); the message names the
+    /// file.
+    #[error("I/O: {0}")]
+    Io(String),
     /// A bounded wait ran out.
     #[error("timed out: {0}")]
     Timeout(String),

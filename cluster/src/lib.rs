@@ -9,7 +9,9 @@
 //!   store ([`ShardStream::catch_up`]), purges below a checkpoint;
 //! - [`JetStreamCommitLog`]: the [`chatstore::CommitLog`] of the shard's owner, publishing each
 //!   record fenced by the stream's expected last sequence;
-//! - [`LeaseBucket`] / [`Lease`]: who owns a shard, in a KV bucket with a TTL.
+//! - [`LeaseBucket`] / [`Lease`]: who owns a shard, in a KV bucket with a TTL;
+//! - [`SnapshotBucket`]: shard snapshots in the object store, and
+//!   [`checkpoint_and_purge`], which keeps a shard's stream bounded.
 //!
 //! Taking a shard over:
 //!
@@ -42,6 +44,7 @@ mod error;
 mod lease;
 mod log;
 mod nats;
+mod snapshot;
 mod stream;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -50,6 +53,9 @@ pub use error::{Error, Result};
 pub use lease::{shard_key, KeepAlive, Lease, LeaseBucket, LeaseConfig};
 pub use log::JetStreamCommitLog;
 pub use nats::{Nats, NatsOptions};
+pub use snapshot::{
+    checkpoint_and_purge, snapshot_name, Snapshot, SnapshotBucket, SnapshotConfig, LSN_METADATA,
+};
 pub use stream::{CatchUp, ShardStream, StreamConfig, Tail, LSN_HEADER};
 
 /// Re-exported: the NATS client the crate is built on (its version is pinned).

@@ -18,7 +18,8 @@ use chatstore::{
 };
 use chatstore_cluster::testing::NatsCluster;
 use chatstore_cluster::{
-    shard_key, JetStreamCommitLog, Lease, LeaseBucket, LeaseConfig, Nats, ShardStream, StreamConfig,
+    checkpoint_and_purge, shard_key, JetStreamCommitLog, Lease, LeaseBucket, LeaseConfig, Nats,
+    ShardStream, SnapshotBucket, SnapshotConfig, StreamConfig,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -443,4 +444,83 @@ fn a_crashed_leader_reopens_catches_up_and_holds_what_was_acknowledged() {
     let c = chat.as_ref().unwrap();
     send(c, convs[0], "after the crashes").unwrap();
     assert!(c.store().verify().unwrap().is_ok());
+}
+
+/// The bounded log: the owner snapshots its store to the object store and purges the stream
+/// below it while writes go on; a new owner with no copy of its own restores the snapshot and
+/// replays the rest of the stream, and reaches the owner's state. A store that is neither
+/// (an empty one) is told the stream no longer holds its records.
+#[test]
+fn a_snapshot_bounds_the_stream_and_a_new_owner_restores_from_it() {
+    let nats_cluster = NatsCluster::start(3).unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
+    let nats = nats_cluster.connect("owner").unwrap();
+    let (leader, log) = open_leader(&nats, "snap", &dir.path().join("owner"), None);
+    let bucket = SnapshotBucket::open(&nats, SnapshotConfig::default()).unwrap();
+    assert_eq!(
+        bucket.latest(0).unwrap(),
+        None,
+        "a new shard has no snapshot"
+    );
+
+    let convs = setup(&leader);
+    let mut rng = StdRng::seed_from_u64(7);
+    for step in 0..150u64 {
+        random_op(&mut rng, &leader, &convs, step);
+    }
+    let scratch = dir.path().join("scratch");
+    let (snapshot, purged) =
+        checkpoint_and_purge(&bucket, log.stream(), leader.store(), &scratch).unwrap();
+    assert_eq!(
+        snapshot.lsn,
+        leader.store().last_lsn(),
+        "a quiet store's snapshot"
+    );
+    assert_eq!(
+        purged,
+        snapshot.lsn - 1,
+        "all but the snapshot's own record"
+    );
+    assert!(snapshot.bytes > 0);
+    assert_eq!(bucket.latest(0).unwrap(), Some(snapshot));
+    assert_eq!(
+        std::fs::read_dir(&scratch).unwrap().count(),
+        0,
+        "the checkpoint and its archive are removed"
+    );
+    // Writes go on past the snapshot.
+    for step in 150..250u64 {
+        random_op(&mut rng, &leader, &convs, step);
+    }
+    let tail = log.stream().tail().unwrap();
+    assert_eq!(tail.first_lsn(), snapshot.lsn);
+    assert_eq!(tail.last_lsn(), leader.store().last_lsn());
+
+    // Another node: no copy of its own, so the snapshot, then the stream from its LSN.
+    let other = nats_cluster.connect("new-owner").unwrap();
+    let other_bucket = SnapshotBucket::open(&other, SnapshotConfig::default()).unwrap();
+    let restored_dir = dir.path().join("new-owner");
+    let restored = other_bucket
+        .restore(0, &restored_dir, &dir.path().join("scratch2"))
+        .unwrap()
+        .expect("the shard has a snapshot");
+    assert_eq!(restored, snapshot);
+    let stream = ShardStream::open(&other, &stream_config("snap"), 0).unwrap();
+    let successor = open(&restored_dir, Options::default());
+    assert_eq!(successor.store().last_lsn(), snapshot.lsn);
+    let caught = stream.catch_up(successor.store()).unwrap();
+    assert_eq!(caught.applied, leader.store().last_lsn() - snapshot.lsn);
+    assert_eq!(state(&successor, &convs), state(&leader, &convs));
+    assert!(successor.store().verify().unwrap().is_ok());
+
+    // A store with nothing cannot catch up from the purged stream.
+    let empty = open(&dir.path().join("empty"), Options::default());
+    assert!(matches!(
+        stream.catch_up(empty.store()),
+        Err(chatstore_cluster::Error::Truncated { store_lsn: 0, .. })
+    ));
+    // Restoring over an existing directory is refused, not merged.
+    assert!(other_bucket
+        .restore(0, &restored_dir, &dir.path().join("scratch2"))
+        .is_err());
 }
