@@ -19,16 +19,22 @@ pub(crate) struct Link {
     pub removed_at: u64,
     pub delivered: u64,
     pub read: u64,
+    /// What the user's unread-mention records of this conversation can hold, so that unread
+    /// counting scans them only where some may be unread: 1 + the id of the newest message
+    /// that mentioned the user (1: none since they joined), or 0 if unknown (a link written
+    /// before this field existed: scan).
+    pub mentions_below: u64,
 }
 
 impl Link {
     pub fn decode(v: &[u8]) -> Option<Link> {
-        let [joined_after, removed_at, delivered, read] = read_fields::<4>(v)?;
+        let [joined_after, removed_at, delivered, read, mentions_below] = read_fields::<5>(v)?;
         Some(Link {
             joined_after,
             removed_at,
             delivered,
             read,
+            mentions_below,
         })
     }
 
@@ -38,7 +44,13 @@ impl Link {
             self.removed_at,
             self.delivered,
             self.read,
+            self.mentions_below,
         ])
+    }
+
+    /// Whether unread-mention records above `floor` may exist (else counting needs no scan).
+    pub fn may_have_mentions_above(&self, floor: u64) -> bool {
+        self.mentions_below == 0 || self.mentions_below - 1 > floor
     }
 
     pub fn is_member(&self) -> bool {
@@ -124,11 +136,14 @@ fn decode_conversation(id: ConversationId, v: &[u8]) -> Result<Conversation> {
 /// Makes `user` a member of `conv` (which has last id `last`), writing both membership records.
 fn join(txn: &mut Txn<'_>, conv: ConversationId, user: UserId, joined_after: u64) -> Result<()> {
     txn.put(keys::member(conv, user), keys::fields(&[joined_after, 0]))?;
+    // Mention records are written for current members only, so any of an earlier membership
+    // are at or below `joined_after`, under every floor unread counting uses.
     let link = Link {
         joined_after,
         removed_at: 0,
         delivered: joined_after,
         read: joined_after,
+        mentions_below: 1,
     };
     txn.put(keys::link(user, conv), link.encode())
 }
@@ -343,5 +358,35 @@ impl ChatStore {
                 .into())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_written_before_the_mention_field_scans_for_mentions() {
+        // Four fields: the layout before `mentions_below`.
+        let old = keys::fields(&[3, 0, 9, 7]);
+        let link = Link::decode(&old).unwrap();
+        assert_eq!((link.read, link.mentions_below), (7, 0));
+        assert!(link.may_have_mentions_above(1_000), "unknown: scan");
+    }
+
+    #[test]
+    fn a_known_newest_mention_decides_whether_to_scan() {
+        let none = Link {
+            mentions_below: 1,
+            ..Link::default()
+        };
+        assert!(!none.may_have_mentions_above(0));
+        let newest_at_12 = Link {
+            mentions_below: 13,
+            ..Link::default()
+        };
+        assert!(newest_at_12.may_have_mentions_above(11));
+        assert!(!newest_at_12.may_have_mentions_above(12));
+        assert_eq!(Link::decode(&newest_at_12.encode()), Some(newest_at_12));
     }
 }

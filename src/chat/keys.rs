@@ -9,7 +9,7 @@
 //! | `c` | conversation                     | kind, created_ms, creator, [user_a, user_b]  |
 //! | `d` | user_a, user_b (a < b)           | conversation                                 |
 //! | `m` | conversation, user               | joined_after, removed_at (0 = member)        |
-//! | `i` | user, conversation               | joined_after, removed_at, delivered, read    |
+//! | `i` | user, conversation               | joined_after, removed_at, delivered, read, mentions_below |
 //! | `k` | conversation, sender, client key | message id, timestamp_ms                     |
 //! | `x` | user, conversation, message id   | (empty: the message mentions the user)       |
 //! | `p` | user                             | last_seen_ms                                 |

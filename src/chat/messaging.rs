@@ -101,9 +101,15 @@ impl ChatStore {
             let m = txn.append(conv, message)?;
             for u in mentioned {
                 // Only current members get an unread mention.
-                if super::conversations::txn_link(txn, u, conv)?.is_some_and(|l| l.is_member()) {
-                    txn.put(keys::mention(u, conv, m.id), bytes::Bytes::new())?;
-                }
+                let Some(mut mentioned_link) =
+                    super::conversations::txn_link(txn, u, conv)?.filter(|l| l.is_member())
+                else {
+                    continue;
+                };
+                txn.put(keys::mention(u, conv, m.id), bytes::Bytes::new())?;
+                // The newest message is the newest mention, whatever came before.
+                mentioned_link.mentions_below = m.id.0 + 1;
+                txn.put(keys::link(u, conv), mentioned_link.encode())?;
             }
             link.read = m.id.0;
             link.delivered = m.id.0;

@@ -41,9 +41,13 @@ impl ChatStore {
             if last <= floor {
                 continue;
             }
-            let prefix = keys::mentions_prefix(user, conv);
-            let from = keys::mention(user, conv, MessageId(floor + 1));
-            let mentions = snap.state_scan(&prefix, &from, usize::MAX)?.len() as u64;
+            let mentions = if link.may_have_mentions_above(floor) {
+                let prefix = keys::mentions_prefix(user, conv);
+                let from = keys::mention(user, conv, MessageId(floor + 1));
+                snap.state_scan(&prefix, &from, usize::MAX)?.len() as u64
+            } else {
+                0
+            };
             out.push(Unread {
                 conversation: conv,
                 count: last - floor,
