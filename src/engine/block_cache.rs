@@ -80,7 +80,10 @@ impl BlockCache {
         }
     }
 
-    /// Returns the cached block or loads and caches it.
+    /// Returns the cached block or loads and caches it. Concurrent misses of one block share
+    /// one load: the first caller reads and decodes, the others wait for its result (a hot
+    /// conversation's newest block is read from disk once, not once per reader); if that load
+    /// fails, the next waiter loads in turn.
     pub fn get_or_load<E>(
         &self,
         key: BlockKey,
@@ -90,9 +93,14 @@ impl BlockCache {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(b);
         }
-        self.misses.fetch_add(1, Ordering::Relaxed);
-        let block = Arc::new(load()?);
-        self.cache.insert(key, Arc::clone(&block));
+        let mut loaded = false;
+        let block = self.cache.get_or_insert_with(&key, || {
+            loaded = true;
+            load().map(Arc::new)
+        })?;
+        // A caller served by another's load read nothing from disk: a hit.
+        let counter = if loaded { &self.misses } else { &self.hits };
+        counter.fetch_add(1, Ordering::Relaxed);
         Ok(block)
     }
 
@@ -103,5 +111,60 @@ impl BlockCache {
             self.misses.load(Ordering::Relaxed),
             self.cache.weight(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Barrier;
+    use std::time::Duration;
+
+    fn block() -> CachedBlock {
+        let mut b = crate::format::state_block::StateBlockBuilder::new();
+        b.add(b"key", Some(b"value"));
+        CachedBlock::State(StateBlock::decode(bytes::Bytes::from(b.finish())).unwrap())
+    }
+
+    #[test]
+    fn concurrent_misses_of_one_block_load_it_once() {
+        let cache = Arc::new(BlockCache::new(1 << 20));
+        let loads = Arc::new(AtomicU64::new(0));
+        let start = Arc::new(Barrier::new(8));
+        let readers: Vec<_> = (0..8)
+            .map(|_| {
+                let (cache, loads, start) = (cache.clone(), loads.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    cache
+                        .get_or_load((1, Section::State, 0), || {
+                            loads.fetch_add(1, Ordering::SeqCst);
+                            // Slow enough that every other reader arrives meanwhile.
+                            std::thread::sleep(Duration::from_millis(200));
+                            Ok::<_, ()>(block())
+                        })
+                        .unwrap()
+                })
+            })
+            .collect();
+        let blocks: Vec<_> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        assert!(blocks.iter().all(|b| Arc::ptr_eq(b, &blocks[0])));
+        let (hits, misses, _) = cache.counters();
+        assert_eq!((hits, misses), (7, 1));
+    }
+
+    #[test]
+    fn a_failed_load_leaves_the_next_caller_to_load() {
+        let cache = BlockCache::new(1 << 20);
+        let key = (2, Section::State, 0);
+        assert!(cache
+            .get_or_load(key, || Err::<CachedBlock, _>("bad disk"))
+            .is_err());
+        let b = cache.get_or_load(key, || Ok::<_, &str>(block())).unwrap();
+        assert!(Arc::ptr_eq(
+            &b,
+            &cache.get_or_load(key, || Err("unused")).unwrap()
+        ));
     }
 }
