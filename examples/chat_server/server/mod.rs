@@ -3,9 +3,15 @@
 //! The storage work is the library's ([`ChatStore`] and [`Presence`]); this is the thin part
 //! around it: accounts and sessions, HTTP and WebSocket framing, the registry of live
 //! connections (fanout), heartbeats, assets, limits.
+//!
+//! A cluster node (`cluster/src/bin/chat-node`) runs the same layer through [`start_with`]:
+//! its [`backend::ChatBackend`] routes each call to the shard that owns it, its
+//! [`accounts::Directory`] is shared by every node, and its [`hub::Fanout`] carries pushes to
+//! whichever node holds the receiving devices.
 
 pub mod accounts;
 pub mod assets;
+pub mod backend;
 pub mod config;
 pub mod error;
 pub mod hashing;
@@ -36,7 +42,8 @@ use error::{ApiError, ApiResult};
 /// Everything a request or a connection needs.
 pub struct AppState {
     pub cfg: Config,
-    pub store: ChatStore,
+    /// Where conversations live: one local store, or the shards of a cluster.
+    pub store: Arc<dyn backend::ChatBackend>,
     pub accounts: accounts::Accounts,
     /// Password hashing threads.
     pub hasher: hashing::Hasher,
@@ -48,7 +55,7 @@ pub struct AppState {
     pub assets: assets::Assets,
     /// Membership ranges the library forgot (members removed and added again).
     pub memberships: membership::Memberships,
-    pub hub: hub::Hub,
+    pub hub: Arc<hub::Hub>,
     pub presence: Presence,
     pub limits: Limits,
     /// Rejected requests and frames, logged at a bounded rate.
@@ -118,6 +125,18 @@ pub struct Running {
     ticker: JoinHandle<()>,
 }
 
+/// What a server runs on besides its configuration: the single node's own store and files,
+/// or a cluster node's shared parts.
+pub struct Backing {
+    pub store: Arc<dyn backend::ChatBackend>,
+    /// Where last-seen times are kept (none: in memory only).
+    pub last_seen: Option<ChatStore>,
+    /// Accounts and sessions shared with other nodes (none: `accounts.jsonl` and memory).
+    pub directory: Option<Arc<dyn accounts::Directory>>,
+    /// Pushes to other nodes' devices (none: this process's connections only).
+    pub fanout: Option<Arc<dyn hub::Fanout>>,
+}
+
 /// Opens the data folder and starts listening.
 pub async fn start(cfg: Config) -> Result<Running, String> {
     let dir = cfg.data_dir.clone();
@@ -128,13 +147,42 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
         ChatOptions::default(),
     )
     .map_err(|e| format!("opening the store: {e}"))?;
+    let backing = Backing {
+        store: Arc::new(store.clone()),
+        last_seen: Some(store),
+        directory: None,
+        fanout: None,
+    };
+    start_with(cfg, backing).await
+}
+
+/// Starts listening on `backing`; the data folder keeps what is local to this process
+/// (assets, membership history, and accounts unless a directory is given).
+pub async fn start_with(cfg: Config, backing: Backing) -> Result<Running, String> {
+    let dir = cfg.data_dir.clone();
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let Backing {
+        store,
+        last_seen,
+        directory,
+        fanout,
+    } = backing;
     let hasher = hashing::Hasher::start(
         cfg.argon2_memory_kib,
         cfg.argon2_iterations,
         cfg.hash_workers,
         cfg.hash_queue,
     )?;
-    let accounts = accounts::Accounts::open(&dir.join("accounts.jsonl"), hasher.dummy_hash()?)?;
+    let (accounts, sessions) = match directory {
+        Some(d) => (
+            accounts::Accounts::shared(d.clone(), hasher.dummy_hash()?),
+            accounts::Sessions::shared(d),
+        ),
+        None => (
+            accounts::Accounts::open(&dir.join("accounts.jsonl"), hasher.dummy_hash()?)?,
+            accounts::Sessions::default(),
+        ),
+    };
     let assets = assets::Assets::open(&dir.join("assets"))?;
     let memberships = membership::Memberships::open(&dir.join("memberships.jsonl"))?;
     let presence = Presence::new(
@@ -144,8 +192,12 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
             persist_every: Duration::from_secs(60),
         },
         Arc::new(SystemClock),
-        Some(store.clone()),
+        last_seen,
     );
+    let hub = Arc::new(hub::Hub::default());
+    if let Some(f) = fanout {
+        hub.set_fanout(f);
+    }
     let listener = tokio::net::TcpListener::bind(cfg.addr)
         .await
         .map_err(|e| format!("listening on {}: {e}", cfg.addr))?;
@@ -162,10 +214,10 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
         cfg,
         store,
         accounts,
-        sessions: accounts::Sessions::default(),
+        sessions,
         assets,
         memberships,
-        hub: hub::Hub::default(),
+        hub,
         presence,
         groups: views::GroupNames::default(),
         active: Mutex::new(HashSet::new()),

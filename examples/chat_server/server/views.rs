@@ -50,8 +50,7 @@ impl GroupNames {
         }
         let name = st
             .store
-            .store()
-            .get(conv, MessageId(1))
+            .raw_get(conv, MessageId(1))
             .ok()
             .flatten()
             .filter(|m| m.kind == MessageKind::System)
@@ -119,7 +118,7 @@ pub fn conversation_json(st: &AppState, user: UserId, conv: ConversationId) -> A
             }
             list.push(v);
         }
-        st.store.store().last_id(conv).0
+        st.store.last_id(conv)?.0
     } else {
         membership::last_visible(st, conv, user)?
     };

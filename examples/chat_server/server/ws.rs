@@ -434,7 +434,7 @@ async fn send(
         if let Some(id) = &asset {
             // Only an asset the sender may see can be attached, and the link is recorded
             // before the message: a message never points at an asset its readers can't get.
-            st.assets.can_read(&st.store, user, id)?;
+            st.assets.can_read(&*st.store, user, id)?;
             st.assets.link(id, conv)?;
         }
         let m = {
