@@ -133,6 +133,18 @@ impl Node {
             let _ = c.wait();
         }
     }
+
+    /// SIGSTOP or SIGCONT.
+    pub fn signal(&self, sig: libc::c_int) {
+        let pid = self.child.as_ref().expect("running").id() as libc::pid_t;
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "signal {sig}");
+    }
+
+    /// kill -9, then start again on the same data folder (on a new port).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
 }
 
 impl Drop for Node {

@@ -65,7 +65,7 @@ async fn all_messages(http: client::Http, token: &str, conv: u64) -> Vec<serde_j
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn users_on_different_nodes_chat_and_every_device_gets_every_message_once() {
-    let (nats, _dir, nodes) = blocking(|| start_cluster(3));
+    let (mut nats, _dir, mut nodes) = blocking(|| start_cluster(3));
     let leases = blocking(|| leases(&nats));
     let owners = blocking(|| all_owned(&leases, &nodes));
     let spread: std::collections::HashSet<&String> = owners.iter().collect();
@@ -204,9 +204,56 @@ async fn users_on_different_nodes_chat_and_every_device_gets_every_message_once(
             .map(|i| format!("while away {i}"))
             .collect::<Vec<_>>()
     );
-    for d in [a0, a1, b, c2] {
+    c2.close().await;
+
+    // One NATS server dies: every node keeps serving (its connection moves to another server,
+    // the streams the dead one led elect new leaders).
+    blocking(|| nats.kill(0)).expect("kill a NATS server");
+    let t = Instant::now();
+    for i in 0..5 {
+        a0.send_acked(direct, &format!("nats down {i}"), &format!("nd-a-{i}"))
+            .await;
+        b.send_acked(group, &format!("nats down {i}"), &format!("nd-b-{i}"))
+            .await;
+    }
+    println!(
+        "10 acked sends with one NATS server down in {:?}",
+        t.elapsed()
+    );
+    for d in [a0, a1, b] {
         d.close().await;
     }
+
+    // Every chat node restarts (kill -9): messages, unread counts, accounts and sessions are
+    // all there.
+    for n in &mut nodes {
+        blocking(|| n.restart());
+    }
+    blocking(|| all_owned(&leases, &nodes));
+    let h: Vec<_> = nodes.iter().map(Node::http).collect();
+    let me = h[1].get("/api/me", &carol).await;
+    assert_eq!(me.status, 200, "carol's session survives: {:?}", me.json());
+    h[2].signin("bob").await;
+    let c3 = Device::connect("carol@node1", nodes[1].addr, &carol).await;
+    let summary = c3.unread();
+    let count = summary["conversations"]
+        .as_array()
+        .expect("conversations")
+        .iter()
+        .find(|e| e["conversation"] == group)
+        .map(|e| e["count"].clone());
+    assert_eq!(
+        count,
+        Some(json!(10)),
+        "carol's unread after the restart: {summary}"
+    );
+    let history = all_messages(h[0], &alice, direct).await;
+    assert_eq!(
+        history.len(),
+        2 * rounds + 5,
+        "the direct chat after the restart"
+    );
+    c3.close().await;
     blocking(|| drop(nodes));
     blocking(|| drop(leases));
     blocking(|| drop(nats));
@@ -327,6 +374,151 @@ async fn killing_a_busy_shard_owner_loses_nothing_and_the_shard_serves_again() {
         history.len(),
         "nothing stored that was not acknowledged"
     );
+    blocking(|| drop(nodes));
+    blocking(|| drop(leases));
+    blocking(|| drop(nats));
+}
+
+/// Sends `conv` messages with client keys from a device on `addr` until `stop`, retrying a
+/// refused send with the same key; returns (key, id) of every acknowledged one.
+async fn keep_sending(
+    name: String,
+    addr: std::net::SocketAddr,
+    token: String,
+    conv: u64,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<(String, u64)> {
+    let mut d = Device::connect(&name, addr, &token).await;
+    let mut acked = Vec::new();
+    let mut i = 0;
+    while !*stop.borrow() {
+        let key = format!("{name}-{i}");
+        loop {
+            d.send(conv, &key, &key).await;
+            match d.answer(&key, Duration::from_secs(60)).await {
+                Some(a) if a["type"] == "ack" => {
+                    acked.push((key.clone(), a["message"]["id"].as_u64().expect("id")));
+                    break;
+                }
+                Some(_) => d.frames.lock().unwrap().retain(|v| v["client_key"] != key),
+                None => panic!("{name}: no answer for {key}"),
+            }
+        }
+        i += 1;
+    }
+    d.close().await;
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_owner_is_replaced_and_its_writes_are_refused_when_it_wakes() {
+    let (nats, _dir, nodes) = blocking(|| start_cluster(3));
+    let leases = blocking(|| leases(&nats));
+    let owners = blocking(|| all_owned(&leases, &nodes));
+    let h: Vec<_> = nodes.iter().map(Node::http).collect();
+    let (alice, _) = h[0].signup("alice").await;
+    let (bob, _) = h[1].signup("bob").await;
+    let conv = h[0].direct(&alice, "bob").await;
+    let shard = shard_of(conv);
+    let victim = nodes
+        .iter()
+        .position(|n| n.name == owners[shard as usize])
+        .expect("the owner is one of the nodes");
+
+    // A sender on every node, the paused owner's included: its send in flight when it is
+    // paused resumes as a write of a deposed owner.
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let senders: Vec<_> = (0..3)
+        .map(|i| {
+            let token = if i % 2 == 0 {
+                alice.clone()
+            } else {
+                bob.clone()
+            };
+            tokio::spawn(keep_sending(
+                format!("s{i}"),
+                nodes[i].addr,
+                token,
+                conv,
+                stop.clone(),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    nodes[victim].signal(libc::SIGSTOP);
+    let paused = Instant::now();
+    let taken = blocking(|| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match owner(&leases, shard, Duration::from_secs(1)) {
+                Some(o) if o != nodes[victim].name => return o,
+                _ => assert!(Instant::now() < deadline, "nobody took the shard over"),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    println!(
+        "{} paused; {taken} took shard {shard} over after {} ms",
+        nodes[victim].name,
+        paused.elapsed().as_millis()
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    nodes[victim].signal(libc::SIGCONT);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    stop_tx.send(true).expect("stop");
+    let mut acked = Vec::new();
+    for s in senders {
+        acked.extend(s.await.expect("sender"));
+    }
+
+    // The woken owner gave the shard up instead of writing it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !nodes[victim]
+        .log()
+        .contains(&format!("giving up shard {shard}"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the woken owner did not give the shard up:\n{}",
+            nodes[victim].log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // No id was issued twice; everything acknowledged is there once, ids gapless.
+    let mut ids: Vec<u64> = acked.iter().map(|(_, id)| *id).collect();
+    ids.sort_unstable();
+    let n = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "an id was acknowledged twice");
+    let history = all_messages(h[(victim + 1) % 3], &alice, conv).await;
+    let stored: Vec<u64> = history
+        .iter()
+        .map(|m| m["id"].as_u64().expect("id"))
+        .collect();
+    assert_eq!(
+        stored,
+        (1..=stored.len() as u64).collect::<Vec<_>>(),
+        "gapless ids"
+    );
+    let by_text: HashMap<String, u64> = history
+        .iter()
+        .map(|m| {
+            (
+                m["text"].as_str().unwrap_or("").to_string(),
+                m["id"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(by_text.len(), history.len(), "no message stored twice");
+    for (key, id) in &acked {
+        assert_eq!(
+            by_text.get(key),
+            Some(id),
+            "acknowledged {key} (id {id}) is there"
+        );
+    }
+    assert_eq!(acked.len(), history.len());
+    println!("{} messages acknowledged across the pause", acked.len());
     blocking(|| drop(nodes));
     blocking(|| drop(leases));
     blocking(|| drop(nats));
