@@ -314,11 +314,20 @@ impl Device {
     /// `(conversation, id)` of every message this device got live (pushed, or acked as its
     /// own send), in arrival order.
     pub fn live_ids(&self) -> Vec<(u64, u64)> {
+        self.ids_of(&["message", "ack"])
+    }
+
+    /// `(conversation, id)` of every message pushed to this device, in arrival order.
+    pub fn pushed_ids(&self) -> Vec<(u64, u64)> {
+        self.ids_of(&["message"])
+    }
+
+    fn ids_of(&self, types: &[&str]) -> Vec<(u64, u64)> {
         self.frames
             .lock()
             .unwrap()
             .iter()
-            .filter(|v| v["type"] == "message" || v["type"] == "ack")
+            .filter(|v| types.iter().any(|t| v["type"] == *t))
             .map(|v| {
                 (
                     v["message"]["conversation"].as_u64().expect("conversation"),

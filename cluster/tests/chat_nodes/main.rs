@@ -24,26 +24,40 @@ fn start_cluster(n: usize) -> (NatsCluster, tempfile::TempDir, Vec<Node>) {
     (nats, dir, nodes)
 }
 
-/// Every member device got every message of each of its conversations exactly once, in id
-/// order: `last` is each conversation's last id, `members` who is in it.
+/// Every member device got every message of each of its conversations exactly once (pushed,
+/// or acked as its own send), and the pushed ones in id order: `last` is each conversation's
+/// last id, `members` who is in it.
 fn assert_each_once_in_order(
     devices: &[(&Device, u64)],
     last: &BTreeMap<u64, u64>,
     members: &HashMap<u64, Vec<u64>>,
 ) {
     for (d, user) in devices {
-        let ids = d.live_ids();
+        let (live, pushed) = (d.live_ids(), d.pushed_ids());
         for (&conv, &last_id) in last {
             if !members[&conv].contains(user) {
                 continue;
             }
-            let got: Vec<u64> = ids
-                .iter()
-                .filter(|(c, _)| *c == conv)
-                .map(|(_, i)| *i)
-                .collect();
-            let want: Vec<u64> = (1..=last_id).collect();
-            assert_eq!(got, want, "{}: conversation {conv}", d.name);
+            let of = |ids: &[(u64, u64)]| -> Vec<u64> {
+                ids.iter()
+                    .filter(|(c, _)| *c == conv)
+                    .map(|(_, i)| *i)
+                    .collect()
+            };
+            let pushed = of(&pushed);
+            assert!(
+                pushed.windows(2).all(|w| w[0] < w[1]),
+                "{}: conversation {conv} pushed out of order: {pushed:?}",
+                d.name
+            );
+            let mut all = of(&live);
+            all.sort_unstable();
+            assert_eq!(
+                all,
+                (1..=last_id).collect::<Vec<_>>(),
+                "{}: conversation {conv}",
+                d.name
+            );
         }
     }
 }
@@ -122,6 +136,29 @@ async fn users_on_different_nodes_chat_and_every_device_gets_every_message_once(
         rounds * 5,
         t.elapsed()
     );
+    // And all at once: three devices on two nodes pipeline sends into the group; the owner
+    // pushes them in id order whatever node they came through.
+    let t = Instant::now();
+    let burst = 20;
+    for i in 0..burst {
+        a0.send(group, &format!("burst a0 {i}"), &format!("ba0-{i}"))
+            .await;
+        b.send(group, &format!("burst b {i}"), &format!("bb-{i}"))
+            .await;
+        a1.send(group, &format!("burst a1 {i}"), &format!("ba1-{i}"))
+            .await;
+    }
+    for (d, k) in [(&a0, "ba0"), (&b, "bb"), (&a1, "ba1")] {
+        for i in 0..burst {
+            let a = d.answer(&format!("{k}-{i}"), Duration::from_secs(30)).await;
+            assert_eq!(a.map(|a| a["type"].clone()), Some(json!("ack")), "{k}-{i}");
+        }
+    }
+    println!(
+        "{} pipelined sends through 2 nodes in {:?}",
+        3 * burst,
+        t.elapsed()
+    );
 
     let last_of = |conv: u64, tok: String, http: client::Http| async move {
         let msgs = http.history(&tok, conv, "?limit=1").await;
@@ -135,7 +172,7 @@ async fn users_on_different_nodes_chat_and_every_device_gets_every_message_once(
     assert_eq!(last[&direct], 2 * rounds as u64);
     assert_eq!(
         last[&group],
-        1 + 3 * rounds as u64,
+        1 + 3 * rounds as u64 + 3 * burst as u64,
         "the creation notice and the messages"
     );
     let members: HashMap<u64, Vec<u64>> = [

@@ -25,6 +25,22 @@ pub trait ChatBackend: Send + Sync {
     /// The conversation's last message id (0 for none), whoever may read it.
     fn last_id(&self, conv: ConversationId) -> Result<MessageId>;
     fn send(&self, conv: ConversationId, message: NewMessage) -> Result<Message>;
+    /// Like [`ChatBackend::send`], for a message sent from connection `from` of this process
+    /// (a backend that pushes stored messages itself must not push it to that connection).
+    fn send_from(
+        &self,
+        conv: ConversationId,
+        message: NewMessage,
+        from: Option<u64>,
+    ) -> Result<Message> {
+        let _ = from;
+        self.send(conv, message)
+    }
+    /// Whether the backend pushes every stored message to its members' devices itself (a
+    /// cluster's shard owner does, in commit order); then the caller pushes none.
+    fn pushes_messages(&self) -> bool {
+        false
+    }
     fn latest(&self, user: UserId, conv: ConversationId, n: usize) -> Result<Vec<Message>>;
     fn before(
         &self,

@@ -183,7 +183,9 @@ pub fn system_message(
             NewMessage::new(by, body.to_string().into_bytes()).with_kind(MessageKind::System),
         )?
     };
-    fanout(st, &m, None)?;
+    if !st.store.pushes_messages() {
+        fanout(st, &m, None)?;
+    }
     Ok(m)
 }
 

@@ -413,6 +413,7 @@ async fn send(
     if let Some(r) = reply_to {
         nm = nm.with_reply_to(MessageId(r));
     }
+    let conn_id = conn.id;
     let (json, members, mid) = db(state, move |st| {
         let members = st.store.members(conv)?;
         if !members.contains(&user) {
@@ -439,13 +440,16 @@ async fn send(
         }
         let m = {
             let _appending = st.memberships.appending(conv);
-            st.store.send(conv, nm)?
+            st.store.send_from(conv, nm, Some(conn_id))?
         };
         Ok((views::message_json(st, &m), members, m.id))
     })
     .await?;
     let ack = json!({ "type": "ack", "client_key": client_key, "message": json });
     conn.push(Out::text(ack.to_string()));
+    if state.store.pushes_messages() {
+        return Ok(());
+    }
     // Everyone else: the other members' devices and the sender's other devices. A retried
     // send is pushed again (the client may have crashed before its fanout); clients drop
     // messages whose (conversation, id) they already have.

@@ -42,7 +42,7 @@ pub fn subject(user: UserId) -> String {
 }
 
 impl NatsFanout {
-    pub fn new(nats: &Nats) -> NatsFanout {
+    pub fn new(nats: &Nats, node: u64) -> NatsFanout {
         let (queue, mut rx) = mpsc::unbounded_channel::<(String, Bytes)>();
         let client = nats.client().clone();
         nats.handle().spawn(async move {
@@ -54,10 +54,35 @@ impl NatsFanout {
         });
         NatsFanout {
             nats: nats.clone(),
-            node: rand::random(),
+            node,
             hub: OnceLock::new(),
             queue,
             watching: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Publishes for connection `skip` of node `node` (a shard owner pushing a message sent
+    /// through another node).
+    pub fn publish_as(
+        &self,
+        node: u64,
+        users: &[UserId],
+        text: &str,
+        msg: Option<(u64, u64)>,
+        skip: Option<u64>,
+    ) {
+        let env = Envelope {
+            node,
+            skip,
+            msg,
+            frame: text.to_string(),
+        };
+        let Ok(payload) = serde_json::to_vec(&env) else {
+            return;
+        };
+        let payload = Bytes::from(payload);
+        for &u in users {
+            let _ = self.queue.send((subject(u), payload.clone()));
         }
     }
 
@@ -85,19 +110,7 @@ impl Fanout for NatsFanout {
         msg: Option<(u64, u64)>,
         skip: Option<u64>,
     ) {
-        let env = Envelope {
-            node: self.node,
-            skip,
-            msg,
-            frame: text.as_str().to_string(),
-        };
-        let Ok(payload) = serde_json::to_vec(&env) else {
-            return;
-        };
-        let payload = Bytes::from(payload);
-        for &u in users {
-            let _ = self.queue.send((subject(u), payload.clone()));
-        }
+        self.publish_as(self.node, users, text.as_str(), msg, skip);
     }
 
     fn watch(&self, user: UserId) {

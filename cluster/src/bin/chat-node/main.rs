@@ -155,7 +155,14 @@ async fn run() -> ExitCode {
     let started = tokio::task::spawn_blocking(move || start_cluster_parts(&args, &cfg, runtime))
         .await
         .unwrap_or_else(|_| Err("starting the node panicked".into()));
-    let (backing, cfg, name, shards) = match started {
+    let Parts {
+        backing,
+        cfg,
+        name,
+        shards,
+        fanout,
+        node_id,
+    } = match started {
         Ok(s) => s,
         Err(e) => {
             eprintln!("chat-node: {e}");
@@ -170,6 +177,29 @@ async fn run() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Shard owners push stored messages themselves, in id order, as the server layer would
+    // (same frame), to the devices of every member on any node.
+    let state = Arc::downgrade(running.state());
+    shards.set_publish(Arc::new(move |m, members, origin| {
+        let Some(st) = state.upgrade() else {
+            return;
+        };
+        let frame = serde_json::json!({
+            "type": "message",
+            "message": server::views::message_json(&st, m),
+        });
+        let (node, skip) = match origin {
+            Some(o) => (o.node, Some(o.conn)),
+            None => (node_id, None),
+        };
+        fanout.publish_as(
+            node,
+            members,
+            &frame.to_string(),
+            Some((m.conversation.0, m.id.0)),
+            skip,
+        );
+    }));
     let _placing = shards.run();
     println!("chat node {name} listening on {}", running.url());
     wait_for_signal().await;
@@ -186,7 +216,15 @@ async fn run() -> ExitCode {
     }
 }
 
-type Parts = (server::Backing, server::Config, String, Arc<shards::Shards>);
+struct Parts {
+    backing: server::Backing,
+    cfg: server::Config,
+    name: String,
+    shards: Arc<shards::Shards>,
+    fanout: Arc<fanout::NatsFanout>,
+    /// This process's id in fanout envelopes.
+    node_id: u64,
+}
 
 /// Connects to NATS and opens the shared buckets. Blocking.
 fn start_cluster_parts(
@@ -219,14 +257,23 @@ fn start_cluster_parts(
     };
     let shards = shards::Shards::open(nats.clone(), placement, runtime)?;
     let directory = directory::KvDirectory::open(&nats, args.replicas)?;
-    let router = route::Router::new(shards.clone(), args.lease_ttl * 3);
+    let node_id: u64 = rand::random();
+    let router = route::Router::new(shards.clone(), node_id, args.lease_ttl * 3);
+    let fanout = Arc::new(fanout::NatsFanout::new(&nats, node_id));
     let backing = server::Backing {
         store: Arc::new(router),
         last_seen: None,
         directory: Some(Arc::new(directory)),
-        fanout: Some(Arc::new(fanout::NatsFanout::new(&nats))),
+        fanout: Some(fanout.clone()),
     };
-    Ok((backing, cfg.clone(), args.node.clone(), shards))
+    Ok(Parts {
+        backing,
+        cfg: cfg.clone(),
+        name: args.node.clone(),
+        shards,
+        fanout,
+        node_id,
+    })
 }
 
 async fn wait_for_signal() {

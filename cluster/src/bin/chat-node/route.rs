@@ -23,12 +23,14 @@ use chatstore::{
 
 use crate::server::backend::ChatBackend;
 use crate::shards::{fnv, rpc_subject, Shards};
-use crate::wire::{self, Op, Reply, WireError};
+use crate::wire::{Op, Origin, Reply, WireError};
 
 const IDEMPOTENT_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub struct Router {
     shards: Arc<Shards>,
+    /// This node's fanout id (see `fanout`).
+    node: u64,
     /// How long a call keeps trying while its shard has no owner.
     deadline: Duration,
 }
@@ -40,8 +42,12 @@ enum Outcome {
 }
 
 impl Router {
-    pub fn new(shards: Arc<Shards>, deadline: Duration) -> Router {
-        Router { shards, deadline }
+    pub fn new(shards: Arc<Shards>, node: u64, deadline: Duration) -> Router {
+        Router {
+            shards,
+            node,
+            deadline,
+        }
     }
 
     fn count(&self) -> u64 {
@@ -84,7 +90,7 @@ impl Router {
                 Ok(op) => op,
                 Err(e) => return Outcome::Done(Err(Error::Internal(e.to_string()))),
             };
-            return match wire::execute(&owned.chat, owned.ids, op) {
+            return match self.shards.execute(&owned, op) {
                 Ok(r) => Outcome::Done(Ok(r)),
                 Err(e) => match WireError::from(e) {
                     // The store failed under the call: its outcome is unknown unless the
@@ -236,7 +242,24 @@ impl ChatBackend for Router {
     }
 
     fn send(&self, conv: ConversationId, message: NewMessage) -> Result<Message> {
-        expect!(self.on_conv(conv, Op::Send(conv, message)), Message)
+        self.send_from(conv, message, None)
+    }
+
+    fn send_from(
+        &self,
+        conv: ConversationId,
+        message: NewMessage,
+        from: Option<u64>,
+    ) -> Result<Message> {
+        let origin = from.map(|conn| Origin {
+            node: self.node,
+            conn,
+        });
+        expect!(self.on_conv(conv, Op::Send(conv, message, origin)), Message)
+    }
+
+    fn pushes_messages(&self) -> bool {
+        true
     }
 
     fn latest(&self, user: UserId, conv: ConversationId, n: usize) -> Result<Vec<Message>> {

@@ -17,7 +17,7 @@
 //! with the shard's `JetStreamCommitLog` → `promote` (catch up from the stream, learn its
 //! tail) → keep the lease alive → answer the shard's requests subject.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -25,16 +25,29 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
 use async_nats::jetstream::stream::StorageType;
-use chatstore::{ChatOptions, ChatStore, CommitLog, Durability, Options};
+use chatstore::{
+    ChatOptions, ChatStore, CommitLog, ConversationId, Durability, Message, Options, UserId,
+};
 use chatstore_cluster::{
     shard_key, JetStreamCommitLog, KeepAlive, Lease, LeaseBucket, LeaseConfig, Nats, ShardStream,
     StreamConfig,
 };
 use futures_util::StreamExt;
 use parking_lot::{Mutex, RwLock};
+use std::sync::OnceLock;
 use tokio::runtime::Handle;
 
-use crate::wire::{self, Ids, Op, Reply, WireError};
+use crate::wire::{self, Ids, Op, Origin, Reply, WireError};
+
+/// Pushes a stored message to its members' devices (set once the server layer runs).
+pub type Publish = dyn Fn(&Message, &[UserId], Option<Origin>) + Send + Sync;
+
+/// Per conversation, the next id to push and the stored messages waiting for it: commits
+/// finish in id order but their threads may reach the push in any order.
+struct Sequence {
+    next: u64,
+    waiting: BTreeMap<u64, (Message, Vec<UserId>, Option<Origin>)>,
+}
 
 /// How the node places and keeps shards.
 #[derive(Clone, Debug)]
@@ -59,6 +72,7 @@ pub struct Owned {
     pub log: Arc<JetStreamCommitLog>,
     pub lease: Lease,
     pub ids: Ids,
+    pushes: Mutex<HashMap<ConversationId, Sequence>>,
     _renewing: KeepAlive,
     serving: tokio::task::JoinHandle<()>,
 }
@@ -87,6 +101,7 @@ pub struct Shards {
     /// Serialises take-overs and drops of one shard.
     placing: Mutex<()>,
     stopping: AtomicBool,
+    publish: OnceLock<Arc<Publish>>,
 }
 
 impl Shards {
@@ -126,7 +141,49 @@ impl Shards {
             runtime,
             placing: Mutex::new(()),
             stopping: AtomicBool::new(false),
+            publish: OnceLock::new(),
         }))
+    }
+
+    /// How stored messages reach their members' devices.
+    pub fn set_publish(&self, publish: Arc<Publish>) {
+        let _ = self.publish.set(publish);
+    }
+
+    /// Runs `op` on an owned shard. A stored message is pushed to every member's devices from
+    /// here, the owner, in id order per conversation.
+    pub fn execute(&self, owned: &Owned, op: Op) -> chatstore::Result<Reply> {
+        let Op::Send(conv, message, origin) = op else {
+            return wire::execute(&owned.chat, owned.ids, op);
+        };
+        let local = owned.ids.local(conv)?;
+        owned
+            .pushes
+            .lock()
+            .entry(local)
+            .or_insert_with(|| Sequence {
+                next: owned.chat.store().last_id(local).0 + 1,
+                waiting: BTreeMap::new(),
+            });
+        let reply = wire::execute(&owned.chat, owned.ids, Op::Send(conv, message, None))?;
+        if let (Reply::Message(m), Some(publish)) = (&reply, self.publish.get()) {
+            let members = owned.chat.members(local)?;
+            let mut pushes = owned.pushes.lock();
+            let Some(seq) = pushes.get_mut(&local) else {
+                return Ok(reply);
+            };
+            if m.id.0 < seq.next {
+                // A repeated send (same client key): pushed again, as a single server does.
+                publish(m, &members, origin);
+                return Ok(reply);
+            }
+            seq.waiting.insert(m.id.0, (m.clone(), members, origin));
+            while let Some((m, members, origin)) = seq.waiting.remove(&seq.next) {
+                publish(&m, &members, origin);
+                seq.next += 1;
+            }
+        }
+        Ok(reply)
     }
 
     /// The shard's store, if this node owns it and may still act on it.
@@ -261,6 +318,7 @@ impl Shards {
                 shards: self.cfg.shards,
                 shard,
             },
+            pushes: Mutex::new(HashMap::new()),
             _renewing: renewing,
             serving,
         }))
@@ -312,7 +370,7 @@ impl Shards {
                 self.cfg.node
             )));
         };
-        wire::execute(&owned.chat, owned.ids, op).map_err(WireError::from)
+        self.execute(&owned, op).map_err(WireError::from)
     }
 
     fn drop_shard(&self, shard: u32, why: &str) {

@@ -57,6 +57,14 @@ impl Ids {
     }
 }
 
+/// Where a send came from: a node's fanout id and the device connection there, which gets
+/// an ack instead of a push.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct Origin {
+    pub node: u64,
+    pub conn: u64,
+}
+
 /// One call to a shard.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Op {
@@ -70,7 +78,7 @@ pub enum Op {
     IsMember(UserId, ConversationId),
     ConversationsOf(UserId),
     LastId(ConversationId),
-    Send(ConversationId, NewMessage),
+    Send(ConversationId, NewMessage, Option<Origin>),
     Latest(UserId, ConversationId, usize),
     Before(UserId, ConversationId, MessageId, usize),
     After(UserId, ConversationId, MessageId, usize),
@@ -94,7 +102,7 @@ impl Op {
     pub fn is_idempotent(&self) -> bool {
         match self {
             Op::CreateGroup(..) => false,
-            Op::Send(_, m) => m.client_key.is_some(),
+            Op::Send(_, m, _) => m.client_key.is_some(),
             _ => true,
         }
     }
@@ -243,7 +251,7 @@ pub fn execute(chat: &ChatStore, ids: Ids, op: Op) -> Result<Reply, Error> {
                 .collect(),
         ),
         Op::LastId(c) => Reply::Id(chat.store().last_id(l(c)?)),
-        Op::Send(c, m) => Reply::Message(ids.message(chat.send(l(c)?, m)?)),
+        Op::Send(c, m, _) => Reply::Message(ids.message(chat.send(l(c)?, m)?)),
         Op::Latest(u, c, n) => Reply::Messages(ids.messages(chat.latest(u, l(c)?, n)?)),
         Op::Before(u, c, id, n) => Reply::Messages(ids.messages(chat.before(u, l(c)?, id, n)?)),
         Op::After(u, c, id, n) => Reply::Messages(ids.messages(chat.after(u, l(c)?, id, n)?)),
