@@ -112,9 +112,15 @@ impl Node {
             }
         });
         self.child = Some(child);
-        match rx.recv_timeout(Duration::from_secs(60)) {
+        match rx.recv_timeout(Duration::from_secs(90)) {
             Ok(addr) => self.addr = addr.parse().expect("listening address"),
-            Err(_) => panic!("{} did not start:\n{}", self.name, self.log()),
+            Err(_) => {
+                let status = self
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten());
+                panic!("{} did not start ({status:?}):\n{}", self.name, self.log())
+            }
         }
     }
 

@@ -34,6 +34,9 @@ Cluster flags (the rest are the chat server's, see `--help` of the example):
   --expect-nodes N       nodes to wait for (up to 3 s) before taking shards: 1
 ";
 
+/// How long a node keeps trying to reach NATS and open the shared buckets at start.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
 struct NodeArgs {
     node: String,
     nats: Vec<String>,
@@ -152,9 +155,23 @@ async fn run() -> ExitCode {
         }
     };
     let runtime = tokio::runtime::Handle::current();
-    let started = tokio::task::spawn_blocking(move || start_cluster_parts(&args, &cfg, runtime))
-        .await
-        .unwrap_or_else(|_| Err("starting the node panicked".into()));
+    let started = tokio::task::spawn_blocking(move || {
+        // NATS may be electing leaders (a server just died or started): keep trying for a
+        // while rather than give up on the first refusal.
+        let deadline = std::time::Instant::now() + START_TIMEOUT;
+        loop {
+            match start_cluster_parts(&args, &cfg, runtime.clone()) {
+                Ok(parts) => return Ok(parts),
+                Err(e) if std::time::Instant::now() < deadline => {
+                    eprintln!("chat-node: starting: {e}; trying again");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| Err("starting the node panicked".into()));
     let Parts {
         backing,
         cfg,

@@ -8,8 +8,9 @@
 //! - a user's conversations, inbox and unread: every shard, in parallel, merged.
 //!
 //! While a shard is between owners (nobody answers, or a node answers that it just lost the
-//! shard) a call is asked again until `deadline`. A call whose answer was lost (timeout) is
-//! asked again only if it is idempotent: a send with a client key, a read, a cursor move.
+//! shard) a call is asked again until `deadline`. A call whose answer was lost (a timeout, a
+//! dropped connection) is asked again only if it is idempotent: a send with a client key, a
+//! read, a cursor move.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -121,9 +122,9 @@ impl Router {
             Ok(Err(e)) => {
                 return match e.kind() {
                     RequestErrorKind::NoResponders => Outcome::Retry("no responders".into()),
-                    RequestErrorKind::TimedOut if idempotent => {
-                        Outcome::Retry("the owner did not answer in time".into())
-                    }
+                    // No answer in time, or the connection dropped (a NATS server died and
+                    // the client is moving to another): the call may or may not have run.
+                    _ if idempotent => Outcome::Retry(format!("no answer: {e}")),
                     _ => Outcome::Done(Err(Error::Internal(format!(
                         "shard {shard}: {e} (the outcome is unknown)"
                     )))),
