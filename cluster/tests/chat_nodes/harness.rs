@@ -155,6 +155,9 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- log of {} ---\n{}", self.name, self.log());
+        }
         if let Some(c) = &self.child {
             // A paused process does not die of SIGKILL until it is continued on some kernels.
             unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGCONT) };

@@ -275,7 +275,10 @@ fn start_cluster_parts(
     let shards = shards::Shards::open(nats.clone(), placement, runtime)?;
     let directory = directory::KvDirectory::open(&nats, args.replicas)?;
     let node_id: u64 = rand::random();
-    let router = route::Router::new(shards.clone(), node_id, args.lease_ttl * 3);
+    // A call waits out a failover (a lease TTL and a takeover) and a commit that rides out
+    // a NATS election (the stream's append timeout).
+    let patience = StreamConfig::default().append_timeout + args.lease_ttl * 3;
+    let router = route::Router::new(shards.clone(), node_id, patience);
     let fanout = Arc::new(fanout::NatsFanout::new(&nats, node_id));
     let backing = server::Backing {
         store: Arc::new(router),

@@ -216,6 +216,8 @@ impl Shards {
         // every shard.
         let settle = self.cfg.lease.ttl.min(Duration::from_secs(3));
         while !self.stopping.load(Ordering::Relaxed) {
+            // First, and whatever NATS does: a shard this node may no longer write is given up.
+            self.drop_unsound();
             let live = self.heartbeat().unwrap_or(1).max(1);
             if live >= self.cfg.expect_nodes || started.elapsed() >= settle {
                 self.place(live);
@@ -228,21 +230,26 @@ impl Shards {
     fn heartbeat(&self) -> Option<usize> {
         let kv = self.nodes.clone();
         let key = format!("node.{}", self.cfg.node);
+        let timeout = self.cfg.tick.max(Duration::from_secs(1)) * 2;
         let res = self.nats.block_on(async move {
-            kv.put(key, bytes::Bytes::from_static(b"1")).await.ok()?;
-            let mut keys = kv.keys().await.ok()?;
-            let mut n = 0;
-            while let Some(k) = keys.next().await {
-                if k.is_ok() {
-                    n += 1;
+            let count = async {
+                kv.put(key, bytes::Bytes::from_static(b"1")).await.ok()?;
+                let mut keys = kv.keys().await.ok()?;
+                let mut n = 0;
+                while let Some(k) = keys.next().await {
+                    if k.is_ok() {
+                        n += 1;
+                    }
                 }
-            }
-            Some(n)
+                Some(n)
+            };
+            // A connection being re-established must not stall placement.
+            tokio::time::timeout(timeout, count).await.ok().flatten()
         });
         res.ok().flatten()
     }
 
-    fn place(self: &Arc<Self>, live: usize) {
+    fn drop_unsound(&self) {
         let _placing = self.placing.lock();
         for s in 0..self.cfg.shards {
             let unsound = self.slots[s as usize]
@@ -253,6 +260,10 @@ impl Shards {
                 self.drop_shard(s, "lease lost or log stopped");
             }
         }
+    }
+
+    fn place(self: &Arc<Self>, live: usize) {
+        let _placing = self.placing.lock();
         let share = (self.cfg.shards as usize).div_ceil(live);
         let mut owned: HashSet<u32> = self.owned().into_iter().collect();
         let mut order: Vec<u32> = (0..self.cfg.shards).collect();
