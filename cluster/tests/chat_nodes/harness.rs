@@ -309,6 +309,34 @@ impl Device {
         }
     }
 
+    /// Sends until acked (a refused send is sent again with the same key), for up to
+    /// `within`; returns the stored message.
+    pub async fn send_until_acked(
+        &mut self,
+        conv: u64,
+        text: &str,
+        key: &str,
+        within: Duration,
+    ) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            self.send(conv, text, key).await;
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.answer(key, left).await {
+                Some(a) if a["type"] == "ack" => return a["message"].clone(),
+                Some(a) => {
+                    eprintln!("{}: send {key} refused, again: {a}", self.name);
+                    self.frames
+                        .lock()
+                        .unwrap()
+                        .retain(|v| v["client_key"] != key);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                None => panic!("{}: {key} not acked in {within:?}", self.name),
+            }
+        }
+    }
+
     /// Sends and waits for the ack; returns the stored message.
     pub async fn send_acked(&mut self, conv: u64, text: &str, key: &str) -> Value {
         self.send(conv, text, key).await;

@@ -116,6 +116,15 @@ async fn users_on_different_nodes_chat_and_every_device_gets_every_message_once(
         .await;
     assert_eq!(r.status, 201, "group: {:?}", r.json());
     let group = r.json()["id"].as_u64().expect("group id");
+    // Presence is cluster-wide: carol's node holds no device of alice or bob, yet sees them
+    // online (the presence bucket), and herself.
+    let view = h[2]
+        .get(&format!("/api/conversations/{group}"), &carol)
+        .await
+        .json();
+    for m in view["members"].as_array().expect("members") {
+        assert_eq!(m["online"], true, "{m} in {view}");
+    }
 
     let t = Instant::now();
     let rounds = 15;
@@ -247,11 +256,28 @@ async fn users_on_different_nodes_chat_and_every_device_gets_every_message_once(
     // the streams the dead one led elect new leaders).
     blocking(|| nats.kill(0)).expect("kill a NATS server");
     let t = Instant::now();
+    let patience = Duration::from_secs(90);
     for i in 0..5 {
-        a0.send_acked(direct, &format!("nats down {i}"), &format!("nd-a-{i}"))
-            .await;
-        b.send_acked(group, &format!("nats down {i}"), &format!("nd-b-{i}"))
-            .await;
+        a0.send_until_acked(
+            direct,
+            &format!("nats down {i}"),
+            &format!("nd-a-{i}"),
+            patience,
+        )
+        .await;
+        if i == 0 {
+            println!(
+                "first send acked {:?} after a NATS server was killed",
+                t.elapsed()
+            );
+        }
+        b.send_until_acked(
+            group,
+            &format!("nats down {i}"),
+            &format!("nd-b-{i}"),
+            patience,
+        )
+        .await;
     }
     println!(
         "10 acked sends with one NATS server down in {:?}",

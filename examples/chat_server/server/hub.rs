@@ -182,6 +182,11 @@ impl Hub {
         last
     }
 
+    /// Users with at least one live connection here.
+    pub fn users(&self) -> Vec<UserId> {
+        self.conns.read().keys().copied().collect()
+    }
+
     pub fn is_connected(&self, user: UserId) -> bool {
         self.conns.read().contains_key(&user)
     }

@@ -21,6 +21,7 @@ pub mod jsonlog;
 pub mod membership;
 pub mod ratelimit;
 pub mod rejects;
+pub mod shared_presence;
 pub mod views;
 pub mod ws;
 
@@ -57,6 +58,8 @@ pub struct AppState {
     pub memberships: membership::Memberships,
     pub hub: Arc<hub::Hub>,
     pub presence: Presence,
+    /// Presence on other nodes (none: this process is the only one).
+    pub shared_presence: Option<Arc<dyn shared_presence::SharedPresence>>,
     pub limits: Limits,
     /// Rejected requests and frames, logged at a bounded rate.
     pub rejects: rejects::RejectLog,
@@ -135,6 +138,8 @@ pub struct Backing {
     pub directory: Option<Arc<dyn accounts::Directory>>,
     /// Pushes to other nodes' devices (none: this process's connections only).
     pub fanout: Option<Arc<dyn hub::Fanout>>,
+    /// Presence on other nodes (none: this process's only).
+    pub presence: Option<Arc<dyn shared_presence::SharedPresence>>,
 }
 
 /// Opens the data folder and starts listening.
@@ -152,6 +157,7 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
         last_seen: Some(store),
         directory: None,
         fanout: None,
+        presence: None,
     };
     start_with(cfg, backing).await
 }
@@ -166,6 +172,7 @@ pub async fn start_with(cfg: Config, backing: Backing) -> Result<Running, String
         last_seen,
         directory,
         fanout,
+        presence: shared_presence,
     } = backing;
     let hasher = hashing::Hasher::start(
         cfg.argon2_memory_kib,
@@ -219,6 +226,7 @@ pub async fn start_with(cfg: Config, backing: Backing) -> Result<Running, String
         memberships,
         hub,
         presence,
+        shared_presence,
         groups: views::GroupNames::default(),
         active: Mutex::new(HashSet::new()),
         shutdown: CancellationToken::new(),
@@ -325,6 +333,9 @@ async fn presence_loop(state: Shared) {
             for e in events {
                 broadcast_presence(st, e);
             }
+            if let Some(shared) = &st.shared_presence {
+                shared.heartbeat(&st.hub.users());
+            }
             st.assets
                 .sweep_unattached(now_ms(), st.cfg.unattached_upload_ttl.as_millis() as u64);
             Ok(())
@@ -342,6 +353,15 @@ pub fn broadcast_presence(st: &AppState, event: PresenceEvent) {
         PresenceEvent::Online(u) => (u, true, None),
         PresenceEvent::Offline { user, last_seen_ms } => (user, false, Some(last_seen_ms)),
     };
+    // Gone from this node but still on another: nothing changed for anyone else.
+    if !online
+        && st
+            .shared_presence
+            .as_ref()
+            .is_some_and(|p| p.online_elsewhere(user))
+    {
+        return;
+    }
     let peers = match views::peers_of(st, user) {
         Ok(p) => p,
         Err(e) => {

@@ -133,6 +133,9 @@ async fn run(state: Shared, user: UserId, token: Arc<str>, socket: WebSocket) {
     touch(&state, &conn);
     let per_conv = state.cfg.unread_per_conversation;
     let snapshot = db(&state, move |st| {
+        if let Some(shared) = &st.shared_presence {
+            shared.heartbeat(&[user]);
+        }
         if let Some(ev) = st.presence.heartbeat(user)? {
             super::broadcast_presence(st, ev);
         }
@@ -239,6 +242,9 @@ async fn run(state: Shared, user: UserId, token: Arc<str>, socket: WebSocket) {
     let last = state.hub.unregister(&conn);
     if last && !state.hub.is_connected(user) {
         let res = db(&state, move |st| {
+            if let Some(shared) = &st.shared_presence {
+                shared.left(user);
+            }
             if let Some(ev) = st.presence.disconnect(user)? {
                 super::broadcast_presence(st, ev);
             }

@@ -12,6 +12,7 @@ mod server;
 
 mod directory;
 mod fanout;
+mod presence;
 mod route;
 mod shards;
 mod wire;
@@ -285,6 +286,12 @@ fn start_cluster_parts(
         last_seen: None,
         directory: Some(Arc::new(directory)),
         fanout: Some(fanout.clone()),
+        presence: Some(Arc::new(presence::KvPresence::open(
+            &nats,
+            &args.node,
+            cfg.offline_after,
+            args.replicas,
+        )?)),
     };
     Ok(Parts {
         backing,
