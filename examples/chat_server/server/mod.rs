@@ -6,8 +6,9 @@
 //!
 //! A cluster node (`cluster/src/bin/chat-node`) runs the same layer through [`start_with`]:
 //! its [`backend::ChatBackend`] routes each call to the shard that owns it, its
-//! [`accounts::Directory`] is shared by every node, and its [`hub::Fanout`] carries pushes to
-//! whichever node holds the receiving devices.
+//! [`accounts::Directory`] is shared by every node, its [`hub::Fanout`] carries pushes to
+//! whichever node holds the receiving devices, and its
+//! [`shared_presence::SharedPresence`] tells who is online on other nodes.
 
 pub mod accounts;
 pub mod assets;
