@@ -26,13 +26,13 @@ use chatstore_cluster::{LeaseConfig, Nats, NatsOptions, StreamConfig};
 const USAGE: &str = "\
 chat-node: a node of the chatstore cluster (docs/cluster.md)
 
-Cluster flags (the rest are the chat server's, see `--help` of the example):
+Cluster flags (the chat server's own flags, below, follow them):
   --node NAME            this node's name, unique in the cluster      (CHAT_NODE)
   --nats URL[,URL...]    the NATS servers                              (CHAT_NATS)
   --shards N             shards in the cluster, fixed at creation: 16  (CHAT_SHARDS)
   --replicas N           replicas of streams and buckets: 3            (CHAT_REPLICAS)
   --lease-ttl-ms MS      shard lease TTL, the same on every node: 10000 (CHAT_LEASE_TTL_MS)
-  --expect-nodes N       nodes to wait for (up to 3 s) before taking shards: 1
+  --expect-nodes N       nodes to wait for (up to 3 s) before taking shards: 1 (CHAT_EXPECT_NODES)
 ";
 
 /// How long a node keeps trying to reach NATS and open the shared buckets at start.
@@ -136,7 +136,7 @@ async fn run() -> ExitCode {
     let args = match parse(std::env::args().skip(1)) {
         Ok(Some(a)) => a,
         Ok(None) => {
-            print!("{USAGE}");
+            print!("{USAGE}\n{}", server::config::USAGE);
             return ExitCode::SUCCESS;
         }
         Err(e) => {
