@@ -4,7 +4,9 @@
 //! temporary directory) on free loopback ports, routed to each other, and waits until
 //! JetStream answers through every one of them and a stream with `n` replicas can be created.
 //! Servers can be stopped, killed, paused and started again on the same ports and storage.
-//! Dropping the cluster kills every server and removes the directory.
+//! Dropping the cluster kills every server and removes the directory. Clusters of one test
+//! process take turns: `start` waits until the previous cluster is dropped, so parallel tests
+//! do not starve each other's servers (see `Turn`).
 //!
 //! The `nats-server` binary is taken from `$NATS_SERVER`, else from `PATH`, else from
 //! `/usr/sbin` or `/usr/bin` (where Debian's package puts it). Without one, `start` fails: a
@@ -29,6 +31,39 @@ pub struct NatsCluster {
     dir: tempfile::TempDir,
     bin: PathBuf,
     servers: Vec<Server>,
+    /// Held for the cluster's life: one cluster per test process at a time.
+    _turn: Turn,
+}
+
+/// The right to run a NATS cluster in this process. Tests that each start a 3-server
+/// cluster, run in parallel on a small machine, starve each other's Raft heartbeats into
+/// leader elections and time-outs that test nothing; taking turns keeps each test's cluster
+/// as healthy as a real one, at the cost of running them one after another.
+struct Turn;
+
+static TURN: (std::sync::Mutex<bool>, std::sync::Condvar) =
+    (std::sync::Mutex::new(false), std::sync::Condvar::new());
+
+impl Turn {
+    fn take() -> Turn {
+        let (taken, freed) = &TURN;
+        // A test that panicked while holding the turn has released it (Drop runs on unwind):
+        // the poison carries no broken state.
+        let mut busy = taken.lock().unwrap_or_else(|p| p.into_inner());
+        while *busy {
+            busy = freed.wait(busy).unwrap_or_else(|p| p.into_inner());
+        }
+        *busy = true;
+        Turn
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let (taken, freed) = &TURN;
+        *taken.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        freed.notify_one();
+    }
 }
 
 struct Server {
@@ -128,7 +163,7 @@ impl NatsCluster {
         // A port taken by someone else between picking it and the server binding it fails
         // the start: try again with new ports.
         for _ in 0..3 {
-            match Self::try_start(&bin, n) {
+            match Self::try_start(&bin, n, Turn::take()) {
                 Ok(c) => return Ok(c),
                 Err(e) if e.kind() == io::ErrorKind::AddrInUse => last = Some(e),
                 Err(e) => return Err(e),
@@ -137,7 +172,7 @@ impl NatsCluster {
         Err(last.unwrap_or_else(|| io::Error::other("no attempt")))
     }
 
-    fn try_start(bin: &Path, n: usize) -> io::Result<NatsCluster> {
+    fn try_start(bin: &Path, n: usize, turn: Turn) -> io::Result<NatsCluster> {
         let dir = tempfile::Builder::new().prefix("nats-cluster").tempdir()?;
         let ports = free_ports(2 * n.max(1))?;
         let (client_ports, cluster_ports) = ports.split_at(n.max(1));
@@ -163,6 +198,7 @@ impl NatsCluster {
             dir,
             bin: bin.to_path_buf(),
             servers,
+            _turn: turn,
         };
         for i in 0..cluster.servers.len() {
             cluster.spawn(i)?;

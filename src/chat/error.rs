@@ -5,6 +5,7 @@ use crate::types::{ConversationId, MessageId, UserId};
 
 /// Why the chat model refused a call.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 pub enum ChatError {
     /// A message with no content and no attachment.

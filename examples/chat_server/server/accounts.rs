@@ -1,17 +1,21 @@
-//! Accounts (username, argon2id password hash, user id), persisted in `accounts.jsonl`, and
-//! sessions (random bearer tokens, in memory: a restart signs everybody out).
+//! Accounts (username, argon2id password hash, user id) and sessions (random bearer tokens).
+//!
+//! A single server keeps accounts in `accounts.jsonl` and sessions in memory (a restart signs
+//! everybody out). A cluster node keeps both in a [`Directory`] every node shares, so any node
+//! signs anyone in and a restart signs nobody out.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use axum::http::StatusCode;
-use chatstore::{ChatStore, UserId};
+use chatstore::UserId;
 use parking_lot::{Mutex, RwLock};
 use rand::rngs::OsRng;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
+use super::backend::ChatBackend;
 use super::error::{ApiError, ApiResult};
 use super::jsonlog::JsonLog;
 
@@ -28,8 +32,28 @@ struct Table {
     next_id: u64,
 }
 
+/// Accounts and sessions shared by the nodes of a cluster. Blocking calls.
+pub trait Directory: Send + Sync {
+    /// The account whose lowercased username is `key`.
+    fn account(&self, key: &str) -> ApiResult<Option<Account>>;
+    /// A user id nobody was given before.
+    fn next_user_id(&self) -> ApiResult<u64>;
+    /// Records `account` under its lowercased username; `username_taken` if one is there.
+    fn create_account(&self, account: &Account) -> ApiResult<()>;
+    /// The username of user `id`.
+    fn username(&self, id: u64) -> ApiResult<Option<String>>;
+    fn put_session(&self, token: &str, user: UserId) -> ApiResult<()>;
+    fn session(&self, token: &str) -> ApiResult<Option<UserId>>;
+    fn remove_session(&self, token: &str) -> ApiResult<bool>;
+}
+
+enum Source {
+    File(Mutex<Table>),
+    Shared(Arc<dyn Directory>),
+}
+
 pub struct Accounts {
-    table: Mutex<Table>,
+    source: Source,
     names: RwLock<HashMap<u64, Arc<str>>>,
     /// Verified against when a username is unknown, so that both cases take the same time.
     dummy_hash: Arc<str>,
@@ -60,10 +84,37 @@ impl Accounts {
             table.by_name.insert(a.username.to_ascii_lowercase(), a);
         }
         Ok(Accounts {
-            table: Mutex::new(table),
+            source: Source::File(Mutex::new(table)),
             names: RwLock::new(names),
             dummy_hash: Arc::from(dummy_hash.as_str()),
         })
+    }
+
+    /// Accounts kept in a directory shared with other nodes.
+    pub fn shared(directory: Arc<dyn Directory>, dummy_hash: String) -> Accounts {
+        Accounts {
+            source: Source::Shared(directory),
+            names: RwLock::new(HashMap::new()),
+            dummy_hash: Arc::from(dummy_hash.as_str()),
+        }
+    }
+
+    fn lookup(&self, username: &str) -> Option<(UserId, Arc<str>)> {
+        let key = username.to_ascii_lowercase();
+        match &self.source {
+            Source::File(t) => t
+                .lock()
+                .by_name
+                .get(&key)
+                .map(|a| (UserId(a.id), Arc::from(a.hash.as_str()))),
+            Source::Shared(d) => match d.account(&key) {
+                Ok(a) => a.map(|a| (UserId(a.id), Arc::from(a.hash.as_str()))),
+                Err(e) => {
+                    eprintln!("chat_server: accounts: {}", e.message);
+                    None
+                }
+            },
+        }
     }
 
     /// Checks a sign-up before its password is hashed: a valid, free username and a valid
@@ -77,12 +128,14 @@ impl Accounts {
         if !(8..=256).contains(&password.len()) {
             return Err(ApiError::bad_request("password: 8 to 256 bytes"));
         }
-        if self
-            .table
-            .lock()
-            .by_name
-            .contains_key(&username.to_ascii_lowercase())
-        {
+        let exists = match &self.source {
+            Source::File(t) => t
+                .lock()
+                .by_name
+                .contains_key(&username.to_ascii_lowercase()),
+            Source::Shared(d) => d.account(&username.to_ascii_lowercase())?.is_some(),
+        };
+        if exists {
             return Err(taken());
         }
         Ok(())
@@ -90,9 +143,30 @@ impl Accounts {
 
     /// Creates an account whose password `hash` was made by the hashing workers. Blocking
     /// (an fsync): call from a blocking thread.
-    pub fn create(&self, store: &ChatStore, username: &str, hash: String) -> ApiResult<UserId> {
+    pub fn create(
+        &self,
+        store: &dyn ChatBackend,
+        username: &str,
+        hash: String,
+    ) -> ApiResult<UserId> {
+        let t = match &self.source {
+            Source::File(t) => t,
+            Source::Shared(d) => {
+                // The id is spent before anything names it: a failure below leaves an unused
+                // id, never one id with two names.
+                let id = d.next_user_id()?;
+                store.register_user(UserId(id))?;
+                d.create_account(&Account {
+                    id,
+                    username: username.to_string(),
+                    hash,
+                })?;
+                self.names.write().insert(id, Arc::from(username));
+                return Ok(UserId(id));
+            }
+        };
         let key = username.to_ascii_lowercase();
-        let mut t = self.table.lock();
+        let mut t = t.lock();
         if t.by_name.contains_key(&key) {
             return Err(taken());
         }
@@ -121,13 +195,8 @@ impl Accounts {
     /// The user called `username` (if any) and the hash to check a password against: theirs,
     /// or the dummy one, so that an unknown name costs the same time as a wrong password.
     pub fn credentials(&self, username: &str) -> (Option<UserId>, Arc<str>) {
-        match self
-            .table
-            .lock()
-            .by_name
-            .get(&username.to_ascii_lowercase())
-        {
-            Some(a) => (Some(UserId(a.id)), Arc::from(a.hash.as_str())),
+        match self.lookup(username) {
+            Some((id, hash)) => (Some(id), hash),
             None => (None, self.dummy_hash.clone()),
         }
     }
@@ -135,23 +204,28 @@ impl Accounts {
     /// Makes the next append to the accounts file fail (tests).
     #[cfg(test)]
     pub fn fail_next_append(&self, fault: super::jsonlog::Fault) {
-        self.table.lock().log.fail_next = Some(fault);
+        if let Source::File(t) = &self.source {
+            t.lock().log.fail_next = Some(fault);
+        }
     }
 
     pub fn find(&self, username: &str) -> Option<UserId> {
-        self.table
-            .lock()
-            .by_name
-            .get(&username.to_ascii_lowercase())
-            .map(|a| UserId(a.id))
+        self.lookup(username).map(|(id, _)| id)
     }
 
     pub fn name(&self, user: UserId) -> Arc<str> {
-        self.names
-            .read()
-            .get(&user.0)
-            .cloned()
-            .unwrap_or_else(|| Arc::from(format!("user{}", user.0).as_str()))
+        if let Some(n) = self.names.read().get(&user.0) {
+            return n.clone();
+        }
+        // Usernames never change, so one found in the directory is kept.
+        if let Source::Shared(d) = &self.source {
+            if let Ok(Some(n)) = d.username(user.0) {
+                let n: Arc<str> = Arc::from(n.as_str());
+                self.names.write().insert(user.0, n.clone());
+                return n;
+            }
+        }
+        Arc::from(format!("user{}", user.0).as_str())
     }
 }
 
@@ -163,7 +237,7 @@ pub fn bad_credentials() -> ApiError {
     )
 }
 
-fn taken() -> ApiError {
+pub fn taken() -> ApiError {
     ApiError::new(
         StatusCode::CONFLICT,
         "username_taken",
@@ -171,30 +245,61 @@ fn taken() -> ApiError {
     )
 }
 
-/// Live sessions: token -> user.
+/// Live sessions: token -> user, in memory or in a shared [`Directory`].
 #[derive(Default)]
 pub struct Sessions {
     tokens: RwLock<HashMap<Arc<str>, UserId>>,
+    shared: Option<Arc<dyn Directory>>,
 }
 
 impl Sessions {
-    pub fn create(&self, user: UserId) -> Arc<str> {
+    /// Sessions kept in a directory shared with other nodes. Nothing is cached: a sign-out
+    /// on any node ends the session on all of them.
+    pub fn shared(directory: Arc<dyn Directory>) -> Sessions {
+        Sessions {
+            tokens: RwLock::default(),
+            shared: Some(directory),
+        }
+    }
+
+    pub fn create(&self, user: UserId) -> ApiResult<Arc<str>> {
         let mut bytes = [0u8; 32];
         OsRng.fill_bytes(&mut bytes);
         let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         let token: Arc<str> = Arc::from(token.as_str());
-        self.tokens.write().insert(token.clone(), user);
-        token
+        match &self.shared {
+            Some(d) => d.put_session(&token, user)?,
+            None => {
+                self.tokens.write().insert(token.clone(), user);
+            }
+        }
+        Ok(token)
     }
 
     pub fn check(&self, token: &str) -> Option<(Arc<str>, UserId)> {
-        self.tokens
-            .read()
-            .get_key_value(token)
-            .map(|(k, v)| (k.clone(), *v))
+        match &self.shared {
+            Some(d) => match d.session(token) {
+                Ok(u) => u.map(|u| (Arc::from(token), u)),
+                Err(e) => {
+                    eprintln!("chat_server: sessions: {}", e.message);
+                    None
+                }
+            },
+            None => self
+                .tokens
+                .read()
+                .get_key_value(token)
+                .map(|(k, v)| (k.clone(), *v)),
+        }
     }
 
     pub fn remove(&self, token: &str) -> bool {
-        self.tokens.write().remove(token).is_some()
+        match &self.shared {
+            Some(d) => d.remove_session(token).unwrap_or_else(|e| {
+                eprintln!("chat_server: sessions: {}", e.message);
+                false
+            }),
+            None => self.tokens.write().remove(token).is_some(),
+        }
     }
 }

@@ -13,12 +13,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use axum::http::StatusCode;
-use chatstore::{ChatStore, ConversationId, UserId};
+use chatstore::{ConversationId, UserId};
 use parking_lot::Mutex;
 use rand::rngs::OsRng;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
+use super::backend::ChatBackend;
 use super::error::{ApiError, ApiResult};
 use super::jsonlog::JsonLog;
 
@@ -337,7 +338,7 @@ impl Assets {
     }
 
     /// May `user` see asset `id`? Blocking (reads memberships).
-    pub fn can_read(&self, store: &ChatStore, user: UserId, id: &str) -> ApiResult<Meta> {
+    pub fn can_read(&self, store: &dyn ChatBackend, user: UserId, id: &str) -> ApiResult<Meta> {
         let (meta, convs) = {
             let index = self.index.lock();
             let Some(meta) = index.meta.get(id).cloned() else {

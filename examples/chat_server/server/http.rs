@@ -241,12 +241,12 @@ struct Credentials {
     password: String,
 }
 
-fn session_json(state: &Shared, user: UserId) -> Value {
-    let token = state.sessions.create(user);
-    json!({
+fn session_json(state: &Shared, user: UserId) -> ApiResult<Value> {
+    let token = state.sessions.create(user)?;
+    Ok(json!({
         "token": &*token,
         "user": { "id": user.0, "username": &*state.accounts.name(user) },
-    })
+    }))
 }
 
 async fn signup(
@@ -261,10 +261,10 @@ async fn signup(
     state.accounts.check_new(&c.username, &c.password)?;
     let hash = state.hasher.hash(c.password).await?;
     let user = db(&state, move |st| {
-        st.accounts.create(&st.store, &c.username, hash)
+        st.accounts.create(&*st.store, &c.username, hash)
     })
     .await?;
-    Ok((StatusCode::CREATED, Json(session_json(&state, user))).into_response())
+    Ok((StatusCode::CREATED, Json(session_json(&state, user)?)).into_response())
 }
 
 async fn signin(
@@ -282,7 +282,7 @@ async fn signin(
     match user {
         Some(user) if ok => {
             state.signin_backoff.succeeded(attempt);
-            Ok(Json(session_json(&state, user)))
+            Ok(Json(session_json(&state, user)?))
         }
         _ => Err(accounts::bad_credentials()),
     }
@@ -488,7 +488,7 @@ async fn add_member(
             // No message may land between the last id read here and the add: a member
             // added again reads from exactly there.
             let _changing = st.memberships.changing(conv);
-            let last = st.store.store().last_id(conv).0;
+            let last = st.store.last_id(conv)?.0;
             if !already {
                 st.memberships.before_rejoin(st, conv, user, last)?;
             }
@@ -709,7 +709,7 @@ async fn download(
     }
     let user = auth.user;
     let id2 = id.clone();
-    let meta = db(&state, move |st| st.assets.can_read(&st.store, user, &id2)).await?;
+    let meta = db(&state, move |st| st.assets.can_read(&*st.store, user, &id2)).await?;
     let bytes = tokio::fs::read(state.assets.path(&id)).await.map_err(|e| {
         eprintln!("chat_server: reading asset {id}: {e}");
         ApiError::not_found("asset file missing")
@@ -735,12 +735,12 @@ async fn download(
 }
 
 async fn stats(State(state): State<Shared>, _auth: Auth) -> Json<Value> {
-    let s = state.store.store().stats();
+    let s = state.store.stats();
     Json(json!({
         "connections": state.hub.connection_count(),
         "online_users": state.presence.online_count(),
         "dropped_slow": state.hub.dropped_slow.load(Ordering::Relaxed),
         "hash_workers": state.hasher.worker_count(),
-        "store": format!("{s:?}"),
+        "store": s,
     }))
 }

@@ -1,9 +1,12 @@
 //! The sessions registry: which users have which live connections (several devices a user),
 //! and pushing frames to them without ever waiting on a slow one.
+//!
+//! On a cluster node the registry only knows this node's connections: a [`Fanout`] carries
+//! every push to the nodes that hold devices of the users it is for (this one included).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 
 use axum::extract::ws::Utf8Bytes;
 use chatstore::UserId;
@@ -107,11 +110,33 @@ impl Conn {
     }
 }
 
+/// Delivery of pushes beyond this process. Calls never wait on a slow receiver.
+pub trait Fanout: Send + Sync {
+    /// Called once the hub exists: deliveries from other nodes go to its
+    /// [`Hub::push_local`].
+    fn attach(&self, hub: Weak<Hub>);
+    /// Delivers a frame to every device of every user in `users`, on any node; `skip` is a
+    /// connection of this node's hub.
+    fn publish(
+        &self,
+        users: &[UserId],
+        text: &Utf8Bytes,
+        msg: Option<(u64, u64)>,
+        skip: Option<u64>,
+    );
+    /// A device of `user` connected here: from when this returns, frames for `user` reach
+    /// this node.
+    fn watch(&self, user: UserId);
+    /// A device of `user` left this node (one call per earlier `watch`).
+    fn unwatch(&self, user: UserId);
+}
+
 #[derive(Default)]
 pub struct Hub {
     conns: RwLock<HashMap<UserId, Vec<Arc<Conn>>>>,
     next_id: AtomicU64,
     pub dropped_slow: AtomicU64,
+    fanout: OnceLock<Arc<dyn Fanout>>,
 }
 
 impl Hub {
@@ -119,8 +144,17 @@ impl Hub {
         self.next_id.fetch_add(1, Ordering::Relaxed) + 1
     }
 
+    /// Sends every push through `fanout` from now on.
+    pub fn set_fanout(self: &Arc<Self>, fanout: Arc<dyn Fanout>) {
+        fanout.attach(Arc::downgrade(self));
+        let _ = self.fanout.set(fanout);
+    }
+
     /// Adds a connection; true if it is the user's first.
     pub fn register(&self, conn: Arc<Conn>) -> bool {
+        if let Some(f) = self.fanout.get() {
+            f.watch(conn.user);
+        }
         let mut map = self.conns.write();
         let list = map.entry(conn.user).or_default();
         list.push(conn);
@@ -129,17 +163,28 @@ impl Hub {
 
     /// Removes a connection; true if it was the user's last.
     pub fn unregister(&self, conn: &Conn) -> bool {
-        let mut map = self.conns.write();
-        let Some(list) = map.get_mut(&conn.user) else {
-            return false;
+        let last = {
+            let mut map = self.conns.write();
+            let Some(list) = map.get_mut(&conn.user) else {
+                return false;
+            };
+            list.retain(|c| c.id != conn.id);
+            if list.is_empty() {
+                map.remove(&conn.user);
+                true
+            } else {
+                false
+            }
         };
-        list.retain(|c| c.id != conn.id);
-        if list.is_empty() {
-            map.remove(&conn.user);
-            true
-        } else {
-            false
+        if let Some(f) = self.fanout.get() {
+            f.unwatch(conn.user);
         }
+        last
+    }
+
+    /// Users with at least one live connection here.
+    pub fn users(&self) -> Vec<UserId> {
+        self.conns.read().keys().copied().collect()
     }
 
     pub fn is_connected(&self, user: UserId) -> bool {
@@ -152,6 +197,20 @@ impl Hub {
 
     /// Pushes a frame to every connection of every user in `users`, except connection `skip`.
     pub fn push_users(
+        &self,
+        users: &[UserId],
+        text: &Utf8Bytes,
+        msg: Option<(u64, u64)>,
+        skip: Option<u64>,
+    ) {
+        match self.fanout.get() {
+            Some(f) => f.publish(users, text, msg, skip),
+            None => self.push_local(users, text, msg, skip),
+        }
+    }
+
+    /// Pushes a frame to this process's connections only.
+    pub fn push_local(
         &self,
         users: &[UserId],
         text: &Utf8Bytes,

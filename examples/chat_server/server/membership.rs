@@ -146,7 +146,7 @@ pub fn visible_ranges(
     };
     let mut ranges: Vec<Range> = records.iter().map(|r| (r.from, r.to)).collect();
     let joined_after = records.last().map_or(0, |r| r.joined_after);
-    let last = st.store.store().last_id(conv).0;
+    let last = st.store.last_id(conv)?.0;
     let hi = if st.store.is_member(user, conv)? {
         last
     } else {
@@ -287,7 +287,7 @@ pub fn read_page(
             j += 1;
         }
         let (lo, n) = (ids[i], j - i + 1);
-        out.extend(st.store.store().after(conv, MessageId(lo - 1), n)?);
+        out.extend(st.store.raw_after(conv, MessageId(lo - 1), n)?);
         i = j + 1;
     }
     Ok(out)

@@ -3,9 +3,16 @@
 //! The storage work is the library's ([`ChatStore`] and [`Presence`]); this is the thin part
 //! around it: accounts and sessions, HTTP and WebSocket framing, the registry of live
 //! connections (fanout), heartbeats, assets, limits.
+//!
+//! A cluster node (`cluster/src/bin/chat-node`) runs the same layer through [`start_with`]:
+//! its [`backend::ChatBackend`] routes each call to the shard that owns it, its
+//! [`accounts::Directory`] is shared by every node, its [`hub::Fanout`] carries pushes to
+//! whichever node holds the receiving devices, and its
+//! [`shared_presence::SharedPresence`] tells who is online on other nodes.
 
 pub mod accounts;
 pub mod assets;
+pub mod backend;
 pub mod config;
 pub mod error;
 pub mod hashing;
@@ -15,6 +22,7 @@ pub mod jsonlog;
 pub mod membership;
 pub mod ratelimit;
 pub mod rejects;
+pub mod shared_presence;
 pub mod views;
 pub mod ws;
 
@@ -36,7 +44,8 @@ use error::{ApiError, ApiResult};
 /// Everything a request or a connection needs.
 pub struct AppState {
     pub cfg: Config,
-    pub store: ChatStore,
+    /// Where conversations live: one local store, or the shards of a cluster.
+    pub store: Arc<dyn backend::ChatBackend>,
     pub accounts: accounts::Accounts,
     /// Password hashing threads.
     pub hasher: hashing::Hasher,
@@ -48,8 +57,10 @@ pub struct AppState {
     pub assets: assets::Assets,
     /// Membership ranges the library forgot (members removed and added again).
     pub memberships: membership::Memberships,
-    pub hub: hub::Hub,
+    pub hub: Arc<hub::Hub>,
     pub presence: Presence,
+    /// Presence on other nodes (none: this process is the only one).
+    pub shared_presence: Option<Arc<dyn shared_presence::SharedPresence>>,
     pub limits: Limits,
     /// Rejected requests and frames, logged at a bounded rate.
     pub rejects: rejects::RejectLog,
@@ -118,6 +129,20 @@ pub struct Running {
     ticker: JoinHandle<()>,
 }
 
+/// What a server runs on besides its configuration: the single node's own store and files,
+/// or a cluster node's shared parts.
+pub struct Backing {
+    pub store: Arc<dyn backend::ChatBackend>,
+    /// Where last-seen times are kept (none: in memory only).
+    pub last_seen: Option<ChatStore>,
+    /// Accounts and sessions shared with other nodes (none: `accounts.jsonl` and memory).
+    pub directory: Option<Arc<dyn accounts::Directory>>,
+    /// Pushes to other nodes' devices (none: this process's connections only).
+    pub fanout: Option<Arc<dyn hub::Fanout>>,
+    /// Presence on other nodes (none: this process's only).
+    pub presence: Option<Arc<dyn shared_presence::SharedPresence>>,
+}
+
 /// Opens the data folder and starts listening.
 pub async fn start(cfg: Config) -> Result<Running, String> {
     let dir = cfg.data_dir.clone();
@@ -128,13 +153,44 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
         ChatOptions::default(),
     )
     .map_err(|e| format!("opening the store: {e}"))?;
+    let backing = Backing {
+        store: Arc::new(store.clone()),
+        last_seen: Some(store),
+        directory: None,
+        fanout: None,
+        presence: None,
+    };
+    start_with(cfg, backing).await
+}
+
+/// Starts listening on `backing`; the data folder keeps what is local to this process
+/// (assets, membership history, and accounts unless a directory is given).
+pub async fn start_with(cfg: Config, backing: Backing) -> Result<Running, String> {
+    let dir = cfg.data_dir.clone();
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let Backing {
+        store,
+        last_seen,
+        directory,
+        fanout,
+        presence: shared_presence,
+    } = backing;
     let hasher = hashing::Hasher::start(
         cfg.argon2_memory_kib,
         cfg.argon2_iterations,
         cfg.hash_workers,
         cfg.hash_queue,
     )?;
-    let accounts = accounts::Accounts::open(&dir.join("accounts.jsonl"), hasher.dummy_hash()?)?;
+    let (accounts, sessions) = match directory {
+        Some(d) => (
+            accounts::Accounts::shared(d.clone(), hasher.dummy_hash()?),
+            accounts::Sessions::shared(d),
+        ),
+        None => (
+            accounts::Accounts::open(&dir.join("accounts.jsonl"), hasher.dummy_hash()?)?,
+            accounts::Sessions::default(),
+        ),
+    };
     let assets = assets::Assets::open(&dir.join("assets"))?;
     let memberships = membership::Memberships::open(&dir.join("memberships.jsonl"))?;
     let presence = Presence::new(
@@ -144,8 +200,12 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
             persist_every: Duration::from_secs(60),
         },
         Arc::new(SystemClock),
-        Some(store.clone()),
+        last_seen,
     );
+    let hub = Arc::new(hub::Hub::default());
+    if let Some(f) = fanout {
+        hub.set_fanout(f);
+    }
     let listener = tokio::net::TcpListener::bind(cfg.addr)
         .await
         .map_err(|e| format!("listening on {}: {e}", cfg.addr))?;
@@ -162,11 +222,12 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
         cfg,
         store,
         accounts,
-        sessions: accounts::Sessions::default(),
+        sessions,
         assets,
         memberships,
-        hub: hub::Hub::default(),
+        hub,
         presence,
+        shared_presence,
         groups: views::GroupNames::default(),
         active: Mutex::new(HashSet::new()),
         shutdown: CancellationToken::new(),
@@ -273,6 +334,9 @@ async fn presence_loop(state: Shared) {
             for e in events {
                 broadcast_presence(st, e);
             }
+            if let Some(shared) = &st.shared_presence {
+                shared.heartbeat(&st.hub.users());
+            }
             st.assets
                 .sweep_unattached(now_ms(), st.cfg.unattached_upload_ttl.as_millis() as u64);
             Ok(())
@@ -290,6 +354,15 @@ pub fn broadcast_presence(st: &AppState, event: PresenceEvent) {
         PresenceEvent::Online(u) => (u, true, None),
         PresenceEvent::Offline { user, last_seen_ms } => (user, false, Some(last_seen_ms)),
     };
+    // Gone from this node but still on another: nothing changed for anyone else.
+    if !online
+        && st
+            .shared_presence
+            .as_ref()
+            .is_some_and(|p| p.online_elsewhere(user))
+    {
+        return;
+    }
     let peers = match views::peers_of(st, user) {
         Ok(p) => p,
         Err(e) => {

@@ -29,8 +29,16 @@ pub fn message_json(st: &AppState, m: &Message) -> Value {
 }
 
 pub fn presence_json(st: &AppState, user: UserId) -> Value {
+    let elsewhere = || {
+        st.shared_presence
+            .as_ref()
+            .is_some_and(|p| p.online_elsewhere(user))
+    };
     match st.presence.status(user) {
         Ok(PresenceStatus::Online) => json!({ "online": true, "last_seen_ms": null }),
+        Ok(PresenceStatus::Offline { .. }) if elsewhere() => {
+            json!({ "online": true, "last_seen_ms": null })
+        }
         Ok(PresenceStatus::Offline { last_seen_ms }) => {
             json!({ "online": false, "last_seen_ms": last_seen_ms })
         }
@@ -50,8 +58,7 @@ impl GroupNames {
         }
         let name = st
             .store
-            .store()
-            .get(conv, MessageId(1))
+            .raw_get(conv, MessageId(1))
             .ok()
             .flatten()
             .filter(|m| m.kind == MessageKind::System)
@@ -119,7 +126,7 @@ pub fn conversation_json(st: &AppState, user: UserId, conv: ConversationId) -> A
             }
             list.push(v);
         }
-        st.store.store().last_id(conv).0
+        st.store.last_id(conv)?.0
     } else {
         membership::last_visible(st, conv, user)?
     };
@@ -182,9 +189,12 @@ pub fn system_message(
         st.store.send(
             conv,
             NewMessage::new(by, body.to_string().into_bytes()).with_kind(MessageKind::System),
+            None,
         )?
     };
-    fanout(st, &m, None)?;
+    if !st.store.pushes_messages() {
+        fanout(st, &m, None)?;
+    }
     Ok(m)
 }
 

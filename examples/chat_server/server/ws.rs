@@ -133,6 +133,9 @@ async fn run(state: Shared, user: UserId, token: Arc<str>, socket: WebSocket) {
     touch(&state, &conn);
     let per_conv = state.cfg.unread_per_conversation;
     let snapshot = db(&state, move |st| {
+        if let Some(shared) = &st.shared_presence {
+            shared.heartbeat(&[user]);
+        }
         if let Some(ev) = st.presence.heartbeat(user)? {
             super::broadcast_presence(st, ev);
         }
@@ -239,6 +242,9 @@ async fn run(state: Shared, user: UserId, token: Arc<str>, socket: WebSocket) {
     let last = state.hub.unregister(&conn);
     if last && !state.hub.is_connected(user) {
         let res = db(&state, move |st| {
+            if let Some(shared) = &st.shared_presence {
+                shared.left(user);
+            }
             if let Some(ev) = st.presence.disconnect(user)? {
                 super::broadcast_presence(st, ev);
             }
@@ -411,6 +417,7 @@ async fn send(
         nm = nm.with_reply_to(MessageId(r));
     }
     let key = client_key.clone().map(String::into_bytes);
+    let conn_id = conn.id;
     let (json, members, mid) = db(state, move |st| {
         let members = st.store.members(conv)?;
         if !members.contains(&user) {
@@ -432,21 +439,21 @@ async fn send(
         if let Some(id) = &asset {
             // Only an asset the sender may see can be attached, and the link is recorded
             // before the message: a message never points at an asset its readers can't get.
-            st.assets.can_read(&st.store, user, id)?;
+            st.assets.can_read(&*st.store, user, id)?;
             st.assets.link(id, conv)?;
         }
         let m = {
             let _appending = st.memberships.appending(conv);
-            match key {
-                Some(k) => st.store.send_with_key(conv, nm, k)?.message,
-                None => st.store.send(conv, nm)?,
-            }
+            st.store.send_from(conv, nm, key, Some(conn_id))?
         };
         Ok((views::message_json(st, &m), members, m.id))
     })
     .await?;
     let ack = json!({ "type": "ack", "client_key": client_key, "message": json });
     conn.push(Out::text(ack.to_string()));
+    if state.store.pushes_messages() {
+        return Ok(());
+    }
     // Everyone else: the other members' devices and the sender's other devices. A retried
     // send is pushed again (the client may have crashed before its fanout); clients drop
     // messages whose (conversation, id) they already have.

@@ -1,0 +1,394 @@
+//! The chat backend of a node: each call goes to the shard that holds it, on this node if it
+//! owns the shard, else to the owner over NATS request/reply (`<prefix>.rpc.<shard>`).
+//!
+//! - a conversation's calls: shard `id mod S` (see `wire`);
+//! - a new direct chat: the shard of a hash of the two users (so both find the same one);
+//!   a new group: the shard of a hash of the creator and a nonce;
+//! - a user's records (their registration): the shard of a hash of the user id;
+//! - a user's conversations, inbox and unread: every shard, in parallel, merged.
+//!
+//! While a shard is between owners (nobody answers, or a node answers that it just lost the
+//! shard) a call is asked again until `deadline`. A call whose answer was lost (a timeout, a
+//! dropped connection) is asked again only if it is idempotent: a send with a client key, a
+//! read, a cursor move.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_nats::RequestErrorKind;
+use chatstore::{
+    Conversation, ConversationId, Cursors, Error, InboxCursor, InboxPage, Message, MessageId,
+    MessageReceipts, NewMessage, Result, Unread, UserId,
+};
+
+use crate::server::backend::ChatBackend;
+use crate::shards::{fnv, rpc_subject, Shards};
+use crate::wire::{Op, Origin, Reply, WireError};
+
+const IDEMPOTENT_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub struct Router {
+    shards: Arc<Shards>,
+    /// This node's fanout id (see `fanout`).
+    node: u64,
+    /// How long a call keeps trying while its shard has no owner.
+    deadline: Duration,
+}
+
+enum Outcome {
+    Done(Result<Reply>),
+    /// Nobody owns the shard right now, or the owner changed under the call: try again.
+    Retry(String),
+}
+
+impl Router {
+    pub fn new(shards: Arc<Shards>, node: u64, deadline: Duration) -> Router {
+        Router {
+            shards,
+            node,
+            deadline,
+        }
+    }
+
+    fn count(&self) -> u64 {
+        self.shards.cfg.shards as u64
+    }
+
+    fn conv_shard(&self, conv: ConversationId) -> u32 {
+        (conv.0 % self.count()) as u32
+    }
+
+    fn user_shard(&self, user: UserId) -> u32 {
+        (fnv(&[user.0]) % self.count()) as u32
+    }
+
+    fn call(&self, shard: u32, op: Op) -> Result<Reply> {
+        let idempotent = op.is_idempotent();
+        let payload = serde_json::to_vec(&op)
+            .map_err(|e| Error::Internal(format!("encoding a request: {e}")))?;
+        let start = Instant::now();
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let why = match self.try_once(shard, &payload, idempotent) {
+                Outcome::Done(r) => return r,
+                Outcome::Retry(why) => why,
+            };
+            if start.elapsed() >= self.deadline {
+                return Err(Error::Internal(format!(
+                    "shard {shard} has no owner after {:?}: {why}",
+                    self.deadline
+                )));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(250));
+        }
+    }
+
+    fn try_once(&self, shard: u32, payload: &[u8], idempotent: bool) -> Outcome {
+        if let Some(owned) = self.shards.local(shard) {
+            let op: Op = match serde_json::from_slice(payload) {
+                Ok(op) => op,
+                Err(e) => return Outcome::Done(Err(Error::Internal(e.to_string()))),
+            };
+            return match self.shards.execute(&owned, op) {
+                Ok(r) => Outcome::Done(Ok(r)),
+                Err(e) => match WireError::from(e) {
+                    // The store failed under the call: its outcome is unknown unless the
+                    // call may run twice.
+                    WireError::NotOwner(why) if idempotent => Outcome::Retry(why),
+                    other => Outcome::Done(Err(other.into())),
+                },
+            };
+        }
+        let client = self.shards.nats.client().clone();
+        let subject = rpc_subject(&self.shards.cfg.stream.prefix, shard);
+        // An owner that died with the call in flight never answers: a call that may be asked
+        // again gives up on it sooner (a commit takes milliseconds, a lease TTL seconds).
+        let timeout = if idempotent {
+            IDEMPOTENT_TIMEOUT
+        } else {
+            self.shards.nats.options().request_timeout
+        };
+        let request = async_nats::Request::new()
+            .payload(bytes::Bytes::copy_from_slice(payload))
+            .timeout(Some(timeout));
+        let asked = self
+            .shards
+            .nats
+            .block_on(async move { client.send_request(subject, request).await });
+        let answer = match asked {
+            Ok(Ok(msg)) => msg,
+            Ok(Err(e)) => {
+                return match e.kind() {
+                    RequestErrorKind::NoResponders => Outcome::Retry("no responders".into()),
+                    // No answer in time, or the connection dropped (a NATS server died and
+                    // the client is moving to another): the call may or may not have run.
+                    _ if idempotent => Outcome::Retry(format!("no answer: {e}")),
+                    _ => Outcome::Done(Err(Error::Internal(format!(
+                        "shard {shard}: {e} (the outcome is unknown)"
+                    )))),
+                };
+            }
+            Err(e) => return Outcome::Done(Err(Error::Internal(e.to_string()))),
+        };
+        match serde_json::from_slice::<std::result::Result<Reply, WireError>>(&answer.payload) {
+            Ok(Ok(r)) => Outcome::Done(Ok(r)),
+            Ok(Err(WireError::NotOwner(why))) => Outcome::Retry(why),
+            Ok(Err(e)) => Outcome::Done(Err(e.into())),
+            Err(e) => Outcome::Done(Err(Error::Internal(format!("bad answer: {e}")))),
+        }
+    }
+
+    fn on_conv(&self, conv: ConversationId, op: Op) -> Result<Reply> {
+        self.call(self.conv_shard(conv), op)
+    }
+
+    /// The same question to every shard, in parallel.
+    fn everywhere(&self, op: impl Fn() -> Op + Sync) -> Result<Vec<Reply>> {
+        let n = self.shards.cfg.shards;
+        let results: Vec<Result<Reply>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..n)
+                .map(|s| {
+                    let op = &op;
+                    scope.spawn(move || self.call(s, op()))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(Error::Internal("a shard call panicked".into())))
+                })
+                .collect()
+        });
+        results.into_iter().collect()
+    }
+}
+
+fn unexpected(r: Reply) -> Error {
+    Error::Internal(format!("unexpected answer from a shard: {r:?}"))
+}
+
+macro_rules! expect {
+    ($r:expr, $variant:ident) => {
+        match $r? {
+            Reply::$variant(v) => Ok(v),
+            other => Err(unexpected(other)),
+        }
+    };
+}
+
+fn unit(r: Result<Reply>) -> Result<()> {
+    match r? {
+        Reply::Unit => Ok(()),
+        other => Err(unexpected(other)),
+    }
+}
+
+impl ChatBackend for Router {
+    fn register_user(&self, user: UserId) -> Result<()> {
+        unit(self.call(self.user_shard(user), Op::RegisterUsers(vec![user])))
+    }
+
+    fn direct(&self, a: UserId, b: UserId) -> Result<ConversationId> {
+        let shard = (fnv(&[a.0.min(b.0), a.0.max(b.0)]) % self.count()) as u32;
+        expect!(self.call(shard, Op::Direct(a, b)), Conv)
+    }
+
+    fn create_group(&self, creator: UserId, members: &[UserId]) -> Result<ConversationId> {
+        static NONCE: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let n = NONCE.fetch_add(1, Ordering::Relaxed);
+        let shard = (fnv(&[creator.0, nanos, n]) % self.count()) as u32;
+        expect!(
+            self.call(shard, Op::CreateGroup(creator, members.to_vec())),
+            Conv
+        )
+    }
+
+    fn add_member(&self, conv: ConversationId, by: UserId, user: UserId) -> Result<()> {
+        unit(self.on_conv(conv, Op::AddMember(conv, by, user)))
+    }
+
+    fn remove_member(&self, conv: ConversationId, by: UserId, user: UserId) -> Result<()> {
+        unit(self.on_conv(conv, Op::RemoveMember(conv, by, user)))
+    }
+
+    fn conversation(&self, conv: ConversationId) -> Result<Conversation> {
+        expect!(self.on_conv(conv, Op::Conversation(conv)), Conversation)
+    }
+
+    fn members(&self, conv: ConversationId) -> Result<Vec<UserId>> {
+        expect!(self.on_conv(conv, Op::Members(conv)), Users)
+    }
+
+    fn is_member(&self, user: UserId, conv: ConversationId) -> Result<bool> {
+        expect!(self.on_conv(conv, Op::IsMember(user, conv)), Bool)
+    }
+
+    fn conversations_of(&self, user: UserId) -> Result<Vec<ConversationId>> {
+        let mut all = Vec::new();
+        for r in self.everywhere(|| Op::ConversationsOf(user))? {
+            all.extend(expect!(Ok::<_, Error>(r), Convs)?);
+        }
+        all.sort_unstable();
+        Ok(all)
+    }
+
+    fn last_id(&self, conv: ConversationId) -> Result<MessageId> {
+        expect!(self.on_conv(conv, Op::LastId(conv)), Id)
+    }
+
+    fn send(
+        &self,
+        conv: ConversationId,
+        message: NewMessage,
+        client_key: Option<Vec<u8>>,
+    ) -> Result<Message> {
+        self.send_from(conv, message, client_key, None)
+    }
+
+    fn send_from(
+        &self,
+        conv: ConversationId,
+        message: NewMessage,
+        client_key: Option<Vec<u8>>,
+        from: Option<u64>,
+    ) -> Result<Message> {
+        let origin = from.map(|conn| Origin {
+            node: self.node,
+            conn,
+        });
+        expect!(
+            self.on_conv(conv, Op::Send(conv, message, client_key, origin)),
+            Message
+        )
+    }
+
+    fn pushes_messages(&self) -> bool {
+        true
+    }
+
+    fn latest(&self, user: UserId, conv: ConversationId, n: usize) -> Result<Vec<Message>> {
+        expect!(self.on_conv(conv, Op::Latest(user, conv, n)), Messages)
+    }
+
+    fn before(
+        &self,
+        user: UserId,
+        conv: ConversationId,
+        id: MessageId,
+        n: usize,
+    ) -> Result<Vec<Message>> {
+        expect!(self.on_conv(conv, Op::Before(user, conv, id, n)), Messages)
+    }
+
+    fn after(
+        &self,
+        user: UserId,
+        conv: ConversationId,
+        id: MessageId,
+        n: usize,
+    ) -> Result<Vec<Message>> {
+        expect!(self.on_conv(conv, Op::After(user, conv, id, n)), Messages)
+    }
+
+    fn around(
+        &self,
+        user: UserId,
+        conv: ConversationId,
+        id: MessageId,
+        n: usize,
+    ) -> Result<Vec<Message>> {
+        expect!(self.on_conv(conv, Op::Around(user, conv, id, n)), Messages)
+    }
+
+    fn get(&self, user: UserId, conv: ConversationId, id: MessageId) -> Result<Option<Message>> {
+        expect!(self.on_conv(conv, Op::Get(user, conv, id)), OptMessage)
+    }
+
+    fn raw_get(&self, conv: ConversationId, id: MessageId) -> Result<Option<Message>> {
+        expect!(self.on_conv(conv, Op::RawGet(conv, id)), OptMessage)
+    }
+
+    fn raw_after(&self, conv: ConversationId, id: MessageId, n: usize) -> Result<Vec<Message>> {
+        expect!(self.on_conv(conv, Op::RawAfter(conv, id, n)), Messages)
+    }
+
+    fn cursors(&self, user: UserId, conv: ConversationId) -> Result<Cursors> {
+        expect!(self.on_conv(conv, Op::Cursors(user, conv)), Cursors)
+    }
+
+    fn mark_read(&self, user: UserId, conv: ConversationId, id: MessageId) -> Result<bool> {
+        expect!(self.on_conv(conv, Op::MarkRead(user, conv, id)), Bool)
+    }
+
+    fn mark_delivered(&self, user: UserId, conv: ConversationId, id: MessageId) -> Result<bool> {
+        expect!(self.on_conv(conv, Op::MarkDelivered(user, conv, id)), Bool)
+    }
+
+    fn receipts(&self, conv: ConversationId, id: MessageId) -> Result<MessageReceipts> {
+        expect!(self.on_conv(conv, Op::Receipts(conv, id)), Receipts)
+    }
+
+    fn inbox(&self, user: UserId, limit: usize, cursor: Option<InboxCursor>) -> Result<InboxPage> {
+        let mut entries = Vec::new();
+        let mut more = false;
+        for r in self.everywhere(|| Op::Inbox(user, limit, cursor))? {
+            let page = expect!(Ok::<_, Error>(r), Inbox)?;
+            more |= page.next.is_some();
+            entries.extend(page.entries);
+        }
+        // Newest activity first, ties by higher id: the order each shard pages in.
+        entries.sort_by_key(|e| std::cmp::Reverse((e.activity_ms, e.conversation)));
+        more |= entries.len() > limit;
+        entries.truncate(limit);
+        let next = match entries.last() {
+            Some(e) if more => Some(InboxCursor {
+                activity_ms: e.activity_ms,
+                conversation: e.conversation,
+            }),
+            _ => None,
+        };
+        Ok(InboxPage { entries, next })
+    }
+
+    fn unread(&self, user: UserId) -> Result<Vec<Unread>> {
+        let mut all = Vec::new();
+        for r in self.everywhere(|| Op::Unread(user))? {
+            all.extend(expect!(Ok::<_, Error>(r), Unread)?);
+        }
+        all.sort_by_key(|u| u.conversation);
+        Ok(all)
+    }
+
+    fn unread_messages(
+        &self,
+        user: UserId,
+        per_conversation: usize,
+    ) -> Result<Vec<(Unread, Vec<Message>)>> {
+        let mut all = Vec::new();
+        for r in self.everywhere(|| Op::UnreadMessages(user, per_conversation))? {
+            all.extend(expect!(Ok::<_, Error>(r), UnreadMessages)?);
+        }
+        all.sort_by_key(|(u, _)| u.conversation);
+        Ok(all)
+    }
+
+    fn stats(&self) -> String {
+        format!(
+            "node {}: shards {:?} of {}",
+            self.shards.cfg.node,
+            self.shards.owned(),
+            self.shards.cfg.shards
+        )
+    }
+
+    fn close(&self) -> Result<()> {
+        self.shards.stop();
+        Ok(())
+    }
+}
