@@ -133,7 +133,7 @@ impl MessageCursor<'_> {
     fn next(&mut self) -> Result<Option<Message>> {
         while self.buf.is_empty() && self.next_block < self.reader.block_count() {
             let block = self.reader.read_block(self.next_block)?;
-            self.next_block += 1;
+            self.next_block = self.next_block.saturating_add(1);
             let mut v = Vec::new();
             block.collect_all(&mut v);
             self.buf.extend(v);
@@ -155,7 +155,7 @@ impl StateCursor<'_> {
         if let Some(reader) = self.reader {
             while self.buf.is_empty() && self.next_block < reader.state_block_count() {
                 let block = reader.read_state_block(self.next_block)?;
-                self.next_block += 1;
+                self.next_block = self.next_block.saturating_add(1);
                 self.buf.extend(block.entries().iter().cloned());
             }
         }
@@ -281,28 +281,38 @@ impl ConversationRules {
         })
     }
 
-    /// The row to write in place of `m`, if any.
-    fn rewrite(&mut self, m: Message) -> Option<Message> {
+    /// The row to write in place of `m`, if any. `path`: the input it came from, named if
+    /// its id is impossible.
+    fn rewrite(&mut self, m: Message, path: &Path) -> Result<Option<Message>> {
         if m.id.0 < self.floor {
             self.pending_stub = Some(Override::Deleted { at_ms: 0 }.strip(&m));
-            return None;
+            return Ok(None);
         }
         if self.expired_prefix {
             match self.cutoff {
                 Some(c) if m.timestamp_ms < c => {
-                    self.floor = m.id.0 + 1;
+                    // No id follows the largest: a row carrying it is damage, not data.
+                    self.floor = m.id.0.checked_add(1).ok_or_else(|| {
+                        Error::corruption(
+                            path,
+                            0,
+                            format!("conversation {} holds id {}", m.conversation, m.id),
+                        )
+                    })?;
                     self.pending_stub = Some(Override::Deleted { at_ms: 0 }.strip(&m));
-                    return None;
+                    return Ok(None);
                 }
                 _ => self.expired_prefix = false,
             }
         }
         // A row at or above the watermark follows: it carries the last id, no stub needed.
         self.pending_stub = None;
-        match self.overrides.binary_search_by_key(&m.id.0, |(id, _)| *id) {
-            Ok(i) => Some(self.overrides[i].1.strip(&m)),
-            Err(_) => Some(m),
-        }
+        Ok(
+            match self.overrides.binary_search_by_key(&m.id.0, |(id, _)| *id) {
+                Ok(i) => self.overrides.get(i).map(|(_, o)| o.strip(&m)),
+                Err(_) => Some(m),
+            },
+        )
     }
 
     /// Called after the conversation's last row: the stub to write, if no row was written.
@@ -334,13 +344,15 @@ fn all_expired(
     let mut lo = from;
     let mut rows = Vec::new();
     while lo < to {
-        let hi = lo.saturating_add(EXPIRY_PROBE_IDS - 1).min(to - 1);
+        let hi = lo
+            .saturating_add(EXPIRY_PROBE_IDS.saturating_sub(1))
+            .min(to.saturating_sub(1));
         rows.clear();
         v.collect(&engine.cache, conv, lo, hi, &mut rows)?;
         if rows.iter().any(|m| m.timestamp_ms >= cutoff) {
             return Ok(false);
         }
-        lo = hi + 1;
+        lo = hi.saturating_add(1);
     }
     Ok(true)
 }
@@ -497,7 +509,7 @@ fn merge(
             rules = ConversationRules::load(engine, &durable, inputs, &m)?;
         }
         last_conv = Some(conv);
-        if let Some(m) = rules.rewrite(m) {
+        if let Some(m) = rules.rewrite(m, &path)? {
             write_row(messages, &m, &path)?;
         }
         last_path = path;

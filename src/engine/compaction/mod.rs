@@ -6,10 +6,7 @@
 // Background threads must not panic: no arithmetic that can overflow.
 #![deny(clippy::arithmetic_side_effects)]
 
-// The merge and the picker do their own (checked) arithmetic on sizes and ids.
-#[allow(clippy::arithmetic_side_effects)]
 pub(crate) mod job;
-#[allow(clippy::arithmetic_side_effects)]
 pub(crate) mod picker;
 
 use std::sync::atomic::Ordering;

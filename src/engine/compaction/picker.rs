@@ -43,10 +43,24 @@ pub const PROVISIONAL_RATIO: u64 = 4;
 
 /// Whether level 0 should be compacted now because of provisional segments.
 fn provisional_due(segs: &[SegmentMeta]) -> bool {
-    let l0: u64 = segs.iter().filter(|s| s.level == 0).map(|s| s.bytes).sum();
-    let l1: u64 = segs.iter().filter(|s| s.level == 1).map(|s| s.bytes).sum();
+    let l0 = level_bytes(segs, 0);
+    let l1 = level_bytes(segs, 1);
     segs.iter().any(|s| s.level == 0 && s.provisional) && l0.saturating_mul(PROVISIONAL_RATIO) >= l1
 }
+
+/// Total bytes of `segs` (an estimate: saturates rather than wraps).
+fn total_bytes<'a>(segs: impl IntoIterator<Item = &'a SegmentMeta>) -> u64 {
+    segs.into_iter()
+        .fold(0u64, |acc, s| acc.saturating_add(s.bytes))
+}
+
+/// Bytes of the segments of `level`.
+fn level_bytes(segs: &[SegmentMeta], level: u32) -> u64 {
+    total_bytes(segs.iter().filter(|s| s.level == level))
+}
+
+/// The deepest level a compaction may write to.
+const LAST_LEVEL: u32 = LEVELS as u32 - 1;
 
 /// Picker settings.
 #[derive(Clone, Copy, Debug)]
@@ -103,23 +117,15 @@ fn level0_rewrite_inputs(segs: &[SegmentMeta]) -> Vec<&SegmentMeta> {
 /// Bytes that compaction still has to move to bring every level within budget, and every
 /// provisional segment into the store's codec.
 pub fn pending_bytes(segs: &[SegmentMeta], opts: &PickerOptions) -> u64 {
-    let mut pending = 0;
     let l0: Vec<&SegmentMeta> = segs.iter().filter(|s| s.level == 0).collect();
-    if l0.len() >= opts.l0_trigger || provisional_due(segs) {
-        pending += l0.iter().map(|s| s.bytes).sum::<u64>();
+    let mut pending = if l0.len() >= opts.l0_trigger || provisional_due(segs) {
+        total_bytes(l0.iter().copied())
     } else {
-        pending += level0_rewrite_inputs(segs)
-            .iter()
-            .map(|s| s.bytes)
-            .sum::<u64>();
-    }
-    for level in 1..LEVELS as u32 {
-        let bytes: u64 = segs
-            .iter()
-            .filter(|s| s.level == level)
-            .map(|s| s.bytes)
-            .sum();
-        pending += bytes.saturating_sub(level_budget(opts, level));
+        total_bytes(level0_rewrite_inputs(segs))
+    };
+    for level in 1..=LAST_LEVEL {
+        let over = level_bytes(segs, level).saturating_sub(level_budget(opts, level));
+        pending = pending.saturating_add(over);
     }
     pending
 }
@@ -205,13 +211,8 @@ pub fn pick(segs: &[SegmentMeta], opts: &PickerOptions, cursors: &mut Cursors) -
             best = Some((score, 0));
         }
     }
-    for level in 1..(LEVELS as u32 - 1) {
-        let bytes: u64 = segs
-            .iter()
-            .filter(|s| s.level == level)
-            .map(|s| s.bytes)
-            .sum();
-        let score = bytes as f64 / level_budget(opts, level) as f64;
+    for level in 1..LAST_LEVEL {
+        let score = level_bytes(segs, level) as f64 / level_budget(opts, level) as f64;
         if score >= 1.0 && best.is_none_or(|(b, _)| score > b) {
             best = Some((score, level));
         }
@@ -236,8 +237,10 @@ pub fn pick(segs: &[SegmentMeta], opts: &PickerOptions, cursors: &mut Cursors) -
         .copied()?;
     *cursor = Some(range_start(chosen));
     let mut inputs = vec![chosen];
-    inputs.extend(overlapping(segs, level + 1, &[chosen]));
-    Some(finish(inputs, level + 1, segs))
+    // `level` < LAST_LEVEL (the loop above), so the next level exists.
+    let below = level.saturating_add(1).min(LAST_LEVEL);
+    inputs.extend(overlapping(segs, below, &[chosen]));
+    Some(finish(inputs, below, segs))
 }
 
 /// When nothing else is due (and the store is quiet): rewrite the provisional part of level 0
@@ -263,7 +266,7 @@ pub fn pick_level0_rewrite(segs: &[SegmentMeta]) -> Option<Pick> {
 /// tier of whole runs, one segment per run; when a tier holds `l0_trigger` runs they are merged
 /// into one run in the tier below. Less rewriting than leveled, more segments per read.
 pub fn pick_tiered(segs: &[SegmentMeta], opts: &PickerOptions) -> Option<Pick> {
-    for level in 0..(LEVELS as u32 - 1) {
+    for level in 0..LAST_LEVEL {
         let tier: Vec<&SegmentMeta> = segs.iter().filter(|s| s.level == level).collect();
         if tier.len() >= opts.l0_trigger {
             // Runs already in the tier below are older and may hold what a tombstone hides.
@@ -274,7 +277,7 @@ pub fn pick_tiered(segs: &[SegmentMeta], opts: &PickerOptions) -> Option<Pick> {
             inputs.sort_unstable();
             return Some(Pick {
                 inputs,
-                output_level: level + 1,
+                output_level: level.saturating_add(1),
                 drop_tombstones,
             });
         }
