@@ -82,11 +82,17 @@ pub struct Pick {
     pub drop_tombstones: bool,
 }
 
-/// Round-robin positions per level: where the last compaction of each level ended.
+/// Round-robin positions per level: where the last compaction of each level ended; and
+/// whether the last compaction was level 0's.
 #[derive(Clone, Debug, Default)]
 pub struct Cursors {
     after: [Option<Bytes>; LEVELS],
+    level0_last: bool,
 }
+
+/// Level 0 may hold this many times its trigger before its compaction stops giving way to
+/// level 1's (see `pick`): the write controller's slowdown threshold.
+pub const LEVEL0_YIELDS_BELOW: usize = crate::engine::write_controller::SLOWDOWN_FACTOR;
 
 /// The budget of level `level` (>= 1).
 pub fn level_budget(opts: &PickerOptions, level: u32) -> u64 {
@@ -220,7 +226,20 @@ pub fn pick(segs: &[SegmentMeta], opts: &PickerOptions, cursors: &mut Cursors) -
     if best.is_none() && provisional_due(segs) {
         best = Some((0.0, 0));
     }
-    let (_, level) = best?;
+    let (_, mut level) = best?;
+    // Under sustained writes level 0's score wins every time, and level 1, never drained,
+    // grows into a rewrite of the whole store at each level-0 compaction. So a level-0
+    // compaction that leaves level 1 over its budget is followed by one of level 1 (a
+    // segment's worth), unless level 0 is far enough behind for writers to slow down.
+    let level1_over = level_bytes(segs, 1) > level_budget(opts, 1);
+    if level == 0
+        && cursors.level0_last
+        && level1_over
+        && l0.len() < opts.l0_trigger.saturating_mul(LEVEL0_YIELDS_BELOW)
+    {
+        level = 1;
+    }
+    cursors.level0_last = level == 0;
     if level == 0 {
         let mut inputs = l0.clone();
         inputs.extend(overlapping(segs, 1, &l0));
@@ -351,6 +370,29 @@ mod tests {
         assert_eq!(second.inputs, vec![2, 3]);
         let third = pick(&segs, &opts(), &mut c).unwrap();
         assert_eq!(third.inputs, vec![1, 3], "wraps around");
+    }
+
+    #[test]
+    fn level1_over_budget_gets_a_turn_between_level0_compactions() {
+        // Level 1 at 1.5 times its budget, level 0 at twice its trigger: level 0 scores higher.
+        let mut segs = vec![seg(1, 1, 750, (0, 10)), seg(2, 1, 750, (11, 20))];
+        segs.extend((10..18).map(|n| seg(n, 0, 50, (0, 20))));
+        let mut c = Cursors::default();
+        let first = pick(&segs, &opts(), &mut c).unwrap();
+        assert_eq!(first.output_level, 1);
+        let second = pick(&segs, &opts(), &mut c).unwrap();
+        assert_eq!(
+            second.output_level, 2,
+            "level 1 drains after a level-0 compaction"
+        );
+        let third = pick(&segs, &opts(), &mut c).unwrap();
+        assert_eq!(third.output_level, 1, "then level 0 again");
+        // Far behind (the writers' slowdown threshold), level 0 keeps the turn.
+        segs.extend((20..32).map(|n| seg(n, 0, 50, (0, 20))));
+        let mut c = Cursors::default();
+        for _ in 0..3 {
+            assert_eq!(pick(&segs, &opts(), &mut c).unwrap().output_level, 1);
+        }
     }
 
     #[test]
