@@ -179,6 +179,10 @@ impl Engine {
             .fold(0usize, usize::saturating_add);
         let blocks = total.checked_div(self.opts.block_bytes).unwrap_or(0);
         let every = blocks.checked_div(SAMPLE_BLOCKS).unwrap_or(0).max(1);
+        // Blocks halfway between two samples judge a new dictionary against the current one:
+        // judged on its own training samples it would always look better.
+        let half = every.checked_div(2).unwrap_or(0);
+        let mut held_out = Vec::new();
         let mut samples = Vec::with_capacity(SAMPLE_BLOCKS + 1);
         let mut builder = crate::format::block::BlockBuilder::new();
         let mut n = 0usize;
@@ -191,18 +195,63 @@ impl Engine {
                 let body = builder.finish_body();
                 if n.is_multiple_of(every) {
                     samples.push(body);
+                } else if half > 0 && n.checked_rem(every) == Some(half) {
+                    held_out.push(body);
                 }
                 n = n.wrapping_add(1);
             }
         }
+        let level = match self.opts.compression {
+            crate::options::Compression::Zstd(level) => level,
+            _ => return current,
+        };
         match crate::format::dictionary::train(&samples, max) {
-            Some(d) => {
+            Some(d) if replaces(current.as_deref(), &d, &held_out, level) => {
                 let d = Arc::new(bytes::Bytes::from(d));
                 *self.dictionary.lock() = Some(Arc::clone(&d));
                 Some(d)
             }
-            None => current,
+            _ => current,
         }
+    }
+}
+
+/// A retrained dictionary must shrink the samples by this many per mille to replace the
+/// current one: compaction copies blocks whole only between segments of the same dictionary,
+/// so a new one costs a full re-encoding of whatever it rewrites next, worth it only for a
+/// real gain (chat text changes slowly).
+const DICTIONARY_GAIN_PER_MILLE: u64 = 20;
+
+/// Whether `candidate` should replace `current` (none: always): it compresses `samples` at
+/// `level` at least `DICTIONARY_GAIN_PER_MILLE` smaller.
+fn replaces(
+    current: Option<&bytes::Bytes>,
+    candidate: &[u8],
+    samples: &[Vec<u8>],
+    level: i32,
+) -> bool {
+    let Some(current) = current else {
+        return true;
+    };
+    if samples.is_empty() {
+        // Too little data to judge (a small flush): keep what works.
+        return false;
+    }
+    let size = |dict: &[u8]| -> Option<u64> {
+        let mut enc = crate::format::dictionary::DictEncoder::new(dict, level)?;
+        samples.iter().try_fold(0u64, |total, s| {
+            let n = enc.compress(s).map_or(s.len(), |c| c.len());
+            Some(total.saturating_add(n as u64))
+        })
+    };
+    match (size(current), size(candidate)) {
+        (Some(old), Some(new)) => {
+            new.saturating_mul(1000)
+                < old.saturating_mul(1000u64.saturating_sub(DICTIONARY_GAIN_PER_MILLE))
+        }
+        // The current dictionary does not work (zstd refuses it): take the new one.
+        (None, Some(_)) => true,
+        _ => false,
     }
 }
 

@@ -208,6 +208,69 @@ impl SegmentWriter {
         Ok(true)
     }
 
+    /// Adds a block as stored in another segment (`stored`, trailer included), whose decoded
+    /// form is `block`, without decoding or compressing it again. The caller checks that the
+    /// codec suits this segment (`block::copyable`): a dictionary-compressed block needs this
+    /// segment's dictionary. Rows still pending from [`add`](Self::add) are closed into a
+    /// block of their own first. Returns `false` (adding nothing) if the rows are out of order
+    /// or not gapless after what was added before, or state entries were already added.
+    pub fn add_stored_block(&mut self, stored: &[u8], block: &Block) -> std::io::Result<bool> {
+        if self.state_started || block.rows() == 0 {
+            return Ok(false);
+        }
+        // Check the whole block against the conversation index before changing anything.
+        let mut prev = self.conv_index.last().map(|&(c, _, last)| (c, last));
+        for run in block.runs() {
+            let conv = run.conversation.0;
+            let ok = match prev {
+                Some((c, last)) if c == conv => last.checked_add(1) == Some(run.first_id),
+                Some((c, _)) => c < conv,
+                None => true,
+            };
+            let Some(end) = run
+                .first_id
+                .checked_add(u64::from(run.len))
+                .and_then(|e| e.checked_sub(1))
+            else {
+                return Ok(false);
+            };
+            if !ok || run.len == 0 {
+                return Ok(false);
+            }
+            prev = Some((conv, end));
+        }
+        let (Some(first), Some(rows)) = (block.runs().first(), u32::try_from(block.rows()).ok())
+        else {
+            return Ok(false);
+        };
+        let len = u32_field("bytes of one stored block", stored.len())?;
+        self.finish_block()?;
+        for run in block.runs() {
+            let conv = run.conversation.0;
+            let end = run.first_id + u64::from(run.len) - 1;
+            match self.conv_index.last_mut() {
+                Some(last) if last.0 == conv => last.2 = end,
+                _ => self.conv_index.push((conv, run.first_id, end)),
+            }
+        }
+        let offset = self.offset + self.out.len() as u64;
+        self.out.extend_from_slice(stored);
+        put_u64(&mut self.block_index, first.conversation.0);
+        put_u64(&mut self.block_index, first.first_id);
+        put_u64(&mut self.block_index, offset);
+        put_u32(&mut self.block_index, len);
+        put_u32(&mut self.block_index, rows);
+        let (content, attachments, mentions) = block.payload();
+        self.summary.blocks += 1;
+        self.summary.messages += u64::from(rows);
+        self.summary.logical_bytes +=
+            LOGICAL_FIXED_BYTES * u64::from(rows) + content + attachments + 8 * mentions;
+        if self.out.len() >= (1 << 20) {
+            self.drain()?;
+        }
+        Ok(true)
+    }
+
     fn finish_block(&mut self) -> std::io::Result<()> {
         let Some((conv, id)) = self.block.first_key() else {
             return Ok(());
@@ -640,6 +703,13 @@ impl SegmentReader {
         StateBlock::decode(body).map_err(|why| Error::corruption(&self.path, h.offset, why))
     }
 
+    /// The (conversation, id) of block `i`'s first row, as the index says.
+    /// REQUIRES: `i < block_count()`.
+    pub fn block_first_key(&self, i: usize) -> (ConversationId, u64) {
+        let (conv, id) = self.block_entry(i);
+        (ConversationId(conv), id)
+    }
+
     fn block_entry(&self, i: usize) -> (u64, u64) {
         let at = self.block_index_offset + i * BLOCK_ENTRY_LEN;
         (
@@ -726,6 +796,11 @@ impl SegmentReader {
 
     /// Reads, checks and decodes block `i`.
     pub fn read_block(&self, i: usize) -> Result<Block> {
+        self.read_block_stored(i).map(|(_, b)| b)
+    }
+
+    /// Reads, checks and decodes block `i`; returns it as stored (trailer included) too.
+    pub fn read_block_stored(&self, i: usize) -> Result<(Bytes, Block)> {
         if i >= self.block_count {
             return Err(Error::corruption(
                 &self.path,
@@ -750,7 +825,7 @@ impl SegmentReader {
                 "block row count disagrees with the index",
             ));
         }
-        Ok(block)
+        Ok((stored, block))
     }
 }
 
