@@ -983,6 +983,80 @@ mod tests {
     }
 
     #[test]
+    fn stored_blocks_are_copied_as_they_are_and_checked_for_order() {
+        let msgs = sample();
+        let (data, _) = build(&msgs, 600);
+        let src = SegmentReader::open(Path::new("src.seg"), Arc::new(data)).unwrap();
+        // Rows of conversation 1 before the copies, then every block of the source from the
+        // one holding conversation 2 on, then a row after them.
+        let first_copied = src.find_block(ConversationId(2), 1).unwrap();
+        let (stored, block) = src.read_block_stored(first_copied).unwrap();
+        assert_eq!(block.runs()[0].conversation, ConversationId(2));
+        let file = VecFile::default();
+        let mut w = SegmentWriter::new(Box::new(file.clone()), Compression::Lz4, 600);
+        let before: Vec<&Message> = msgs.iter().filter(|m| m.conversation.0 == 1).collect();
+        for m in &before {
+            assert!(w.add(m).unwrap());
+        }
+        let mut copied = Vec::new();
+        for b in first_copied..src.block_count() {
+            let (stored, block) = src.read_block_stored(b).unwrap();
+            assert_eq!(
+                crate::format::block::stored_codec(&stored),
+                Some(1),
+                "this sample compresses with LZ4"
+            );
+            assert!(w.add_stored_block(&stored, &block).unwrap());
+            block.collect_all(&mut copied);
+        }
+        // The same block again: its ids are not after what was added.
+        assert!(!w.add_stored_block(&stored, &block).unwrap());
+        let after = msg(2000, 1);
+        assert!(w.add(&after).unwrap());
+        let summary = w.finish().unwrap();
+        let data = Bytes::from(file.0.lock().unwrap().clone());
+        let out = SegmentReader::open(Path::new("out.seg"), Arc::new(data)).unwrap();
+        let mut all = Vec::new();
+        for b in 0..out.block_count() {
+            out.read_block(b).unwrap().collect_all(&mut all);
+        }
+        let mut want: Vec<Message> = before.into_iter().cloned().collect();
+        want.extend(copied);
+        want.push(after);
+        assert_eq!(all, want);
+        assert_eq!(summary.messages, want.len() as u64);
+        let (direct, direct_summary) = build(&want, 600);
+        assert_eq!(summary.logical_bytes, direct_summary.logical_bytes);
+        assert!(!direct.is_empty());
+        for conv in [1u64, 2, 5, 1000, 2000] {
+            let n = want.iter().filter(|m| m.conversation.0 == conv).count() as u64;
+            assert_eq!(out.conversation_range(ConversationId(conv)), Some((1, n)));
+        }
+    }
+
+    #[test]
+    fn a_stored_block_that_does_not_continue_its_conversation_is_refused() {
+        let msgs = sample();
+        let (data, _) = build(&msgs, 600);
+        let src = SegmentReader::open(Path::new("src.seg"), Arc::new(data)).unwrap();
+        // A block starting inside conversation 5 (38 rows, several blocks), past id 2.
+        let (stored, block) = (0..src.block_count())
+            .map(|b| src.read_block_stored(b).unwrap())
+            .find(|(_, b)| {
+                b.runs()[0].conversation == ConversationId(5) && b.runs()[0].first_id > 2
+            })
+            .unwrap();
+        let mut w = SegmentWriter::new(Box::new(VecFile::default()), Compression::Lz4, 600);
+        assert!(w.add(&msg(5, 1)).unwrap());
+        assert!(
+            !w.add_stored_block(&stored, &block).unwrap(),
+            "a gap in the ids"
+        );
+        // Nothing was added: the next row still continues at id 2.
+        assert!(w.add(&msg(5, 2)).unwrap());
+    }
+
+    #[test]
     fn out_of_order_rows_are_refused() {
         let mut w = SegmentWriter::new(Box::new(VecFile::default()), Compression::None, 4096);
         assert!(w.add(&msg(2, 1)).unwrap());
