@@ -273,6 +273,56 @@ fn delete_obsolete_wals(engine: &Engine, horizon: u64) {
 mod tests {
     use super::*;
 
+    fn blocks(words: &[&str], seed: usize) -> Vec<Vec<u8>> {
+        (0..64usize)
+            .map(|i| {
+                (0..40usize)
+                    .map(|j| {
+                        let w = i
+                            .wrapping_mul(7)
+                            .wrapping_add(j.wrapping_mul(3))
+                            .wrapping_add(seed)
+                            .checked_rem(words.len())
+                            .unwrap_or(0);
+                        format!("{} {} ", words[w], i.wrapping_mul(j))
+                    })
+                    .collect::<String>()
+                    .into_bytes()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_retrained_dictionary_replaces_the_current_one_only_when_clearly_better() {
+        let chat = [
+            "hello",
+            "see you tonight",
+            "are you coming",
+            "the train is late",
+            "lol ok",
+        ];
+        let other = [
+            "0xdeadbeef",
+            "segfault",
+            "kernel panic",
+            "stack trace",
+            "core dumped",
+        ];
+        let old = crate::format::dictionary::train(&blocks(&other, 0), 1024).unwrap();
+        let new = crate::format::dictionary::train(&blocks(&chat, 0), 1024).unwrap();
+        let held_out = blocks(&chat, 1);
+        let old = bytes::Bytes::from(old);
+        // No dictionary yet: any is better.
+        assert!(replaces(None, &new, &held_out, 3));
+        // One trained on text like the blocks beats one trained on other text.
+        assert!(replaces(Some(&old), &new, &held_out, 3));
+        // The same dictionary again is no gain: the current one stays.
+        let same = bytes::Bytes::from(new.clone());
+        assert!(!replaces(Some(&same), &new, &held_out, 3));
+        // Nothing to judge by: keep the current one.
+        assert!(!replaces(Some(&old), &new, &[], 3));
+    }
+
     #[test]
     fn sync_wait_is_due_once_the_interval_passed_and_never_underflows() {
         let every = Duration::from_millis(2);

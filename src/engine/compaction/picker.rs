@@ -388,7 +388,7 @@ mod tests {
         let third = pick(&segs, &opts(), &mut c).unwrap();
         assert_eq!(third.output_level, 1, "then level 0 again");
         // Far behind (the writers' slowdown threshold), level 0 keeps the turn.
-        segs.extend((20..32).map(|n| seg(n, 0, 50, (0, 20))));
+        segs.extend((20..44).map(|n| seg(n, 0, 50, (0, 20))));
         let mut c = Cursors::default();
         for _ in 0..3 {
             assert_eq!(pick(&segs, &opts(), &mut c).unwrap().output_level, 1);
