@@ -2,6 +2,12 @@
 //! amplification and segments touched per read. Prints a markdown table.
 //!
 //! `cargo run --release --example compaction_policies [MESSAGES] [CONVERSATIONS]`
+//!
+//! `cargo run --release --example compaction_policies sustained [MESSAGES] [CONVERSATIONS]`
+//! instead writes MESSAGES (default 5 M) over CONVERSATIONS (default 500 K) with default options
+//! (buffered) and prints the ingest curve per million: throughput inside the write calls,
+//! write stalls, level shape, pending compaction, write amplification. A quick check of a
+//! change before the comparison harness's `long` preset.
 
 #[path = "support/workload.rs"]
 mod workload;
@@ -95,7 +101,111 @@ fn run(policy: CompactionPolicy, name: &'static str, messages: u64, convs: usize
     }
 }
 
+/// The ingest curve under default options (see the module docs).
+fn sustained(messages: u64, convs: usize) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let codec = |var: &str| match std::env::var(var).ok()?.as_str() {
+        "none" => Some(chatstore::Compression::None),
+        "lz4" => Some(chatstore::Compression::Lz4),
+        z => z
+            .strip_prefix("zstd")?
+            .parse()
+            .ok()
+            .map(chatstore::Compression::Zstd),
+    };
+    let mut opts = Options {
+        durability: chatstore::Durability::Buffered {
+            interval: Duration::from_millis(500),
+        },
+        ..Options::default()
+    };
+    // Codec experiments: FLUSH_CODEC / CODEC = none | lz4 | zstdN.
+    if let Some(c) = codec("FLUSH_CODEC") {
+        opts.flush_compression = c;
+    }
+    if let Some(c) = codec("CODEC") {
+        opts.compression = c;
+    }
+    let store = Store::open_with(dir.path(), opts).expect("open");
+    let zipf = Zipf::new(convs, 1.0);
+    let mut rng = Rng::new(42);
+    // Texts are made up front so that the clock measures the store only.
+    let texts: Vec<String> = (0..262_144)
+        .map(|_| workload::text(&mut rng, 100.0))
+        .collect();
+    println!("{messages} messages, {convs} conversations (Zipf 1.0), default options, buffered\n");
+    println!("| messages | msgs/s | stalled s | pending MiB | files per level | write amp | compactions |");
+    println!("|---:|---:|---:|---:|---|---:|---:|");
+    let slice = 1_000_000u64;
+    let mut in_calls = Duration::ZERO;
+    let mut written = 0u64;
+    while written < messages {
+        let mut slice_time = Duration::ZERO;
+        let end = (written + slice).min(messages);
+        while written < end {
+            let n = (end - written).min(1000);
+            let batch: Vec<_> = (0..n)
+                .map(|_| {
+                    let conv = zipf.sample(&mut rng);
+                    let sender = UserId(conv * 8 + rng.below(2 + conv % 7));
+                    let text = &texts[rng.below(texts.len() as u64) as usize];
+                    (ConversationId(conv), NewMessage::text(sender, text))
+                })
+                .collect();
+            let t = Instant::now();
+            store.append_batch(batch).expect("append");
+            slice_time += t.elapsed();
+            written += n;
+        }
+        in_calls += slice_time;
+        let s = store.stats();
+        let levels: Vec<String> = s.segments_per_level.iter().map(u64::to_string).collect();
+        println!(
+            "| {:.0} M | {:.0} k | {:.1} | {:.0} | {} | {:.2} | {} |",
+            written as f64 / 1e6,
+            slice as f64 / slice_time.as_secs_f64() / 1e3,
+            s.write_stall_micros as f64 / 1e6,
+            s.pending_compaction_bytes as f64 / (1 << 20) as f64,
+            levels.join("/"),
+            s.write_amplification(),
+            s.compactions,
+        );
+    }
+    store.flush().expect("flush");
+    let settle = Instant::now();
+    while store.stats().pending_compaction_bytes > 0 {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let s = store.stats();
+    println!(
+        "\nsettled in {:.1?}: segments {:?}, {:.3} bytes on disk per logical byte, write amp {:.2}",
+        settle.elapsed(),
+        s.segments_per_level,
+        s.space_amplification(),
+        s.write_amplification(),
+    );
+    println!(
+        "\noverall {:.0} k msgs/s, stalled {:.1} s of {:.1} s, compaction read {} MiB, wrote {} MiB ({} MiB copied as stored)",
+        messages as f64 / in_calls.as_secs_f64() / 1e3,
+        s.write_stall_micros as f64 / 1e6,
+        in_calls.as_secs_f64(),
+        s.compaction_bytes_read >> 20,
+        s.compaction_bytes_written >> 20,
+        s.compaction_bytes_copied >> 20,
+    );
+}
+
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("sustained") {
+        let mut args = std::env::args().skip(2);
+        let messages = args
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(5_000_000);
+        let convs = args.next().and_then(|a| a.parse().ok()).unwrap_or(500_000);
+        sustained(messages, convs);
+        return;
+    }
     let mut args = std::env::args().skip(1);
     let messages: u64 = args
         .next()

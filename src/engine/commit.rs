@@ -30,11 +30,6 @@ use crate::format::{batch, wal};
 use crate::options::Durability;
 use crate::types::{ConversationId, Message, MessageId, MessageKind, NewMessage};
 
-/// Level 0 may hold this many times its compaction trigger before writers wait for compaction.
-const L0_STALL_FACTOR: usize = 5;
-/// Longest a memtable switch waits for compaction to shrink level 0.
-const L0_STALL_MAX: Duration = Duration::from_secs(1);
-
 type Job = Box<dyn FnOnce(&mut Txn<'_>) -> Result<()> + Send>;
 
 /// Writers waiting for a leader, and outcomes waiting for their writers.
@@ -648,16 +643,19 @@ impl Engine {
         self.current().frozen.len() >= self.opts.max_frozen_memtables
     }
 
-    /// Whether level 0 has piled up so far (with background compaction) that reads suffer.
-    fn compaction_behind(&self) -> bool {
-        self.opts.background_compaction
-            && self
-                .current()
-                .segments
-                .iter()
-                .filter(|s| s.level == 0)
-                .count()
-                >= self.opts.l0_compaction_trigger * L0_STALL_FACTOR
+    /// How much longer a switch that waited `waited` should wait for compaction to drain level
+    /// 0 (with background compaction; see `write_controller`).
+    fn compaction_wait(&self, waited: Duration) -> Option<Duration> {
+        if !self.opts.background_compaction {
+            return None;
+        }
+        let l0 = self
+            .current()
+            .segments
+            .iter()
+            .filter(|s| s.level == 0)
+            .count();
+        super::write_controller::wait_left(l0, self.opts.l0_compaction_trigger, waited)
     }
 
     /// Freezes the active memtable and starts a new one with a new WAL file, first waiting
@@ -668,18 +666,19 @@ impl Engine {
         {
             let mut g = self.lifecycle.lock();
             // Memory: wait as long as it takes (a failed flush poisons the store and ends it).
-            // Level 0: wait up to L0_STALL_MAX per switch, a slowdown that gives compaction
-            // time without ever stopping writes on a compaction that keeps failing.
+            // Level 0: a delay that grows with its excess (`write_controller`), never a stop.
             loop {
                 let waited = stalled.map_or(Duration::ZERO, |t| t.elapsed());
-                if !(self.flush_behind() || (self.compaction_behind() && waited < L0_STALL_MAX)) {
+                let compaction = self.compaction_wait(waited);
+                if !(self.flush_behind() || compaction.is_some()) {
                     break;
                 }
                 self.check_writable()?;
                 stalled.get_or_insert_with(Instant::now);
                 // The flush and compaction threads wait on the same signal: wake them.
                 g.notify_all();
-                g.wait(Some(Duration::from_millis(100)));
+                let poll = Duration::from_millis(100);
+                g.wait(Some(compaction.map_or(poll, |left| left.min(poll))));
             }
         }
         if let Some(t) = stalled {

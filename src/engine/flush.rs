@@ -196,6 +196,10 @@ impl Engine {
             .fold(0usize, usize::saturating_add);
         let blocks = total.checked_div(self.opts.block_bytes).unwrap_or(0);
         let every = blocks.checked_div(SAMPLE_BLOCKS).unwrap_or(0).max(1);
+        // Blocks halfway between two samples judge a new dictionary against the current one:
+        // judged on its own training samples it would always look better.
+        let half = every.checked_div(2).unwrap_or(0);
+        let mut held_out = Vec::new();
         let mut samples = Vec::with_capacity(SAMPLE_BLOCKS + 1);
         let mut builder = crate::format::block::BlockBuilder::new();
         let mut n = 0usize;
@@ -208,18 +212,63 @@ impl Engine {
                 let body = builder.finish_body();
                 if n.is_multiple_of(every) {
                     samples.push(body);
+                } else if half > 0 && n.checked_rem(every) == Some(half) {
+                    held_out.push(body);
                 }
                 n = n.wrapping_add(1);
             }
         }
+        let level = match self.opts.compression {
+            crate::options::Compression::Zstd(level) => level,
+            _ => return current,
+        };
         match crate::format::dictionary::train(&samples, max) {
-            Some(d) => {
+            Some(d) if replaces(current.as_deref(), &d, &held_out, level) => {
                 let d = Arc::new(bytes::Bytes::from(d));
                 self.dictionary.replace(Arc::clone(&d));
                 Some(d)
             }
-            None => current,
+            _ => current,
         }
+    }
+}
+
+/// A retrained dictionary must shrink the samples by this many per mille to replace the
+/// current one: compaction copies blocks whole only between segments of the same dictionary,
+/// so a new one costs a full re-encoding of whatever it rewrites next, worth it only for a
+/// real gain (chat text changes slowly).
+const DICTIONARY_GAIN_PER_MILLE: u64 = 20;
+
+/// Whether `candidate` should replace `current` (none: always): it compresses `samples` at
+/// `level` at least `DICTIONARY_GAIN_PER_MILLE` smaller.
+fn replaces(
+    current: Option<&bytes::Bytes>,
+    candidate: &[u8],
+    samples: &[Vec<u8>],
+    level: i32,
+) -> bool {
+    let Some(current) = current else {
+        return true;
+    };
+    if samples.is_empty() {
+        // Too little data to judge (a small flush): keep what works.
+        return false;
+    }
+    let size = |dict: &[u8]| -> Option<u64> {
+        let mut enc = crate::format::dictionary::DictEncoder::new(dict, level)?;
+        samples.iter().try_fold(0u64, |total, s| {
+            let n = enc.compress(s).map_or(s.len(), |c| c.len());
+            Some(total.saturating_add(n as u64))
+        })
+    };
+    match (size(current), size(candidate)) {
+        (Some(old), Some(new)) => {
+            new.saturating_mul(1000)
+                < old.saturating_mul(1000u64.saturating_sub(DICTIONARY_GAIN_PER_MILLE))
+        }
+        // The current dictionary does not work (zstd refuses it): take the new one.
+        (None, Some(_)) => true,
+        _ => false,
     }
 }
 
@@ -240,6 +289,56 @@ fn delete_obsolete_wals(engine: &Engine, horizon: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn blocks(words: &[&str], seed: usize) -> Vec<Vec<u8>> {
+        (0..64usize)
+            .map(|i| {
+                (0..40usize)
+                    .map(|j| {
+                        let w = i
+                            .wrapping_mul(7)
+                            .wrapping_add(j.wrapping_mul(3))
+                            .wrapping_add(seed)
+                            .checked_rem(words.len())
+                            .unwrap_or(0);
+                        format!("{} {} ", words[w], i.wrapping_mul(j))
+                    })
+                    .collect::<String>()
+                    .into_bytes()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_retrained_dictionary_replaces_the_current_one_only_when_clearly_better() {
+        let chat = [
+            "hello",
+            "see you tonight",
+            "are you coming",
+            "the train is late",
+            "lol ok",
+        ];
+        let other = [
+            "0xdeadbeef",
+            "segfault",
+            "kernel panic",
+            "stack trace",
+            "core dumped",
+        ];
+        let old = crate::format::dictionary::train(&blocks(&other, 0), 1024).unwrap();
+        let new = crate::format::dictionary::train(&blocks(&chat, 0), 1024).unwrap();
+        let held_out = blocks(&chat, 1);
+        let old = bytes::Bytes::from(old);
+        // No dictionary yet: any is better.
+        assert!(replaces(None, &new, &held_out, 3));
+        // One trained on text like the blocks beats one trained on other text.
+        assert!(replaces(Some(&old), &new, &held_out, 3));
+        // The same dictionary again is no gain: the current one stays.
+        let same = bytes::Bytes::from(new.clone());
+        assert!(!replaces(Some(&same), &new, &held_out, 3));
+        // Nothing to judge by: keep the current one.
+        assert!(!replaces(Some(&old), &new, &[], 3));
+    }
 
     #[test]
     fn sync_wait_is_due_once_the_interval_passed_and_never_underflows() {

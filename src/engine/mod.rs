@@ -17,6 +17,7 @@ mod stats;
 mod verify;
 mod version;
 mod version_set;
+mod write_controller;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};

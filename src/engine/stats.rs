@@ -48,6 +48,10 @@ pub struct Stats {
     pub compaction_bytes_read: u64,
     /// Segment bytes written by compactions since open.
     pub compaction_bytes_written: u64,
+    /// Of `compaction_bytes_written`, the bytes of blocks compaction copied whole from its
+    /// inputs, without decoding and compressing them again (where no other input's rows fall
+    /// inside them).
+    pub compaction_bytes_copied: u64,
     /// Compactions that failed (and were retried later) since open.
     pub compaction_errors: u64,
     /// Bytes compaction still has to move to bring every level within budget.
@@ -83,6 +87,7 @@ pub(crate) struct Counters {
     pub compactions: AtomicU64,
     pub compaction_bytes_read: AtomicU64,
     pub compaction_bytes_written: AtomicU64,
+    pub compaction_bytes_copied: AtomicU64,
     pub compaction_errors: AtomicU64,
     pub reads: AtomicU64,
     pub segments_read: AtomicU64,
@@ -130,6 +135,7 @@ impl Counters {
             compactions: l(&self.compactions),
             compaction_bytes_read: l(&self.compaction_bytes_read),
             compaction_bytes_written: l(&self.compaction_bytes_written),
+            compaction_bytes_copied: l(&self.compaction_bytes_copied),
             compaction_errors: l(&self.compaction_errors),
             write_stall_micros: l(&self.write_stall_micros),
             reads: l(&self.reads),

@@ -37,6 +37,8 @@ pub struct Segment {
     /// due for a rewrite), whatever its first block's codec says (a block that does not
     /// compress is stored raw, which would otherwise look like a flush's output).
     pub compacted: bool,
+    /// Which conversations it may hold, for a level-0 segment (see `ConversationFilter`).
+    filter: Option<ConversationFilter>,
     /// Whether it holds any watermark entry, once looked up (see `holds_watermarks`).
     watermarks: OnceLock<bool>,
     obsolete: AtomicBool,
@@ -58,6 +60,7 @@ impl Segment {
             state_keys: reader.state_bounds()?,
             first_codec: reader.first_block_codec()?,
             compacted: false,
+            filter: (level == 0).then(|| ConversationFilter::new(&reader)),
             watermarks: OnceLock::new(),
             reader,
             obsolete: AtomicBool::new(false),
@@ -65,10 +68,12 @@ impl Segment {
         })
     }
 
-    /// Whether `conv` lies within this segment's conversation range.
+    /// Whether `conv` lies within this segment's conversation range (and, for a level-0
+    /// segment, passes its filter): `false` means the segment has no message of it.
     pub fn may_hold(&self, conv: ConversationId) -> bool {
         self.conversations
             .is_some_and(|(lo, hi)| lo <= conv && conv <= hi)
+            && self.filter.as_ref().is_none_or(|f| f.may_hold(conv))
     }
 
     /// Marks the file for deletion once unused.
@@ -124,6 +129,63 @@ impl Segment {
             ));
         }
         Ok(true)
+    }
+}
+
+/// A two-probe Bloom filter of the conversations a segment holds messages of, ~8 bits per
+/// conversation (about 5 % false positives). Level-0 segments each span nearly every
+/// conversation's id range, so their range says nothing: without it, finding a conversation's
+/// last id for an append (a conversation the writer's cache does not hold) or the newest
+/// messages for a read searched every level-0 segment's conversation index, and the writer
+/// slowed down as level 0 grew.
+#[derive(Debug)]
+struct ConversationFilter {
+    bits: Vec<u64>,
+    /// `bits.len() * 64 - 1` (a power of two minus one).
+    mask: u64,
+}
+
+impl ConversationFilter {
+    fn new(reader: &SegmentReader) -> Self {
+        let n = reader.conversation_count();
+        Self::of(n, (0..n).map(|i| reader.conversation_entry(i).0))
+    }
+
+    /// A filter of `n` conversations.
+    fn of(n: usize, convs: impl Iterator<Item = ConversationId>) -> Self {
+        let words = n.saturating_mul(8).div_ceil(64).max(1).next_power_of_two();
+        let mut f = ConversationFilter {
+            bits: vec![0; words],
+            mask: (words as u64).saturating_mul(64).saturating_sub(1),
+        };
+        for conv in convs {
+            let (a, b) = f.probes(conv);
+            for bit in [a, b] {
+                if let Some(w) = f.bits.get_mut((bit >> 6) as usize) {
+                    *w |= 1 << (bit & 63);
+                }
+            }
+        }
+        f
+    }
+
+    /// Two bit positions from one 64-bit mix (splitmix64's finalizer) of the id.
+    fn probes(&self, conv: ConversationId) -> (u64, u64) {
+        let mut z = conv.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z & self.mask, z.rotate_left(32) & self.mask)
+    }
+
+    fn may_hold(&self, conv: ConversationId) -> bool {
+        let (a, b) = self.probes(conv);
+        let set = |bit: u64| {
+            self.bits
+                .get((bit >> 6) as usize)
+                .is_none_or(|w| w & (1 << (bit & 63)) != 0)
+        };
+        set(a) && set(b)
     }
 }
 
@@ -411,5 +473,25 @@ impl Version {
         }
         self.active.collect(conv, lo, hi, out);
         Ok(touched)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_conversation_filter_keeps_every_member_and_few_others() {
+        let members: Vec<ConversationId> = (0..80_000u64).map(|i| ConversationId(i * 3)).collect();
+        let f = ConversationFilter::of(members.len(), members.iter().copied());
+        assert!(members.iter().all(|&c| f.may_hold(c)), "no false negatives");
+        let others = (0..80_000u64).map(|i| ConversationId(i * 3 + 1));
+        let false_positives = others.filter(|&c| f.may_hold(c)).count();
+        assert!(
+            false_positives < 80_000 / 10,
+            "{false_positives} false positives"
+        );
+        let empty = ConversationFilter::of(0, std::iter::empty());
+        assert!(!empty.may_hold(ConversationId(7)));
     }
 }

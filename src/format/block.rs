@@ -75,6 +75,23 @@ pub fn codec_matches(compression: Compression, codec: u8) -> bool {
     }
 }
 
+/// The codec byte of a stored block (`stored` as on disk, trailer included).
+pub fn stored_codec(stored: &[u8]) -> Option<u8> {
+    stored
+        .len()
+        .checked_sub(5)
+        .and_then(|at| stored.get(at))
+        .copied()
+}
+
+/// Whether a block stored with `codec` can be copied unchanged into a segment written with
+/// `compression`: same codec family, and, for a block compressed against a dictionary, the
+/// same dictionary (`same_dictionary`). A block stored raw because it did not compress is not
+/// what a compressing writer produces, so it is not copied into one.
+pub fn copyable(codec: u8, compression: Compression, same_dictionary: bool) -> bool {
+    codec_matches(compression, codec) && (codec != CODEC_ZSTD_DICT || same_dictionary)
+}
+
 /// A conversation's rows inside a block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Run {
@@ -640,6 +657,26 @@ impl Block {
             out.push(self.message(row, conv, id));
             id += 1;
         }
+    }
+
+    /// The first message of `run` (one of this block's runs).
+    pub fn first_of(&self, run: &Run) -> Message {
+        self.message(run.start_row as usize, run.conversation, run.first_id)
+    }
+
+    /// Bytes of content, bytes of attachment links and number of mentions of all rows: what a
+    /// segment counts as their logical size besides the fixed fields.
+    pub fn payload(&self) -> (u64, u64, u64) {
+        let content = match (self.content_offsets.first(), self.content_offsets.last()) {
+            (Some(&a), Some(&b)) => u64::from(b.saturating_sub(a)),
+            _ => 0,
+        };
+        let attachments = self
+            .attachments
+            .iter()
+            .map(|&(_, start, end)| u64::from(end.saturating_sub(start)))
+            .fold(0u64, u64::saturating_add);
+        (content, attachments, self.mentions.len() as u64)
     }
 
     /// Appends every message of the block to `out`, in (conversation, id) order.

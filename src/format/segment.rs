@@ -208,6 +208,69 @@ impl SegmentWriter {
         Ok(true)
     }
 
+    /// Adds a block as stored in another segment (`stored`, trailer included), whose decoded
+    /// form is `block`, without decoding or compressing it again. The caller checks that the
+    /// codec suits this segment (`block::copyable`): a dictionary-compressed block needs this
+    /// segment's dictionary. Rows still pending from [`add`](Self::add) are closed into a
+    /// block of their own first. Returns `false` (adding nothing) if the rows are out of order
+    /// or not gapless after what was added before, or state entries were already added.
+    pub fn add_stored_block(&mut self, stored: &[u8], block: &Block) -> std::io::Result<bool> {
+        if self.state_started || block.rows() == 0 {
+            return Ok(false);
+        }
+        // Check the whole block against the conversation index before changing anything.
+        let mut prev = self.conv_index.last().map(|&(c, _, last)| (c, last));
+        for run in block.runs() {
+            let conv = run.conversation.0;
+            let ok = match prev {
+                Some((c, last)) if c == conv => last.checked_add(1) == Some(run.first_id),
+                Some((c, _)) => c < conv,
+                None => true,
+            };
+            let Some(end) = run
+                .first_id
+                .checked_add(u64::from(run.len))
+                .and_then(|e| e.checked_sub(1))
+            else {
+                return Ok(false);
+            };
+            if !ok || run.len == 0 {
+                return Ok(false);
+            }
+            prev = Some((conv, end));
+        }
+        let (Some(first), Some(rows)) = (block.runs().first(), u32::try_from(block.rows()).ok())
+        else {
+            return Ok(false);
+        };
+        let len = u32_field("bytes of one stored block", stored.len())?;
+        self.finish_block()?;
+        for run in block.runs() {
+            let conv = run.conversation.0;
+            let end = run.first_id + u64::from(run.len) - 1;
+            match self.conv_index.last_mut() {
+                Some(last) if last.0 == conv => last.2 = end,
+                _ => self.conv_index.push((conv, run.first_id, end)),
+            }
+        }
+        let offset = self.offset + self.out.len() as u64;
+        self.out.extend_from_slice(stored);
+        put_u64(&mut self.block_index, first.conversation.0);
+        put_u64(&mut self.block_index, first.first_id);
+        put_u64(&mut self.block_index, offset);
+        put_u32(&mut self.block_index, len);
+        put_u32(&mut self.block_index, rows);
+        let (content, attachments, mentions) = block.payload();
+        self.summary.blocks += 1;
+        self.summary.messages += u64::from(rows);
+        self.summary.logical_bytes +=
+            LOGICAL_FIXED_BYTES * u64::from(rows) + content + attachments + 8 * mentions;
+        if self.out.len() >= (1 << 20) {
+            self.drain()?;
+        }
+        Ok(true)
+    }
+
     fn finish_block(&mut self) -> std::io::Result<()> {
         let Some((conv, id)) = self.block.first_key() else {
             return Ok(());
@@ -640,6 +703,13 @@ impl SegmentReader {
         StateBlock::decode(body).map_err(|why| Error::corruption(&self.path, h.offset, why))
     }
 
+    /// The (conversation, id) of block `i`'s first row, as the index says.
+    /// REQUIRES: `i < block_count()`.
+    pub fn block_first_key(&self, i: usize) -> (ConversationId, u64) {
+        let (conv, id) = self.block_entry(i);
+        (ConversationId(conv), id)
+    }
+
     fn block_entry(&self, i: usize) -> (u64, u64) {
         let at = self.block_index_offset + i * BLOCK_ENTRY_LEN;
         (
@@ -726,6 +796,11 @@ impl SegmentReader {
 
     /// Reads, checks and decodes block `i`.
     pub fn read_block(&self, i: usize) -> Result<Block> {
+        self.read_block_stored(i).map(|(_, b)| b)
+    }
+
+    /// Reads, checks and decodes block `i`; returns it as stored (trailer included) too.
+    pub fn read_block_stored(&self, i: usize) -> Result<(Bytes, Block)> {
         if i >= self.block_count {
             return Err(Error::corruption(
                 &self.path,
@@ -750,7 +825,7 @@ impl SegmentReader {
                 "block row count disagrees with the index",
             ));
         }
-        Ok(block)
+        Ok((stored, block))
     }
 }
 
@@ -905,6 +980,80 @@ mod tests {
         assert_eq!(seg.read_state_block(last).unwrap().get(b"Z"), None);
         // Messages are still there.
         assert_eq!(seg.message_count(), 50);
+    }
+
+    #[test]
+    fn stored_blocks_are_copied_as_they_are_and_checked_for_order() {
+        let msgs = sample();
+        let (data, _) = build(&msgs, 600);
+        let src = SegmentReader::open(Path::new("src.seg"), Arc::new(data)).unwrap();
+        // Rows of conversation 1 before the copies, then every block of the source from the
+        // one holding conversation 2 on, then a row after them.
+        let first_copied = src.find_block(ConversationId(2), 1).unwrap();
+        let (stored, block) = src.read_block_stored(first_copied).unwrap();
+        assert_eq!(block.runs()[0].conversation, ConversationId(2));
+        let file = VecFile::default();
+        let mut w = SegmentWriter::new(Box::new(file.clone()), Compression::Lz4, 600);
+        let before: Vec<&Message> = msgs.iter().filter(|m| m.conversation.0 == 1).collect();
+        for m in &before {
+            assert!(w.add(m).unwrap());
+        }
+        let mut copied = Vec::new();
+        for b in first_copied..src.block_count() {
+            let (stored, block) = src.read_block_stored(b).unwrap();
+            assert_eq!(
+                crate::format::block::stored_codec(&stored),
+                Some(1),
+                "this sample compresses with LZ4"
+            );
+            assert!(w.add_stored_block(&stored, &block).unwrap());
+            block.collect_all(&mut copied);
+        }
+        // The same block again: its ids are not after what was added.
+        assert!(!w.add_stored_block(&stored, &block).unwrap());
+        let after = msg(2000, 1);
+        assert!(w.add(&after).unwrap());
+        let summary = w.finish().unwrap();
+        let data = Bytes::from(file.0.lock().unwrap().clone());
+        let out = SegmentReader::open(Path::new("out.seg"), Arc::new(data)).unwrap();
+        let mut all = Vec::new();
+        for b in 0..out.block_count() {
+            out.read_block(b).unwrap().collect_all(&mut all);
+        }
+        let mut want: Vec<Message> = before.into_iter().cloned().collect();
+        want.extend(copied);
+        want.push(after);
+        assert_eq!(all, want);
+        assert_eq!(summary.messages, want.len() as u64);
+        let (direct, direct_summary) = build(&want, 600);
+        assert_eq!(summary.logical_bytes, direct_summary.logical_bytes);
+        assert!(!direct.is_empty());
+        for conv in [1u64, 2, 5, 1000, 2000] {
+            let n = want.iter().filter(|m| m.conversation.0 == conv).count() as u64;
+            assert_eq!(out.conversation_range(ConversationId(conv)), Some((1, n)));
+        }
+    }
+
+    #[test]
+    fn a_stored_block_that_does_not_continue_its_conversation_is_refused() {
+        let msgs = sample();
+        let (data, _) = build(&msgs, 600);
+        let src = SegmentReader::open(Path::new("src.seg"), Arc::new(data)).unwrap();
+        // A block starting inside conversation 5 (38 rows, several blocks), past id 2.
+        let (stored, block) = (0..src.block_count())
+            .map(|b| src.read_block_stored(b).unwrap())
+            .find(|(_, b)| {
+                b.runs()[0].conversation == ConversationId(5) && b.runs()[0].first_id > 2
+            })
+            .unwrap();
+        let mut w = SegmentWriter::new(Box::new(VecFile::default()), Compression::Lz4, 600);
+        assert!(w.add(&msg(5, 1)).unwrap());
+        assert!(
+            !w.add_stored_block(&stored, &block).unwrap(),
+            "a gap in the ids"
+        );
+        // Nothing was added: the next row still continues at id 2.
+        assert!(w.add(&msg(5, 2)).unwrap());
     }
 
     #[test]

@@ -181,6 +181,7 @@ impl Engine for Chat {
             "files_per_level": s.segments_per_level,
             "flush_bytes_written": s.flush_bytes_written,
             "compaction_bytes_written": s.compaction_bytes_written,
+            "compaction_bytes_copied": s.compaction_bytes_copied,
             "compaction_bytes_read": s.compaction_bytes_read,
             "wal_bytes_written": s.wal_bytes_written,
             "flushes": s.flushes,

@@ -19,7 +19,9 @@ use super::super::overrides::{self, Override};
 use super::super::version::{Segment, Version};
 use super::super::Engine;
 use crate::error::{Error, Result};
+use crate::format::block::{self, Block};
 use crate::format::segment::{SegmentReader, SegmentSummary, SegmentWriter};
+use crate::options::Compression;
 use crate::types::{ConversationId, Message};
 
 /// A finished output.
@@ -32,6 +34,10 @@ pub(crate) struct Output {
 struct OutputSet<'a> {
     engine: &'a Engine,
     level: u32,
+    compression: Compression,
+    /// The dictionary every output of this compaction is compressed against (taken once, so
+    /// that a block copied from an input can be checked against it).
+    dictionary: Option<Arc<Bytes>>,
     /// The file number of the (only) output, when the caller chose it.
     number: Option<u64>,
     current: Option<(u64, PathBuf, SegmentWriter)>,
@@ -43,6 +49,8 @@ impl<'a> OutputSet<'a> {
         OutputSet {
             engine,
             level,
+            compression: engine.opts.compression,
+            dictionary: engine.dictionary.current(),
             number,
             current: None,
             done: Vec::new(),
@@ -61,12 +69,11 @@ impl<'a> OutputSet<'a> {
                 .fs
                 .create(&path)
                 .map_err(|e| Error::io(&path, e))?;
-            let dict = self.engine.dictionary.current();
             let w = SegmentWriter::with_dictionary(
                 file,
-                self.engine.opts.compression,
+                self.compression,
                 self.engine.opts.block_bytes,
-                dict.as_deref().map(|d| d.as_ref()),
+                self.dictionary.as_deref().map(|d| d.as_ref()),
             );
             self.current = Some((number, path, w));
         }
@@ -74,6 +81,20 @@ impl<'a> OutputSet<'a> {
             Some((_, _, w)) => Ok(w),
             None => Err(Error::Poisoned("compaction output vanished".into())),
         }
+    }
+
+    /// Whether a segment whose dictionary is `dictionary` shares these outputs' dictionary.
+    fn same_dictionary(&self, dictionary: Option<&Bytes>) -> bool {
+        match (dictionary, self.dictionary.as_deref()) {
+            (Some(a), Some(b)) => a == b,
+            _ => false,
+        }
+    }
+
+    /// Whether a block stored with `codec`, in a segment that shares these outputs'
+    /// dictionary or not, can be copied unchanged into them.
+    fn can_copy(&self, codec: Option<u8>, same_dictionary: bool) -> bool {
+        codec.is_some_and(|c| block::copyable(c, self.compression, same_dictionary))
     }
 
     fn current_bytes(&self) -> u64 {
@@ -122,7 +143,9 @@ impl<'a> OutputSet<'a> {
     }
 }
 
-/// Reads one input's messages in order, a block at a time.
+/// Reads one input's messages in order, a block at a time. Between blocks it knows the next
+/// block's first key from the index, so the merge can take the next block whole (and copy it
+/// if no other input interleaves with it) or row by row.
 struct MessageCursor<'a> {
     reader: &'a SegmentReader,
     next_block: usize,
@@ -130,15 +153,32 @@ struct MessageCursor<'a> {
 }
 
 impl MessageCursor<'_> {
-    fn next(&mut self) -> Result<Option<Message>> {
-        while self.buf.is_empty() && self.next_block < self.reader.block_count() {
-            let block = self.reader.read_block(self.next_block)?;
-            self.next_block += 1;
-            let mut v = Vec::new();
-            block.collect_all(&mut v);
-            self.buf.extend(v);
+    /// The key of the next row: the next buffered row's, or the next block's first.
+    fn head(&self) -> Option<(ConversationId, u64)> {
+        match self.buf.front() {
+            Some(m) => Some((m.conversation, m.id.0)),
+            None if self.next_block < self.reader.block_count() => {
+                Some(self.reader.block_first_key(self.next_block))
+            }
+            None => None,
         }
-        Ok(self.buf.pop_front())
+    }
+
+    /// Reads the next block, as stored and decoded. REQUIRES: no row buffered.
+    fn next_block(&mut self) -> Result<Option<(Bytes, Block)>> {
+        if self.next_block >= self.reader.block_count() {
+            return Ok(None);
+        }
+        let read = self.reader.read_block_stored(self.next_block)?;
+        self.next_block = self.next_block.saturating_add(1);
+        Ok(Some(read))
+    }
+
+    /// Buffers `block`'s rows, to be merged one at a time.
+    fn buffer(&mut self, block: &Block) {
+        let mut v = Vec::new();
+        block.collect_all(&mut v);
+        self.buf.extend(v);
     }
 }
 
@@ -155,7 +195,7 @@ impl StateCursor<'_> {
         if let Some(reader) = self.reader {
             while self.buf.is_empty() && self.next_block < reader.state_block_count() {
                 let block = reader.read_state_block(self.next_block)?;
-                self.next_block += 1;
+                self.next_block = self.next_block.saturating_add(1);
                 self.buf.extend(block.entries().iter().cloned());
             }
         }
@@ -281,28 +321,53 @@ impl ConversationRules {
         })
     }
 
-    /// The row to write in place of `m`, if any.
-    fn rewrite(&mut self, m: Message) -> Option<Message> {
+    /// The row to write in place of `m`, if any. `path`: the input it came from, named if
+    /// its id is impossible.
+    fn rewrite(&mut self, m: Message, path: &Path) -> Result<Option<Message>> {
         if m.id.0 < self.floor {
             self.pending_stub = Some(Override::Deleted { at_ms: 0 }.strip(&m));
-            return None;
+            return Ok(None);
         }
         if self.expired_prefix {
             match self.cutoff {
                 Some(c) if m.timestamp_ms < c => {
-                    self.floor = m.id.0 + 1;
+                    // No id follows the largest: a row carrying it is damage, not data.
+                    self.floor = m.id.0.checked_add(1).ok_or_else(|| {
+                        Error::corruption(
+                            path,
+                            0,
+                            format!("conversation {} holds id {}", m.conversation, m.id),
+                        )
+                    })?;
                     self.pending_stub = Some(Override::Deleted { at_ms: 0 }.strip(&m));
-                    return None;
+                    return Ok(None);
                 }
                 _ => self.expired_prefix = false,
             }
         }
         // A row at or above the watermark follows: it carries the last id, no stub needed.
         self.pending_stub = None;
-        match self.overrides.binary_search_by_key(&m.id.0, |(id, _)| *id) {
-            Ok(i) => Some(self.overrides[i].1.strip(&m)),
-            Err(_) => Some(m),
-        }
+        Ok(
+            match self.overrides.binary_search_by_key(&m.id.0, |(id, _)| *id) {
+                Ok(i) => self.overrides.get(i).map(|(_, o)| o.strip(&m)),
+                Err(_) => Some(m),
+            },
+        )
+    }
+
+    /// Whether the rows `first..=last` would all be written unchanged (so a block holding
+    /// them can be copied as it is stored).
+    fn keeps(&self, first: u64, last: u64) -> bool {
+        let expiring = self.expired_prefix && self.cutoff.is_some();
+        let at = self.overrides.partition_point(|&(id, _)| id < first);
+        first >= self.floor && !expiring && self.overrides.get(at).is_none_or(|&(id, _)| id > last)
+    }
+
+    /// Records that rows at or above the watermark were written unchanged (a copied block),
+    /// as [`rewrite`](Self::rewrite) would have.
+    fn kept(&mut self) {
+        self.pending_stub = None;
+        self.expired_prefix = false;
     }
 
     /// Called after the conversation's last row: the stub to write, if no row was written.
@@ -334,13 +399,15 @@ fn all_expired(
     let mut lo = from;
     let mut rows = Vec::new();
     while lo < to {
-        let hi = lo.saturating_add(EXPIRY_PROBE_IDS - 1).min(to - 1);
+        let hi = lo
+            .saturating_add(EXPIRY_PROBE_IDS.saturating_sub(1))
+            .min(to.saturating_sub(1));
         rows.clear();
         v.collect(&engine.cache, conv, lo, hi, &mut rows)?;
         if rows.iter().any(|m| m.timestamp_ms >= cutoff) {
             return Ok(false);
         }
-        lo = hi + 1;
+        lo = hi.saturating_add(1);
     }
     Ok(true)
 }
@@ -445,6 +512,164 @@ pub(crate) fn run(
     outputs.open_all()
 }
 
+/// The merge of messages: which conversation it is in and that conversation's rules.
+struct MessageMerge<'a, 'w> {
+    engine: &'a Engine,
+    inputs: &'a [Arc<Segment>],
+    durable: &'a Version,
+    /// Outputs are split at this size, between conversations.
+    target: u64,
+    last_conv: Option<ConversationId>,
+    rules: ConversationRules,
+    /// The input the last row came from (named in errors).
+    last_path: PathBuf,
+    /// Watermarks raised, in conversation order.
+    watermarks: &'w mut VecDeque<(Bytes, Option<Bytes>)>,
+    /// Per input, whether it shares the outputs' dictionary (compared once, not per block).
+    same_dictionary: Vec<bool>,
+}
+
+impl MessageMerge<'_, '_> {
+    fn path(&self, input: usize) -> PathBuf {
+        self.inputs.get(input).map_or_else(
+            || self.engine.dir.clone(),
+            |s| s.reader.path().to_path_buf(),
+        )
+    }
+
+    /// Ends the conversation being merged (if any) before `conv` starts, and starts a new
+    /// output if the current one is full.
+    fn end_conversation(&mut self, out: &mut OutputSet<'_>, path: &Path) -> Result<()> {
+        if let Some(done) = self.last_conv {
+            finish_conversation(out, &mut self.rules, done, self.watermarks, path)?;
+        }
+        if out.current_bytes() >= self.target {
+            out.finish_current()?;
+        }
+        Ok(())
+    }
+
+    /// Merges one row of input `input`.
+    fn row(&mut self, out: &mut OutputSet<'_>, input: usize, m: Message) -> Result<()> {
+        let path = self.path(input);
+        let conv = m.conversation;
+        if self.last_conv != Some(conv) {
+            self.end_conversation(out, &path)?;
+            self.rules = ConversationRules::load(self.engine, self.durable, self.inputs, &m)?;
+            self.last_conv = Some(conv);
+        }
+        if let Some(m) = self.rules.rewrite(m, &path)? {
+            write_row(out, &m, &path)?;
+        }
+        self.last_path = path;
+        Ok(())
+    }
+
+    /// Copies `block` (read from input `input`, `stored` as on disk) into the output unchanged
+    /// if that gives what merging its rows would: no other input's next row (`next_other`)
+    /// sorts before its last row, its codec and dictionary suit the output, and the rules of
+    /// its conversations keep every row as it is. Chat data makes this the common case: ids
+    /// only grow within a conversation, so an older input's blocks of a busy conversation
+    /// end before a newer input's rows of it start. Returns whether it copied.
+    fn copy_block(
+        &mut self,
+        out: &mut OutputSet<'_>,
+        input: usize,
+        stored: &Bytes,
+        block: &Block,
+        next_other: Option<(ConversationId, u64)>,
+    ) -> Result<bool> {
+        let Some(reader) = self.inputs.get(input).map(|s| &s.reader) else {
+            return Ok(false);
+        };
+        let (Some(first), Some(last)) = (block.runs().first(), block.runs().last()) else {
+            return Ok(false);
+        };
+        let Some(last_id) = last
+            .first_id
+            .checked_add(u64::from(last.len))
+            .and_then(|e| e.checked_sub(1))
+        else {
+            return Ok(false);
+        };
+        let same_dictionary = self.same_dictionary.get(input).copied().unwrap_or(false);
+        if next_other.is_some_and(|k| k <= (last.conversation, last_id))
+            || !out.can_copy(block::stored_codec(stored), same_dictionary)
+        {
+            return Ok(false);
+        }
+        // The rules of each conversation in the block: the current ones for the conversation
+        // being merged, fresh ones for the others (loaded without side effects, so that a
+        // refusal leaves the merge as it was).
+        let mut fresh = Vec::with_capacity(block.runs().len());
+        for run in block.runs() {
+            let end = run
+                .first_id
+                .saturating_add(u64::from(run.len))
+                .saturating_sub(1);
+            let keeps = if self.last_conv == Some(run.conversation) {
+                self.rules.keeps(run.first_id, end)
+            } else {
+                let head = block.first_of(run);
+                let rules = ConversationRules::load(self.engine, self.durable, self.inputs, &head)?;
+                let keeps = rules.keeps(run.first_id, end);
+                fresh.push(rules);
+                keeps
+            };
+            if !keeps {
+                return Ok(false);
+            }
+        }
+        let path = reader.path().to_path_buf();
+        let mut fresh = fresh.into_iter();
+        if self.last_conv != Some(first.conversation) {
+            self.end_conversation(out, &path)?;
+            self.last_conv = None;
+        }
+        if !out
+            .writer()?
+            .add_stored_block(stored, block)
+            .map_err(|e| Error::io(&path, e))?
+        {
+            return Err(Error::corruption(
+                &path,
+                0,
+                format!(
+                    "compaction inputs are not gapless or out of order at conversation {} id {}",
+                    first.conversation, first.first_id
+                ),
+            ));
+        }
+        self.engine
+            .counters
+            .compaction_bytes_copied
+            .fetch_add(stored.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        for run in block.runs() {
+            if self.last_conv != Some(run.conversation) {
+                if let Some(done) = self.last_conv {
+                    // Its rows were all kept (in this block), so it writes no stub.
+                    finish_conversation(out, &mut self.rules, done, self.watermarks, &path)?;
+                }
+                self.rules = fresh.next().ok_or_else(|| {
+                    Error::Internal("compaction lost a conversation's rules".into())
+                })?;
+                self.last_conv = Some(run.conversation);
+            }
+            self.rules.kept();
+        }
+        self.last_path = path;
+        Ok(true)
+    }
+
+    /// Ends the last conversation.
+    fn finish(&mut self, out: &mut OutputSet<'_>) -> Result<()> {
+        if let Some(done) = self.last_conv.take() {
+            finish_conversation(out, &mut self.rules, done, self.watermarks, &self.last_path)?;
+        }
+        Ok(())
+    }
+}
+
 fn merge(
     engine: &Engine,
     inputs: &[Arc<Segment>],
@@ -465,46 +690,48 @@ fn merge(
             buf: VecDeque::new(),
         })
         .collect();
-    let mut heads: Vec<Option<Message>> = Vec::with_capacity(cursors.len());
     let mut heap = BinaryHeap::new();
-    for (i, c) in cursors.iter_mut().enumerate() {
-        let head = c.next()?;
-        if let Some(m) = &head {
-            heap.push(Reverse((m.conversation, m.id.0, i)));
+    for (i, c) in cursors.iter().enumerate() {
+        if let Some((conv, id)) = c.head() {
+            heap.push(Reverse((conv, id, i)));
         }
-        heads.push(head);
     }
-    let mut last_conv: Option<ConversationId> = None;
-    let mut rules = ConversationRules::default();
-    let mut last_path = std::path::PathBuf::new();
-    while let Some(Reverse((conv, _, i))) = heap.pop() {
-        let Some(m) = heads[i].take() else {
+    let mut merge = MessageMerge {
+        engine,
+        inputs,
+        durable: &durable,
+        target,
+        last_conv: None,
+        rules: ConversationRules::default(),
+        last_path: PathBuf::new(),
+        watermarks: &mut watermarks,
+        same_dictionary: inputs
+            .iter()
+            .map(|s| messages.same_dictionary(s.reader.dictionary()))
+            .collect(),
+    };
+    while let Some(Reverse((_, _, i))) = heap.pop() {
+        let Some(cursor) = cursors.get_mut(i) else {
             continue;
         };
-        let next = cursors[i].next()?;
-        if let Some(n) = &next {
-            heap.push(Reverse((n.conversation, n.id.0, i)));
-        }
-        heads[i] = next;
-        let path = inputs[i].reader.path().to_path_buf();
-        if last_conv != Some(conv) {
-            if let Some(done) = last_conv {
-                finish_conversation(messages, &mut rules, done, &mut watermarks, &path)?;
+        if cursor.buf.is_empty() {
+            // A block boundary: take the whole block, copied as stored if no other input has
+            // a row that sorts inside it and the rules change none of its rows.
+            if let Some((stored, block)) = cursor.next_block()? {
+                let next_other = heap.peek().map(|Reverse((c, id, _))| (*c, *id));
+                if !merge.copy_block(messages, i, &stored, &block, next_other)? {
+                    cursor.buffer(&block);
+                }
             }
-            if messages.current_bytes() >= target {
-                messages.finish_current()?;
-            }
-            rules = ConversationRules::load(engine, &durable, inputs, &m)?;
+        } else if let Some(m) = cursor.buf.pop_front() {
+            merge.row(messages, i, m)?;
         }
-        last_conv = Some(conv);
-        if let Some(m) = rules.rewrite(m) {
-            write_row(messages, &m, &path)?;
+        if let Some((conv, id)) = cursor.head() {
+            heap.push(Reverse((conv, id, i)));
         }
-        last_path = path;
     }
-    if let Some(done) = last_conv {
-        finish_conversation(messages, &mut rules, done, &mut watermarks, &last_path)?;
-    }
+    merge.finish(messages)?;
+    drop(merge);
     drop(durable);
     if separate {
         // Message and state outputs of a level cover different key spaces: keep them apart.

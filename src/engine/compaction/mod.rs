@@ -6,10 +6,7 @@
 // Background threads must not panic: no arithmetic that can overflow.
 #![deny(clippy::arithmetic_side_effects)]
 
-// The merge and the picker do their own (checked) arithmetic on sizes and ids.
-#[allow(clippy::arithmetic_side_effects)]
 pub(crate) mod job;
-#[allow(clippy::arithmetic_side_effects)]
 pub(crate) mod picker;
 
 use std::sync::atomic::Ordering;
@@ -241,6 +238,9 @@ pub(super) fn run(engine: &Arc<Engine>) {
     }
 }
 
+/// The compaction thread's nice value (Linux).
+const COMPACTION_NICE: i32 = 0;
+
 /// Makes the calling thread yield the CPU to writers, readers and the flush: compaction is
 /// the one background job that can wait (level 0 absorbs the backlog, and writers stall it
 /// only when level 0 grows far past its trigger). Best effort: nothing changes if the OS
@@ -252,6 +252,7 @@ fn lower_thread_priority() {
         let tid = unsafe { libc::gettid() };
         // On Linux a nice value applies to the thread whose id is given. SAFETY: plain system
         // call with integer arguments; an error is only reported through the return value.
-        let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19) };
+        let _ =
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, COMPACTION_NICE) };
     }
 }

@@ -43,10 +43,24 @@ pub const PROVISIONAL_RATIO: u64 = 4;
 
 /// Whether level 0 should be compacted now because of provisional segments.
 fn provisional_due(segs: &[SegmentMeta]) -> bool {
-    let l0: u64 = segs.iter().filter(|s| s.level == 0).map(|s| s.bytes).sum();
-    let l1: u64 = segs.iter().filter(|s| s.level == 1).map(|s| s.bytes).sum();
+    let l0 = level_bytes(segs, 0);
+    let l1 = level_bytes(segs, 1);
     segs.iter().any(|s| s.level == 0 && s.provisional) && l0.saturating_mul(PROVISIONAL_RATIO) >= l1
 }
+
+/// Total bytes of `segs` (an estimate: saturates rather than wraps).
+fn total_bytes<'a>(segs: impl IntoIterator<Item = &'a SegmentMeta>) -> u64 {
+    segs.into_iter()
+        .fold(0u64, |acc, s| acc.saturating_add(s.bytes))
+}
+
+/// Bytes of the segments of `level`.
+fn level_bytes(segs: &[SegmentMeta], level: u32) -> u64 {
+    total_bytes(segs.iter().filter(|s| s.level == level))
+}
+
+/// The deepest level a compaction may write to.
+const LAST_LEVEL: u32 = LEVELS as u32 - 1;
 
 /// Picker settings.
 #[derive(Clone, Copy, Debug)]
@@ -68,11 +82,17 @@ pub struct Pick {
     pub drop_tombstones: bool,
 }
 
-/// Round-robin positions per level: where the last compaction of each level ended.
+/// Round-robin positions per level: where the last compaction of each level ended; and
+/// whether the last compaction was level 0's.
 #[derive(Clone, Debug, Default)]
 pub struct Cursors {
     after: [Option<Bytes>; LEVELS],
+    level0_last: bool,
 }
+
+/// Level 0 may hold this many times its trigger before its compaction stops giving way to
+/// level 1's (see `pick`): the write controller's slowdown threshold.
+pub const LEVEL0_YIELDS_BELOW: usize = crate::engine::write_controller::SLOWDOWN_FACTOR;
 
 /// The budget of level `level` (>= 1).
 pub fn level_budget(opts: &PickerOptions, level: u32) -> u64 {
@@ -103,23 +123,15 @@ fn level0_rewrite_inputs(segs: &[SegmentMeta]) -> Vec<&SegmentMeta> {
 /// Bytes that compaction still has to move to bring every level within budget, and every
 /// provisional segment into the store's codec.
 pub fn pending_bytes(segs: &[SegmentMeta], opts: &PickerOptions) -> u64 {
-    let mut pending = 0;
     let l0: Vec<&SegmentMeta> = segs.iter().filter(|s| s.level == 0).collect();
-    if l0.len() >= opts.l0_trigger || provisional_due(segs) {
-        pending += l0.iter().map(|s| s.bytes).sum::<u64>();
+    let mut pending = if l0.len() >= opts.l0_trigger || provisional_due(segs) {
+        total_bytes(l0.iter().copied())
     } else {
-        pending += level0_rewrite_inputs(segs)
-            .iter()
-            .map(|s| s.bytes)
-            .sum::<u64>();
-    }
-    for level in 1..LEVELS as u32 {
-        let bytes: u64 = segs
-            .iter()
-            .filter(|s| s.level == level)
-            .map(|s| s.bytes)
-            .sum();
-        pending += bytes.saturating_sub(level_budget(opts, level));
+        total_bytes(level0_rewrite_inputs(segs))
+    };
+    for level in 1..=LAST_LEVEL {
+        let over = level_bytes(segs, level).saturating_sub(level_budget(opts, level));
+        pending = pending.saturating_add(over);
     }
     pending
 }
@@ -205,13 +217,8 @@ pub fn pick(segs: &[SegmentMeta], opts: &PickerOptions, cursors: &mut Cursors) -
             best = Some((score, 0));
         }
     }
-    for level in 1..(LEVELS as u32 - 1) {
-        let bytes: u64 = segs
-            .iter()
-            .filter(|s| s.level == level)
-            .map(|s| s.bytes)
-            .sum();
-        let score = bytes as f64 / level_budget(opts, level) as f64;
+    for level in 1..LAST_LEVEL {
+        let score = level_bytes(segs, level) as f64 / level_budget(opts, level) as f64;
         if score >= 1.0 && best.is_none_or(|(b, _)| score > b) {
             best = Some((score, level));
         }
@@ -219,7 +226,20 @@ pub fn pick(segs: &[SegmentMeta], opts: &PickerOptions, cursors: &mut Cursors) -
     if best.is_none() && provisional_due(segs) {
         best = Some((0.0, 0));
     }
-    let (_, level) = best?;
+    let (_, mut level) = best?;
+    // Under sustained writes level 0's score wins every time, and level 1, never drained,
+    // grows into a rewrite of the whole store at each level-0 compaction. So a level-0
+    // compaction that leaves level 1 over its budget is followed by one of level 1 (a
+    // segment's worth), unless level 0 is far enough behind for writers to slow down.
+    let level1_over = level_bytes(segs, 1) > level_budget(opts, 1);
+    if level == 0
+        && cursors.level0_last
+        && level1_over
+        && l0.len() < opts.l0_trigger.saturating_mul(LEVEL0_YIELDS_BELOW)
+    {
+        level = 1;
+    }
+    cursors.level0_last = level == 0;
     if level == 0 {
         let mut inputs = l0.clone();
         inputs.extend(overlapping(segs, 1, &l0));
@@ -236,8 +256,10 @@ pub fn pick(segs: &[SegmentMeta], opts: &PickerOptions, cursors: &mut Cursors) -
         .copied()?;
     *cursor = Some(range_start(chosen));
     let mut inputs = vec![chosen];
-    inputs.extend(overlapping(segs, level + 1, &[chosen]));
-    Some(finish(inputs, level + 1, segs))
+    // `level` < LAST_LEVEL (the loop above), so the next level exists.
+    let below = level.saturating_add(1).min(LAST_LEVEL);
+    inputs.extend(overlapping(segs, below, &[chosen]));
+    Some(finish(inputs, below, segs))
 }
 
 /// When nothing else is due (and the store is quiet): rewrite the provisional part of level 0
@@ -263,7 +285,7 @@ pub fn pick_level0_rewrite(segs: &[SegmentMeta]) -> Option<Pick> {
 /// tier of whole runs, one segment per run; when a tier holds `l0_trigger` runs they are merged
 /// into one run in the tier below. Less rewriting than leveled, more segments per read.
 pub fn pick_tiered(segs: &[SegmentMeta], opts: &PickerOptions) -> Option<Pick> {
-    for level in 0..(LEVELS as u32 - 1) {
+    for level in 0..LAST_LEVEL {
         let tier: Vec<&SegmentMeta> = segs.iter().filter(|s| s.level == level).collect();
         if tier.len() >= opts.l0_trigger {
             // Runs already in the tier below are older and may hold what a tombstone hides.
@@ -274,7 +296,7 @@ pub fn pick_tiered(segs: &[SegmentMeta], opts: &PickerOptions) -> Option<Pick> {
             inputs.sort_unstable();
             return Some(Pick {
                 inputs,
-                output_level: level + 1,
+                output_level: level.saturating_add(1),
                 drop_tombstones,
             });
         }
@@ -348,6 +370,29 @@ mod tests {
         assert_eq!(second.inputs, vec![2, 3]);
         let third = pick(&segs, &opts(), &mut c).unwrap();
         assert_eq!(third.inputs, vec![1, 3], "wraps around");
+    }
+
+    #[test]
+    fn level1_over_budget_gets_a_turn_between_level0_compactions() {
+        // Level 1 at 1.5 times its budget, level 0 at twice its trigger: level 0 scores higher.
+        let mut segs = vec![seg(1, 1, 750, (0, 10)), seg(2, 1, 750, (11, 20))];
+        segs.extend((10..18).map(|n| seg(n, 0, 50, (0, 20))));
+        let mut c = Cursors::default();
+        let first = pick(&segs, &opts(), &mut c).unwrap();
+        assert_eq!(first.output_level, 1);
+        let second = pick(&segs, &opts(), &mut c).unwrap();
+        assert_eq!(
+            second.output_level, 2,
+            "level 1 drains after a level-0 compaction"
+        );
+        let third = pick(&segs, &opts(), &mut c).unwrap();
+        assert_eq!(third.output_level, 1, "then level 0 again");
+        // Far behind (the writers' slowdown threshold), level 0 keeps the turn.
+        segs.extend((20..44).map(|n| seg(n, 0, 50, (0, 20))));
+        let mut c = Cursors::default();
+        for _ in 0..3 {
+            assert_eq!(pick(&segs, &opts(), &mut c).unwrap().output_level, 1);
+        }
     }
 
     #[test]
