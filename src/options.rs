@@ -21,16 +21,7 @@ pub enum Durability {
     },
 }
 
-/// How segment blocks are compressed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Compression {
-    /// Stored as is.
-    None,
-    /// LZ4 (fast, moderate ratio).
-    Lz4,
-    /// Zstandard at the given level (1..=22; 3 is a good default).
-    Zstd(i32),
-}
+pub use crate::format::compression::Compression;
 
 /// How segments are merged in the background.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -10,8 +10,8 @@ use bytes::Bytes;
 
 use super::batch::{flags, MAX_MENTIONS};
 use super::coding::{get_u32, put_u32, put_varint, unzigzag, zigzag, Reader};
+use super::compression::Compression;
 use super::dictionary::{DictDecoder, DictEncoder};
-use crate::options::Compression;
 use crate::types::{ConversationId, Message, MessageId, MessageKind, MessageRef, UserId};
 
 /// Bytes after the stored body: uncompressed_len:u32 | compression:u8 | crc:u32.

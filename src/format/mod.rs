@@ -24,6 +24,7 @@ use std::fmt;
 pub mod batch;
 pub mod block;
 pub mod coding;
+pub mod compression;
 pub mod dictionary;
 pub mod manifest;
 pub mod segment;

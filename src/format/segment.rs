@@ -31,12 +31,12 @@ use bytes::Bytes;
 use super::block::{pack, unpack, Block, BlockBuilder, BLOCK_TRAILER_LEN, MAX_BLOCK_LEN};
 use super::coding::{get_u32, get_u64, put_u32, put_u64};
 use super::coding::{put_varint, Reader};
+use super::compression::Compression;
 use super::dictionary::{DictDecoder, DictEncoder};
 use super::state_block::{self, StateBlock, StateBlockBuilder, MAX_KEY_LEN};
 use super::{within, OverLimit};
 use crate::error::{Error, Result};
 use crate::fs::{RandomAccessFile, WritableFile};
-use crate::options::Compression;
 use crate::types::{ConversationId, Message, MessageRef};
 
 /// "CHATSEG" and a format byte, as a little-endian u64.
