@@ -34,6 +34,15 @@ impl Resp {
     }
 }
 
+/// Two signed-up users and their direct chat: tokens, ids, conversation.
+pub struct Pair {
+    pub alice: String,
+    pub alice_id: u64,
+    pub bob: String,
+    pub bob_id: u64,
+    pub conv: u64,
+}
+
 #[derive(Clone, Copy)]
 pub struct Http {
     pub addr: SocketAddr,
@@ -97,14 +106,19 @@ impl Http {
 
     /// Signs a new user up; returns (token, user id).
     pub async fn signup(&self, name: &str) -> (String, u64) {
-        let r = self
-            .post(
-                "/api/signup",
-                None,
-                json!({ "username": name, "password": format!("{name}-secret-pw") }),
-            )
-            .await;
-        assert_eq!(r.status, 201, "signup {name}: {:?}", r.json());
+        self.account("/api/signup", name, 201).await
+    }
+
+    /// Signs an existing user in; returns (token, user id).
+    pub async fn signin(&self, name: &str) -> (String, u64) {
+        self.account("/api/signin", name, 200).await
+    }
+
+    /// Posts `name`'s credentials (password derived from the name) to `path`.
+    async fn account(&self, path: &str, name: &str, want: u16) -> (String, u64) {
+        let body = json!({ "username": name, "password": format!("{name}-secret-pw") });
+        let r = self.post(path, None, body).await;
+        assert_eq!(r.status, want, "{path} {name}: {:?}", r.json());
         let v = r.json();
         (
             v["token"].as_str().expect("token").to_string(),
@@ -112,20 +126,18 @@ impl Http {
         )
     }
 
-    pub async fn signin(&self, name: &str) -> (String, u64) {
-        let r = self
-            .post(
-                "/api/signin",
-                None,
-                json!({ "username": name, "password": format!("{name}-secret-pw") }),
-            )
-            .await;
-        assert_eq!(r.status, 200, "signin {name}: {:?}", r.json());
-        let v = r.json();
-        (
-            v["token"].as_str().expect("token").to_string(),
-            v["user"]["id"].as_u64().expect("id"),
-        )
+    /// Signs up alice and bob (in that order) and opens their direct chat.
+    pub async fn alice_and_bob(&self) -> Pair {
+        let (alice, alice_id) = self.signup("alice").await;
+        let (bob, bob_id) = self.signup("bob").await;
+        let conv = self.direct(&alice, "bob").await;
+        Pair {
+            alice,
+            alice_id,
+            bob,
+            bob_id,
+            conv,
+        }
     }
 
     /// Opens (or finds) the direct chat with `other`; returns its id.

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::client::{ws_open, Http, Resp, WAIT};
+use crate::client::{ws_open, Http, Pair, Resp, WAIT};
 use crate::{example_binary, start, tempdir, test_config, PNG};
 
 /// Resident set size of process `pid`, in bytes.
@@ -330,9 +330,12 @@ async fn receipt_frames_are_rate_limited_per_user() {
     cfg.receipt_burst = 3.0;
     let s = start(cfg).await;
     let h = s.http;
-    let (ta, _) = h.signup("alice").await;
-    let (tb, _) = h.signup("bob").await;
-    let conv = h.direct(&ta, "bob").await;
+    let Pair {
+        alice: ta,
+        bob: tb,
+        conv,
+        ..
+    } = h.alice_and_bob().await;
     let (mut wa, _) = ws_open(h.addr, &ta).await;
     for i in 1..=6 {
         wa.send_text(conv, &format!("m{i}"), &format!("k{i}")).await;
@@ -463,9 +466,12 @@ async fn unattached_uploads_are_deleted_and_free_their_quota() {
     cfg.upload_quota_bytes = 2 * PNG.len() as u64;
     let s = start(cfg.clone()).await;
     let h = s.http;
-    let (ta, _) = h.signup("alice").await;
-    let (tb, _) = h.signup("bob").await;
-    let conv = h.direct(&ta, "bob").await;
+    let Pair {
+        alice: ta,
+        bob: tb,
+        conv,
+        ..
+    } = h.alice_and_bob().await;
     let sent = upload(&h, &ta).await.json()["url"]
         .as_str()
         .expect("url")

@@ -18,7 +18,7 @@ mod visibility;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use client::{ws_connect, ws_open, Http, WAIT};
+use client::{ws_connect, ws_open, Http, Pair, WAIT};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -85,9 +85,13 @@ fn tempdir() -> tempfile::TempDir {
 async fn direct_delivery_acks_and_receipts() {
     let dir = tempdir();
     let s = start_in(dir.path()).await;
-    let (ta, alice) = s.http.signup("alice").await;
-    let (tb, bob) = s.http.signup("bob").await;
-    let conv = s.http.direct(&ta, "bob").await;
+    let Pair {
+        alice: ta,
+        alice_id: alice,
+        bob: tb,
+        bob_id: bob,
+        conv,
+    } = s.http.alice_and_bob().await;
     assert_eq!(
         s.http.direct(&tb, "alice").await,
         conv,
@@ -156,9 +160,12 @@ async fn direct_delivery_acks_and_receipts() {
 async fn offline_user_gets_unread_first_on_reconnect() {
     let dir = tempdir();
     let s = start_in(dir.path()).await;
-    let (ta, _) = s.http.signup("alice").await;
-    let (tb, _) = s.http.signup("bob").await;
-    let conv = s.http.direct(&ta, "bob").await;
+    let Pair {
+        alice: ta,
+        bob: tb,
+        conv,
+        ..
+    } = s.http.alice_and_bob().await;
     let (mut wa, _) = ws_open(s.http.addr, &ta).await;
     for i in 1..=3 {
         wa.send_text(conv, &format!("while you were away {i}"), &format!("k{i}"))
@@ -423,43 +430,19 @@ async fn auth_is_required_and_checked() {
         }
     }
 
-    let bad = |u: &str, p: &str| json!({ "username": u, "password": p });
-    assert_eq!(
-        h.post("/api/signin", None, bad("alice", "wrong-password"))
-            .await
-            .status,
-        401
-    );
-    assert_eq!(
-        h.post("/api/signin", None, bad("nobody", "whatever-pw"))
-            .await
-            .status,
-        401
-    );
-    assert_eq!(
-        h.post("/api/signup", None, bad("ALICE", "another-pw"))
-            .await
-            .status,
-        409
-    );
-    assert_eq!(
-        h.post("/api/signup", None, bad("a", "long-enough"))
-            .await
-            .status,
-        400
-    );
-    assert_eq!(
-        h.post("/api/signup", None, bad("<script>", "long-enough"))
-            .await
-            .status,
-        400
-    );
-    assert_eq!(
-        h.post("/api/signup", None, bad("carol", "short"))
-            .await
-            .status,
-        400
-    );
+    // (endpoint, username, password, expected status)
+    for (path, user, password, status) in [
+        ("/api/signin", "alice", "wrong-password", 401),
+        ("/api/signin", "nobody", "whatever-pw", 401),
+        ("/api/signup", "ALICE", "another-pw", 409),
+        ("/api/signup", "a", "long-enough", 400),
+        ("/api/signup", "<script>", "long-enough", 400),
+        ("/api/signup", "carol", "short", 400),
+    ] {
+        let body = json!({ "username": user, "password": password });
+        let got = h.post(path, None, body).await.status;
+        assert_eq!(got, status, "{path} {user:?} / {password:?}");
+    }
     let r = h
         .req(
             "POST",
@@ -597,9 +580,9 @@ async fn non_members_are_refused() {
 async fn malformed_frames_get_error_frames_and_the_connection_survives() {
     let dir = tempdir();
     let s = start_in(dir.path()).await;
-    let (ta, _) = s.http.signup("alice").await;
-    s.http.signup("bob").await;
-    let conv = s.http.direct(&ta, "bob").await;
+    let Pair {
+        alice: ta, conv, ..
+    } = s.http.alice_and_bob().await;
     let (mut w, _) = ws_open(s.http.addr, &ta).await;
 
     let cases: Vec<(Message, &str)> = vec![
@@ -654,9 +637,12 @@ async fn malformed_frames_get_error_frames_and_the_connection_survives() {
 async fn retried_sends_with_the_same_client_key_are_stored_once() {
     let dir = tempdir();
     let s = start_in(dir.path()).await;
-    let (ta, _) = s.http.signup("alice").await;
-    let (tb, _) = s.http.signup("bob").await;
-    let conv = s.http.direct(&ta, "bob").await;
+    let Pair {
+        alice: ta,
+        bob: tb,
+        conv,
+        ..
+    } = s.http.alice_and_bob().await;
     let (mut wa, _) = ws_open(s.http.addr, &ta).await;
     let (mut wb, _) = ws_open(s.http.addr, &tb).await;
 
@@ -751,9 +737,9 @@ async fn sends_are_rate_limited_per_user() {
     cfg.send_rate = 1.0;
     cfg.send_burst = 5.0;
     let s = start(cfg).await;
-    let (ta, _) = s.http.signup("alice").await;
-    s.http.signup("bob").await;
-    let conv = s.http.direct(&ta, "bob").await;
+    let Pair {
+        alice: ta, conv, ..
+    } = s.http.alice_and_bob().await;
     let (mut w, _) = ws_open(s.http.addr, &ta).await;
     for i in 0..10 {
         w.send(json!({ "type": "send", "conversation": conv, "text": "spam", "client_key": format!("s{i}") }))
@@ -958,9 +944,9 @@ async fn the_binary_stops_cleanly_on_ctrl_c_and_loses_nothing_on_kill_9() {
     let mut child = spawn();
     let (addr, _out) = url_of(&mut child).await;
     let h = Http { addr };
-    let (ta, _) = h.signup("alice").await;
-    h.signup("bob").await;
-    let conv = h.direct(&ta, "bob").await;
+    let Pair {
+        alice: ta, conv, ..
+    } = h.alice_and_bob().await;
     let (mut w, _) = ws_open(addr, &ta).await;
     for i in 1..=20 {
         w.send_text(conv, &format!("acked {i}"), &format!("a{i}"))

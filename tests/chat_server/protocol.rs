@@ -8,7 +8,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::ws_open;
+use crate::client::{ws_open, Pair};
 use crate::{start_in, tempdir};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,9 +141,12 @@ async fn error_frames_echo_only_what_the_frame_had() {
 async fn around_returns_at_most_limit_messages() {
     let dir = tempdir();
     let s = start_in(dir.path()).await;
-    let (ta, _) = s.http.signup("alice").await;
-    let (tb, _) = s.http.signup("bob").await;
-    let conv = s.http.direct(&ta, "bob").await;
+    let Pair {
+        alice: ta,
+        bob: tb,
+        conv,
+        ..
+    } = s.http.alice_and_bob().await;
     let (mut wa, _) = ws_open(s.http.addr, &ta).await;
     for i in 1..=45 {
         wa.send_text(conv, &format!("m{i}"), &format!("k{i}")).await;
