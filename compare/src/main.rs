@@ -688,9 +688,11 @@ after the other, so engines never share a CPU, a page cache warm-up or a heap.
   once. msgs/s over the whole walk.
 - **unread reconnects**: users spread over the id space went offline after 90 % of the data \
   set; each fetches up to 50 of the oldest unread messages of each of their conversations. \
-  chatstore: `ChatStore::unread_messages(user, 50)` with the read cursors stored in its chat \
-  model (`mark_read`, untimed); peers: one bounded range scan per conversation from the cursor \
-  the harness holds for them (so peers are not charged for storing or finding cursors).
+  Every engine stores the read cursors first (untimed): chatstore in its chat model \
+  (`mark_read`), peers as keys (`0xFFFFFFFF00000000` | user) ++ conversation in the same \
+  table. Timed: chatstore `ChatStore::unread_messages(user, 50)`; peers a prefix scan of the \
+  user's cursors, then per conversation a reverse seek for its last id and a bounded range scan \
+  of the oldest unread.
 - **reopen after crash**: the built store reopened in a new process, a tail of messages \
   written buffered, the process SIGKILLed (no clean close), then the time of the open call in \
   another new process. **tail recovered %**: tail messages readable after that open (redb \

@@ -435,7 +435,7 @@ fn reads(engine: &str, w: &Workload, dir: &Path, work: &Path) -> Res<Value> {
     let start = Instant::now();
     for (&u, cs) in users.iter().zip(&cursors) {
         let t = Instant::now();
-        unread.add(e.unread(u, cs, PAGE)?);
+        unread.add(e.unread(u, PAGE)?);
         ulat.push(t.elapsed().as_secs_f64() * 1e6);
         want += cs
             .iter()

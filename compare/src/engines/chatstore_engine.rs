@@ -10,7 +10,7 @@ use chatstore::{
     ChatOptions, ChatStore, ConversationId, Durability, MessageId, NewMessage, Options, UserId,
 };
 
-use super::{Cursor, Engine, Got, Mode, Msg, Res};
+use super::{Engine, Got, Mode, Msg, Res};
 
 /// Background fsync interval in the buffered phase (sled's default flush interval too).
 const BUFFERED_INTERVAL: Duration = Duration::from_millis(500);
@@ -94,7 +94,7 @@ impl Engine for Chat {
         )?))
     }
 
-    fn unread(&self, user: u64, _cursors: &[Cursor], per_conv: u64) -> Res<Got> {
+    fn unread(&self, user: u64, per_conv: u64) -> Res<Got> {
         let mut g = Got::default();
         for (_, msgs) in self.chat.unread_messages(UserId(user), per_conv as usize)? {
             g.add(got(&msgs));

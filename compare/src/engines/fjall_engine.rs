@@ -62,6 +62,31 @@ impl Engine for Fjall {
         Ok(got)
     }
 
+    fn put_raw(&mut self, pairs: &[([u8; 16], [u8; 8])]) -> Res<()> {
+        let mut b = self.db.batch().durability(Some(PersistMode::SyncData));
+        for (k, v) in pairs {
+            b.insert(&self.ks, &k[..], &v[..]);
+        }
+        b.commit()?;
+        Ok(())
+    }
+
+    fn scan_raw(&self, lo: [u8; 16], hi: [u8; 16]) -> Res<Vec<([u8; 16], Vec<u8>)>> {
+        let mut out = Vec::new();
+        for g in self.ks.range(lo..=hi) {
+            let (k, v) = g.into_inner()?;
+            out.push((raw_key(&k)?, v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn last_key_in(&self, lo: [u8; 16], hi: [u8; 16]) -> Res<Option<[u8; 16]>> {
+        match self.ks.range(lo..=hi).next_back() {
+            Some(g) => Ok(Some(raw_key(&g.key()?)?)),
+            None => Ok(None),
+        }
+    }
+
     fn contains(&self, conv: u64, id: u64) -> Res<bool> {
         Ok(self.ks.contains_key(key(conv, id))?)
     }
@@ -91,4 +116,8 @@ impl Engine for Fjall {
         drop(self);
         Ok(())
     }
+}
+
+fn raw_key(k: &[u8]) -> Res<[u8; 16]> {
+    Ok(<[u8; 16]>::try_from(k).map_err(|_| format!("a key of {} bytes", k.len()))?)
 }

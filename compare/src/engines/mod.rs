@@ -2,8 +2,15 @@
 //!
 //! Peers store a message under key = conversation id (u64 big-endian) ++ message id (u64
 //! big-endian) with value = sender (u64 BE) ++ timestamp ms (u64 BE) ++ content; the harness keeps
-//! their per-conversation counters in memory. chatstore numbers messages itself and is read
-//! through its own calls (`latest`, `before`, the chat model's `unread_messages`).
+//! their per-conversation counters in memory for ingest and paging. chatstore numbers messages
+//! itself and is read through its own calls (`latest`, `before`, the chat model's
+//! `unread_messages`).
+//!
+//! Read cursors are stored in the engine by every engine, so unread-on-reconnect costs each
+//! the same work: peers keep them in the same table under key = ([`CURSOR_TAG`] | user) ++
+//! conversation, value = read id (u64 BE) (a key range of their own, the way one would lay out
+//! a second record type), and a reconnect is a prefix scan of the user's cursors, then per
+//! conversation a reverse seek for its last id and a range scan of the oldest unread.
 
 mod chatstore_engine;
 mod fjall_engine;
@@ -47,7 +54,7 @@ impl Got {
     }
 }
 
-/// A user's read position in one conversation.
+/// A user's read position in one conversation (the harness's own copy, to check answers).
 #[derive(Clone, Copy, Debug)]
 pub struct Cursor {
     pub conv: u64,
@@ -91,16 +98,52 @@ pub trait Engine {
     }
 
     /// A reconnecting user's unread messages: up to `per_conv` of the oldest unread of each
-    /// conversation. Peers scan from the cursors the harness keeps; chatstore uses its chat
-    /// model.
-    fn unread(&self, _user: u64, cursors: &[Cursor], per_conv: u64) -> Res<Got> {
+    /// conversation, found from the cursors stored in the engine ([`Engine::set_read_cursors`]):
+    /// the user's cursors by a prefix scan, each conversation's last id by a reverse seek (an
+    /// unread count needs it), the messages by a range scan. chatstore uses its chat model.
+    fn unread(&self, user: u64, per_conv: u64) -> Res<Got> {
         let mut got = Got::default();
-        for c in cursors {
-            if c.last > c.read {
-                got.add(self.range(c.conv, c.read + 1, c.last.min(c.read + per_conv))?);
+        for (conv, read) in self.read_cursors(user)? {
+            let last = self.last_id(conv)?;
+            if last > read {
+                got.add(self.range(conv, read + 1, last.min(read + per_conv))?);
             }
         }
         Ok(got)
+    }
+
+    /// `user`'s stored read cursors, `(conversation, read id)` in conversation order.
+    fn read_cursors(&self, user: u64) -> Res<Vec<(u64, u64)>> {
+        let (lo, hi) = (cursor_key(user, 0), cursor_key(user, u64::MAX));
+        let mut out = Vec::new();
+        for (k, v) in self.scan_raw(lo, hi)? {
+            let read = <[u8; 8]>::try_from(v.as_slice())
+                .map_err(|_| format!("a cursor value of {} bytes", v.len()))?;
+            out.push((key_id(&k), u64::from_be_bytes(read)));
+        }
+        Ok(out)
+    }
+
+    /// The last message id of `conv` (0 if none), by a reverse seek.
+    fn last_id(&self, conv: u64) -> Res<u64> {
+        Ok(self
+            .last_key_in(key(conv, 0), key(conv, u64::MAX))?
+            .map_or(0, |k| key_id(&k)))
+    }
+
+    /// Writes raw key-value pairs in one batch, durable on return (peers: cursors).
+    fn put_raw(&mut self, _pairs: &[([u8; 16], [u8; 8])]) -> Res<()> {
+        Err("this engine stores no raw keys".into())
+    }
+
+    /// Every pair with a key in `lo..=hi`, in key order.
+    fn scan_raw(&self, _lo: [u8; 16], _hi: [u8; 16]) -> Res<Vec<([u8; 16], Vec<u8>)>> {
+        Err("this engine stores no raw keys".into())
+    }
+
+    /// The largest key in `lo..=hi`, if any.
+    fn last_key_in(&self, _lo: [u8; 16], _hi: [u8; 16]) -> Res<Option<[u8; 16]>> {
+        Err("this engine stores no raw keys".into())
     }
 
     /// Whether message `id` of `conv` exists (for the crash check).
@@ -111,8 +154,16 @@ pub trait Engine {
         Ok(())
     }
 
-    /// Stores read cursors (user, conversation, read id); only chatstore stores anything.
-    fn set_read_cursors(&mut self, _cursors: &[(u64, u64, u64)]) -> Res<()> {
+    /// Stores read cursors (user, conversation, read id), durably, in the engine.
+    fn set_read_cursors(&mut self, cursors: &[(u64, u64, u64)]) -> Res<()> {
+        let pairs: Vec<([u8; 16], [u8; 8])> = cursors
+            .iter()
+            .map(|&(user, conv, read)| (cursor_key(user, conv), read.to_be_bytes()))
+            .collect();
+        // Batches of a size every engine takes in one transaction.
+        for chunk in pairs.chunks(10_000) {
+            self.put_raw(chunk)?;
+        }
         Ok(())
     }
 
@@ -164,6 +215,15 @@ pub fn key(conv: u64, id: u64) -> [u8; 16] {
     k[..8].copy_from_slice(&conv.to_be_bytes());
     k[8..].copy_from_slice(&id.to_be_bytes());
     k
+}
+
+/// The high bits of the first key word of a read cursor: conversation ids never reach them,
+/// so cursors and messages never share a key range.
+pub const CURSOR_TAG: u64 = 0xFFFF_FFFF_0000_0000;
+
+/// The peers' key of `user`'s read cursor in `conv`.
+pub fn cursor_key(user: u64, conv: u64) -> [u8; 16] {
+    key(CURSOR_TAG | user, conv)
 }
 
 /// The message id inside a peer key.

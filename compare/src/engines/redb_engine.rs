@@ -75,6 +75,37 @@ impl Engine for Redb {
         Ok(got)
     }
 
+    fn put_raw(&mut self, pairs: &[([u8; 16], [u8; 8])]) -> Res<()> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        {
+            let mut t = tx.open_table(MESSAGES)?;
+            for (k, v) in pairs {
+                t.insert(*k, v.as_slice())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn scan_raw(&self, lo: [u8; 16], hi: [u8; 16]) -> Res<Vec<([u8; 16], Vec<u8>)>> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(MESSAGES)?;
+        let mut out = Vec::new();
+        for r in t.range(lo..=hi)? {
+            let (k, v) = r?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn last_key_in(&self, lo: [u8; 16], hi: [u8; 16]) -> Res<Option<[u8; 16]>> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(MESSAGES)?;
+        let last = t.range(lo..=hi)?.next_back().transpose()?;
+        Ok(last.map(|(k, _)| k.value()))
+    }
+
     fn contains(&self, conv: u64, id: u64) -> Res<bool> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(MESSAGES)?;

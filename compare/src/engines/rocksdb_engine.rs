@@ -115,6 +115,50 @@ impl Engine for Rocks {
         Ok(got)
     }
 
+    fn put_raw(&mut self, pairs: &[([u8; 16], [u8; 8])]) -> Res<()> {
+        let mut wb = WriteBatch::default();
+        for (k, v) in pairs {
+            wb.put(k, v);
+        }
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        self.db.write_opt(wb, &sync)?;
+        Ok(())
+    }
+
+    fn scan_raw(&self, lo: [u8; 16], hi: [u8; 16]) -> Res<Vec<([u8; 16], Vec<u8>)>> {
+        // Both ends share their first 8 bytes (the prefix extractor's): a prefix scan.
+        let mut ro = ReadOptions::default();
+        ro.set_prefix_same_as_start(true);
+        let mut it = self.db.raw_iterator_opt(ro);
+        it.seek(lo);
+        let mut out = Vec::new();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if k > &hi[..] {
+                break;
+            }
+            let k = <[u8; 16]>::try_from(k).map_err(|_| format!("a key of {} bytes", k.len()))?;
+            out.push((k, v.to_vec()));
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
+    }
+
+    fn last_key_in(&self, lo: [u8; 16], hi: [u8; 16]) -> Res<Option<[u8; 16]>> {
+        let mut ro = ReadOptions::default();
+        ro.set_prefix_same_as_start(true);
+        let mut it = self.db.raw_iterator_opt(ro);
+        it.seek_for_prev(hi);
+        it.status()?;
+        match it.key() {
+            Some(k) if k >= &lo[..] => Ok(Some(
+                <[u8; 16]>::try_from(k).map_err(|_| format!("a key of {} bytes", k.len()))?,
+            )),
+            _ => Ok(None),
+        }
+    }
+
     fn contains(&self, conv: u64, id: u64) -> Res<bool> {
         Ok(self.db.get_pinned(key(conv, id))?.is_some())
     }

@@ -55,6 +55,32 @@ impl Engine for Sled {
         Ok(got)
     }
 
+    fn put_raw(&mut self, pairs: &[([u8; 16], [u8; 8])]) -> Res<()> {
+        let mut b = sled::Batch::default();
+        for (k, v) in pairs {
+            b.insert(&k[..], &v[..]);
+        }
+        self.db.apply_batch(b)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn scan_raw(&self, lo: [u8; 16], hi: [u8; 16]) -> Res<Vec<([u8; 16], Vec<u8>)>> {
+        let mut out = Vec::new();
+        for r in self.db.range(lo..=hi) {
+            let (k, v) = r?;
+            out.push((raw_key(&k)?, v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn last_key_in(&self, lo: [u8; 16], hi: [u8; 16]) -> Res<Option<[u8; 16]>> {
+        match self.db.range(lo..=hi).next_back() {
+            Some(r) => Ok(Some(raw_key(&r?.0)?)),
+            None => Ok(None),
+        }
+    }
+
     fn contains(&self, conv: u64, id: u64) -> Res<bool> {
         Ok(self.db.contains_key(key(conv, id))?)
     }
@@ -73,4 +99,8 @@ impl Engine for Sled {
         drop(self);
         Ok(())
     }
+}
+
+fn raw_key(k: &[u8]) -> Res<[u8; 16]> {
+    Ok(<[u8; 16]>::try_from(k).map_err(|_| format!("a key of {} bytes", k.len()))?)
 }
