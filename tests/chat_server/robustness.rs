@@ -82,16 +82,15 @@ async fn rejected_input_is_logged_with_its_reason_at_a_bounded_rate() {
     s.running.shutdown().await.expect("clean shutdown");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_account_write_leaves_no_partial_line() {
+/// Alice's sign-up meets `fault` in the accounts file and fails with 500; bob then signs up;
+/// the server restarts on the same directory. Returns the directory (kept alive), the
+/// restarted server, and bob's id.
+async fn failed_signup_then_restart(fault: Fault) -> (tempfile::TempDir, crate::Srv, u64) {
     let dir = tempdir();
     let s = start_in(dir.path()).await;
-    let h = s.http;
-    s.running
-        .state()
-        .accounts
-        .fail_next_append(Fault::ShortWrite);
-    let r = h
+    s.running.state().accounts.fail_next_append(fault);
+    let r = s
+        .http
         .post(
             "/api/signup",
             None,
@@ -99,10 +98,16 @@ async fn a_failed_account_write_leaves_no_partial_line() {
         )
         .await;
     assert_eq!(r.status, 500);
-    h.signup("bob").await;
+    let (_, bob) = s.http.signup("bob").await;
     s.running.shutdown().await.expect("clean shutdown");
-    // The accounts file opens cleanly: bob is there, alice's half line is not.
     let s = start_in(dir.path()).await;
+    (dir, s, bob)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_account_write_leaves_no_partial_line() {
+    let (_dir, s, _) = failed_signup_then_restart(Fault::ShortWrite).await;
+    // The accounts file opens cleanly: bob is there, alice's half line is not.
     s.http.signin("bob").await;
     s.http.signup("alice").await;
     s.running.shutdown().await.expect("clean shutdown");
@@ -110,24 +115,7 @@ async fn a_failed_account_write_leaves_no_partial_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_account_fsync_never_gives_one_id_two_names() {
-    let dir = tempdir();
-    let s = start_in(dir.path()).await;
-    let h = s.http;
-    s.running
-        .state()
-        .accounts
-        .fail_next_append(Fault::SyncFails);
-    let r = h
-        .post(
-            "/api/signup",
-            None,
-            json!({ "username": "alice", "password": "alice-secret-pw" }),
-        )
-        .await;
-    assert_eq!(r.status, 500);
-    let (_, bob) = h.signup("bob").await;
-    s.running.shutdown().await.expect("clean shutdown");
-    let s = start_in(dir.path()).await;
+    let (_dir, s, bob) = failed_signup_then_restart(Fault::SyncFails).await;
     let (_, bob_again) = s.http.signin("bob").await;
     assert_eq!(bob_again, bob);
     // Alice was told her sign-up failed: her name is free, and never shares an id.
