@@ -22,6 +22,7 @@ use async_nats::jetstream::stream::StorageType;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
+use crate::deadline;
 use crate::error::{nats_err, Error, Result};
 use crate::nats::Nats;
 
@@ -159,10 +160,13 @@ impl LeaseBucket {
                 key: key.to_string(),
                 owner: owner.to_string(),
                 token: Bytes::from(token),
-                valid_for: self.config.ttl - self.config.margin,
+                valid_for: self.config.ttl.saturating_sub(self.config.margin),
                 state: Mutex::new(LeaseState {
                     revision,
-                    valid_until: sent + (self.config.ttl - self.config.margin),
+                    valid_until: deadline::after(
+                        sent,
+                        self.config.ttl.saturating_sub(self.config.margin),
+                    ),
                     lost: None,
                 }),
             }),
@@ -282,7 +286,7 @@ impl Lease {
                 let mut st = self.inner.state.lock();
                 if st.lost.is_none() && st.revision == revision {
                     st.revision = new;
-                    st.valid_until = sent + self.inner.valid_for;
+                    st.valid_until = deadline::after(sent, self.inner.valid_for);
                 }
                 Ok(())
             }

@@ -40,6 +40,7 @@
 
 #![deny(missing_docs)]
 
+mod deadline;
 mod error;
 mod lease;
 mod log;

@@ -117,7 +117,7 @@ impl JetStreamCommitLog {
     /// owner still finishing a commit), within the stream's `append_timeout`. With a `lease`,
     /// every later append first checks it is still valid. Blocking.
     pub fn promote(&self, store: &Store, lease: Option<Lease>) -> Result<Tail> {
-        let deadline = Instant::now() + self.stream.config().append_timeout;
+        let deadline = crate::deadline::in_(self.stream.config().append_timeout);
         loop {
             if let Some(lease) = &lease {
                 lease.check()?;
@@ -232,7 +232,7 @@ impl JetStreamCommitLog {
             self.stream.subject().to_string(),
             recs,
             next_seq,
-            Instant::now() + self.stream.config().append_timeout,
+            crate::deadline::in_(self.stream.config().append_timeout),
         );
         match self.stream.nats().block_on(job).and_then(|r| r) {
             Ok(()) => {
@@ -279,7 +279,7 @@ async fn publish_group(
 ) -> Result<()> {
     let mut acks = Vec::with_capacity(recs.len());
     for (i, (lsn, body)) in recs.iter().enumerate() {
-        let seq = first_seq + i as u64;
+        let seq = first_seq.saturating_add(i as u64);
         match js
             .publish_with_headers(subject.clone(), headers(*lsn, seq - 1), body.clone())
             .await

@@ -300,7 +300,7 @@ impl ShardStream {
             .await
             .map_err(nats_err("create a catch-up consumer"))
         })??;
-        let deadline = Instant::now() + self.config.append_timeout.max(Duration::from_secs(5));
+        let deadline = crate::deadline::in_(self.config.append_timeout.max(Duration::from_secs(5)));
         let mut next = from;
         let result = (|| {
             while next <= to {

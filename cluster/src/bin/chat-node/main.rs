@@ -278,7 +278,9 @@ fn start_cluster_parts(
     let node_id: u64 = rand::random();
     // A call waits out a failover (a lease TTL and a takeover) and a commit that rides out
     // a NATS election (the stream's append timeout).
-    let patience = StreamConfig::default().append_timeout + args.lease_ttl * 3;
+    let patience = StreamConfig::default()
+        .append_timeout
+        .saturating_add(args.lease_ttl.saturating_mul(3));
     let router = route::Router::new(shards.clone(), node_id, patience);
     let fanout = Arc::new(fanout::NatsFanout::new(&nats, node_id));
     let backing = server::Backing {
