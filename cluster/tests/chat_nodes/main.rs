@@ -406,37 +406,7 @@ async fn killing_a_busy_shard_owner_loses_nothing_and_the_shard_serves_again() {
 
     // Everything acknowledged is there exactly once, ids gapless.
     let history = all_messages(h[others[0]], &alice, conv).await;
-    let ids: Vec<u64> = history
-        .iter()
-        .map(|m| m["id"].as_u64().expect("id"))
-        .collect();
-    assert_eq!(
-        ids,
-        (1..=ids.len() as u64).collect::<Vec<_>>(),
-        "gapless ids"
-    );
-    let texts: HashMap<String, u64> = history
-        .iter()
-        .map(|m| {
-            (
-                m["text"].as_str().unwrap_or("").to_string(),
-                m["id"].as_u64().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(texts.len(), history.len(), "no message stored twice");
-    for (key, id) in &acked {
-        assert_eq!(
-            texts.get(key),
-            Some(id),
-            "acknowledged {key} (id {id}) is there"
-        );
-    }
-    assert_eq!(
-        acked.len(),
-        history.len(),
-        "nothing stored that was not acknowledged"
-    );
+    assert_holds_exactly(&history, &acked);
     blocking(|| drop(nodes));
     blocking(|| drop(leases));
     blocking(|| drop(nats));
@@ -554,35 +524,42 @@ async fn a_paused_owner_is_replaced_and_its_writes_are_refused_when_it_wakes() {
     ids.dedup();
     assert_eq!(ids.len(), n, "an id was acknowledged twice");
     let history = all_messages(h[(victim + 1) % 3], &alice, conv).await;
-    let stored: Vec<u64> = history
+    assert_holds_exactly(&history, &acked);
+    println!("{} messages acknowledged across the pause", acked.len());
+    blocking(|| drop(nodes));
+    blocking(|| drop(leases));
+    blocking(|| drop(nats));
+}
+
+/// Asserts that `history` (a conversation's messages, oldest first, whose texts are the client
+/// keys they were sent with) holds exactly the acknowledged `(key, id)` pairs: ids gapless
+/// from 1, no message stored twice, every acknowledged one at its id, nothing else.
+fn assert_holds_exactly(history: &[serde_json::Value], acked: &[(String, u64)]) {
+    let ids: Vec<u64> = history
         .iter()
         .map(|m| m["id"].as_u64().expect("id"))
         .collect();
     assert_eq!(
-        stored,
-        (1..=stored.len() as u64).collect::<Vec<_>>(),
+        ids,
+        (1..=ids.len() as u64).collect::<Vec<_>>(),
         "gapless ids"
     );
     let by_text: HashMap<String, u64> = history
         .iter()
-        .map(|m| {
-            (
-                m["text"].as_str().unwrap_or("").to_string(),
-                m["id"].as_u64().unwrap(),
-            )
-        })
+        .zip(&ids)
+        .map(|(m, &id)| (m["text"].as_str().unwrap_or("").to_string(), id))
         .collect();
     assert_eq!(by_text.len(), history.len(), "no message stored twice");
-    for (key, id) in &acked {
+    for (key, id) in acked {
         assert_eq!(
             by_text.get(key),
             Some(id),
             "acknowledged {key} (id {id}) is there"
         );
     }
-    assert_eq!(acked.len(), history.len());
-    println!("{} messages acknowledged across the pause", acked.len());
-    blocking(|| drop(nodes));
-    blocking(|| drop(leases));
-    blocking(|| drop(nats));
+    assert_eq!(
+        acked.len(),
+        history.len(),
+        "nothing stored that was not acknowledged"
+    );
 }
