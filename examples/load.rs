@@ -12,7 +12,11 @@
 //! from its first device for `--duration` seconds. Each message carries its send time, so every
 //! device that receives it (the peer's devices and the sender's other devices) measures
 //! send-to-deliver latency. Reports connections held, messages/s delivered, p50/p99 latency.
-//! Talks only to the address given (loopback by default); stops by itself.
+//! Talks only to the addresses given (loopback by default); stops by itself.
+//!
+//! Several `--addr` (comma-separated: the nodes of a cluster) spread the users: user `i`
+//! signs up and its first device connects through node `i mod n`, its other devices through
+//! the next nodes, so a chat's two users (and one user's devices) sit on different nodes.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,24 +33,66 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
-struct Args {
-    addr: SocketAddr,
-    clients: usize,
-    devices: usize,
-    duration: Duration,
-    interval: Duration,
-    concurrency: usize,
+/// What to run.
+pub struct Args {
+    /// The nodes to talk to (users spread over them).
+    pub addrs: Vec<SocketAddr>,
+    /// WebSocket connections (devices) in all.
+    pub clients: usize,
+    /// Devices per user (the first one sends).
+    pub devices: usize,
+    /// How long traffic runs.
+    pub duration: Duration,
+    /// Each user sends one message per interval.
+    pub interval: Duration,
+    /// Sign-ups and connection attempts in flight at once.
+    pub concurrency: usize,
+}
+
+impl Default for Args {
+    fn default() -> Self {
+        Args {
+            addrs: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            clients: 1000,
+            devices: 2,
+            duration: Duration::from_secs(20),
+            interval: Duration::from_millis(2000),
+            concurrency: 200,
+        }
+    }
+}
+
+/// What a run measured.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub connected: u64,
+    pub held: u64,
+    pub total: u64,
+    pub secs: f64,
+    pub sent: u64,
+    pub acked: u64,
+    pub errors: u64,
+    /// Message frames delivered to devices during the traffic phase.
+    pub delivered: u64,
+    /// Send-to-deliver latency, milliseconds.
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub samples: usize,
+}
+
+impl Report {
+    pub fn delivered_per_s(&self) -> f64 {
+        self.delivered as f64 / self.secs
+    }
+
+    pub fn sent_per_s(&self) -> f64 {
+        self.sent as f64 / self.secs
+    }
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut a = Args {
-        addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
-        clients: 1000,
-        devices: 2,
-        duration: Duration::from_secs(20),
-        interval: Duration::from_millis(2000),
-        concurrency: 200,
-    };
+    let mut a = Args::default();
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut val = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -54,7 +100,10 @@ fn parse_args() -> Result<Args, String> {
         match flag.as_str() {
             "--addr" => {
                 let v = val()?;
-                a.addr = v.parse().map_err(|_| bad(&v))?;
+                a.addrs = v
+                    .split(',')
+                    .map(|s| s.trim().parse().map_err(|_| bad(&v)))
+                    .collect::<Result<_, _>>()?;
             }
             "--clients" => {
                 let v = val()?;
@@ -78,7 +127,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "-h" | "--help" => {
                 return Err(
-                    "usage: load [--addr 127.0.0.1:8080] [--clients 1000] [--devices 2] \
+                    "usage: load [--addr 127.0.0.1:8080[,...]] [--clients 1000] [--devices 2] \
                             [--duration 20] [--interval-ms 2000] [--concurrency 200]"
                         .into(),
                 )
@@ -89,7 +138,7 @@ fn parse_args() -> Result<Args, String> {
     if a.devices == 0 || a.clients < 2 * a.devices || a.concurrency == 0 {
         return Err("need devices >= 1, clients >= 2 * devices, concurrency >= 1".into());
     }
-    if !a.addr.ip().is_loopback() {
+    if a.addrs.is_empty() || a.addrs.iter().any(|x| !x.ip().is_loopback()) {
         return Err("this load tool only targets loopback addresses".into());
     }
     Ok(a)
@@ -177,6 +226,14 @@ async fn main() {
             std::process::exit(2);
         }
     };
+    if let Err(e) = run(args).await {
+        eprintln!("{e}");
+        std::process::exit(1);
+    }
+}
+
+/// Runs the load and prints (and returns) what it measured.
+pub async fn run(args: Args) -> Result<Report, String> {
     let users = args.clients / args.devices;
     let users = users - users % 2;
     let run = format!(
@@ -189,9 +246,10 @@ async fn main() {
     // 1. Users, in pairs with a direct chat.
     let t = Instant::now();
     let mut handles = Vec::new();
+    let node_of = |user: usize, device: usize| args.addrs[(user + device) % args.addrs.len()];
     for i in 0..users {
         let gate = gate.clone();
-        let addr = args.addr;
+        let addr = node_of(i, 0);
         let name = format!("load{run}x{i}");
         handles.push(tokio::spawn(async move {
             let _p = gate.acquire().await.map_err(|e| e.to_string())?;
@@ -202,21 +260,24 @@ async fn main() {
                 json!({ "username": name, "password": "load-test-password" }),
             )
             .await?;
-            Ok::<String, String>(v["token"].as_str().unwrap_or_default().to_string())
+            let token = v["token"].as_str().unwrap_or_default().to_string();
+            Ok::<(String, u64), String>((token, v["user"]["id"].as_u64().unwrap_or(0)))
         }));
     }
     let mut tokens = Vec::with_capacity(users);
-    for h in handles {
+    let mut ids = std::collections::HashMap::new();
+    for (i, h) in handles.into_iter().enumerate() {
         match h.await {
-            Ok(Ok(t)) => tokens.push(t),
-            Ok(Err(e)) => {
-                eprintln!("signup failed: {e}");
-                std::process::exit(1);
+            Ok(Ok((t, id))) => {
+                if let Some(first) = ids.insert(id, i) {
+                    return Err(format!(
+                        "the server gave user id {id} to two sign-ups (users {first} and {i})"
+                    ));
+                }
+                tokens.push(t)
             }
-            Err(e) => {
-                eprintln!("signup task failed: {e}");
-                std::process::exit(1);
-            }
+            Ok(Err(e)) => return Err(format!("signup failed: {e}")),
+            Err(e) => return Err(format!("signup task failed: {e}")),
         }
     }
     let mut convs = vec![0u64; users];
@@ -225,7 +286,7 @@ async fn main() {
         let (a, b) = (2 * pair, 2 * pair + 1);
         let token = tokens[a].clone();
         let other = format!("load{run}x{b}");
-        let addr = args.addr;
+        let addr = node_of(a, 0);
         let gate = gate.clone();
         handles.push(tokio::spawn(async move {
             let _p = gate.acquire().await.map_err(|e| e.to_string())?;
@@ -242,14 +303,8 @@ async fn main() {
     for (pair, h) in handles.into_iter().enumerate() {
         let id = match h.await {
             Ok(Ok(id)) => id,
-            Ok(Err(e)) => {
-                eprintln!("direct failed: {e}");
-                std::process::exit(1);
-            }
-            Err(e) => {
-                eprintln!("direct task failed: {e}");
-                std::process::exit(1);
-            }
+            Ok(Err(e)) => return Err(format!("direct failed: {e}")),
+            Err(e) => return Err(format!("direct task failed: {e}")),
         };
         convs[2 * pair] = id;
         convs[2 * pair + 1] = id;
@@ -271,7 +326,7 @@ async fn main() {
         for d in 0..args.devices {
             let token = tokens[u].clone();
             let conv = convs[u];
-            let addr = args.addr;
+            let addr = node_of(u, d);
             let gate = gate.clone();
             let c = counters.clone();
             let stop_sending = stop_sending.clone();
@@ -386,23 +441,35 @@ async fn main() {
         }
     }
     lat.sort_unstable();
-    let sent = counters.sent.load(Ordering::Relaxed);
-    let acked = counters.acked.load(Ordering::Relaxed);
+    let report = Report {
+        connected: counters.connected.load(Ordering::Relaxed),
+        held,
+        total: total as u64,
+        secs,
+        sent: counters.sent.load(Ordering::Relaxed),
+        acked: counters.acked.load(Ordering::Relaxed),
+        errors: counters.errors.load(Ordering::Relaxed),
+        delivered,
+        p50_ms: percentile(&lat, 0.50),
+        p99_ms: percentile(&lat, 0.99),
+        max_ms: percentile(&lat, 1.0),
+        samples: lat.len(),
+    };
     println!("connections held to the end: {held} of {total}");
     println!(
-        "sent {sent} ({:.0}/s), acked {acked}, errors {}",
-        sent as f64 / secs,
-        counters.errors.load(Ordering::Relaxed)
+        "sent {} ({:.0}/s), acked {}, errors {}",
+        report.sent,
+        report.sent_per_s(),
+        report.acked,
+        report.errors
     );
     println!(
         "delivered {delivered} frames in {secs:.1} s = {:.0} messages/s delivered",
-        delivered as f64 / secs
+        report.delivered_per_s()
     );
     println!(
         "send-to-deliver latency (ms): p50 {:.2}  p99 {:.2}  max {:.2}  ({} samples)",
-        percentile(&lat, 0.50),
-        percentile(&lat, 0.99),
-        percentile(&lat, 1.0),
-        lat.len()
+        report.p50_ms, report.p99_ms, report.max_ms, report.samples
     );
+    Ok(report)
 }

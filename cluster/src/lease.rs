@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
+use async_nats::jetstream::kv::{self, Operation, UpdateErrorKind};
 use async_nats::jetstream::stream::StorageType;
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -136,23 +136,9 @@ impl LeaseBucket {
         let k = key.to_string();
         let value = Bytes::from(token.clone());
         let sent = Instant::now();
-        let revision = self.nats.block_on(async move {
-            match kv.create(&k, value.clone()).await {
-                Ok(rev) => Ok(Some(rev)),
-                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(None),
-                Err(e) => {
-                    // The answer may be lost while the create went through: look.
-                    match kv.entry(&k).await {
-                        Ok(Some(entry))
-                            if entry.operation == Operation::Put && entry.value == value =>
-                        {
-                            Ok(Some(entry.revision))
-                        }
-                        _ => Err(Error::Nats(format!("take lease {k}: {e}"))),
-                    }
-                }
-            }
-        })??;
+        let revision = self
+            .nats
+            .block_on(async move { create(&kv, &k, value).await })??;
         Ok(revision.map(|revision| Lease {
             inner: Arc::new(LeaseInner {
                 nats: self.nats.clone(),
@@ -360,6 +346,39 @@ impl Drop for KeepAlive {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Writes `value` at `key` if no live entry holds it (the key never written, released, or
+/// expired): `Some(revision)`, or `None` if someone holds it. Like the client's `create`, but
+/// a failure keeps the server's reason (the client's own drops it), and an answer lost in
+/// transit is recovered by recognising `value`.
+async fn create(kv: &kv::Store, key: &str, value: Bytes) -> Result<Option<u64>> {
+    // Revision 0: "the key has no entry", which holds for a key never written or expired.
+    let mut expected = 0;
+    for _ in 0..2 {
+        let failure = match kv.update(key, value.clone(), expected).await {
+            Ok(revision) => return Ok(Some(revision)),
+            Err(e) => e,
+        };
+        let entry = kv.entry(key).await;
+        if let Ok(Some(entry)) = &entry {
+            if entry.operation == Operation::Put && entry.value == value {
+                return Ok(Some(entry.revision)); // ours: the answer was lost
+            }
+        }
+        if failure.kind() != UpdateErrorKind::WrongLastRevision {
+            return Err(Error::Nats(format!("take lease {key}: {failure}")));
+        }
+        match entry {
+            Ok(Some(entry)) if entry.operation == Operation::Put => return Ok(None),
+            // Released (a delete marker at some revision): take it at that revision.
+            Ok(Some(entry)) => expected = entry.revision,
+            // Expired between the two calls, or someone else's write raced ours.
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(Error::Nats(format!("read lease {key}: {e}"))),
+        }
+    }
+    Ok(None)
 }
 
 /// A value unique to one acquisition: the owner's name, then a nonce.

@@ -53,7 +53,7 @@ pub mod testing;
 pub use error::{Error, Result};
 pub use lease::{shard_key, KeepAlive, Lease, LeaseBucket, LeaseConfig};
 pub use log::JetStreamCommitLog;
-pub use nats::{Nats, NatsOptions};
+pub use nats::{blocking, Nats, NatsOptions};
 pub use snapshot::{
     checkpoint_and_purge, snapshot_name, Snapshot, SnapshotBucket, SnapshotConfig, LSN_METADATA,
 };

@@ -153,6 +153,19 @@ impl Nats {
     }
 }
 
+/// Runs `f`, which blocks, without starving the tokio runtime whose worker thread calls it
+/// (if any): on a worker of a multi-threaded runtime the worker's other tasks move to another
+/// thread first (`block_in_place`). A node that blocked all its workers on calls answered by
+/// other nodes (whose own workers wait on it in turn) would stop answering anyone.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 fn run_on<F>(handle: &Handle, fut: F) -> Result<F::Output>
 where
     F: Future + Send + 'static,
@@ -170,6 +183,6 @@ where
         let out = fut.await;
         let _ = tx.send(out);
     });
-    rx.recv()
+    blocking(|| rx.recv())
         .map_err(|_| Error::Usage("the NATS runtime shut down during a call".into()))
 }

@@ -441,6 +441,19 @@ impl NatsCluster {
 
 impl Drop for NatsCluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // A failed test's NATS side: elections, lost peers, refused requests.
+            for (i, s) in self.servers.iter().enumerate() {
+                let log = self.log(i);
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(80)..];
+                eprintln!(
+                    "--- last lines of NATS server {} ---\n{}",
+                    s.name,
+                    tail.join("\n")
+                );
+            }
+        }
         for s in &mut self.servers {
             if let Some(mut c) = s.child.take() {
                 if let Ok(pid) = libc::pid_t::try_from(c.id()) {

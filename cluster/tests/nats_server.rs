@@ -2,7 +2,15 @@
 //! (Debian's 2.9.10) through the pinned `async-nats`, on a real 3-server cluster: a stream with
 //! 3 replicas, publishes fenced by `Nats-Expected-Last-Sequence` (error 10071), KV `create`
 //! refused for an existing key, `update` refused at a stale revision, and a bucket TTL that
-//! expires a key so that another `create` takes it.
+//! expires a key so that another `create` takes it; and the fence under a race: many writers
+//! fenced by the last sequence they saw, one winner per sequence.
+//!
+//! What 2.9.10 does **not** give: compare-and-set on one key of a *replicated* KV bucket is
+//! not atomic under concurrent writers. 12 writers on 3 connections, each reading a counter
+//! and updating it at the revision read, won 120 updates for 40 distinct values (a single
+//! replica bucket: none twice). So nothing here hands out unique things (user ids, names)
+//! through KV compare-and-set; they go through a shard's fenced stream (`names` of the chat
+//! node), and the shard leases' safety rests on the stream fence, not on the lease bucket.
 
 use std::error::Error as _;
 use std::time::{Duration, Instant};
@@ -144,4 +152,71 @@ fn the_server_has_what_the_cluster_layer_needs() {
         );
     })
     .unwrap();
+}
+
+/// The shard commit log's fence under a race: many writers publish to one replicated stream,
+/// each fenced by the last sequence it saw. Each sequence must go to exactly one writer (what
+/// keeps a deposed shard owner from appending beside its successor).
+#[test]
+fn concurrent_fenced_publishes_have_one_winner_per_sequence() {
+    let cluster = NatsCluster::start(3).unwrap_or_else(|e| panic!("{e}"));
+    let conns: Vec<_> = (0..3)
+        .map(|i| {
+            let mut o = cluster.options(&format!("fence-{i}"));
+            o.urls = vec![cluster.url(i)];
+            chatstore_cluster::Nats::connect(o).unwrap()
+        })
+        .collect();
+    let js = conns[0].jetstream().clone();
+    conns[0]
+        .block_on(async move {
+            js.create_stream(stream::Config {
+                name: "fence".into(),
+                subjects: vec!["fence.log".into()],
+                num_replicas: 3,
+                storage: StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        })
+        .unwrap();
+    let wins: Vec<Vec<u64>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..12)
+            .map(|w| {
+                let nats = conns[w % 3].clone();
+                s.spawn(move || {
+                    let js = nats.jetstream().clone();
+                    nats.block_on(async move {
+                        let mut stream = js.get_stream("fence").await.unwrap();
+                        let mut won = Vec::new();
+                        while won.len() < 10 {
+                            let Ok(info) = stream.info().await else {
+                                continue;
+                            };
+                            let last = info.state.last_sequence;
+                            let sent = js
+                                .publish_with_headers("fence.log", expect_last(last), "x".into())
+                                .await;
+                            if let Ok(Ok(ack)) = match sent {
+                                Ok(ack) => Ok(ack.await),
+                                Err(e) => Err(e),
+                            } {
+                                assert_eq!(ack.sequence, last + 1, "landed where fenced");
+                                won.push(ack.sequence);
+                            }
+                        }
+                        won
+                    })
+                    .unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut all: Vec<u64> = wins.into_iter().flatten().collect();
+    all.sort_unstable();
+    let n = all.len();
+    all.dedup();
+    assert_eq!(all.len(), n, "a sequence was won twice: {all:?}");
 }

@@ -20,6 +20,13 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 pub const SHARDS: u32 = 8;
 pub const LEASE_TTL: Duration = Duration::from_secs(3);
 
+/// Seconds since this test process first asked: the time base of node logs and test
+/// milestones, so that a failure's log reads as one timeline.
+pub fn clock() -> f64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_secs_f64()
+}
+
 /// The node binary cargo built for these tests (a missing one fails the build, not the test).
 fn node_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_chat-node"))
@@ -100,7 +107,7 @@ impl Node {
                 }
                 log.lock()
                     .unwrap()
-                    .push_str(&format!("{name} out: {line}\n"));
+                    .push_str(&format!("{:8.3} {name} out: {line}\n", clock()));
             }
         });
         let name = self.name.clone();
@@ -108,7 +115,7 @@ impl Node {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
                 log2.lock()
                     .unwrap()
-                    .push_str(&format!("{name} err: {line}\n"));
+                    .push_str(&format!("{:8.3} {name} err: {line}\n", clock()));
             }
         });
         self.child = Some(child);
@@ -332,7 +339,11 @@ impl Device {
                         .retain(|v| v["client_key"] != key);
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                None => panic!("{}: {key} not acked in {within:?}", self.name),
+                None => panic!(
+                    "{:8.3} {}: {key} not acked in {within:?}",
+                    clock(),
+                    self.name
+                ),
             }
         }
     }

@@ -255,6 +255,7 @@ async fn users_on_different_nodes_chat_and_every_device_gets_every_message_once(
     // One NATS server dies: every node keeps serving (its connection moves to another server,
     // the streams the dead one led elect new leaders).
     blocking(|| nats.kill(0)).expect("kill a NATS server");
+    println!("{:8.3} NATS server 0 killed", harness::clock());
     let t = Instant::now();
     let patience = Duration::from_secs(90);
     for i in 0..5 {
@@ -562,4 +563,61 @@ fn assert_holds_exactly(history: &[serde_json::Value], acked: &[(String, u64)]) 
         history.len(),
         "nothing stored that was not acknowledged"
     );
+}
+
+/// Sign-ups racing on every node: each gets its own user id, and of many racing for one name
+/// exactly one gets it (the others are told it is taken); every account then signs in on
+/// any node with its own id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_sign_ups_get_distinct_ids_and_one_name_one_owner() {
+    let (nats, _dir, nodes) = blocking(|| start_cluster(3));
+    let leases = blocking(|| leases(&nats));
+    blocking(|| all_owned(&leases, &nodes));
+    let h: Vec<client::Http> = nodes.iter().map(Node::http).collect();
+    let password = |name: &str| format!("{name}-secret-pw");
+    let mut racers = Vec::new();
+    for i in 0..48 {
+        let http = h[i % 3];
+        // A third of them want the same name.
+        let name = if i % 3 == 0 {
+            "contested".to_string()
+        } else {
+            format!("racer{i}")
+        };
+        let body = json!({ "username": name, "password": password(&name) });
+        racers.push(tokio::spawn(async move {
+            let r = http.post("/api/signup", None, body).await;
+            (name, r.status, r.json())
+        }));
+    }
+    let mut ids = HashMap::new();
+    let mut contested_winners = 0;
+    for r in racers {
+        let (name, status, v) = r.await.expect("a sign-up task");
+        match status {
+            201 => {
+                let id = v["user"]["id"].as_u64().expect("id");
+                if let Some(other) = ids.insert(id, name.clone()) {
+                    panic!("user id {id} given to {other} and to {name}");
+                }
+                contested_winners += usize::from(name == "contested");
+            }
+            409 => assert_eq!(name, "contested", "{name} refused: {v}"),
+            other => panic!("sign-up of {name}: {other} {v}"),
+        }
+    }
+    assert_eq!(contested_winners, 1, "exactly one gets a contested name");
+    assert_eq!(ids.len(), 33, "32 distinct names and one contested");
+    for (i, (id, name)) in ids.iter().enumerate() {
+        let (_, signed_in) = h[i % 3].signin(name).await;
+        assert_eq!(
+            signed_in,
+            *id,
+            "{name} signs in as itself on node {}",
+            i % 3
+        );
+    }
+    blocking(|| drop(nodes));
+    blocking(|| drop(leases));
+    blocking(|| drop(nats));
 }

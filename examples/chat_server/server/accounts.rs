@@ -36,10 +36,9 @@ struct Table {
 pub trait Directory: Send + Sync {
     /// The account whose lowercased username is `key`.
     fn account(&self, key: &str) -> ApiResult<Option<Account>>;
-    /// A user id nobody was given before.
-    fn next_user_id(&self) -> ApiResult<u64>;
-    /// Records `account` under its lowercased username; `username_taken` if one is there.
-    fn create_account(&self, account: &Account) -> ApiResult<()>;
+    /// Gives `username` to a new user with password `hash`, atomically with a user id nobody
+    /// was given before (returned); `username_taken` if the name is someone's.
+    fn create_account(&self, username: &str, hash: &str) -> ApiResult<u64>;
     /// The username of user `id`.
     fn username(&self, id: u64) -> ApiResult<Option<String>>;
     fn put_session(&self, token: &str, user: UserId) -> ApiResult<()>;
@@ -152,16 +151,12 @@ impl Accounts {
         let t = match &self.source {
             Source::File(t) => t,
             Source::Shared(d) => {
-                // The id is spent before anything names it: a failure below leaves an unused
-                // id, never one id with two names.
-                let id = d.next_user_id()?;
-                store.register_user(UserId(id))?;
-                d.create_account(&Account {
-                    id,
-                    username: username.to_string(),
-                    hash,
-                })?;
+                // The name and the id are given out together, by one writer; the store then
+                // learns the user (a failure there leaves an account that signs in, and whose
+                // first conversation registers it where it lands).
+                let id = d.create_account(username, &hash)?;
                 self.names.write().insert(id, Arc::from(username));
+                store.register_user(UserId(id))?;
                 return Ok(UserId(id));
             }
         };

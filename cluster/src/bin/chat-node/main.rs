@@ -12,6 +12,7 @@ mod server;
 
 mod directory;
 mod fanout;
+mod names;
 mod presence;
 mod route;
 mod shards;
@@ -274,17 +275,17 @@ fn start_cluster_parts(
         expect_nodes: args.expect_nodes,
     };
     let shards = shards::Shards::open(nats.clone(), placement, runtime)?;
-    let directory = directory::KvDirectory::open(&nats, args.replicas)?;
     let node_id: u64 = rand::random();
     // A call waits out a failover (a lease TTL and a takeover) and a commit that rides out
     // a NATS election (the stream's append timeout).
     let patience = StreamConfig::default()
         .append_timeout
         .saturating_add(args.lease_ttl.saturating_mul(3));
-    let router = route::Router::new(shards.clone(), node_id, patience);
+    let router = Arc::new(route::Router::new(shards.clone(), node_id, patience));
+    let directory = directory::ClusterDirectory::open(&nats, router.clone(), args.replicas)?;
     let fanout = Arc::new(fanout::NatsFanout::new(&nats, node_id));
     let backing = server::Backing {
-        store: Arc::new(router),
+        store: router,
         last_seen: None,
         directory: Some(Arc::new(directory)),
         fanout: Some(fanout.clone()),

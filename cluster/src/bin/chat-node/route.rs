@@ -63,7 +63,13 @@ impl Router {
         (fnv(&[user.0]) % self.count()) as u32
     }
 
+    /// Asks shard `shard`. Blocking, and safe to call from a worker of a tokio runtime (the
+    /// node's own included: it answers other nodes' calls on the same runtime).
     fn call(&self, shard: u32, op: Op) -> Result<Reply> {
+        chatstore_cluster::blocking(|| self.call_blocking(shard, op))
+    }
+
+    fn call_blocking(&self, shard: u32, op: Op) -> Result<Reply> {
         let idempotent = op.is_idempotent();
         let payload = serde_json::to_vec(&op)
             .map_err(|e| Error::Internal(format!("encoding a request: {e}")))?;
@@ -177,6 +183,35 @@ macro_rules! expect {
             other => Err(unexpected(other)),
         }
     };
+}
+
+/// The accounts, kept in the shards their names hash to (see `names`).
+impl Router {
+    /// Gives `username` (lowercased: `key`) with password `hash` to a new user, in the shard
+    /// the name hashes to: the new user's id, or `None` if the name is taken.
+    pub fn claim_name(&self, key: &str, username: &str, hash: &str) -> Result<Option<u64>> {
+        let op = Op::ClaimName(key.to_string(), username.to_string(), hash.to_string());
+        expect!(self.call(self.name_shard(key), op), OptUser)
+    }
+
+    /// The account `key` (a lowercased username) names: its user id and record.
+    pub fn account(&self, key: &str) -> Result<Option<(u64, crate::names::Record)>> {
+        expect!(
+            self.call(self.name_shard(key), Op::Account(key.to_string())),
+            Account
+        )
+    }
+
+    /// The username of user `id`.
+    pub fn username(&self, id: u64) -> Result<Option<String>> {
+        let shard = (id % self.count()) as u32;
+        expect!(self.call(shard, Op::Username(id)), Name)
+    }
+
+    fn name_shard(&self, key: &str) -> u32 {
+        let bytes: Vec<u64> = key.bytes().map(u64::from).collect();
+        (fnv(&bytes) % self.count()) as u32
+    }
 }
 
 fn unit(r: Result<Reply>) -> Result<()> {

@@ -37,6 +37,7 @@ use parking_lot::{Mutex, RwLock};
 use std::sync::OnceLock;
 use tokio::runtime::Handle;
 
+use crate::names::ShardAccounts;
 use crate::wire::{self, Ids, Op, Origin, Reply, WireError};
 
 /// Pushes a stored message to its members' devices (set once the server layer runs).
@@ -72,6 +73,7 @@ pub struct Owned {
     pub log: Arc<JetStreamCommitLog>,
     pub lease: Lease,
     pub ids: Ids,
+    accounts: ShardAccounts,
     pushes: Mutex<HashMap<ConversationId, Sequence>>,
     _renewing: KeepAlive,
     serving: tokio::task::JoinHandle<()>,
@@ -154,7 +156,7 @@ impl Shards {
     /// here, the owner, in id order per conversation.
     pub fn execute(&self, owned: &Owned, op: Op) -> chatstore::Result<Reply> {
         let Op::Send(conv, message, key, origin) = op else {
-            return wire::execute(&owned.chat, owned.ids, op);
+            return wire::execute(&owned.chat, &owned.accounts, owned.ids, op);
         };
         let local = owned.ids.local(conv)?;
         owned
@@ -165,7 +167,12 @@ impl Shards {
                 next: owned.chat.store().last_id(local).0 + 1,
                 waiting: BTreeMap::new(),
             });
-        let reply = wire::execute(&owned.chat, owned.ids, Op::Send(conv, message, key, None))?;
+        let reply = wire::execute(
+            &owned.chat,
+            &owned.accounts,
+            owned.ids,
+            Op::Send(conv, message, key, None),
+        )?;
         if let (Reply::Message(m), Some(publish)) = (&reply, self.publish.get()) {
             let members = owned.chat.members(local)?;
             let mut pushes = owned.pushes.lock();
@@ -329,6 +336,7 @@ impl Shards {
                 shards: self.cfg.shards,
                 shard,
             },
+            accounts: ShardAccounts::default(),
             pushes: Mutex::new(HashMap::new()),
             _renewing: renewing,
             serving,

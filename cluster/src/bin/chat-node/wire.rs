@@ -11,6 +11,8 @@ use chatstore::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::names::{self, ShardAccounts, ACCOUNTS};
+
 /// Shard count and the shard a store holds: translates ids between the two numberings.
 #[derive(Clone, Copy, Debug)]
 pub struct Ids {
@@ -23,12 +25,24 @@ impl Ids {
         ConversationId(local.0 * self.shards as u64 + self.shard as u64)
     }
 
+    /// The local id of a chat's global id (never the shard's accounts conversation).
     pub fn local(&self, global: ConversationId) -> Result<ConversationId, Error> {
         let s = self.shards as u64;
-        if global.0 % s != self.shard as u64 || global.0 < s {
+        if global.0 % s != self.shard as u64 || global.0 < s || global.0 / s >= ACCOUNTS.0 {
             return Err(Error::UnknownConversation(global));
         }
         Ok(ConversationId(global.0 / s))
+    }
+
+    /// The global id of a conversation the chat layer just created.
+    fn created(&self, local: ConversationId) -> Result<ConversationId, Error> {
+        if local.0 >= ACCOUNTS.0 {
+            return Err(Error::InvalidArgument(format!(
+                "shard {} has no conversation ids left below its accounts",
+                self.shard
+            )));
+        }
+        Ok(self.global(local))
     }
 
     fn message(&self, mut m: Message) -> Message {
@@ -94,6 +108,13 @@ pub enum Op {
     Inbox(UserId, usize, Option<InboxCursor>),
     Unread(UserId),
     UnreadMessages(UserId, usize),
+    /// Gives a username (lowercased key, as typed) with its password hash to a new user, in
+    /// the shard the key hashes to: the user id, or none if the name is taken.
+    ClaimName(String, String, String),
+    /// The account a lowercased username names, asked of the shard the name hashes to.
+    Account(String),
+    /// The username of a user id, asked of shard `id mod S`.
+    Username(u64),
 }
 
 impl Op {
@@ -102,7 +123,7 @@ impl Op {
     /// original); a new group is not.
     pub fn is_idempotent(&self) -> bool {
         match self {
-            Op::CreateGroup(..) => false,
+            Op::CreateGroup(..) | Op::ClaimName(..) => false,
             Op::Send(_, _, key, _) => key.is_some(),
             _ => true,
         }
@@ -127,6 +148,9 @@ pub enum Reply {
     Inbox(InboxPage),
     Unread(Vec<Unread>),
     UnreadMessages(Vec<(Unread, Vec<Message>)>),
+    OptUser(Option<u64>),
+    Account(Option<(u64, names::Record)>),
+    Name(Option<String>),
 }
 
 /// A refusal, carried so that the asking node fails the way a local call would.
@@ -196,8 +220,14 @@ impl From<WireError> for Error {
     }
 }
 
-/// Runs `op` on the shard's store. Blocking (a write waits for the shard's stream).
-pub fn execute(chat: &ChatStore, ids: Ids, op: Op) -> Result<Reply, Error> {
+/// Runs `op` on the shard's store (and its account table). Blocking (a write waits for the
+/// shard's stream).
+pub fn execute(
+    chat: &ChatStore,
+    accounts: &ShardAccounts,
+    ids: Ids,
+    op: Op,
+) -> Result<Reply, Error> {
     let l = |c: ConversationId| ids.local(c);
     Ok(match op {
         Op::RegisterUsers(users) => {
@@ -211,14 +241,14 @@ pub fn execute(chat: &ChatStore, ids: Ids, op: Op) -> Result<Reply, Error> {
         Op::Direct(a, b) => {
             chat.register_user(a)?;
             chat.register_user(b)?;
-            Reply::Conv(ids.global(chat.direct(a, b)?))
+            Reply::Conv(ids.created(chat.direct(a, b)?)?)
         }
         Op::CreateGroup(creator, members) => {
             chat.register_user(creator)?;
             for &u in &members {
                 chat.register_user(u)?;
             }
-            Reply::Conv(ids.global(chat.create_group(creator, &members)?))
+            Reply::Conv(ids.created(chat.create_group(creator, &members)?)?)
         }
         Op::AddMember(c, by, u) => {
             let c = l(c)?;
@@ -287,5 +317,10 @@ pub fn execute(chat: &ChatStore, ids: Ids, op: Op) -> Result<Reply, Error> {
                 .map(|(x, ms)| (ids.unread(x), ids.messages(ms)))
                 .collect(),
         ),
+        Op::ClaimName(key, username, hash) => {
+            Reply::OptUser(accounts.claim(chat, ids, &key, &username, &hash)?)
+        }
+        Op::Account(key) => Reply::Account(accounts.find(chat, ids, &key)?),
+        Op::Username(id) => Reply::Name(names::username(chat, ids, id)?),
     })
 }
