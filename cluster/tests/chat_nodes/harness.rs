@@ -42,7 +42,18 @@ pub struct Node {
 
 impl Node {
     pub fn start(name: &str, nats: &NatsCluster, dir: &std::path::Path, nodes: usize) -> Node {
-        let args = vec![
+        Node::start_with(name, nats, dir, nodes, &[])
+    }
+
+    /// [`Node::start`] with more flags.
+    pub fn start_with(
+        name: &str,
+        nats: &NatsCluster,
+        dir: &std::path::Path,
+        nodes: usize,
+        extra: &[&str],
+    ) -> Node {
+        let mut args: Vec<String> = vec![
             "--node".into(),
             name.into(),
             "--nats".into(),
@@ -62,6 +73,7 @@ impl Node {
             "--argon2-iterations".into(),
             "1".into(),
         ];
+        args.extend(extra.iter().map(|a| a.to_string()));
         let mut node = Node {
             name: name.to_string(),
             args,

@@ -621,3 +621,89 @@ async fn racing_sign_ups_get_distinct_ids_and_one_name_one_owner() {
     blocking(|| drop(leases));
     blocking(|| drop(nats));
 }
+
+/// Owners snapshot their shards and purge the streams below; the owner of a busy shard is
+/// killed, and its successor, which never held the shard (no copy of its own) and cannot
+/// replay the purged stream, restores the snapshot, catches up, and serves the whole history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_owner_restores_the_snapshot_of_a_purged_shard() {
+    let nats = blocking(|| NatsCluster::start(3)).expect("a 3-server NATS cluster");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut nodes: Vec<Node> = blocking(|| {
+        (0..3)
+            .map(|i| {
+                Node::start_with(
+                    &format!("node{i}"),
+                    &nats,
+                    dir.path(),
+                    3,
+                    &["--snapshot-every", "40"],
+                )
+            })
+            .collect()
+    });
+    let leases = blocking(|| leases(&nats));
+    let owners = blocking(|| all_owned(&leases, &nodes));
+    let h: Vec<client::Http> = nodes.iter().map(Node::http).collect();
+    let (alice, _) = h[0].signup("alice").await;
+    h[1].signup("bob").await;
+    let conv = h[0].direct(&alice, "bob").await;
+    let shard = shard_of(conv);
+    let victim = nodes
+        .iter()
+        .position(|n| n.name == owners[shard as usize])
+        .expect("the owner is one of the nodes");
+    // Send through a node other than the owner, so the device survives the kill.
+    let via = (victim + 1) % 3;
+    let mut a = Device::connect("alice", nodes[via].addr, &alice).await;
+    let sent = 150;
+    for i in 0..sent {
+        a.send_acked(conv, &format!("m{i}"), &format!("k{i}")).await;
+    }
+    let snapshot = format!("snapshot of shard {shard} at LSN");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !nodes[victim].log().contains(&snapshot) {
+        assert!(
+            Instant::now() < deadline,
+            "no snapshot of shard {shard}:\n{}",
+            nodes[victim].log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.close().await;
+    blocking(|| nodes[victim].kill());
+    let successor = blocking(|| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match owner(&leases, shard, Duration::from_secs(1)) {
+                Some(o) if o != nodes[victim].name => return o,
+                _ => assert!(Instant::now() < deadline, "nobody took shard {shard} over"),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let next = nodes
+        .iter()
+        .position(|n| n.name == successor)
+        .expect("the successor is one of the nodes");
+    let history = all_messages(h[via], &alice, conv).await;
+    let texts: Vec<String> = history
+        .iter()
+        .map(|m| m["text"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(
+        texts,
+        (0..sent).map(|i| format!("m{i}")).collect::<Vec<_>>(),
+        "the whole history after the takeover"
+    );
+    assert!(
+        nodes[next]
+            .log()
+            .contains(&format!("restored shard {shard} from its snapshot")),
+        "the successor restored the snapshot:\n{}",
+        nodes[next].log()
+    );
+    blocking(|| drop(nodes));
+    blocking(|| drop(leases));
+    blocking(|| drop(nats));
+}

@@ -34,6 +34,8 @@ Cluster flags (the chat server's own flags, below, follow them):
   --replicas N           replicas of streams and buckets: 3            (CHAT_REPLICAS)
   --lease-ttl-ms MS      shard lease TTL, the same on every node: 10000 (CHAT_LEASE_TTL_MS)
   --expect-nodes N       nodes to wait for (up to 3 s) before taking shards: 1 (CHAT_EXPECT_NODES)
+  --snapshot-every N     snapshot a shard (and purge its stream below) every N records;
+                         0 never: 100000                               (CHAT_SNAPSHOT_EVERY)
 ";
 
 /// How long a node keeps trying to reach NATS and open the shared buckets at start.
@@ -46,6 +48,7 @@ struct NodeArgs {
     replicas: usize,
     lease_ttl: Duration,
     expect_nodes: usize,
+    snapshot_every: u64,
     rest: Vec<String>,
 }
 
@@ -57,6 +60,7 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<NodeArgs>, Str
     let mut replicas = env("CHAT_REPLICAS");
     let mut ttl = env("CHAT_LEASE_TTL_MS");
     let mut expect = env("CHAT_EXPECT_NODES");
+    let mut snapshot_every = env("CHAT_SNAPSHOT_EVERY");
     let mut rest = Vec::new();
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -72,6 +76,7 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<NodeArgs>, Str
             "--replicas" => &mut replicas,
             "--lease-ttl-ms" => &mut ttl,
             "--expect-nodes" => &mut expect,
+            "--snapshot-every" => &mut snapshot_every,
             _ => {
                 rest.push(arg);
                 continue;
@@ -115,6 +120,7 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<NodeArgs>, Str
         replicas: num(replicas, "--replicas", 3)?.max(1) as usize,
         lease_ttl: Duration::from_millis(num(ttl, "--lease-ttl-ms", 10_000)?.max(1000)),
         expect_nodes: num(expect, "--expect-nodes", 1)?.max(1) as usize,
+        snapshot_every: num(snapshot_every, "--snapshot-every", 100_000)?,
         rest,
     }))
 }
@@ -273,6 +279,7 @@ fn start_cluster_parts(
         },
         tick: (args.lease_ttl / 10).clamp(Duration::from_millis(100), Duration::from_secs(1)),
         expect_nodes: args.expect_nodes,
+        snapshot_every: args.snapshot_every,
     };
     let shards = shards::Shards::open(nats.clone(), placement, runtime)?;
     let node_id: u64 = rand::random();

@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,8 +29,8 @@ use chatstore::{
     ChatOptions, ChatStore, CommitLog, ConversationId, Durability, Message, Options, UserId,
 };
 use chatstore_cluster::{
-    shard_key, JetStreamCommitLog, KeepAlive, Lease, LeaseBucket, LeaseConfig, Nats, ShardStream,
-    StreamConfig,
+    checkpoint_and_purge, shard_key, Error as ClusterError, JetStreamCommitLog, KeepAlive, Lease,
+    LeaseBucket, LeaseConfig, Nats, ShardStream, SnapshotBucket, SnapshotConfig, StreamConfig,
 };
 use futures_util::StreamExt;
 use parking_lot::{Mutex, RwLock};
@@ -65,6 +65,9 @@ pub struct Placement {
     pub tick: Duration,
     /// Nodes to wait for (briefly) before taking shards, so that they spread.
     pub expect_nodes: usize,
+    /// An owner snapshots its shard (and purges the stream below the snapshot) once the
+    /// stream holds this many records; 0: never.
+    pub snapshot_every: u64,
 }
 
 /// A shard this node owns.
@@ -75,6 +78,10 @@ pub struct Owned {
     pub ids: Ids,
     accounts: ShardAccounts,
     pushes: Mutex<HashMap<ConversationId, Sequence>>,
+    /// The LSN below which the stream is purged (a snapshot holds it): the stream holds the
+    /// records after it.
+    snapshot_lsn: AtomicU64,
+    snapshotting: AtomicBool,
     _renewing: KeepAlive,
     serving: tokio::task::JoinHandle<()>,
 }
@@ -95,6 +102,7 @@ pub struct Shards {
     pub nats: Nats,
     pub cfg: Placement,
     leases: LeaseBucket,
+    snapshots: SnapshotBucket,
     nodes: kv::Store,
     slots: Vec<RwLock<Option<Arc<Owned>>>>,
     /// Runtime that runs request handlers and store calls (not the NATS runtime: a store
@@ -112,6 +120,14 @@ impl Shards {
             return Err("--shards must be at least 1".into());
         }
         let leases = LeaseBucket::open(&nats, cfg.lease.clone()).map_err(|e| e.to_string())?;
+        let snapshots = SnapshotBucket::open(
+            &nats,
+            SnapshotConfig {
+                replicas: cfg.lease.replicas,
+                ..SnapshotConfig::default()
+            },
+        )
+        .map_err(|e| e.to_string())?;
         let js = nats.jetstream().clone();
         let (ttl, replicas) = (cfg.lease.ttl, cfg.lease.replicas);
         let nodes = nats
@@ -139,6 +155,7 @@ impl Shards {
             nats,
             cfg,
             leases,
+            snapshots,
             nodes,
             runtime,
             placing: Mutex::new(()),
@@ -229,6 +246,7 @@ impl Shards {
             if live >= self.cfg.expect_nodes || started.elapsed() >= settle {
                 self.place(live);
             }
+            self.snapshot_due();
             std::thread::sleep(self.cfg.tick);
         }
     }
@@ -311,21 +329,33 @@ impl Shards {
         let stream =
             ShardStream::open(&self.nats, &self.cfg.stream, shard).map_err(|e| e.to_string())?;
         let log = JetStreamCommitLog::new(stream);
-        let options = Options {
-            // The stream is the shard's truth; the local WAL is a cache of it.
-            durability: Durability::Buffered {
-                interval: Duration::from_millis(100),
-            },
-            commit_log: Some(Arc::clone(&log) as Arc<dyn CommitLog>),
-            ..Options::default()
-        };
         let dir = self.cfg.dir.join(format!("shard-{shard}"));
-        let chat = ChatStore::open_with(&dir, options, ChatOptions::default())
-            .map_err(|e| format!("opening {}: {e}", dir.display()))?;
-        if let Err(e) = log.promote(chat.store(), Some(lease.clone())) {
-            let _ = chat.close();
-            return Err(format!("catching up shard {shard}: {e}"));
+        // No copy of its own: start from the latest snapshot (the stream may be purged below
+        // it, and replaying less is faster anyway).
+        if !dir.exists() {
+            self.restore(shard, &dir)?;
         }
+        let (chat, tail) = match self.open_and_promote(&dir, &log, &lease) {
+            Ok(opened) => opened,
+            // Its own copy is older than the stream's start: the records in between are only
+            // in the snapshot. Put the copy aside, restore, and try again.
+            Err((ClusterError::Truncated { .. }, why)) => {
+                eprintln!(
+                    "chat-node {}: shard {shard}: {why}; restoring the latest snapshot",
+                    self.cfg.node
+                );
+                let aside = self.cfg.dir.join(format!("shard-{shard}.behind"));
+                let _ = std::fs::remove_dir_all(&aside);
+                std::fs::rename(&dir, &aside).map_err(|e| format!("{}: {e}", dir.display()))?;
+                self.restore(shard, &dir)?;
+                let opened = self
+                    .open_and_promote(&dir, &log, &lease)
+                    .map_err(|(_, why)| why)?;
+                let _ = std::fs::remove_dir_all(&aside);
+                opened
+            }
+            Err((_, why)) => return Err(why),
+        };
         let renewing = lease.keep_alive(self.cfg.lease.ttl / 4);
         let serving = self.serve(shard)?;
         Ok(Arc::new(Owned {
@@ -338,9 +368,117 @@ impl Shards {
             },
             accounts: ShardAccounts::default(),
             pushes: Mutex::new(HashMap::new()),
+            snapshot_lsn: AtomicU64::new(tail.first_lsn().saturating_sub(1)),
+            snapshotting: AtomicBool::new(false),
             _renewing: renewing,
             serving,
         }))
+    }
+
+    /// Opens the store in `dir` on `log` and makes the log lead (catch-up included).
+    fn open_and_promote(
+        &self,
+        dir: &std::path::Path,
+        log: &Arc<JetStreamCommitLog>,
+        lease: &Lease,
+    ) -> Result<(ChatStore, chatstore_cluster::Tail), (ClusterError, String)> {
+        let options = Options {
+            // The stream is the shard's truth; the local WAL is a cache of it.
+            durability: Durability::Buffered {
+                interval: Duration::from_millis(100),
+            },
+            commit_log: Some(Arc::clone(log) as Arc<dyn CommitLog>),
+            ..Options::default()
+        };
+        let chat = ChatStore::open_with(dir, options, ChatOptions::default()).map_err(|e| {
+            let why = format!("opening {}: {e}", dir.display());
+            (ClusterError::Store(e), why)
+        })?;
+        match log.promote(chat.store(), Some(lease.clone())) {
+            Ok(tail) => Ok((chat, tail)),
+            Err(e) => {
+                let _ = chat.close();
+                let why = format!("catching up {}: {e}", dir.display());
+                Err((e, why))
+            }
+        }
+    }
+
+    /// Restores shard `shard`'s latest snapshot into `dir` (which must not exist); nothing
+    /// if it has none.
+    fn restore(&self, shard: u32, dir: &std::path::Path) -> Result<(), String> {
+        let t = Instant::now();
+        let restored = self
+            .snapshots
+            .restore(shard, dir, &self.scratch())
+            .map_err(|e| format!("restoring shard {shard}'s snapshot: {e}"))?;
+        if let Some(snap) = restored {
+            println!(
+                "chat-node {}: restored shard {shard} from its snapshot at LSN {} ({} bytes) in {} ms",
+                self.cfg.node,
+                snap.lsn,
+                snap.bytes,
+                t.elapsed().as_millis()
+            );
+        }
+        Ok(())
+    }
+
+    fn scratch(&self) -> PathBuf {
+        self.cfg.dir.join("scratch")
+    }
+
+    /// Starts a snapshot (and purge) of every owned shard whose stream holds
+    /// `snapshot_every` records or more, each on a thread of its own; one at a time per shard.
+    fn snapshot_due(self: &Arc<Self>) {
+        let every = self.cfg.snapshot_every;
+        if every == 0 {
+            return;
+        }
+        for s in 0..self.cfg.shards {
+            let Some(owned) = self.local(s) else {
+                continue;
+            };
+            let held = owned
+                .chat
+                .store()
+                .last_lsn()
+                .saturating_sub(owned.snapshot_lsn.load(Ordering::Relaxed));
+            if held < every || owned.snapshotting.swap(true, Ordering::AcqRel) {
+                continue;
+            }
+            let me = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("snapshot-{s}"))
+                .spawn(move || {
+                    let t = Instant::now();
+                    match checkpoint_and_purge(
+                        &me.snapshots,
+                        owned.log.stream(),
+                        owned.chat.store(),
+                        &me.scratch(),
+                    ) {
+                        Ok((snap, purged)) => {
+                            owned.snapshot_lsn.store(snap.lsn, Ordering::Relaxed);
+                            println!(
+                                "chat-node {}: snapshot of shard {s} at LSN {}: {} bytes, {purged} \
+                                 records purged, in {} ms",
+                                me.cfg.node,
+                                snap.lsn,
+                                snap.bytes,
+                                t.elapsed().as_millis()
+                            );
+                        }
+                        Err(e) => {
+                            eprintln!("chat-node {}: snapshot of shard {s}: {e}", me.cfg.node)
+                        }
+                    }
+                    owned.snapshotting.store(false, Ordering::Release);
+                });
+            if let Err(e) = spawned {
+                eprintln!("chat-node: cannot start a snapshot thread: {e}");
+            }
+        }
     }
 
     /// Answers the shard's request subject: each request runs on a blocking thread of the
