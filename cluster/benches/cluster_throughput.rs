@@ -160,6 +160,14 @@ fn run(rt: &tokio::runtime::Runtime, o: &Options, n: usize) -> Row {
         let logs: String = nodes.iter().map(Node::log).collect();
         panic!("load: {e}\n{logs}")
     });
+    // What the nodes said (errors, snapshots), trimmed.
+    for node in &nodes {
+        let log = node.log();
+        let lines: Vec<&str> = log.lines().collect();
+        for line in &lines[lines.len().saturating_sub(15)..] {
+            println!("{line}");
+        }
+    }
     let (stream_bytes, stream_records) = streams(&nats);
     for node in &mut nodes {
         node.kill();

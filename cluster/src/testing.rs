@@ -20,6 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::stream;
+use futures_util::StreamExt;
 
 use crate::nats::{Nats, NatsOptions};
 
@@ -373,6 +374,43 @@ impl NatsCluster {
         Err(self.not_ready(format!("no stream with {replicas} replicas: {last}")))
     }
 
+    /// Waits until every stream of the cluster (shard streams, KV buckets, object stores)
+    /// has a leader and every replica of it is current: the state in which one server may
+    /// die without any stream losing what it acknowledged or stalling on a replica that never
+    /// caught up. A stream created a moment ago is not there yet.
+    pub fn wait_replicated(&self, timeout: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let nats = self
+            .connect("replication-check")
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let js = nats.jetstream().clone();
+            let lagging = nats.block_on(async move {
+                let mut streams = js.streams();
+                let mut lagging = Vec::new();
+                while let Some(info) = streams.next().await {
+                    let info = info.map_err(|e| e.to_string())?;
+                    let ok = info.cluster.as_ref().is_some_and(|c| {
+                        c.leader.is_some() && c.replicas.iter().all(|r| r.current && !r.offline)
+                    });
+                    if !ok {
+                        lagging.push(info.config.name.clone());
+                    }
+                }
+                Ok::<_, String>(lagging)
+            });
+            match lagging {
+                Ok(Ok(l)) if l.is_empty() => return Ok(()),
+                Ok(Ok(l)) => last = format!("not yet replicated: {l:?}"),
+                Ok(Err(e)) => last = e,
+                Err(e) => last = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(self.not_ready(last))
+    }
+
     fn wait_server(&mut self, i: usize, deadline: Instant) -> io::Result<()> {
         let nats = self.connect_until(i, deadline)?;
         let mut last = String::new();
@@ -448,8 +486,10 @@ impl Drop for NatsCluster {
                 let lines: Vec<&str> = log.lines().collect();
                 let tail = &lines[lines.len().saturating_sub(80)..];
                 eprintln!(
-                    "--- last lines of NATS server {} ---\n{}",
+                    "--- last lines of NATS server {} ({}, {} bytes) ---\n{}",
                     s.name,
+                    s.log.display(),
+                    log.len(),
                     tail.join("\n")
                 );
             }

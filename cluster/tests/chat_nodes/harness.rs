@@ -250,13 +250,24 @@ impl Device {
         let frames = Arc::new(Mutex::new(Vec::new()));
         let f = frames.clone();
         let reader = tokio::spawn(async move {
-            while let Some(Ok(m)) = stream.next().await {
-                if let Message::Text(t) = m {
-                    if let Ok(v) = serde_json::from_str::<Value>(t.as_str()) {
-                        f.lock().unwrap().push(v);
+            // The end of the connection is recorded too (as a frame of type
+            // `connection_closed`), so that a wait that times out can say why.
+            let why = loop {
+                match stream.next().await {
+                    Some(Ok(Message::Text(t))) => {
+                        if let Ok(v) = serde_json::from_str::<Value>(t.as_str()) {
+                            f.lock().unwrap().push(v);
+                        }
                     }
+                    Some(Ok(Message::Close(c))) => break format!("closed by the server: {c:?}"),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => break format!("error: {e}"),
+                    None => break "the stream ended".to_string(),
                 }
-            }
+            };
+            f.lock()
+                .unwrap()
+                .push(json!({ "type": "connection_closed", "why": why, "at": clock() }));
         });
         let d = Device {
             name: name.to_string(),
@@ -351,11 +362,22 @@ impl Device {
                         .retain(|v| v["client_key"] != key);
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                None => panic!(
-                    "{:8.3} {}: {key} not acked in {within:?}",
-                    clock(),
-                    self.name
-                ),
+                None => {
+                    let frames = self.frames.lock().unwrap();
+                    let last: Vec<String> = frames
+                        .iter()
+                        .rev()
+                        .take(5)
+                        .map(|v| v.to_string().chars().take(200).collect())
+                        .collect();
+                    panic!(
+                        "{:8.3} {}: {key} not acked in {within:?}; its last frames, newest \
+                         first:\n{}",
+                        clock(),
+                        self.name,
+                        last.join("\n")
+                    )
+                }
             }
         }
     }

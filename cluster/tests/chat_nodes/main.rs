@@ -254,6 +254,9 @@ async fn users_on_different_nodes_chat_and_every_device_gets_every_message_once(
 
     // One NATS server dies: every node keeps serving (its connection moves to another server,
     // the streams the dead one led elect new leaders).
+    // A healthy cluster first: every stream and bucket fully replicated (the shard streams
+    // were created a moment ago), so the kill tests failover, not a stream's first catch-up.
+    blocking(|| nats.wait_replicated(Duration::from_secs(60))).expect("every stream replicated");
     blocking(|| nats.kill(0)).expect("kill a NATS server");
     println!("{:8.3} NATS server 0 killed", harness::clock());
     let t = Instant::now();

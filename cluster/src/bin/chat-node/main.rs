@@ -162,13 +162,12 @@ async fn run() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = tokio::runtime::Handle::current();
     let started = tokio::task::spawn_blocking(move || {
         // NATS may be electing leaders (a server just died or started): keep trying for a
         // while rather than give up on the first refusal.
         let deadline = std::time::Instant::now() + START_TIMEOUT;
         loop {
-            match start_cluster_parts(&args, &cfg, runtime.clone()) {
+            match start_cluster_parts(&args, &cfg) {
                 Ok(parts) => return Ok(parts),
                 Err(e) if std::time::Instant::now() < deadline => {
                     eprintln!("chat-node: starting: {e}; trying again");
@@ -252,11 +251,7 @@ struct Parts {
 }
 
 /// Connects to NATS and opens the shared buckets. Blocking.
-fn start_cluster_parts(
-    args: &NodeArgs,
-    cfg: &server::Config,
-    runtime: tokio::runtime::Handle,
-) -> Result<Parts, String> {
+fn start_cluster_parts(args: &NodeArgs, cfg: &server::Config) -> Result<Parts, String> {
     let nats = Nats::connect(NatsOptions {
         urls: args.nats.clone(),
         name: format!("chat-node-{}", args.node),
@@ -281,7 +276,7 @@ fn start_cluster_parts(
         expect_nodes: args.expect_nodes,
         snapshot_every: args.snapshot_every,
     };
-    let shards = shards::Shards::open(nats.clone(), placement, runtime)?;
+    let shards = shards::Shards::open(nats.clone(), placement)?;
     let node_id: u64 = rand::random();
     // A call waits out a failover (a lease TTL and a takeover) and a commit that rides out
     // a NATS election (the stream's append timeout).

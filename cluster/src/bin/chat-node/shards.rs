@@ -35,7 +35,7 @@ use chatstore_cluster::{
 use futures_util::StreamExt;
 use parking_lot::{Mutex, RwLock};
 use std::sync::OnceLock;
-use tokio::runtime::Handle;
+use tokio::runtime::{Handle, Runtime};
 
 use crate::names::ShardAccounts;
 use crate::wire::{self, Ids, Op, Origin, Reply, WireError};
@@ -105,9 +105,12 @@ pub struct Shards {
     snapshots: SnapshotBucket,
     nodes: kv::Store,
     slots: Vec<RwLock<Option<Arc<Owned>>>>,
-    /// Runtime that runs request handlers and store calls (not the NATS runtime: a store
-    /// commit blocks on it).
-    runtime: Handle,
+    /// Runs the shard request handlers, and nothing else: answering only touches this node's
+    /// own shards (never another node), so as long as no caller shares its threads, every
+    /// request gets a thread. On the node's runtime instead, a burst of calls *to* other nodes
+    /// (reconnecting devices gathering unread from every shard) filled the blocking pool of
+    /// every node at once, and each node's answers queued behind its own waiting calls.
+    answering: Answering,
     /// Serialises take-overs and drops of one shard.
     placing: Mutex<()>,
     stopping: AtomicBool,
@@ -115,7 +118,7 @@ pub struct Shards {
 }
 
 impl Shards {
-    pub fn open(nats: Nats, cfg: Placement, runtime: Handle) -> Result<Arc<Shards>, String> {
+    pub fn open(nats: Nats, cfg: Placement) -> Result<Arc<Shards>, String> {
         if cfg.shards == 0 {
             return Err("--shards must be at least 1".into());
         }
@@ -157,7 +160,7 @@ impl Shards {
             leases,
             snapshots,
             nodes,
-            runtime,
+            answering: Answering::start()?,
             placing: Mutex::new(()),
             stopping: AtomicBool::new(false),
             publish: OnceLock::new(),
@@ -496,7 +499,7 @@ impl Shards {
             .map_err(|e| e.to_string())??;
         let me = self.clone();
         let client = self.nats.client().clone();
-        Ok(self.runtime.spawn(async move {
+        Ok(self.answering.handle().spawn(async move {
             let mut sub = sub;
             while let Some(msg) = sub.next().await {
                 let Some(reply) = msg.reply.clone() else {
@@ -556,6 +559,40 @@ impl Shards {
         let kv = self.nodes.clone();
         let key = format!("node.{}", self.cfg.node);
         let _ = self.nats.block_on(async move { kv.delete(key).await });
+    }
+}
+
+/// The runtime that answers shard requests (see `Shards::answering`).
+struct Answering {
+    runtime: Option<Runtime>,
+    handle: Handle,
+}
+
+impl Answering {
+    fn start() -> Result<Answering, String> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("shard-answer")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the shard request runtime: {e}"))?;
+        Ok(Answering {
+            handle: runtime.handle().clone(),
+            runtime: Some(runtime),
+        })
+    }
+
+    fn handle(&self) -> &Handle {
+        &self.handle
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        // Never block here: the last owner may be dropped inside async code.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
     }
 }
 
