@@ -332,7 +332,14 @@ impl Device {
             if found.is_some() {
                 return found;
             }
-            if Instant::now() >= deadline {
+            // A closed connection brings no answer: say so now (the caller shows why).
+            let closed = self
+                .frames
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|v| v["type"] == "connection_closed");
+            if closed || Instant::now() >= deadline {
                 return None;
             }
             tokio::time::sleep(Duration::from_millis(2)).await;

@@ -5,7 +5,7 @@
 //! every push to the nodes that hold devices of the users it is for (this one included).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use axum::extract::ws::Utf8Bytes;
@@ -55,6 +55,10 @@ pub struct Conn {
     opened: tokio::time::Instant,
     /// Last time anything came from the client, ms after `opened`.
     last_heard_ms: AtomicU64,
+    /// Whether a frame of the client's is being handled: frames (pongs, heartbeats) are read
+    /// one after another, so while the server works on one, the client's next ones wait
+    /// unread, and that silence is the server's, not the client's.
+    handling: AtomicBool,
 }
 
 impl Conn {
@@ -68,7 +72,21 @@ impl Conn {
             close_reason: Mutex::new(None),
             opened: tokio::time::Instant::now(),
             last_heard_ms: AtomicU64::new(0),
+            handling: AtomicBool::new(false),
         }
+    }
+
+    /// A frame of the client's is being handled (until [`Conn::handled`]).
+    pub fn handling(&self) {
+        self.heard();
+        self.handling.store(true, Ordering::Relaxed);
+    }
+
+    /// The frame is handled; the client counts as heard now (its frames that queued
+    /// meanwhile are read next).
+    pub fn handled(&self) {
+        self.handling.store(false, Ordering::Relaxed);
+        self.heard();
     }
 
     /// Something came from the client.
@@ -79,6 +97,9 @@ impl Conn {
 
     /// When the connection counts as dead if nothing more comes from the client.
     pub fn silent_deadline(&self, offline_after: std::time::Duration) -> tokio::time::Instant {
+        if self.handling.load(Ordering::Relaxed) {
+            return tokio::time::Instant::now() + offline_after;
+        }
         self.opened
             + std::time::Duration::from_millis(self.last_heard_ms.load(Ordering::Relaxed))
             + offline_after
@@ -245,5 +266,34 @@ impl Hub {
                 c.drop_with(4001, "signed out");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A connection whose frame the server is still handling is not silent, however long
+    /// the handling takes: the client's pongs wait unread behind it.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_is_not_silent_while_its_frame_is_handled() {
+        let (tx, _rx) = mpsc::channel(4);
+        let conn = Conn::new(1, UserId(1), Arc::from("t"), tx);
+        let offline_after = Duration::from_secs(10);
+        conn.handling();
+        tokio::time::advance(Duration::from_secs(25)).await;
+        assert!(
+            conn.silent_deadline(offline_after) > tokio::time::Instant::now(),
+            "silent while its own request was in progress"
+        );
+        conn.handled();
+        assert_eq!(
+            conn.silent_deadline(offline_after),
+            tokio::time::Instant::now() + offline_after,
+            "heard when the handling ended"
+        );
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!(conn.silent_deadline(offline_after) <= tokio::time::Instant::now());
     }
 }

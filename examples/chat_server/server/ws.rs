@@ -221,7 +221,9 @@ async fn run(state: Shared, user: UserId, token: Arc<str>, socket: WebSocket) {
                     reject(&state, &conn, &e, &Value::Null);
                     continue;
                 }
+                conn.handling();
                 handle_text(&state, &conn, text.as_str(), &mut typing).await;
+                conn.handled();
             }
             WsMessage::Binary(_) => {
                 let e = bad_frame("binary frames are not supported; send JSON text frames");
