@@ -2,7 +2,8 @@
 //! in-process on a free loopback port with a temporary data folder and short presence
 //! timings, and is driven by real HTTP and WebSocket clients. One test also runs the built
 //! example binary as a child process (Ctrl-C and kill -9), and one drives the real page in
-//! headless Chromium (skipped, with a message, where Chromium is not installed).
+//! headless Chromium (it fails, saying what to install, where Chromium is missing; `.ci/run`
+//! installs it).
 
 #[allow(dead_code)]
 #[path = "../../examples/chat_server/server/mod.rs"]

@@ -214,6 +214,18 @@ pub fn owner(leases: &LeaseBucket, shard: u32, within: Duration) -> Option<Strin
     }
 }
 
+/// Waits (up to 30 s) until a node other than `old` holds `shard`'s lease; returns its name.
+pub fn new_owner(leases: &LeaseBucket, shard: u32, old: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match owner(leases, shard, Duration::from_secs(1)) {
+            Some(o) if o != old => return o,
+            _ => assert!(Instant::now() < deadline, "nobody took shard {shard} over"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Waits until every shard has an owner; returns them.
 pub fn all_owned(leases: &LeaseBucket, nodes: &[Node]) -> Vec<String> {
     (0..SHARDS)

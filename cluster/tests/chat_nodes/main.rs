@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use chatstore_cluster::testing::NatsCluster;
-use harness::{all_owned, leases, owner, shard_of, Device, Node, LEASE_TTL};
+use harness::{all_owned, leases, new_owner, owner, shard_of, Device, Node, LEASE_TTL};
 use serde_json::json;
 use tokio::task::block_in_place as blocking;
 
@@ -484,16 +484,7 @@ async fn a_paused_owner_is_replaced_and_its_writes_are_refused_when_it_wakes() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     nodes[victim].signal(libc::SIGSTOP);
     let paused = Instant::now();
-    let taken = blocking(|| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match owner(&leases, shard, Duration::from_secs(1)) {
-                Some(o) if o != nodes[victim].name => return o,
-                _ => assert!(Instant::now() < deadline, "nobody took the shard over"),
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    });
+    let taken = blocking(|| new_owner(&leases, shard, &nodes[victim].name));
     println!(
         "{} paused; {taken} took shard {shard} over after {} ms",
         nodes[victim].name,
@@ -675,16 +666,7 @@ async fn a_new_owner_restores_the_snapshot_of_a_purged_shard() {
     }
     a.close().await;
     blocking(|| nodes[victim].kill());
-    let successor = blocking(|| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match owner(&leases, shard, Duration::from_secs(1)) {
-                Some(o) if o != nodes[victim].name => return o,
-                _ => assert!(Instant::now() < deadline, "nobody took shard {shard} over"),
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    });
+    let successor = blocking(|| new_owner(&leases, shard, &nodes[victim].name));
     let next = nodes
         .iter()
         .position(|n| n.name == successor)

@@ -7,9 +7,9 @@
 //!   Plain writes and reads: a token is random, so no two writers ever race on one key.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::jetstream::kv;
-use async_nats::jetstream::stream::StorageType;
 use bytes::Bytes;
 use chatstore::UserId;
 use chatstore_cluster::Nats;
@@ -35,24 +35,13 @@ impl ClusterDirectory {
         router: Arc<Router>,
         replicas: usize,
     ) -> Result<ClusterDirectory, String> {
-        let js = nats.jetstream().clone();
-        let sessions = nats
-            .block_on(async move {
-                match js.get_key_value("chatstore_sessions").await {
-                    Ok(kv) => Ok(kv),
-                    Err(_) => js
-                        .create_key_value(kv::Config {
-                            bucket: "chatstore_sessions".into(),
-                            history: 1,
-                            storage: StorageType::File,
-                            num_replicas: replicas.max(1),
-                            ..Default::default()
-                        })
-                        .await
-                        .map_err(|e| format!("bucket chatstore_sessions: {e}")),
-                }
-            })
-            .map_err(|e| e.to_string())??;
+        let sessions = crate::buckets::open(
+            nats,
+            "chatstore_sessions",
+            replicas,
+            Duration::ZERO,
+            "sign-in sessions: token -> user id",
+        )?;
         Ok(ClusterDirectory {
             nats: nats.clone(),
             router,

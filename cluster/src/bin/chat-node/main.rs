@@ -10,6 +10,7 @@
 #[path = "../../../../examples/chat_server/server/mod.rs"]
 mod server;
 
+mod buckets;
 mod directory;
 mod fanout;
 mod names;

@@ -12,7 +12,6 @@
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
-use async_nats::jetstream::stream::StorageType;
 use bytes::Bytes;
 use chatstore::UserId;
 use chatstore_cluster::Nats;
@@ -36,26 +35,13 @@ impl KvPresence {
         offline_after: Duration,
         replicas: usize,
     ) -> Result<KvPresence, String> {
-        let js = nats.jetstream().clone();
-        let kv = nats
-            .block_on(async move {
-                match js.get_key_value("chatstore_presence").await {
-                    Ok(kv) => Ok(kv),
-                    Err(_) => js
-                        .create_key_value(kv::Config {
-                            bucket: "chatstore_presence".into(),
-                            history: 1,
-                            max_age: offline_after,
-                            storage: StorageType::File,
-                            num_replicas: replicas.max(1),
-                            description: "who is online, refreshed by heartbeats".into(),
-                            ..Default::default()
-                        })
-                        .await
-                        .map_err(|e| format!("presence bucket: {e}")),
-                }
-            })
-            .map_err(|e| e.to_string())??;
+        let kv = crate::buckets::open(
+            nats,
+            "chatstore_presence",
+            replicas,
+            offline_after,
+            "who is online, refreshed by heartbeats",
+        )?;
         Ok(KvPresence {
             nats: nats.clone(),
             kv,

@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
-use async_nats::jetstream::stream::StorageType;
 use chatstore::{
     ChatOptions, ChatStore, CommitLog, ConversationId, Durability, Message, Options, UserId,
 };
@@ -131,27 +130,13 @@ impl Shards {
             },
         )
         .map_err(|e| e.to_string())?;
-        let js = nats.jetstream().clone();
-        let (ttl, replicas) = (cfg.lease.ttl, cfg.lease.replicas);
-        let nodes = nats
-            .block_on(async move {
-                match js.get_key_value("chatstore_nodes").await {
-                    Ok(kv) => Ok(kv),
-                    Err(_) => js
-                        .create_key_value(kv::Config {
-                            bucket: "chatstore_nodes".into(),
-                            history: 1,
-                            max_age: ttl,
-                            storage: StorageType::File,
-                            num_replicas: replicas.max(1),
-                            description: "live chat nodes".into(),
-                            ..Default::default()
-                        })
-                        .await
-                        .map_err(|e| format!("nodes bucket: {e}")),
-                }
-            })
-            .map_err(|e| e.to_string())??;
+        let nodes = crate::buckets::open(
+            &nats,
+            "chatstore_nodes",
+            cfg.lease.replicas,
+            cfg.lease.ttl,
+            "live chat nodes",
+        )?;
         std::fs::create_dir_all(&cfg.dir).map_err(|e| format!("{}: {e}", cfg.dir.display()))?;
         Ok(Arc::new(Shards {
             slots: (0..cfg.shards).map(|_| RwLock::new(None)).collect(),
