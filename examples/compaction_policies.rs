@@ -126,6 +126,13 @@ fn sustained(messages: u64, convs: usize) {
     if let Some(c) = codec("CODEC") {
         opts.compression = c;
     }
+    // COMPACTION_THREADS = n: how many threads one compaction's merge is cut over.
+    if let Some(n) = std::env::var("COMPACTION_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        opts.compaction_threads = n;
+    }
     let store = Store::open_with(dir.path(), opts).expect("open");
     let zipf = Zipf::new(convs, 1.0);
     let mut rng = Rng::new(42);

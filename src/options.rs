@@ -77,6 +77,11 @@ pub struct Options {
     pub max_message_age: Option<Duration>,
     /// Compaction policy.
     pub compaction_policy: CompactionPolicy,
+    /// Threads one leveled compaction's merge is cut over (by conversation range). A chat
+    /// store's level-0 → level-1 merge takes all of level 1, so it is the one large job, and
+    /// cut in two it uses the second core whenever the writer leaves it idle (fsync waits,
+    /// write stalls). 1: every merge on the compaction thread alone.
+    pub compaction_threads: usize,
     /// Run compactions in the background. When off, only [`Store::compact`] compacts.
     ///
     /// [`Store::compact`]: crate::Store::compact
@@ -115,6 +120,7 @@ impl Default for Options {
             target_segment_bytes: 64 << 20,
             max_message_age: None,
             compaction_policy: CompactionPolicy::Leveled,
+            compaction_threads: 2,
             background_compaction: true,
             read_only: false,
             create_if_missing: true,
@@ -148,6 +154,9 @@ impl Options {
         }
         if self.l0_compaction_trigger < 2 {
             return bad("l0_compaction_trigger must be at least 2");
+        }
+        if !(1..=64).contains(&self.compaction_threads) {
+            return bad("compaction_threads must be between 1 and 64");
         }
         if self.level_base_bytes < 4096 || self.target_segment_bytes < 4096 {
             return bad("level_base_bytes and target_segment_bytes must be at least 4096");

@@ -278,3 +278,76 @@ fn whole_blocks_are_copied_and_edits_still_apply() {
         edited.edited_ms
     );
 }
+
+/// A compaction cut into key ranges merged on several threads writes what one thread writes:
+/// every message (with its edits and deletes), in id order, in segments that pass `verify`,
+/// before and after a reopen.
+#[test]
+fn a_merge_cut_over_threads_writes_what_one_thread_writes() {
+    let run = |threads: usize| {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            memtable_bytes: 32 << 10,
+            block_bytes: 1 << 10,
+            dictionary_bytes: 4 << 10,
+            l0_compaction_trigger: 2,
+            level_base_bytes: 128 << 10,
+            // Merges above a quarter of this are cut.
+            target_segment_bytes: 32 << 10,
+            compaction_threads: threads,
+            background_compaction: false,
+            ..Options::default()
+        };
+        let store = Store::open_with(dir.path(), opts.clone()).unwrap();
+        for i in 0..20_000u64 {
+            let conv = if i % 3 == 0 { i % 7 } else { (i * 7919) % 1500 };
+            store
+                .append(
+                    ConversationId(conv),
+                    NewMessage::text(UserId(conv), &body(conv, i)),
+                )
+                .unwrap();
+            if i % 2000 == 1999 {
+                store.flush().unwrap();
+                while store.compact_step().unwrap() {}
+            }
+            if i == 9_000 {
+                store
+                    .edit(ConversationId(3), MessageId(40), "edited")
+                    .unwrap();
+                store.delete(ConversationId(700), MessageId(2)).unwrap();
+            }
+        }
+        store.compact().unwrap();
+        let report = store.verify().unwrap();
+        assert!(report.is_ok(), "{report:?}");
+        let read = |store: &Store| -> Vec<Vec<(u64, Option<String>)>> {
+            (0..1500)
+                .map(|c| {
+                    store
+                        .latest(ConversationId(c), usize::MAX)
+                        .unwrap()
+                        .iter()
+                        .map(|m| (m.id.0, m.text().map(str::to_string)))
+                        .collect()
+                })
+                .collect()
+        };
+        let before = read(&store);
+        let parts = store.stats().compaction_parts_beside;
+        drop(store);
+        let store = Store::open_with(dir.path(), opts).unwrap();
+        assert_eq!(read(&store), before);
+        (before, parts)
+    };
+    let (one, beside_one) = run(1);
+    let (four, beside_four) = run(4);
+    assert_eq!(beside_one, 0);
+    assert!(beside_four > 0, "no merge was cut");
+    assert_eq!(one.len(), four.len());
+    for (c, (a, b)) in one.iter().zip(&four).enumerate() {
+        assert_eq!(a, b, "conversation {c}");
+    }
+    assert_eq!(one[3][39].1.as_deref(), Some("edited"));
+    assert_eq!(one.iter().map(Vec::len).sum::<usize>(), 20_000);
+}

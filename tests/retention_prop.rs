@@ -604,7 +604,12 @@ proptest! {
 /// alone), with messages 1..=3 of conversation 1 in level 1, sent at `START_MS`.
 fn rewrite_setup(clock: &Arc<TestClock>) -> (FaultFs, Store) {
     let fs = FaultFs::new();
-    let store = Store::open_with("/store", options(&fs, clock, None)).unwrap();
+    // One compaction thread: the scenario counts on level 1 being one segment.
+    let opts = Options {
+        compaction_threads: 1,
+        ..options(&fs, clock, None)
+    };
+    let store = Store::open_with("/store", opts).unwrap();
     let (big, small) = (ConversationId(0), ConversationId(1));
     for id in 1..=20 {
         store

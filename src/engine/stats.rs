@@ -52,6 +52,9 @@ pub struct Stats {
     /// inputs, without decoding and compressing them again (where no other input's rows fall
     /// inside them).
     pub compaction_bytes_copied: u64,
+    /// Key ranges merged on threads beside the compaction thread since open (a compaction cut
+    /// in `n` parts adds `n - 1`; see `Options::compaction_threads`).
+    pub compaction_parts_beside: u64,
     /// Compactions that failed (and were retried later) since open.
     pub compaction_errors: u64,
     /// Bytes compaction still has to move to bring every level within budget.
@@ -88,6 +91,7 @@ pub(crate) struct Counters {
     pub compaction_bytes_read: AtomicU64,
     pub compaction_bytes_written: AtomicU64,
     pub compaction_bytes_copied: AtomicU64,
+    pub compaction_parts_beside: AtomicU64,
     pub compaction_errors: AtomicU64,
     pub reads: AtomicU64,
     pub segments_read: AtomicU64,
@@ -136,6 +140,7 @@ impl Counters {
             compaction_bytes_read: l(&self.compaction_bytes_read),
             compaction_bytes_written: l(&self.compaction_bytes_written),
             compaction_bytes_copied: l(&self.compaction_bytes_copied),
+            compaction_parts_beside: l(&self.compaction_parts_beside),
             compaction_errors: l(&self.compaction_errors),
             write_stall_micros: l(&self.write_stall_micros),
             reads: l(&self.reads),

@@ -18,11 +18,15 @@ use super::super::files;
 use super::super::overrides::{self, Override};
 use super::super::version::{Segment, Version};
 use super::super::Engine;
+use super::split::{self, KeyRange};
 use crate::error::{Error, Result};
 use crate::format::block::{self, Block};
 use crate::format::segment::{SegmentReader, SegmentSummary, SegmentWriter};
 use crate::options::Compression;
 use crate::types::{ConversationId, Message};
+
+/// The watermark entries a message merge raised, in conversation order, for the state merge.
+type Watermarks = VecDeque<(Bytes, Option<Bytes>)>;
 
 /// A finished output.
 pub(crate) struct Output {
@@ -52,6 +56,20 @@ impl<'a> OutputSet<'a> {
             compression: engine.opts.compression,
             dictionary: engine.dictionary.current(),
             number,
+            current: None,
+            done: Vec::new(),
+        }
+    }
+
+    /// Another set of outputs at the same level, with the same dictionary (one merge's parts
+    /// must all be able to take blocks copied from the same inputs).
+    fn sibling(&self) -> Self {
+        OutputSet {
+            engine: self.engine,
+            level: self.level,
+            compression: self.compression,
+            dictionary: self.dictionary.clone(),
+            number: None,
             current: None,
             done: Vec::new(),
         }
@@ -150,17 +168,63 @@ struct MessageCursor<'a> {
     reader: &'a SegmentReader,
     next_block: usize,
     buf: VecDeque<Message>,
+    /// The conversations this cursor hands out (one part of a merge cut in parts).
+    range: KeyRange,
 }
 
-impl MessageCursor<'_> {
+impl<'a> MessageCursor<'a> {
+    /// A cursor at the first row of `reader` in `range`.
+    fn open(reader: &'a SegmentReader, range: KeyRange) -> Result<Self> {
+        let mut start = 0;
+        if let Some(lo) = range.lo {
+            // The last block that starts below `lo` may hold rows of `lo` and above.
+            let (mut a, mut b) = (0, reader.block_count());
+            while a < b {
+                let mid = a.saturating_add(b.saturating_sub(a) / 2);
+                if reader.block_first_key(mid).0 < lo {
+                    a = mid.saturating_add(1);
+                } else {
+                    b = mid;
+                }
+            }
+            start = a.saturating_sub(1);
+        }
+        let mut cursor = MessageCursor {
+            reader,
+            next_block: start,
+            buf: VecDeque::new(),
+            range,
+        };
+        if range
+            .lo
+            .is_some_and(|lo| start < reader.block_count() && reader.block_first_key(start).0 < lo)
+        {
+            if let Some((_, block)) = cursor.next_block()? {
+                cursor.buffer(&block);
+            }
+        }
+        Ok(cursor)
+    }
+
     /// The key of the next row: the next buffered row's, or the next block's first.
     fn head(&self) -> Option<(ConversationId, u64)> {
         match self.buf.front() {
             Some(m) => Some((m.conversation, m.id.0)),
             None if self.next_block < self.reader.block_count() => {
-                Some(self.reader.block_first_key(self.next_block))
+                let key = self.reader.block_first_key(self.next_block);
+                self.range.before_end(key.0).then_some(key)
             }
             None => None,
+        }
+    }
+
+    /// Whether every row of `block` lies in this cursor's range.
+    fn holds_whole(&self, block: &Block) -> bool {
+        match (block.runs().first(), block.runs().last()) {
+            (Some(first), Some(last)) => {
+                self.range.contains(first.conversation) && self.range.contains(last.conversation)
+            }
+            _ => false,
         }
     }
 
@@ -174,11 +238,13 @@ impl MessageCursor<'_> {
         Ok(Some(read))
     }
 
-    /// Buffers `block`'s rows, to be merged one at a time.
+    /// Buffers `block`'s rows in range, to be merged one at a time.
     fn buffer(&mut self, block: &Block) {
         let mut v = Vec::new();
         block.collect_all(&mut v);
-        self.buf.extend(v);
+        let range = self.range;
+        self.buf
+            .extend(v.into_iter().filter(|m| range.contains(m.conversation)));
     }
 }
 
@@ -481,7 +547,9 @@ fn write_row(out: &mut OutputSet<'_>, m: &Message, input: &Path) -> Result<()> {
 
 /// Merges `inputs` (in age order, oldest first) into segments at `level`. With `number`, the
 /// output is one segment (both sections, no split) with that file number: a rewrite within
-/// level 0, where the number orders segments by age.
+/// level 0, where the number orders segments by age. Leveled outputs below level 0 split, so
+/// their message merge is cut into key ranges merged in parallel (`Options::compaction_threads`,
+/// see [`split`](super::split)).
 pub(crate) fn run(
     engine: &Engine,
     inputs: &[Arc<Segment>],
@@ -497,19 +565,122 @@ pub(crate) fn run(
             (engine.opts.target_segment_bytes, true)
         }
     };
-    let mut outputs = OutputSet::new(engine, level, number);
-    if let Err(e) = merge(
-        engine,
-        inputs,
-        target,
-        drop_tombstones,
-        separate,
-        &mut outputs,
-    ) {
-        outputs.abandon();
+    let first = OutputSet::new(engine, level, number);
+    // Edits and retention as on disk when the compaction starts (see `ConversationRules`).
+    let durable = engine.current().segments_only(&engine.memtables_held);
+    if !separate {
+        // One segment holding both sections.
+        let mut out = first;
+        let result = merge_messages(engine, inputs, &durable, target, KeyRange::ALL, &mut out)
+            .and_then(|watermarks| {
+                merge_state(
+                    engine,
+                    inputs,
+                    watermarks,
+                    target,
+                    drop_tombstones,
+                    &mut out,
+                )
+            });
+        if let Err(e) = result {
+            out.abandon();
+            return Err(e);
+        }
+        return out.open_all();
+    }
+
+    // A merge smaller than a quarter of an output segment is not worth a second thread.
+    let ranges = split::ranges(inputs, engine.opts.compaction_threads, target / 4);
+    let mut sets: Vec<OutputSet<'_>> = Vec::with_capacity(ranges.len().saturating_add(1));
+    for _ in 1..ranges.len() {
+        sets.push(first.sibling());
+    }
+    let mut state = first.sibling();
+    sets.insert(0, first);
+    let merged = merge_parts(engine, inputs, &durable, target, &ranges, &mut sets);
+    drop(durable);
+    let result = merged.and_then(|watermarks| {
+        merge_state(
+            engine,
+            inputs,
+            watermarks,
+            target,
+            drop_tombstones,
+            &mut state,
+        )
+    });
+    if let Err(e) = result {
+        for set in sets {
+            set.abandon();
+        }
+        state.abandon();
         return Err(e);
     }
-    outputs.open_all()
+    let mut outputs = Vec::new();
+    for set in sets {
+        outputs.extend(set.open_all()?);
+    }
+    outputs.extend(state.open_all()?);
+    Ok(outputs)
+}
+
+/// Merges the messages of each key range into its own output set, the first range on this
+/// thread and the others on threads of their own, and returns the watermarks raised, in key
+/// order. Each set's last segment is finished.
+fn merge_parts(
+    engine: &Engine,
+    inputs: &[Arc<Segment>],
+    durable: &Version,
+    target: u64,
+    ranges: &[KeyRange],
+    sets: &mut [OutputSet<'_>],
+) -> Result<Watermarks> {
+    let parts: Vec<Result<Watermarks>> = std::thread::scope(|scope| {
+        let mut jobs = ranges.iter().copied().zip(sets.iter_mut());
+        let here = jobs.next();
+        let mut spawned = Vec::new();
+        for (n, (range, set)) in jobs.enumerate() {
+            let name = format!("chatstore-compact-{}", n.saturating_add(2));
+            // A thread the OS refuses fails the compaction like an I/O error: the inputs
+            // stay, and it is tried again later.
+            spawned.push(
+                std::thread::Builder::new()
+                    .name(name)
+                    .spawn_scoped(scope, move || {
+                        merge_messages(engine, inputs, durable, target, range, set)
+                            .and_then(|w| set.finish_current().map(|()| w))
+                    })
+                    .map_err(|e| Error::io(&engine.dir, e)),
+            );
+        }
+        let mut results = Vec::with_capacity(ranges.len());
+        if let Some((range, set)) = here {
+            results.push(
+                merge_messages(engine, inputs, durable, target, range, set)
+                    .and_then(|w| set.finish_current().map(|()| w)),
+            );
+        }
+        for job in spawned {
+            results.push(match job {
+                Ok(handle) => match handle.join() {
+                    Ok(r) => r,
+                    // Background panics are handled where the compaction thread starts.
+                    Err(payload) => std::panic::resume_unwind(payload),
+                },
+                Err(e) => Err(e),
+            });
+        }
+        results
+    });
+    engine.counters.compaction_parts_beside.fetch_add(
+        ranges.len().saturating_sub(1) as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    let mut watermarks = VecDeque::new();
+    for part in parts {
+        watermarks.extend(part?);
+    }
+    Ok(watermarks)
 }
 
 /// The merge of messages: which conversation it is in and that conversation's rules.
@@ -670,26 +841,22 @@ impl MessageMerge<'_, '_> {
     }
 }
 
-fn merge(
+/// Merges the messages of `range` in `inputs` into `out`; returns the watermarks raised, in
+/// conversation order.
+fn merge_messages(
     engine: &Engine,
     inputs: &[Arc<Segment>],
+    durable: &Version,
     target: u64,
-    drop_tombstones: bool,
-    separate: bool,
+    range: KeyRange,
     out: &mut OutputSet<'_>,
-) -> Result<()> {
-    let messages = &mut *out;
-    // Edits and retention as on disk when the compaction starts (see `ConversationRules`).
-    let durable = engine.current().segments_only(&engine.memtables_held);
+) -> Result<Watermarks> {
+    let messages = out;
     let mut watermarks = VecDeque::new();
     let mut cursors: Vec<MessageCursor<'_>> = inputs
         .iter()
-        .map(|s| MessageCursor {
-            reader: &s.reader,
-            next_block: 0,
-            buf: VecDeque::new(),
-        })
-        .collect();
+        .map(|s| MessageCursor::open(&s.reader, range))
+        .collect::<Result<_>>()?;
     let mut heap = BinaryHeap::new();
     for (i, c) in cursors.iter().enumerate() {
         if let Some((conv, id)) = c.head() {
@@ -699,7 +866,7 @@ fn merge(
     let mut merge = MessageMerge {
         engine,
         inputs,
-        durable: &durable,
+        durable,
         target,
         last_conv: None,
         rules: ConversationRules::default(),
@@ -719,7 +886,9 @@ fn merge(
             // a row that sorts inside it and the rules change none of its rows.
             if let Some((stored, block)) = cursor.next_block()? {
                 let next_other = heap.peek().map(|Reverse((c, id, _))| (*c, *id));
-                if !merge.copy_block(messages, i, &stored, &block, next_other)? {
+                if !(cursor.holds_whole(&block)
+                    && merge.copy_block(messages, i, &stored, &block, next_other)?)
+                {
                     cursor.buffer(&block);
                 }
             }
@@ -732,13 +901,19 @@ fn merge(
     }
     merge.finish(messages)?;
     drop(merge);
-    drop(durable);
-    if separate {
-        // Message and state outputs of a level cover different key spaces: keep them apart.
-        messages.finish_current()?;
-    }
-    let state = messages;
+    Ok(watermarks)
+}
 
+/// Merges the state entries of `inputs`, and the `watermarks` the message merge raised, into
+/// `out`, then syncs the directory that holds the outputs.
+fn merge_state(
+    engine: &Engine,
+    inputs: &[Arc<Segment>],
+    watermarks: VecDeque<(Bytes, Option<Bytes>)>,
+    target: u64,
+    drop_tombstones: bool,
+    state: &mut OutputSet<'_>,
+) -> Result<()> {
     // State: inputs later in the slice are newer, so on equal keys the higher index wins; the
     // watermarks this merge raised come last. Copies of a watermark merge by taking the
     // highest (see `overrides`).

@@ -8,6 +8,7 @@
 
 pub(crate) mod job;
 pub(crate) mod picker;
+pub(crate) mod split;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
