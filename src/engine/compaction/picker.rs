@@ -91,8 +91,10 @@ pub struct Cursors {
 }
 
 /// Level 0 may hold this many times its trigger before its compaction stops giving way to
-/// level 1's (see `pick`): the write controller's slowdown threshold.
-pub const LEVEL0_YIELDS_BELOW: usize = crate::engine::write_controller::SLOWDOWN_FACTOR;
+/// level 1's (see `pick`): where the write controller's delay reaches its longest. Draining
+/// level 1 is what keeps the next level-0 compaction affordable, so it goes on through the
+/// slowdown; only writers waiting the longest delay come first.
+pub const LEVEL0_YIELDS_BELOW: usize = crate::engine::write_controller::STOP_FACTOR;
 
 /// The budget of level `level` (>= 1).
 pub fn level_budget(opts: &PickerOptions, level: u32) -> u64 {
@@ -229,8 +231,10 @@ pub fn pick(segs: &[SegmentMeta], opts: &PickerOptions, cursors: &mut Cursors) -
     let (_, mut level) = best?;
     // Under sustained writes level 0's score wins every time, and level 1, never drained,
     // grows into a rewrite of the whole store at each level-0 compaction. So a level-0
-    // compaction that leaves level 1 over its budget is followed by one of level 1 (a
-    // segment's worth), unless level 0 is far enough behind for writers to slow down.
+    // compaction that leaves level 1 over its budget is followed by one of level 1 moving the
+    // excess down, unless level 0 is far enough behind for writers to wait the longest. (One
+    // segment a turn was not enough: each level-0 compaction adds a few segments' worth to
+    // level 1, which grew to 2-3 times its budget over a 20 M-message ingest.)
     let level1_over = level_bytes(segs, 1) > level_budget(opts, 1);
     if level == 0
         && cursors.level0_last
@@ -249,16 +253,30 @@ pub fn pick(segs: &[SegmentMeta], opts: &PickerOptions, cursors: &mut Cursors) -
     let mut in_level: Vec<&SegmentMeta> = segs.iter().filter(|s| s.level == level).collect();
     in_level.sort_by_key(|s| range_start(s));
     let cursor = &mut cursors.after[level as usize];
-    let chosen = in_level
+    let first = in_level
         .iter()
-        .find(|s| cursor.as_ref().is_none_or(|c| range_start(s) > *c))
-        .or_else(|| in_level.first())
-        .copied()?;
-    *cursor = Some(range_start(chosen));
-    let mut inputs = vec![chosen];
+        .position(|s| cursor.as_ref().is_none_or(|c| range_start(s) > *c))
+        .unwrap_or(0);
+    // From there, neighbours in key order (never wrapping, so the range stays contiguous and
+    // the level below keeps disjoint segments) until the level's excess over its budget is
+    // taken, at most a budget's worth: one job moves what the level must shed.
+    let excess = level_bytes(segs, level).saturating_sub(level_budget(opts, level));
+    let most = level_budget(opts, level);
+    let mut chosen: Vec<&SegmentMeta> = Vec::new();
+    let mut bytes = 0u64;
+    for s in in_level.iter().skip(first) {
+        if !chosen.is_empty() && (bytes >= excess || bytes.saturating_add(s.bytes) > most) {
+            break;
+        }
+        chosen.push(s);
+        bytes = bytes.saturating_add(s.bytes);
+    }
+    let last = chosen.last().copied()?;
+    *cursor = Some(range_start(last));
     // `level` < LAST_LEVEL (the loop above), so the next level exists.
     let below = level.saturating_add(1).min(LAST_LEVEL);
-    inputs.extend(overlapping(segs, below, &[chosen]));
+    let mut inputs = chosen.clone();
+    inputs.extend(overlapping(segs, below, &chosen));
     Some(finish(inputs, below, segs))
 }
 
@@ -387,12 +405,36 @@ mod tests {
         );
         let third = pick(&segs, &opts(), &mut c).unwrap();
         assert_eq!(third.output_level, 1, "then level 0 again");
-        // Far behind (the writers' slowdown threshold), level 0 keeps the turn.
-        segs.extend((20..44).map(|n| seg(n, 0, 50, (0, 20))));
+        // Far behind (where writers wait the longest), level 0 keeps the turn.
+        segs.extend((20..76).map(|n| seg(n, 0, 50, (0, 20))));
         let mut c = Cursors::default();
         for _ in 0..3 {
             assert_eq!(pick(&segs, &opts(), &mut c).unwrap().output_level, 1);
         }
+    }
+
+    #[test]
+    fn level1_sheds_its_excess_in_one_contiguous_job() {
+        // Level 1 at 2.4 times its budget: its turn takes neighbours from the cursor on, up to
+        // a budget's worth, and the level-2 segments under them.
+        let mut segs: Vec<SegmentMeta> = (0..6)
+            .map(|i| seg(1 + i, 1, 400, (i * 100, i * 100 + 99)))
+            .collect();
+        segs.push(seg(20, 2, 5000, (0, 150)));
+        segs.push(seg(21, 2, 5000, (151, 600)));
+        let mut c = Cursors::default();
+        let p = pick(&segs, &opts(), &mut c).unwrap();
+        assert_eq!(p.output_level, 2);
+        assert_eq!(p.inputs, vec![1, 2, 20, 21]);
+        let next = pick(&segs, &opts(), &mut c).unwrap();
+        assert_eq!(
+            next.inputs,
+            vec![3, 4, 21],
+            "the next job goes on from there"
+        );
+        // The last segments of the level: no wrapping into the first ones.
+        let last = pick(&segs, &opts(), &mut c).unwrap();
+        assert_eq!(last.inputs, vec![5, 6, 21]);
     }
 
     #[test]
