@@ -220,3 +220,75 @@ fn concurrent_fenced_publishes_have_one_winner_per_sequence() {
     all.dedup();
     assert_eq!(all.len(), n, "a sequence was won twice: {all:?}");
 }
+
+/// What presence is built on: a KV watch with history delivers the last value of each key
+/// (with its time), then every put and delete as it happens; but when an entry expires by the
+/// bucket's TTL, 2.9.10 sends the watch nothing. So a node that dies never says its users
+/// left: presence judges liveness by the time of each key's last put, not by its existence.
+#[test]
+fn a_kv_watch_sees_puts_and_deletes_but_no_ttl_expiry() {
+    use futures_util::StreamExt;
+    let cluster = NatsCluster::start(3).unwrap_or_else(|e| panic!("{e}"));
+    let nats = cluster.connect("watch").unwrap();
+    let js = nats.jetstream().clone();
+    nats.block_on(async move {
+        let kv = js
+            .create_key_value(kv::Config {
+                bucket: "watched".into(),
+                history: 1,
+                max_age: Duration::from_secs(2),
+                storage: StorageType::File,
+                num_replicas: 3,
+                ..Default::default()
+            })
+            .await
+            .expect("bucket");
+        kv.put("u.1.a", "x".into())
+            .await
+            .expect("put before the watch");
+        let mut watch = kv.watch_with_history("u.>").await.expect("watch");
+        let seeded = next_entry(&mut watch).await.expect("the existing key");
+        assert_eq!(seeded.key, "u.1.a");
+        assert_eq!(seeded.operation, kv::Operation::Put);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as i128;
+        let age_ms = now_ms - seeded.created.unix_timestamp_nanos() / 1_000_000;
+        assert!(
+            age_ms.abs() < 5_000,
+            "created is the put's time: {age_ms} ms ago"
+        );
+        kv.put("u.2.b", "y".into()).await.expect("put");
+        let put = next_entry(&mut watch)
+            .await
+            .expect("a put after the watch began");
+        assert_eq!(
+            (put.key.as_str(), put.operation),
+            ("u.2.b", kv::Operation::Put)
+        );
+        kv.delete("u.2.b").await.expect("delete");
+        let del = next_entry(&mut watch).await.expect("a delete");
+        assert_eq!(
+            (del.key.as_str(), del.operation),
+            ("u.2.b", kv::Operation::Delete)
+        );
+        // u.1.a expires (TTL 2 s): no event comes for it, though it is gone.
+        let t = Instant::now();
+        let event = tokio::time::timeout(Duration::from_secs(6), watch.next()).await;
+        assert!(event.is_err(), "an expiry sent a watch event: {event:?}");
+        assert!(t.elapsed() >= Duration::from_secs(5));
+        assert_eq!(kv.get("u.1.a").await.expect("get"), None, "expired");
+    })
+    .unwrap();
+}
+
+/// The watch's next entry, if one comes within 5 s.
+async fn next_entry(w: &mut kv::Watch) -> Option<kv::Entry> {
+    use futures_util::StreamExt;
+    tokio::time::timeout(Duration::from_secs(5), w.next())
+        .await
+        .ok()
+        .flatten()
+        .map(|e| e.expect("watch entry"))
+}

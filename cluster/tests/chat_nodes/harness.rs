@@ -102,6 +102,8 @@ impl Node {
             .env("CHAT_CONV_BURST", "100000")
             .env("CHAT_RECEIPT_RATE", "100000")
             .env("CHAT_RECEIPT_BURST", "100000")
+            // Which shards each read of a user's lists asks (tests check it).
+            .env("CHAT_NODE_LOG_USER_READS", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -692,3 +692,307 @@ async fn a_new_owner_restores_the_snapshot_of_a_purged_shard() {
     blocking(|| drop(leases));
     blocking(|| drop(nats));
 }
+
+/// The shards a node's log says a read of `what` for `user` asked, each time it did.
+fn shards_asked(node: &Node, what: &str, user: u64) -> Vec<Vec<u32>> {
+    let marker = format!(": {what} of user {user} asked shards [");
+    node.log()
+        .lines()
+        .filter_map(|l| l.split_once(marker.as_str()).map(|(_, rest)| rest))
+        .map(|rest| {
+            rest.trim_end_matches(']')
+                .split(',')
+                .filter_map(|s| s.trim().parse().ok())
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unread_and_inbox_ask_only_the_shards_of_the_users_conversations() {
+    let (nats, _dir, nodes) = blocking(|| start_cluster(3));
+    let leases = blocking(|| leases(&nats));
+    blocking(|| all_owned(&leases, &nodes));
+    let h: Vec<_> = nodes.iter().map(Node::http).collect();
+    let (alice, alice_id) = h[0].signup("alice").await;
+    let mut peers = Vec::new();
+    for (i, name) in ["bob", "carol", "dave"].iter().enumerate() {
+        peers.push((name.to_string(), h[i % 3].signup(name).await));
+    }
+    // Alice's conversations: three direct chats, a group, and a group she is removed from;
+    // they land in a few of the 8 shards.
+    let mut current = Vec::new();
+    for (name, _) in &peers {
+        current.push(h[1].direct(&alice, name).await);
+    }
+    let (bob, bob_id) = (&peers[0].1 .0, peers[0].1 .1);
+    let r = h[2]
+        .post(
+            "/api/groups",
+            Some(bob),
+            json!({ "name": "kept", "members": ["alice", "carol"] }),
+        )
+        .await;
+    assert_eq!(r.status, 201, "group: {:?}", r.json());
+    current.push(r.json()["id"].as_u64().expect("group id"));
+    let r = h[2]
+        .post(
+            "/api/groups",
+            Some(bob),
+            json!({ "name": "left", "members": ["alice", "dave"] }),
+        )
+        .await;
+    assert_eq!(r.status, 201, "group: {:?}", r.json());
+    let left = r.json()["id"].as_u64().expect("group id");
+    let r = h[0]
+        .req(
+            "DELETE",
+            &format!("/api/conversations/{left}/members/{alice_id}"),
+            Some(bob),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204, "remove alice: {:?}", r.json());
+    let mut expected: Vec<u32> = current
+        .iter()
+        .chain([&left])
+        .map(|&c| shard_of(c))
+        .collect();
+    expected.sort_unstable();
+    expected.dedup();
+    assert!(
+        expected.len() < harness::SHARDS as usize,
+        "alice's conversations leave some shards out: {expected:?}"
+    );
+
+    // While alice is away, each peer sends to her (and bob to both groups).
+    for (i, (name, (token, _))) in peers.iter().enumerate() {
+        let mut d = Device::connect(name, nodes[(i + 1) % 3].addr, token).await;
+        for k in 0..=i {
+            d.send_acked(current[i], &format!("{name} {k}"), &format!("{name}-{k}"))
+                .await;
+        }
+        if i == 0 {
+            d.send_acked(current[3], "to the group", "bob-g").await;
+            d.send_acked(left, "after alice left", "bob-l").await;
+        }
+        d.close().await;
+    }
+    let want: BTreeMap<u64, u64> = [
+        (current[0], 1),
+        (current[1], 2),
+        (current[2], 3),
+        // The group's creation notice and bob's message.
+        (current[3], 2),
+    ]
+    .into();
+    for (n, node) in nodes.iter().enumerate() {
+        let before = shards_asked(node, "unread messages", alice_id).len();
+        let d = Device::connect("alice", node.addr, &alice).await;
+        let got: BTreeMap<u64, u64> = d.unread()["conversations"]
+            .as_array()
+            .expect("conversations")
+            .iter()
+            .map(|e| {
+                (
+                    e["conversation"].as_u64().expect("conversation"),
+                    e["count"].as_u64().expect("count"),
+                )
+            })
+            .collect();
+        assert_eq!(got, want, "alice's unread through node{n}: {}", d.unread());
+        d.close().await;
+        let asked = shards_asked(node, "unread messages", alice_id);
+        assert_eq!(
+            asked.get(before),
+            Some(&expected),
+            "node{n} asked only the shards of alice's conversations (all: {asked:?})"
+        );
+
+        let inbox = h[n].get("/api/inbox", &alice).await.json();
+        let mut ids: Vec<u64> = inbox["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .map(|e| e["conversation"].as_u64().expect("conversation"))
+            .collect();
+        ids.sort_unstable();
+        let mut want_ids = current.clone();
+        want_ids.sort_unstable();
+        assert_eq!(
+            ids, want_ids,
+            "alice's inbox (not the group she left): {inbox}"
+        );
+        assert_eq!(
+            shards_asked(node, "inbox", alice_id).last(),
+            Some(&expected),
+            "node{n}'s inbox read"
+        );
+    }
+    // Bob's lists too: his conversations' shards only, the group alice left included.
+    let bob_inbox = h[1].get("/api/inbox", bob).await.json();
+    assert_eq!(
+        bob_inbox["entries"].as_array().map(Vec::len),
+        Some(3),
+        "{bob_inbox}"
+    );
+    let mut bob_expected: Vec<u32> = [current[0], current[3], left]
+        .iter()
+        .map(|&c| shard_of(c))
+        .collect();
+    bob_expected.sort_unstable();
+    bob_expected.dedup();
+    assert_eq!(
+        shards_asked(&nodes[1], "inbox", bob_id).last(),
+        Some(&bob_expected)
+    );
+    blocking(|| drop(nodes));
+    blocking(|| drop(leases));
+    blocking(|| drop(nats));
+}
+
+/// The shard a user's own records live in (FNV-1a of the id, as the nodes hash it).
+fn home_shard(user: u64) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in user.to_le_bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % harness::SHARDS as u64) as u32
+}
+
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64
+}
+
+/// The presence frames a device got about `user`, as (online, last_seen_ms).
+fn presence_frames(d: &Device, user: u64) -> Vec<(bool, Option<u64>)> {
+    d.frames
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|v| v["type"] == "presence" && v["user"] == user)
+        .map(|v| (v["online"] == true, v["last_seen_ms"].as_u64()))
+        .collect()
+}
+
+/// How `viewer` sees `user` in conversation `conv`: (online, last_seen_ms).
+async fn seen_in_view(
+    http: client::Http,
+    token: &str,
+    conv: u64,
+    user: u64,
+) -> (bool, Option<u64>) {
+    let view = http
+        .get(&format!("/api/conversations/{conv}"), token)
+        .await
+        .json();
+    let m = view["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .find(|m| m["id"] == user)
+        .unwrap_or_else(|| panic!("{user} in {view}"))
+        .clone();
+    (m["online"] == true, m["last_seen_ms"].as_u64())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn presence_crosses_nodes_and_a_killed_nodes_users_go_offline_with_last_seen() {
+    let (nats, _dir, mut nodes) = blocking(|| start_cluster(3));
+    let leases = blocking(|| leases(&nats));
+    let owners = blocking(|| all_owned(&leases, &nodes));
+    let h: Vec<_> = nodes.iter().map(Node::http).collect();
+    let (alice, alice_id) = h[0].signup("alice").await;
+    let (bob, bob_id) = h[1].signup("bob").await;
+    let direct = h[0].direct(&alice, "bob").await;
+    // Alice's device goes on the node that owns her shard, the one that announces her: its
+    // death takes the announcer away too, and her shard's next owner must find her gone.
+    let a = nodes
+        .iter()
+        .position(|n| n.name == owners[home_shard(alice_id) as usize])
+        .expect("the owner of alice's shard is a node");
+    let b = (a + 1) % 3;
+    println!("alice on node{a} (her shard's owner), bob on node{b}");
+
+    let bob_dev = Device::connect("bob", nodes[b].addr, &bob).await;
+    let connected_ms = epoch_ms();
+    let alice_dev = Device::connect("alice", nodes[a].addr, &alice).await;
+    bob_dev
+        .wait_for(|v| v["type"] == "presence" && v["user"] == alice_id && v["online"] == true)
+        .await;
+    // Views on any node see her online; alice sees bob online too.
+    for n in [b, (a + 2) % 3] {
+        assert_eq!(
+            seen_in_view(h[n], &bob, direct, alice_id).await,
+            (true, None),
+            "alice through node{n}"
+        );
+    }
+    assert_eq!(
+        seen_in_view(h[a], &alice, direct, bob_id).await,
+        (true, None)
+    );
+
+    // Her node dies: nobody says goodbye for her. Her shard's next owner finds her silent.
+    blocking(|| nodes[a].kill());
+    let killed = Instant::now();
+    let killed_ms = epoch_ms();
+    println!("{:8.3} node{a} killed", harness::clock());
+    let deadline = Duration::from_secs(25);
+    loop {
+        if presence_frames(&bob_dev, alice_id)
+            .iter()
+            .any(|(on, _)| !on)
+        {
+            break;
+        }
+        assert!(
+            killed.elapsed() < deadline,
+            "bob was not told alice went offline within {deadline:?} of her node's death"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "alice offline for bob {:?} after her node (and her shard's owner) was killed",
+        killed.elapsed()
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await; // nothing told twice
+    let frames = presence_frames(&bob_dev, alice_id);
+    assert_eq!(frames.len(), 2, "one online, one offline: {frames:?}");
+    let last_seen = frames[1].1.expect("the offline frame carries last seen");
+    assert!(
+        (connected_ms..=killed_ms).contains(&last_seen),
+        "last seen {last_seen} is her last heartbeat: after she connected ({connected_ms}), \
+         before her node died ({killed_ms})"
+    );
+    for n in [b, (a + 2) % 3] {
+        assert_eq!(
+            seen_in_view(h[n], &bob, direct, alice_id).await,
+            (false, Some(last_seen)),
+            "alice through node{n}"
+        );
+    }
+    alice_dev.close().await;
+    bob_dev.close().await;
+
+    // Every node restarts: last seen is in alice's shard, not in any node's memory.
+    for n in &mut nodes {
+        blocking(|| n.restart());
+    }
+    blocking(|| all_owned(&leases, &nodes));
+    let h: Vec<_> = nodes.iter().map(Node::http).collect();
+    for (n, http) in h.iter().enumerate() {
+        assert_eq!(
+            seen_in_view(*http, &bob, direct, alice_id).await,
+            (false, Some(last_seen)),
+            "alice through node{n} after the restart"
+        );
+    }
+    blocking(|| drop(nodes));
+    blocking(|| drop(leases));
+    blocking(|| drop(nats));
+}

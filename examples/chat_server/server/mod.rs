@@ -354,15 +354,16 @@ pub fn broadcast_presence(st: &AppState, event: PresenceEvent) {
         PresenceEvent::Online(u) => (u, true, None),
         PresenceEvent::Offline { user, last_seen_ms } => (user, false, Some(last_seen_ms)),
     };
-    // Gone from this node but still on another: nothing changed for anyone else.
-    if !online
-        && st
-            .shared_presence
-            .as_ref()
-            .is_some_and(|p| p.online_elsewhere(user))
-    {
+    // A cluster announces every user's transitions once, from what all its nodes see.
+    if st.shared_presence.as_ref().is_some_and(|p| p.announces()) {
         return;
     }
+    push_presence(st, user, online, last_seen);
+}
+
+/// The presence frame of `user`, to everyone who shares a conversation with them (what a
+/// cluster's announcer sends too). Blocking.
+pub fn push_presence(st: &AppState, user: UserId, online: bool, last_seen: Option<u64>) {
     let peers = match views::peers_of(st, user) {
         Ok(p) => p,
         Err(e) => {

@@ -1,7 +1,9 @@
 //! Presence shared by the nodes of a cluster. Each node still runs the single server's
-//! presence for the devices it holds (heartbeats, online/offline transitions); this seam lets
-//! it tell the others, and ask whether a user it does not see is online on another node.
+//! presence for the devices it holds (heartbeats, silent devices); this seam lets it tell the
+//! others, ask what the cluster knows of a user it holds no device of, and leave announcing
+//! online/offline to the cluster (which sees every node's devices, and the nodes that died).
 
+use chatstore::presence::PresenceStatus;
 use chatstore::UserId;
 
 /// Blocking calls.
@@ -10,6 +12,11 @@ pub trait SharedPresence: Send + Sync {
     fn heartbeat(&self, users: &[UserId]);
     /// The last device of `user` on this node left.
     fn left(&self, user: UserId);
-    /// Whether `user` is online through another node, as of that node's last heartbeat.
-    fn online_elsewhere(&self, user: UserId) -> bool;
+    /// The user's presence across the cluster: online through some node, or offline with
+    /// their last seen time. `None` if it cannot be told (the node's own view stands).
+    fn status(&self, user: UserId) -> Option<PresenceStatus>;
+    /// Whether the cluster announces online/offline to contacts itself; then a node does not
+    /// broadcast its own devices' transitions (they would be told twice, or wrongly: a user
+    /// leaving one node may still be online through another).
+    fn announces(&self) -> bool;
 }

@@ -29,19 +29,16 @@ pub fn message_json(st: &AppState, m: &Message) -> Value {
 }
 
 pub fn presence_json(st: &AppState, user: UserId) -> Value {
-    let elsewhere = || {
-        st.shared_presence
-            .as_ref()
-            .is_some_and(|p| p.online_elsewhere(user))
-    };
+    let shared = || st.shared_presence.as_ref().and_then(|p| p.status(user));
     match st.presence.status(user) {
         Ok(PresenceStatus::Online) => json!({ "online": true, "last_seen_ms": null }),
-        Ok(PresenceStatus::Offline { .. }) if elsewhere() => {
-            json!({ "online": true, "last_seen_ms": null })
-        }
-        Ok(PresenceStatus::Offline { last_seen_ms }) => {
-            json!({ "online": false, "last_seen_ms": last_seen_ms })
-        }
+        Ok(PresenceStatus::Offline { last_seen_ms }) => match shared() {
+            Some(PresenceStatus::Online) => json!({ "online": true, "last_seen_ms": null }),
+            Some(PresenceStatus::Offline { last_seen_ms: seen }) => {
+                json!({ "online": false, "last_seen_ms": seen.max(last_seen_ms) })
+            }
+            None => json!({ "online": false, "last_seen_ms": last_seen_ms }),
+        },
         Err(_) => json!({ "online": false, "last_seen_ms": null }),
     }
 }

@@ -15,8 +15,10 @@ mod directory;
 mod fanout;
 mod names;
 mod presence;
+mod presence_watch;
 mod route;
 mod shards;
+mod user_index;
 mod wire;
 
 use std::process::ExitCode;
@@ -187,6 +189,8 @@ async fn run() -> ExitCode {
         shards,
         fanout,
         node_id,
+        router,
+        watcher,
     } = match started {
         Ok(s) => s,
         Err(e) => {
@@ -225,6 +229,24 @@ async fn run() -> ExitCode {
             skip,
         );
     }));
+    // The owner of a user's shard announces the user's presence, cluster-wide, in the
+    // frames a single server sends.
+    let state = Arc::downgrade(running.state());
+    let (r1, r2, r3) = (router.clone(), router.clone(), router);
+    watcher.set_authority(presence_watch::Authority {
+        speaks_for: Box::new(move |u| r1.owns_home(u)),
+        store_last_seen: Box::new(move |u, ms| {
+            if let Err(e) = r2.set_last_seen(u, ms) {
+                eprintln!("chat-node: last seen of user {}: {e}", u.0);
+            }
+        }),
+        stored_last_seen: Box::new(move |u| r3.last_seen(u).ok().flatten()),
+        push: Box::new(move |u, online, last_seen| {
+            if let Some(st) = state.upgrade() {
+                server::push_presence(&st, u, online, last_seen);
+            }
+        }),
+    });
     let _placing = shards.run();
     println!("chat node {name} listening on {}", running.url());
     wait_for_signal().await;
@@ -249,6 +271,8 @@ struct Parts {
     fanout: Arc<fanout::NatsFanout>,
     /// This process's id in fanout envelopes.
     node_id: u64,
+    router: Arc<route::Router>,
+    watcher: Arc<presence_watch::Watcher>,
 }
 
 /// Connects to NATS and opens the shared buckets. Blocking.
@@ -287,17 +311,20 @@ fn start_cluster_parts(args: &NodeArgs, cfg: &server::Config) -> Result<Parts, S
     let router = Arc::new(route::Router::new(shards.clone(), node_id, patience));
     let directory = directory::ClusterDirectory::open(&nats, router.clone(), args.replicas)?;
     let fanout = Arc::new(fanout::NatsFanout::new(&nats, node_id));
+    let presence = presence::KvPresence::open(
+        &nats,
+        &args.node,
+        cfg.offline_after,
+        args.lease_ttl,
+        args.replicas,
+    )?;
+    let watcher = presence.watcher().clone();
     let backing = server::Backing {
-        store: router,
+        store: router.clone(),
         last_seen: None,
         directory: Some(Arc::new(directory)),
         fanout: Some(fanout.clone()),
-        presence: Some(Arc::new(presence::KvPresence::open(
-            &nats,
-            &args.node,
-            cfg.offline_after,
-            args.replicas,
-        )?)),
+        presence: Some(Arc::new(presence)),
     };
     Ok(Parts {
         backing,
@@ -306,6 +333,8 @@ fn start_cluster_parts(args: &NodeArgs, cfg: &server::Config) -> Result<Parts, S
         shards,
         fanout,
         node_id,
+        router,
+        watcher,
     })
 }
 

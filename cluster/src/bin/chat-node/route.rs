@@ -4,14 +4,17 @@
 //! - a conversation's calls: shard `id mod S` (see `wire`);
 //! - a new direct chat: the shard of a hash of the two users (so both find the same one);
 //!   a new group: the shard of a hash of the creator and a nonce;
-//! - a user's records (their registration): the shard of a hash of the user id;
-//! - a user's conversations, inbox and unread: every shard, in parallel, merged.
+//! - a user's records (their registration, their index): the shard of a hash of the user id;
+//! - a user's conversations, inbox and unread: the shards the user's index names (see
+//!   `user_index`), in parallel, merged. The index entry is written before the membership it
+//!   covers, so it names every shard that matters, and the shards, asked, say what is true.
 //!
 //! While a shard is between owners (nobody answers, or a node answers that it just lost the
 //! shard) a call is asked again until `deadline`. A call whose answer was lost (a timeout, a
 //! dropped connection) is asked again only if it is idempotent: a send with a client key, a
 //! read, a cursor move.
 
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -21,6 +24,7 @@ use chatstore::{
     Conversation, ConversationId, Cursors, Error, InboxCursor, InboxPage, Message, MessageId,
     MessageReceipts, NewMessage, Result, Unread, UserId,
 };
+use parking_lot::Mutex;
 
 use crate::server::backend::ChatBackend;
 use crate::shards::{fnv, rpc_subject, Shards};
@@ -28,12 +32,34 @@ use crate::wire::{Op, Origin, Reply, WireError};
 
 const IDEMPOTENT_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Index entries this node knows are written; past this many it forgets them all (asking
+/// again costs one idempotent call).
+const INDEXED_CACHE: usize = 1 << 20;
+
+fn unexpected(r: Reply) -> Error {
+    Error::Internal(format!("unexpected answer from a shard: {r:?}"))
+}
+
+macro_rules! expect {
+    ($r:expr, $variant:ident) => {
+        match $r? {
+            Reply::$variant(v) => Ok(v),
+            other => Err(unexpected(other)),
+        }
+    };
+}
+
 pub struct Router {
     shards: Arc<Shards>,
     /// This node's fanout id (see `fanout`).
     node: u64,
     /// How long a call keeps trying while its shard has no owner.
     deadline: Duration,
+    /// (user, shard) pairs whose index entry is known to be written: a direct chat opened
+    /// again, or a second group in one shard, writes nothing more.
+    indexed: Mutex<HashSet<(u64, u32)>>,
+    /// Prints which shards each read of a user's lists asked (`CHAT_NODE_LOG_USER_READS=1`).
+    log_user_reads: bool,
 }
 
 enum Outcome {
@@ -48,6 +74,8 @@ impl Router {
             shards,
             node,
             deadline,
+            indexed: Mutex::new(HashSet::new()),
+            log_user_reads: std::env::var("CHAT_NODE_LOG_USER_READS").is_ok_and(|v| v == "1"),
         }
     }
 
@@ -150,15 +178,18 @@ impl Router {
         self.call(self.conv_shard(conv), op)
     }
 
-    /// The same question to every shard, in parallel.
-    fn everywhere(&self, op: impl Fn() -> Op + Sync) -> Result<Vec<Reply>> {
-        let n = self.shards.cfg.shards;
+    /// Calls on several shards, in parallel; the answers in the calls' order.
+    fn parallel(&self, calls: Vec<(u32, Op)>) -> Result<Vec<Reply>> {
+        if calls.len() <= 1 {
+            return calls
+                .into_iter()
+                .map(|(shard, op)| self.call(shard, op))
+                .collect();
+        }
         let results: Vec<Result<Reply>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..n)
-                .map(|s| {
-                    let op = &op;
-                    scope.spawn(move || self.call(s, op()))
-                })
+            let handles: Vec<_> = calls
+                .into_iter()
+                .map(|(shard, op)| scope.spawn(move || self.call(shard, op)))
                 .collect();
             handles
                 .into_iter()
@@ -170,19 +201,96 @@ impl Router {
         });
         results.into_iter().collect()
     }
-}
 
-fn unexpected(r: Reply) -> Error {
-    Error::Internal(format!("unexpected answer from a shard: {r:?}"))
-}
-
-macro_rules! expect {
-    ($r:expr, $variant:ident) => {
-        match $r? {
-            Reply::$variant(v) => Ok(v),
-            other => Err(unexpected(other)),
+    /// The same question to the shards holding `user`'s conversations, in parallel.
+    fn on_user_shards(&self, what: &str, user: UserId, op: impl Fn() -> Op) -> Result<Vec<Reply>> {
+        let shards = self.shards_of(user)?;
+        if self.log_user_reads {
+            println!(
+                "chat-node {}: {what} of user {} asked shards {shards:?}",
+                self.shards.cfg.node, user.0
+            );
         }
-    };
+        self.parallel(shards.into_iter().map(|s| (s, op())).collect())
+    }
+
+    /// The shards that hold conversations of `user`, from the user's index. A user from
+    /// before the index (no complete index) is looked up in every shard once, and what was
+    /// found recorded: entries written meanwhile (before new memberships) are kept.
+    fn shards_of(&self, user: UserId) -> Result<Vec<u32>> {
+        let home = self.user_shard(user);
+        let (shards, complete) = match self.call(home, Op::IndexOf(user))? {
+            Reply::Index(shards, complete) => (shards, complete),
+            other => return Err(unexpected(other)),
+        };
+        if complete {
+            return Ok(shards);
+        }
+        let mut found: BTreeSet<u32> = shards.into_iter().collect();
+        let all = self.parallel(
+            (0..self.shards.cfg.shards)
+                .map(|s| (s, Op::ConversationsOf(user)))
+                .collect(),
+        )?;
+        for (s, r) in all.into_iter().enumerate() {
+            if !expect!(Ok::<_, Error>(r), Convs)?.is_empty() {
+                found.insert(s as u32);
+            }
+        }
+        let found: Vec<u32> = found.into_iter().collect();
+        unit(self.call(home, Op::IndexShards(vec![user], found.clone(), true)))?;
+        Ok(found)
+    }
+
+    /// Writes, in each user's shard, that `shard` holds a conversation of theirs: called
+    /// before the membership is written there, so the index is never behind it.
+    fn index(&self, users: &[UserId], shard: u32) -> Result<()> {
+        let mut by_home: BTreeMap<u32, Vec<UserId>> = BTreeMap::new();
+        {
+            let known = self.indexed.lock();
+            for &u in users {
+                if !known.contains(&(u.0, shard)) {
+                    by_home.entry(self.user_shard(u)).or_default().push(u);
+                }
+            }
+        }
+        if by_home.is_empty() {
+            return Ok(());
+        }
+        let written: Vec<UserId> = by_home.values().flatten().copied().collect();
+        let calls = by_home
+            .into_iter()
+            .map(|(home, users)| (home, Op::IndexShards(users, vec![shard], false)))
+            .collect();
+        for r in self.parallel(calls)? {
+            unit(Ok(r))?;
+        }
+        let mut known = self.indexed.lock();
+        if known.len() >= INDEXED_CACHE {
+            known.clear();
+        }
+        known.extend(written.into_iter().map(|u| (u.0, shard)));
+        Ok(())
+    }
+}
+
+/// What presence keeps in the user's shard (see `presence_watch`).
+impl Router {
+    /// Whether this node owns the user's shard now (and so announces the user's presence).
+    pub fn owns_home(&self, user: UserId) -> bool {
+        self.shards.local(self.user_shard(user)).is_some()
+    }
+
+    pub fn set_last_seen(&self, user: UserId, ms: u64) -> Result<()> {
+        unit(self.call(self.user_shard(user), Op::SetLastSeen(user, ms)))
+    }
+
+    pub fn last_seen(&self, user: UserId) -> Result<Option<u64>> {
+        expect!(
+            self.call(self.user_shard(user), Op::LastSeen(user)),
+            LastSeen
+        )
+    }
 }
 
 /// The accounts, kept in the shards their names hash to (see `names`).
@@ -228,6 +336,7 @@ impl ChatBackend for Router {
 
     fn direct(&self, a: UserId, b: UserId) -> Result<ConversationId> {
         let shard = (fnv(&[a.0.min(b.0), a.0.max(b.0)]) % self.count()) as u32;
+        self.index(&[a, b], shard)?;
         expect!(self.call(shard, Op::Direct(a, b)), Conv)
     }
 
@@ -238,6 +347,9 @@ impl ChatBackend for Router {
             .map_or(0, |d| d.as_nanos() as u64);
         let n = NONCE.fetch_add(1, Ordering::Relaxed);
         let shard = (fnv(&[creator.0, nanos, n]) % self.count()) as u32;
+        let mut everyone = members.to_vec();
+        everyone.push(creator);
+        self.index(&everyone, shard)?;
         expect!(
             self.call(shard, Op::CreateGroup(creator, members.to_vec())),
             Conv
@@ -245,6 +357,7 @@ impl ChatBackend for Router {
     }
 
     fn add_member(&self, conv: ConversationId, by: UserId, user: UserId) -> Result<()> {
+        self.index(&[user], self.conv_shard(conv))?;
         unit(self.on_conv(conv, Op::AddMember(conv, by, user)))
     }
 
@@ -266,7 +379,7 @@ impl ChatBackend for Router {
 
     fn conversations_of(&self, user: UserId) -> Result<Vec<ConversationId>> {
         let mut all = Vec::new();
-        for r in self.everywhere(|| Op::ConversationsOf(user))? {
+        for r in self.on_user_shards("conversations", user, || Op::ConversationsOf(user))? {
             all.extend(expect!(Ok::<_, Error>(r), Convs)?);
         }
         all.sort_unstable();
@@ -372,7 +485,7 @@ impl ChatBackend for Router {
     fn inbox(&self, user: UserId, limit: usize, cursor: Option<InboxCursor>) -> Result<InboxPage> {
         let mut entries = Vec::new();
         let mut more = false;
-        for r in self.everywhere(|| Op::Inbox(user, limit, cursor))? {
+        for r in self.on_user_shards("inbox", user, || Op::Inbox(user, limit, cursor))? {
             let page = expect!(Ok::<_, Error>(r), Inbox)?;
             more |= page.next.is_some();
             entries.extend(page.entries);
@@ -393,7 +506,7 @@ impl ChatBackend for Router {
 
     fn unread(&self, user: UserId) -> Result<Vec<Unread>> {
         let mut all = Vec::new();
-        for r in self.everywhere(|| Op::Unread(user))? {
+        for r in self.on_user_shards("unread", user, || Op::Unread(user))? {
             all.extend(expect!(Ok::<_, Error>(r), Unread)?);
         }
         all.sort_by_key(|u| u.conversation);
@@ -406,7 +519,9 @@ impl ChatBackend for Router {
         per_conversation: usize,
     ) -> Result<Vec<(Unread, Vec<Message>)>> {
         let mut all = Vec::new();
-        for r in self.everywhere(|| Op::UnreadMessages(user, per_conversation))? {
+        for r in self.on_user_shards("unread messages", user, || {
+            Op::UnreadMessages(user, per_conversation)
+        })? {
             all.extend(expect!(Ok::<_, Error>(r), UnreadMessages)?);
         }
         all.sort_by_key(|(u, _)| u.conversation);

@@ -37,6 +37,7 @@ use std::sync::OnceLock;
 use tokio::runtime::{Handle, Runtime};
 
 use crate::names::ShardAccounts;
+use crate::user_index::ShardIndex;
 use crate::wire::{self, Ids, Op, Origin, Reply, WireError};
 
 /// Pushes a stored message to its members' devices (set once the server layer runs).
@@ -76,6 +77,7 @@ pub struct Owned {
     pub lease: Lease,
     pub ids: Ids,
     accounts: ShardAccounts,
+    index: ShardIndex,
     pushes: Mutex<HashMap<ConversationId, Sequence>>,
     /// The LSN below which the stream is purged (a snapshot holds it): the stream holds the
     /// records after it.
@@ -161,7 +163,7 @@ impl Shards {
     /// here, the owner, in id order per conversation.
     pub fn execute(&self, owned: &Owned, op: Op) -> chatstore::Result<Reply> {
         let Op::Send(conv, message, key, origin) = op else {
-            return wire::execute(&owned.chat, &owned.accounts, owned.ids, op);
+            return wire::execute(&owned.chat, &owned.accounts, &owned.index, owned.ids, op);
         };
         let local = owned.ids.local(conv)?;
         owned
@@ -175,6 +177,7 @@ impl Shards {
         let reply = wire::execute(
             &owned.chat,
             &owned.accounts,
+            &owned.index,
             owned.ids,
             Op::Send(conv, message, key, None),
         )?;
@@ -355,6 +358,7 @@ impl Shards {
                 shard,
             },
             accounts: ShardAccounts::default(),
+            index: ShardIndex::default(),
             pushes: Mutex::new(HashMap::new()),
             snapshot_lsn: AtomicU64::new(tail.first_lsn().saturating_sub(1)),
             snapshotting: AtomicBool::new(false),

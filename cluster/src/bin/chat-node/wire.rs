@@ -12,6 +12,7 @@ use chatstore::{
 use serde::{Deserialize, Serialize};
 
 use crate::names::{self, ShardAccounts, ACCOUNTS};
+use crate::user_index::ShardIndex;
 
 /// Shard count and the shard a store holds: translates ids between the two numberings.
 #[derive(Clone, Copy, Debug)]
@@ -115,6 +116,15 @@ pub enum Op {
     Account(String),
     /// The username of a user id, asked of shard `id mod S`.
     Username(u64),
+    /// In the users' shard: these shards hold (or are about to hold) conversations of these
+    /// users; with `true`, their indexes now cover all their conversations (see `user_index`).
+    IndexShards(Vec<UserId>, Vec<u32>, bool),
+    /// In the user's shard: the shards the user's index names, and whether it is complete.
+    IndexOf(UserId),
+    /// In the user's shard: the user was last seen at this time (ms since the epoch).
+    SetLastSeen(UserId, u64),
+    /// In the user's shard: when the user was last seen, if ever.
+    LastSeen(UserId),
 }
 
 impl Op {
@@ -151,6 +161,8 @@ pub enum Reply {
     OptUser(Option<u64>),
     Account(Option<(u64, names::Record)>),
     Name(Option<String>),
+    Index(Vec<u32>, bool),
+    LastSeen(Option<u64>),
 }
 
 /// A refusal, carried so that the asking node fails the way a local call would.
@@ -225,15 +237,19 @@ impl From<WireError> for Error {
 pub fn execute(
     chat: &ChatStore,
     accounts: &ShardAccounts,
+    index: &ShardIndex,
     ids: Ids,
     op: Op,
 ) -> Result<Reply, Error> {
     let l = |c: ConversationId| ids.local(c);
     Ok(match op {
+        // A user registers once, in their own shard, before any conversation: an empty
+        // index is a complete one.
         Op::RegisterUsers(users) => {
-            for u in users {
+            for &u in &users {
                 chat.register_user(u)?;
             }
+            index.add(chat, &users, &[], true)?;
             Reply::Unit
         }
         // The users are made known to this shard first: an account exists once, in the
@@ -322,5 +338,18 @@ pub fn execute(
         }
         Op::Account(key) => Reply::Account(accounts.find(chat, ids, &key)?),
         Op::Username(id) => Reply::Name(names::username(chat, ids, id)?),
+        Op::IndexShards(users, shards, complete) => {
+            index.add(chat, &users, &shards, complete)?;
+            Reply::Unit
+        }
+        Op::SetLastSeen(user, ms) => {
+            chat.set_last_seen(user, ms)?;
+            Reply::Unit
+        }
+        Op::LastSeen(user) => Reply::LastSeen(chat.last_seen(user)?),
+        Op::IndexOf(user) => {
+            let entries = index.read(chat, user)?;
+            Reply::Index(entries.shards.into_iter().collect(), entries.complete)
+        }
     })
 }
