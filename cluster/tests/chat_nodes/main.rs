@@ -2,6 +2,7 @@
 //! on different nodes, WebSocket devices that record every frame. They fail (never skip)
 //! without `nats-server`.
 
+mod assets;
 #[allow(dead_code)]
 #[path = "../../../tests/chat_server/client.rs"]
 mod client;

@@ -6,6 +6,8 @@
 //! less free space than a reserve (the store shares that disk: it must never fill up from
 //! uploads). An upload never attached to a message is deleted after a while, and its bytes
 //! return to the quota.
+//!
+//! This is the single-node [`AssetStore`]; a cluster node has its own.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
@@ -19,6 +21,7 @@ use rand::rngs::OsRng;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
+use super::asset_store::{authorize, check_upload, AssetStore};
 use super::backend::ChatBackend;
 use super::error::{ApiError, ApiResult};
 use super::jsonlog::JsonLog;
@@ -195,17 +198,7 @@ impl Assets {
         bytes: &[u8],
         limits: &UploadLimits,
     ) -> ApiResult<String> {
-        if !ALLOWED_TYPES.contains(&content_type) {
-            return Err(unsupported(format!(
-                "content type must be one of {}",
-                ALLOWED_TYPES.join(", ")
-            )));
-        }
-        if !sniff_ok(content_type, bytes) {
-            return Err(unsupported(format!(
-                "the bytes are not a {content_type} image"
-            )));
-        }
+        check_upload(content_type, bytes)?;
         let size = bytes.len() as u64;
         self.reserve(owner, size, limits)?;
         let stored = self.write_and_index(owner, content_type, bytes);
@@ -351,17 +344,7 @@ impl Assets {
                 .unwrap_or_default();
             (meta, convs)
         };
-        if meta.owner == user {
-            return Ok(meta);
-        }
-        for conv in convs {
-            if store.members(conv)?.contains(&user) {
-                return Ok(meta);
-            }
-        }
-        Err(ApiError::forbidden(
-            "this asset was not sent to a conversation of yours",
-        ))
+        authorize(store, user, meta, &convs)
     }
 
     /// Records that asset `id` is sent to `conv` (before the message is stored). Blocking.
@@ -392,6 +375,37 @@ impl Assets {
     }
 }
 
+impl AssetStore for Assets {
+    fn upload(
+        &self,
+        owner: UserId,
+        content_type: &str,
+        bytes: &[u8],
+        limits: &UploadLimits,
+    ) -> ApiResult<String> {
+        Assets::upload(self, owner, content_type, bytes, limits)
+    }
+
+    fn sweep_unattached(&self, now_ms: u64, ttl_ms: u64) -> usize {
+        Assets::sweep_unattached(self, now_ms, ttl_ms)
+    }
+
+    fn can_read(&self, store: &dyn ChatBackend, user: UserId, id: &str) -> ApiResult<Meta> {
+        Assets::can_read(self, store, user, id)
+    }
+
+    fn link(&self, id: &str, conv: ConversationId) -> ApiResult<()> {
+        Assets::link(self, id, conv)
+    }
+
+    fn read(&self, id: &str) -> ApiResult<Vec<u8>> {
+        fs::read(self.path(id)).map_err(|e| {
+            eprintln!("chat_server: reading asset {id}: {e}");
+            ApiError::not_found("asset file missing")
+        })
+    }
+}
+
 impl Index {
     fn add(&mut self, id: String, meta: Meta) {
         *self.owner_bytes.entry(meta.owner).or_default() += meta.size;
@@ -417,7 +431,7 @@ impl Index {
     }
 }
 
-fn no_space() -> ApiError {
+pub fn no_space() -> ApiError {
     ApiError::new(
         StatusCode::INSUFFICIENT_STORAGE,
         "no_space",
@@ -425,6 +439,6 @@ fn no_space() -> ApiError {
     )
 }
 
-fn unsupported(msg: String) -> ApiError {
+pub fn unsupported(msg: String) -> ApiError {
     ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_type", msg)
 }

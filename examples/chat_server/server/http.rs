@@ -708,12 +708,11 @@ async fn download(
         return Err(ApiError::not_found("no such asset"));
     }
     let user = auth.user;
-    let id2 = id.clone();
-    let meta = db(&state, move |st| st.assets.can_read(&*st.store, user, &id2)).await?;
-    let bytes = tokio::fs::read(state.assets.path(&id)).await.map_err(|e| {
-        eprintln!("chat_server: reading asset {id}: {e}");
-        ApiError::not_found("asset file missing")
-    })?;
+    let (meta, bytes) = db(&state, move |st| {
+        let meta = st.assets.can_read(&*st.store, user, &id)?;
+        Ok((meta, st.assets.read(&id)?))
+    })
+    .await?;
     let mut resp = bytes.into_response();
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&meta.content_type) {

@@ -11,6 +11,7 @@
 //! [`shared_presence::SharedPresence`] tells who is online on other nodes.
 
 pub mod accounts;
+pub mod asset_store;
 pub mod assets;
 pub mod backend;
 pub mod config;
@@ -54,7 +55,8 @@ pub struct AppState {
     /// Back-off of failed sign-ins, per account and per client address.
     pub signin_backoff: ratelimit::SignInBackoff,
     pub sessions: accounts::Sessions,
-    pub assets: assets::Assets,
+    /// Uploaded images: the data folder, or a cluster's shared store.
+    pub assets: Arc<dyn asset_store::AssetStore>,
     /// Membership ranges the library forgot (members removed and added again).
     pub memberships: membership::Memberships,
     pub hub: Arc<hub::Hub>,
@@ -141,6 +143,8 @@ pub struct Backing {
     pub fanout: Option<Arc<dyn hub::Fanout>>,
     /// Presence on other nodes (none: this process's only).
     pub presence: Option<Arc<dyn shared_presence::SharedPresence>>,
+    /// Uploads every node serves (none: `assets/` in the data folder).
+    pub assets: Option<Arc<dyn asset_store::AssetStore>>,
 }
 
 /// Opens the data folder and starts listening.
@@ -159,12 +163,13 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
         directory: None,
         fanout: None,
         presence: None,
+        assets: None,
     };
     start_with(cfg, backing).await
 }
 
 /// Starts listening on `backing`; the data folder keeps what is local to this process
-/// (assets, membership history, and accounts unless a directory is given).
+/// (membership history, and assets and accounts unless the backing shares them).
 pub async fn start_with(cfg: Config, backing: Backing) -> Result<Running, String> {
     let dir = cfg.data_dir.clone();
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -174,6 +179,7 @@ pub async fn start_with(cfg: Config, backing: Backing) -> Result<Running, String
         directory,
         fanout,
         presence: shared_presence,
+        assets,
     } = backing;
     let hasher = hashing::Hasher::start(
         cfg.argon2_memory_kib,
@@ -191,7 +197,10 @@ pub async fn start_with(cfg: Config, backing: Backing) -> Result<Running, String
             accounts::Sessions::default(),
         ),
     };
-    let assets = assets::Assets::open(&dir.join("assets"))?;
+    let assets: Arc<dyn asset_store::AssetStore> = match assets {
+        Some(a) => a,
+        None => Arc::new(assets::Assets::open(&dir.join("assets"))?),
+    };
     let memberships = membership::Memberships::open(&dir.join("memberships.jsonl"))?;
     let presence = Presence::new(
         PresenceOptions {

@@ -10,6 +10,8 @@
 #[path = "../../../../examples/chat_server/server/mod.rs"]
 mod server;
 
+mod asset_usage;
+mod assets_store;
 mod buckets;
 mod directory;
 mod fanout;
@@ -319,12 +321,19 @@ fn start_cluster_parts(args: &NodeArgs, cfg: &server::Config) -> Result<Parts, S
         args.replicas,
     )?;
     let watcher = presence.watcher().clone();
+    let assets = assets_store::ObjectAssets::open(
+        &nats,
+        args.replicas,
+        cfg.data_dir.join("asset-cache"),
+        cfg.unattached_upload_ttl,
+    )?;
     let backing = server::Backing {
         store: router.clone(),
         last_seen: None,
         directory: Some(Arc::new(directory)),
         fanout: Some(fanout.clone()),
         presence: Some(Arc::new(presence)),
+        assets: Some(assets),
     };
     Ok(Parts {
         backing,
