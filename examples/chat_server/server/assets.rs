@@ -212,35 +212,7 @@ impl Assets {
     fn reserve(&self, owner: UserId, size: u64, limits: &UploadLimits) -> ApiResult<()> {
         let mut index = self.index.lock();
         let mine = index.owner_bytes.get(&owner).copied().unwrap_or(0);
-        if mine.saturating_add(size) > limits.per_user_bytes {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "quota_exceeded",
-                format!(
-                    "your uploads would take {} bytes; the quota is {} (unattached uploads are deleted after a while)",
-                    mine.saturating_add(size),
-                    limits.per_user_bytes
-                ),
-            ));
-        }
-        if index.total_bytes.saturating_add(size) > limits.total_bytes {
-            eprintln!(
-                "chat_server: uploads refused: {} bytes stored, the limit is {}",
-                index.total_bytes, limits.total_bytes
-            );
-            return Err(no_space());
-        }
-        let free = free_bytes(&self.dir).map_err(|e| {
-            eprintln!("chat_server: free space of {}: {e}", self.dir.display());
-            ApiError::internal("could not check free space")
-        })?;
-        if free.saturating_sub(size) < limits.min_free_bytes {
-            eprintln!(
-                "chat_server: uploads refused: {free} bytes free on the data disk, the reserve is {}",
-                limits.min_free_bytes
-            );
-            return Err(no_space());
-        }
+        check_room("chat_server", mine, index.total_bytes, size, &self.dir, limits)?;
         *index.owner_bytes.entry(owner).or_default() += size;
         index.total_bytes += size;
         Ok(())
@@ -429,6 +401,49 @@ impl Index {
         }
         self.total_bytes = self.total_bytes.saturating_sub(size);
     }
+}
+
+/// Whether an upload of `size` bytes fits the limits, given what its owner (`mine`) and
+/// everyone (`total`) store already and the free space of the disk holding `dir`; otherwise
+/// the error naming the limit it breaks. `server` names the process in its log lines.
+pub fn check_room(
+    server: &str,
+    mine: u64,
+    total: u64,
+    size: u64,
+    dir: &Path,
+    limits: &UploadLimits,
+) -> ApiResult<()> {
+    if mine.saturating_add(size) > limits.per_user_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "quota_exceeded",
+            format!(
+                "your uploads would take {} bytes; the quota is {} (unattached uploads are deleted after a while)",
+                mine.saturating_add(size),
+                limits.per_user_bytes
+            ),
+        ));
+    }
+    if total.saturating_add(size) > limits.total_bytes {
+        eprintln!(
+            "{server}: uploads refused: {total} bytes stored, the limit is {}",
+            limits.total_bytes
+        );
+        return Err(no_space());
+    }
+    let free = free_bytes(dir).map_err(|e| {
+        eprintln!("{server}: free space of {}: {e}", dir.display());
+        ApiError::internal("could not check free space")
+    })?;
+    if free.saturating_sub(size) < limits.min_free_bytes {
+        eprintln!(
+            "{server}: uploads refused: {free} bytes free on the data disk, the reserve is {}",
+            limits.min_free_bytes
+        );
+        return Err(no_space());
+    }
+    Ok(())
 }
 
 pub fn no_space() -> ApiError {

@@ -36,7 +36,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::asset_usage::Usage;
 use crate::server::asset_store::{authorize, check_upload, AssetStore};
-use crate::server::assets::{free_bytes, no_space, Meta, UploadLimits};
+use crate::server::assets::{check_room, Meta, UploadLimits};
 use crate::server::backend::ChatBackend;
 use crate::server::error::{ApiError, ApiResult};
 
@@ -218,35 +218,7 @@ impl ObjectAssets {
         }
         let mut usage = self.usage.lock();
         let (mine, total) = usage.of(owner);
-        if mine.saturating_add(size) > limits.per_user_bytes {
-            return Err(ApiError::new(
-                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-                "quota_exceeded",
-                format!(
-                    "your uploads would take {} bytes; the quota is {} (unattached uploads are deleted after a while)",
-                    mine.saturating_add(size),
-                    limits.per_user_bytes
-                ),
-            ));
-        }
-        if total.saturating_add(size) > limits.total_bytes {
-            eprintln!(
-                "chat-node: uploads refused: {total} bytes stored, the limit is {}",
-                limits.total_bytes
-            );
-            return Err(no_space());
-        }
-        let free = free_bytes(&self.cache).map_err(|e| {
-            eprintln!("chat-node: free space of {}: {e}", self.cache.display());
-            ApiError::internal("could not check free space")
-        })?;
-        if free.saturating_sub(size) < limits.min_free_bytes {
-            eprintln!(
-                "chat-node: uploads refused: {free} bytes free on the data disk, the reserve is {}",
-                limits.min_free_bytes
-            );
-            return Err(no_space());
-        }
+        check_room("chat-node", mine, total, size, &self.cache, limits)?;
         Ok(usage.reserve(owner, size))
     }
 
