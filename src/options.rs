@@ -77,10 +77,12 @@ pub struct Options {
     pub max_message_age: Option<Duration>,
     /// Compaction policy.
     pub compaction_policy: CompactionPolicy,
-    /// Threads one leveled compaction's merge is cut over (by conversation range). A chat
-    /// store's level-0 → level-1 merge takes all of level 1, so it is the one large job, and
-    /// cut in two it uses the second core whenever the writer leaves it idle (fsync waits,
-    /// write stalls). 1: every merge on the compaction thread alone.
+    /// Threads one leveled compaction's merge is cut over (by conversation range) once
+    /// compaction falls behind (level 0 at four times its trigger; before that a merge runs on
+    /// the compaction thread alone, leaving the other cores to the writers). A chat store's
+    /// level-0 → level-1 merge takes all of level 1, so it is the one large job, and cut in
+    /// two it uses a second core. [`Store::compact`](crate::Store::compact) always uses them
+    /// all. 1: every merge on the compaction thread alone.
     pub compaction_threads: usize,
     /// Run compactions in the background. When off, only [`Store::compact`] compacts.
     ///

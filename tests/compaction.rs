@@ -351,3 +351,52 @@ fn a_merge_cut_over_threads_writes_what_one_thread_writes() {
     assert_eq!(one[3][39].1.as_deref(), Some("edited"));
     assert_eq!(one.iter().map(Vec::len).sum::<usize>(), 20_000);
 }
+
+/// Background compaction takes a second thread only once level 0 is behind (four times its
+/// trigger): before that the thread would take a core from the writer for nothing.
+#[test]
+fn a_background_merge_takes_more_threads_only_when_level0_is_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        memtable_bytes: 32 << 10,
+        block_bytes: 1 << 10,
+        l0_compaction_trigger: 2,
+        level_base_bytes: 64 << 20,
+        target_segment_bytes: 32 << 10,
+        compaction_threads: 2,
+        background_compaction: false,
+        ..Options::default()
+    };
+    let store = Store::open_with(dir.path(), opts).unwrap();
+    let mut i = 0u64;
+    let mut flush_segments = |store: &Store, n: usize| {
+        for _ in 0..n {
+            for _ in 0..400 {
+                let conv = (i * 7919) % 300;
+                store
+                    .append(
+                        ConversationId(conv),
+                        NewMessage::text(UserId(conv), &body(conv, i)),
+                    )
+                    .unwrap();
+                i += 1;
+            }
+            store.flush().unwrap();
+        }
+    };
+    flush_segments(&store, 2);
+    assert!(store.compact_step().unwrap());
+    assert_eq!(
+        store.stats().compaction_parts_beside,
+        0,
+        "level 0 at its trigger"
+    );
+    flush_segments(&store, 8);
+    assert!(store.stats().segments_per_level[0] >= 8);
+    assert!(store.compact_step().unwrap());
+    assert!(
+        store.stats().compaction_parts_beside > 0,
+        "level 0 at four times its trigger: {:?}",
+        store.stats()
+    );
+}

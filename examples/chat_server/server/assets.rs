@@ -212,7 +212,14 @@ impl Assets {
     fn reserve(&self, owner: UserId, size: u64, limits: &UploadLimits) -> ApiResult<()> {
         let mut index = self.index.lock();
         let mine = index.owner_bytes.get(&owner).copied().unwrap_or(0);
-        check_room("chat_server", mine, index.total_bytes, size, &self.dir, limits)?;
+        check_room(
+            "chat_server",
+            mine,
+            index.total_bytes,
+            size,
+            &self.dir,
+            limits,
+        )?;
         *index.owner_bytes.entry(owner).or_default() += size;
         index.total_bytes += size;
         Ok(())

@@ -548,14 +548,15 @@ fn write_row(out: &mut OutputSet<'_>, m: &Message, input: &Path) -> Result<()> {
 /// Merges `inputs` (in age order, oldest first) into segments at `level`. With `number`, the
 /// output is one segment (both sections, no split) with that file number: a rewrite within
 /// level 0, where the number orders segments by age. Leveled outputs below level 0 split, so
-/// their message merge is cut into key ranges merged in parallel (`Options::compaction_threads`,
-/// see [`split`](super::split)).
+/// their message merge is cut into up to `threads` key ranges merged in parallel (see
+/// [`split`](super::split)).
 pub(crate) fn run(
     engine: &Engine,
     inputs: &[Arc<Segment>],
     level: u32,
     drop_tombstones: bool,
     number: Option<u64>,
+    threads: usize,
 ) -> Result<Vec<Output>> {
     // Tiered runs and level-0 rewrites are one segment each; leveled outputs split to keep
     // levels fine-grained.
@@ -590,7 +591,7 @@ pub(crate) fn run(
     }
 
     // A merge smaller than a quarter of an output segment is not worth a second thread.
-    let ranges = split::ranges(inputs, engine.opts.compaction_threads, target / 4);
+    let ranges = split::ranges(inputs, threads, target / 4);
     let mut sets: Vec<OutputSet<'_>> = Vec::with_capacity(ranges.len().saturating_add(1));
     for _ in 1..ranges.len() {
         sets.push(first.sibling());
