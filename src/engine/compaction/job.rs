@@ -569,36 +569,25 @@ pub(crate) fn run(
     let first = OutputSet::new(engine, level, number);
     // Edits and retention as on disk when the compaction starts (see `ConversationRules`).
     let durable = engine.current().segments_only(&engine.memtables_held);
-    if !separate {
-        // One segment holding both sections.
-        let mut out = first;
-        let result = merge_messages(engine, inputs, &durable, target, KeyRange::ALL, &mut out)
-            .and_then(|watermarks| {
-                merge_state(
-                    engine,
-                    inputs,
-                    watermarks,
-                    target,
-                    drop_tombstones,
-                    &mut out,
-                )
-            });
-        if let Err(e) = result {
-            out.abandon();
-            return Err(e);
+    // Messages go to one set per part; state follows in a set of its own, or, for a single
+    // segment holding both sections, in the same set after the messages.
+    let (mut parts, mut state) = if separate {
+        // A merge smaller than a quarter of an output segment is not worth a second thread.
+        let ranges = split::ranges(inputs, threads, target / 4);
+        let mut sets: Vec<OutputSet<'_>> = Vec::with_capacity(ranges.len());
+        for _ in 1..ranges.len() {
+            sets.push(first.sibling());
         }
-        return out.open_all();
-    }
-
-    // A merge smaller than a quarter of an output segment is not worth a second thread.
-    let ranges = split::ranges(inputs, threads, target / 4);
-    let mut sets: Vec<OutputSet<'_>> = Vec::with_capacity(ranges.len().saturating_add(1));
-    for _ in 1..ranges.len() {
-        sets.push(first.sibling());
-    }
-    let mut state = first.sibling();
-    sets.insert(0, first);
-    let merged = merge_parts(engine, inputs, &durable, target, &ranges, &mut sets);
+        let state = first.sibling();
+        sets.insert(0, first);
+        (Some((ranges, sets)), state)
+    } else {
+        (None, first)
+    };
+    let merged = match &mut parts {
+        Some((ranges, sets)) => merge_parts(engine, inputs, &durable, target, ranges, sets),
+        None => merge_messages(engine, inputs, &durable, target, KeyRange::ALL, &mut state),
+    };
     drop(durable);
     let result = merged.and_then(|watermarks| {
         merge_state(
@@ -610,6 +599,7 @@ pub(crate) fn run(
             &mut state,
         )
     });
+    let sets = parts.map(|(_, sets)| sets).unwrap_or_default();
     if let Err(e) = result {
         for set in sets {
             set.abandon();

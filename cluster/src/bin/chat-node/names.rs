@@ -110,22 +110,11 @@ fn loaded<'a>(
 ) -> Result<&'a mut HashMap<String, Found>, Error> {
     if table.is_none() {
         let mut read = HashMap::new();
-        let mut after = MessageId(0);
-        loop {
-            let page = match chat.store().after(ACCOUNTS, after, 1000) {
-                Ok(page) => page,
-                Err(Error::UnknownConversation(_)) => Vec::new(),
-                Err(e) => return Err(e),
-            };
-            let Some(last) = page.last().map(|m| m.id) else {
-                break;
-            };
-            for m in page {
-                let id = user_id(ids, m.id);
-                let record = decode(&m.content, id)?;
-                read.insert(record.username.to_ascii_lowercase(), (id, record));
-            }
-            after = last;
+        for m in chat.store().export(ACCOUNTS) {
+            let m = m?;
+            let id = user_id(ids, m.id);
+            let record = decode(&m.content, id)?;
+            read.insert(record.username.to_ascii_lowercase(), (id, record));
         }
         *table = Some(read);
     }

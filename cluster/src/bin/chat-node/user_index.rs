@@ -24,7 +24,7 @@
 
 use std::collections::BTreeSet;
 
-use chatstore::{ChatStore, ConversationId, Error, MessageId, NewMessage, UserId};
+use chatstore::{ChatStore, ConversationId, Error, NewMessage, UserId};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
@@ -69,32 +69,22 @@ impl ShardIndex {
     pub fn read(&self, chat: &ChatStore, user: UserId) -> Result<Entries, Error> {
         let conv = conversation(user)?;
         let mut entries = Entries::default();
-        let mut after = MessageId(0);
-        loop {
-            let page = match chat.store().after(conv, after, 1000) {
-                Ok(page) => page,
-                Err(Error::UnknownConversation(_)) => Vec::new(),
-                Err(e) => return Err(e),
-            };
-            let Some(last) = page.last().map(|m| m.id) else {
-                return Ok(entries);
-            };
-            for m in page {
-                match serde_json::from_slice(&m.content) {
-                    Ok(Record::Shard(s)) => {
-                        entries.shards.insert(s);
-                    }
-                    Ok(Record::Complete) => entries.complete = true,
-                    Err(e) => {
-                        return Err(Error::Internal(format!(
-                            "record {} of user {}'s index is malformed: {e}",
-                            m.id.0, user.0
-                        )))
-                    }
+        for m in chat.store().export(conv) {
+            let m = m?;
+            match serde_json::from_slice(&m.content) {
+                Ok(Record::Shard(s)) => {
+                    entries.shards.insert(s);
+                }
+                Ok(Record::Complete) => entries.complete = true,
+                Err(e) => {
+                    return Err(Error::Internal(format!(
+                        "record {} of user {}'s index is malformed: {e}",
+                        m.id.0, user.0
+                    )))
                 }
             }
-            after = last;
         }
+        Ok(entries)
     }
 
     /// Records that `shard` holds (or is about to hold) a conversation of each of `users`,
