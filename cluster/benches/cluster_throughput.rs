@@ -143,7 +143,7 @@ fn run(rt: &tokio::runtime::Runtime, o: &Options, n: usize) -> Row {
     let nats = NatsCluster::start(3).expect("a 3-server NATS cluster (is nats-server installed?)");
     let dir = tempfile::tempdir().expect("tempdir");
     let mut nodes: Vec<Node> = (0..n)
-        .map(|i| Node::start(&format!("node{i}"), &nats, dir.path(), n))
+        .map(|i| Node::start_with(&format!("node{i}"), &nats, dir.path(), n, &[]))
         .collect();
     let t = Instant::now();
     all_owned(&leases(&nats), &nodes);

@@ -8,8 +8,7 @@ use serde_json::json;
 use tokio::task::block_in_place as blocking;
 
 use crate::client::Http;
-use crate::harness::{all_owned, leases, Device, Node};
-use chatstore_cluster::testing::NatsCluster;
+use crate::harness::{all_owned, leases, start_cluster_with, Device, Node};
 
 const QUOTA: usize = 3000;
 
@@ -44,23 +43,9 @@ async fn fetch(h: Http, token: &str, url: &str) -> (u16, String, Vec<u8>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_image_sent_through_one_node_is_served_by_every_node_to_members_only() {
-    let nats = blocking(|| NatsCluster::start(3))
-        .expect("a 3-server NATS cluster (is nats-server installed?)");
-    let dir = tempfile::tempdir().expect("tempdir");
     let quota = QUOTA.to_string();
-    let mut nodes: Vec<Node> = blocking(|| {
-        (0..3)
-            .map(|i| {
-                Node::start_with(
-                    &format!("node{i}"),
-                    &nats,
-                    dir.path(),
-                    3,
-                    &["--upload-quota-bytes", &quota],
-                )
-            })
-            .collect()
-    });
+    let (nats, dir, mut nodes) =
+        blocking(|| start_cluster_with(3, &["--upload-quota-bytes", &quota]));
     let leases = blocking(|| leases(&nats));
     blocking(|| all_owned(&leases, &nodes));
     let h: Vec<Http> = nodes.iter().map(Node::http).collect();

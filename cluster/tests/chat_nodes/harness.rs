@@ -40,12 +40,18 @@ pub struct Node {
     log: Arc<Mutex<String>>,
 }
 
-impl Node {
-    pub fn start(name: &str, nats: &NatsCluster, dir: &std::path::Path, nodes: usize) -> Node {
-        Node::start_with(name, nats, dir, nodes, &[])
-    }
+/// A 3-server NATS cluster and `n` chat nodes on it, each started with `extra` flags.
+pub fn start_cluster_with(n: usize, extra: &[&str]) -> (NatsCluster, tempfile::TempDir, Vec<Node>) {
+    let nats = NatsCluster::start(3).expect("a 3-server NATS cluster (is nats-server installed?)");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nodes: Vec<Node> = (0..n)
+        .map(|i| Node::start_with(&format!("node{i}"), &nats, dir.path(), n, extra))
+        .collect();
+    (nats, dir, nodes)
+}
 
-    /// [`Node::start`] with more flags.
+impl Node {
+    /// A chat node with `extra` flags besides the cluster's.
     pub fn start_with(
         name: &str,
         nats: &NatsCluster,

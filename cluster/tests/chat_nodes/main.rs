@@ -12,17 +12,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use chatstore_cluster::testing::NatsCluster;
-use harness::{all_owned, leases, new_owner, owner, shard_of, Device, Node, LEASE_TTL};
+use harness::{
+    all_owned, leases, new_owner, owner, shard_of, start_cluster_with, Device, Node, LEASE_TTL,
+};
 use serde_json::json;
 use tokio::task::block_in_place as blocking;
 
 fn start_cluster(n: usize) -> (NatsCluster, tempfile::TempDir, Vec<Node>) {
-    let nats = NatsCluster::start(3).expect("a 3-server NATS cluster (is nats-server installed?)");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let nodes: Vec<Node> = (0..n)
-        .map(|i| Node::start(&format!("node{i}"), &nats, dir.path(), n))
-        .collect();
-    (nats, dir, nodes)
+    start_cluster_with(n, &[])
 }
 
 /// Every member device got every message of each of its conversations exactly once (pushed,
@@ -622,21 +619,7 @@ async fn racing_sign_ups_get_distinct_ids_and_one_name_one_owner() {
 /// replay the purged stream, restores the snapshot, catches up, and serves the whole history.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_new_owner_restores_the_snapshot_of_a_purged_shard() {
-    let nats = blocking(|| NatsCluster::start(3)).expect("a 3-server NATS cluster");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut nodes: Vec<Node> = blocking(|| {
-        (0..3)
-            .map(|i| {
-                Node::start_with(
-                    &format!("node{i}"),
-                    &nats,
-                    dir.path(),
-                    3,
-                    &["--snapshot-every", "40"],
-                )
-            })
-            .collect()
-    });
+    let (nats, _dir, mut nodes) = blocking(|| start_cluster_with(3, &["--snapshot-every", "40"]));
     let leases = blocking(|| leases(&nats));
     let owners = blocking(|| all_owned(&leases, &nodes));
     let h: Vec<client::Http> = nodes.iter().map(Node::http).collect();
