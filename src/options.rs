@@ -61,8 +61,14 @@ pub struct Options {
     /// (0 disables it). Only used with [`Compression::Zstd`]. On the Zipf chat workload's 4 KiB
     /// blocks, 64 KiB (the default) against 32 KiB: 2% fewer bytes and ~8% faster decoding.
     pub dictionary_bytes: usize,
-    /// Bytes of decoded blocks kept in the block cache.
-    pub block_cache_bytes: usize,
+    /// One budget for what the store keeps in memory: the memtables (the active one counted
+    /// at `memtable_bytes` from the start, frozen ones until flushed), the live segments'
+    /// indexes, and the block cache, which gets what the other two leave (at least a
+    /// sixteenth of the budget). When memtables and indexes alone exceed it the cache is at
+    /// that floor and the store holds more; `Stats::memory_charged_bytes` says how much.
+    /// The process also holds the allocator's slack, thread stacks and compression contexts
+    /// beyond it.
+    pub memory_budget_bytes: usize,
     /// Number of level-0 segments (each a flushed memtable) that triggers a compaction into
     /// level 1.
     pub l0_compaction_trigger: usize,
@@ -116,7 +122,7 @@ impl Default for Options {
             flush_compression: Compression::None,
             block_bytes: 4 << 10,
             dictionary_bytes: 64 << 10,
-            block_cache_bytes: 64 << 20,
+            memory_budget_bytes: 64 << 20,
             l0_compaction_trigger: 4,
             level_base_bytes: 256 << 20,
             target_segment_bytes: 64 << 20,

@@ -56,3 +56,88 @@ fn memtables_held_stay_within_the_configured_bound_during_compaction() {
     assert!(s.memtable_bytes_held >= s.memtable_bytes + s.frozen_memtable_bytes);
     store.close().unwrap();
 }
+
+/// Memtables, segment indexes and the block cache share `memory_budget_bytes`: the cache gets
+/// what the others leave, shrinks while memtables wait for their flush, grows back after it,
+/// and never holds more than it is given.
+#[test]
+fn the_block_cache_gets_what_memtables_and_indexes_leave_of_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let budget: u64 = 4 << 20;
+    let memtable_bytes = 512 << 10;
+    let store = Store::open_with(
+        dir.path(),
+        Options {
+            durability: Durability::Buffered {
+                interval: Duration::from_millis(100),
+            },
+            memory_budget_bytes: budget as usize,
+            memtable_bytes,
+            max_frozen_memtables: 2,
+            background_compaction: false,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let fresh = store.stats();
+    assert_eq!(fresh.memory_budget_bytes, budget);
+    assert_eq!(
+        fresh.block_cache_capacity,
+        budget - memtable_bytes as u64 - fresh.memory_index_bytes,
+        "an empty store pays for its active memtable at full size"
+    );
+
+    let text = "a message of a hundred bytes or so, words and more words, to be stored and read.";
+    let mut least_capacity = u64::MAX;
+    for round in 0..120u64 {
+        let batch: Vec<_> = (0..100u64)
+            .map(|i| {
+                let conv = ConversationId((round * 100 + i) % 500 + 1);
+                (conv, NewMessage::text(UserId(i % 7 + 1), text))
+            })
+            .collect();
+        store.append_batch(batch).unwrap();
+        let s = store.stats();
+        least_capacity = least_capacity.min(s.block_cache_capacity);
+        // A memtable passes its size by at most the commit that fills it, after the charge
+        // was taken.
+        let one_commit = 100 * (text.len() as u64 + 512);
+        assert!(
+            s.memory_charged_bytes <= budget + one_commit || s.block_cache_capacity == budget / 16,
+            "over budget with room left to shrink the cache: {s:?}"
+        );
+    }
+    store.flush().unwrap();
+    let flushed = store.stats();
+    assert!(
+        flushed.segments >= 4,
+        "the workload must flush: {flushed:?}"
+    );
+    assert!(flushed.memory_index_bytes > 0);
+    assert_eq!(
+        flushed.block_cache_capacity,
+        budget - memtable_bytes as u64 - flushed.memory_index_bytes,
+        "once flushed, only the active memtable and the indexes are charged"
+    );
+    assert!(
+        least_capacity < flushed.block_cache_capacity,
+        "frozen memtables waiting for their flush must shrink the cache \
+         (least {least_capacity}, after the flush {})",
+        flushed.block_cache_capacity
+    );
+
+    // Reads fill the cache up to what it is given, never beyond.
+    for conv in 1..=500u64 {
+        let got = store.latest(ConversationId(conv), 50).unwrap();
+        assert!(!got.is_empty());
+        let s = store.stats();
+        assert!(
+            s.block_cache_bytes <= s.block_cache_capacity,
+            "the cache holds {} bytes, over its {} capacity",
+            s.block_cache_bytes,
+            s.block_cache_capacity
+        );
+    }
+    assert!(store.stats().block_cache_misses > 0);
+    store.close().unwrap();
+}

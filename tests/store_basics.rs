@@ -128,6 +128,56 @@ fn reopen_returns_everything_and_ids_continue() {
     }
 }
 
+fn wal_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "wal")
+        })
+        .count()
+}
+
+/// Each open starts a new WAL file. One that replayed nothing leaves the older ones holding
+/// nothing: they must go, or a store opened and closed again and again (a service restarted,
+/// an operator tool) gathers a WAL file per open and replays and syncs them all at each open.
+#[test]
+fn reopening_a_store_does_not_gather_empty_wal_files() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open_with(dir.path(), small_options()).unwrap();
+        store.append(ConversationId(1), text(1, "kept")).unwrap();
+        store.flush().unwrap();
+        store.close().unwrap();
+    }
+    for _ in 0..20 {
+        let store = Store::open_with(dir.path(), small_options()).unwrap();
+        store.close().unwrap();
+    }
+    assert_eq!(wal_files(dir.path()), 1, "only the last open's WAL is left");
+
+    // Unflushed records keep their WAL until a flush, through any number of reopens.
+    let store = Store::open_with(dir.path(), small_options()).unwrap();
+    store
+        .append(ConversationId(1), text(1, "unflushed"))
+        .unwrap();
+    store.close().unwrap();
+    for _ in 0..3 {
+        let store = Store::open_with(dir.path(), small_options()).unwrap();
+        let got = store.latest(ConversationId(1), 10).unwrap();
+        assert_eq!(got.len(), 2, "both messages survive every reopen");
+        assert_eq!(&got[1].content[..], b"unflushed");
+        store.close().unwrap();
+    }
+    let store = Store::open_with(dir.path(), small_options()).unwrap();
+    let next = store.append(ConversationId(1), text(1, "third")).unwrap();
+    assert_eq!(next.id.0, 3);
+    store.close().unwrap();
+}
+
 #[test]
 fn batches_are_atomic_and_ordered() {
     let dir = tempfile::tempdir().unwrap();

@@ -202,7 +202,7 @@ impl Config {
             compression: self.compression,
             block_bytes: 512,
             dictionary_bytes: self.dictionary_bytes,
-            block_cache_bytes: 32 << 10,
+            memory_budget_bytes: 32 << 10,
             l0_compaction_trigger: 2,
             level_base_bytes: 16 << 10,
             target_segment_bytes: 4096,

@@ -104,6 +104,18 @@ impl BlockCache {
         Ok(block)
     }
 
+    /// Changes how many bytes of decoded blocks the cache may hold, evicting down to it.
+    pub fn set_capacity(&self, bytes: u64) {
+        if self.cache.capacity() != bytes {
+            self.cache.set_capacity(bytes);
+        }
+    }
+
+    /// How many bytes of decoded blocks the cache may hold now.
+    pub fn capacity(&self) -> u64 {
+        self.cache.capacity()
+    }
+
     /// (hits, misses, bytes held).
     pub fn counters(&self) -> (u64, u64, u64) {
         (

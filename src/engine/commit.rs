@@ -715,6 +715,7 @@ impl Engine {
         drop(wal);
         self.versions
             .switch_memtable(Memtable::new(number, &self.memtables_held));
+        self.rebalance_memory();
         self.lifecycle.notify();
         Ok(())
     }

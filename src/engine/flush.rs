@@ -139,6 +139,7 @@ fn flush_one(engine: &Engine, mem: Arc<Memtable>) -> Result<()> {
         flushed: Some(mem),
         ..VersionEdit::default()
     })?;
+    engine.rebalance_memory();
     engine.counters.flushes.fetch_add(1, Ordering::Relaxed);
     engine
         .counters

@@ -10,6 +10,7 @@ mod compaction;
 pub(crate) mod files;
 mod flush;
 mod log_writer;
+mod memory;
 mod memtable;
 pub(crate) mod overrides;
 mod recovery;
@@ -80,7 +81,9 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Opens (or creates) the store in `dir` and recovers its state.
     pub(crate) fn open(dir: PathBuf, opts: Options) -> Result<Arc<Engine>> {
-        recovery::open(dir, opts)
+        let engine = recovery::open(dir, opts)?;
+        engine.rebalance_memory();
+        Ok(engine)
     }
 
     /// Starts the background threads (flush, and compaction unless disabled).
@@ -315,6 +318,9 @@ impl Engine {
         loop {
             self.check_writable()?;
             if self.current().frozen.is_empty() {
+                // The flush thread gave the cache back what each memtable held, unless a
+                // reader still held the memtable then: give it back now.
+                self.rebalance_memory();
                 return Ok(());
             }
             g.wait(None);
@@ -343,6 +349,14 @@ impl Engine {
         s.block_cache_hits = hits;
         s.block_cache_misses = misses;
         s.block_cache_bytes = cache_bytes;
+        s.block_cache_capacity = self.cache.capacity();
+        let charges = self.memory_charges();
+        s.memory_budget_bytes = self.opts.memory_budget_bytes as u64;
+        s.memory_index_bytes = charges.indexes;
+        s.memory_charged_bytes = charges
+            .memtables
+            .saturating_add(charges.indexes)
+            .saturating_add(s.block_cache_capacity);
         s
     }
 }

@@ -218,7 +218,9 @@ fn open_once(dir: PathBuf, opts: Options) -> Result<Arc<Engine>, OpenFailure> {
         opts.read_only,
         manifest.flushed_lsn,
     )?;
-    if !opts.read_only {
+    // No record replayed: the logs hold nothing (a clean close, or only headers).
+    let replayed_nothing = last_lsn == manifest.flushed_lsn;
+    if !opts.read_only && !replayed_nothing {
         // A crashed process may have left replayed records in the page cache only. They are
         // now visible and later ids build on them, so they must be durable before anything
         // new is acknowledged (and before a newer log exists: an older log is never torn).
@@ -238,6 +240,15 @@ fn open_once(dir: PathBuf, opts: Options) -> Result<Arc<Engine>, OpenFailure> {
     } else {
         let wal = LogWriter::create(&*fs, &wal_path, Arc::clone(&wal_synced))?;
         fs.sync_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+        // Logs that replayed no record (every one after a clean close) hold nothing the new
+        // log does not supersede; only a flush would otherwise retire them, and a store
+        // reopened without writing would gather one per open, each read and synced at every
+        // open. Best effort: one left behind is retired at the next open.
+        if replayed_nothing {
+            for &n in &wals {
+                let _ = fs.remove(&files::wal_path(&dir, n));
+            }
+        }
         wal
     };
 
@@ -275,7 +286,7 @@ fn open_once(dir: PathBuf, opts: Options) -> Result<Arc<Engine>, OpenFailure> {
         // The newest segment's dictionary carries on until the next flush retrains one.
         dictionary: SharedDictionary::new(dictionary),
         compactor: Compactor::default(),
-        cache: BlockCache::new(opts.block_cache_bytes),
+        cache: BlockCache::new(opts.memory_budget_bytes),
         dir,
         fs,
         committer: Committer::new(wal, wal_synced, last_lsn),

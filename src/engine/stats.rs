@@ -75,6 +75,17 @@ pub struct Stats {
     pub block_cache_misses: u64,
     /// Bytes of decoded blocks in the cache.
     pub block_cache_bytes: u64,
+    /// What the block cache may hold now: the memory budget less what memtables and segment
+    /// indexes hold (never less than a sixteenth of the budget).
+    pub block_cache_capacity: u64,
+    /// `Options::memory_budget_bytes`.
+    pub memory_budget_bytes: u64,
+    /// Bytes of the live segments' resident indexes (block and conversation indexes, footers,
+    /// level-0 conversation filters), charged to the budget.
+    pub memory_index_bytes: u64,
+    /// Memtables (the active one at its full size) + indexes + the cache's capacity: the
+    /// budget, or more when memtables and indexes alone exceed it.
+    pub memory_charged_bytes: u64,
 }
 
 #[derive(Debug, Default)]

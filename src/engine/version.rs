@@ -76,6 +76,12 @@ impl Segment {
             && self.filter.as_ref().is_none_or(|f| f.may_hold(conv))
     }
 
+    /// Memory it keeps while open: its indexes and footer, and its conversation filter.
+    pub fn resident_bytes(&self) -> u64 {
+        let filter = self.filter.as_ref().map_or(0, |f| f.bits.len() * 8);
+        (self.reader.resident_bytes() as u64).saturating_add(filter as u64)
+    }
+
     /// Marks the file for deletion once unused.
     pub fn mark_obsolete(&self) {
         self.obsolete.store(true, Ordering::Release);

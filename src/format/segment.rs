@@ -621,6 +621,13 @@ impl SegmentReader {
         self.logical_bytes
     }
 
+    /// Bytes this reader keeps in memory while open: the file from the block index on
+    /// (indexes and footer). The dictionary is shared by the segments that use it and not
+    /// counted here.
+    pub fn resident_bytes(&self) -> usize {
+        self.meta.len()
+    }
+
     /// File size.
     pub fn file_bytes(&self) -> u64 {
         self.file_len

@@ -175,6 +175,7 @@ impl Engine {
         for s in &inputs {
             s.mark_obsolete();
         }
+        self.rebalance_memory();
         self.counters.compactions.fetch_add(1, Ordering::Relaxed);
         self.counters
             .compaction_bytes_read

@@ -1,0 +1,89 @@
+//! One memory budget (`Options::memory_budget_bytes`) for what the store keeps in memory:
+//! memtables, the segments' resident indexes, and the block cache, which gets what the other
+//! two leave.
+//!
+//! Memtables and indexes cannot be evicted (writes and every read need them), the cache can:
+//! so the cache is the part that gives way, as RocksDB's write buffer manager charges
+//! memtables to its block cache. The charge is recomputed whenever what it counts changes
+//! shape (a memtable switch, a flush, a compaction) rather than on every write: the active
+//! memtable is charged at its full size from the moment it is created, so its growth between
+//! two switches never takes the store over budget.
+
+use std::sync::atomic::Ordering;
+
+use super::Engine;
+
+/// The share of the budget the cache keeps however much the memtables and indexes hold: with
+/// no cache at all a scan would read and decode a block again for every page it returns.
+/// Memory above the budget is then what the memtables and indexes hold beyond it, reported in
+/// [`Stats::memory_charged_bytes`](crate::Stats::memory_charged_bytes).
+const CACHE_FLOOR_DIVISOR: u64 = 16;
+
+/// What the budget is charged with, besides the cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Charges {
+    /// Every memtable still in memory (active at no less than its full size, frozen ones,
+    /// and flushed ones a reader still holds).
+    pub memtables: u64,
+    /// Block and conversation indexes, footers and level-0 conversation filters of the live
+    /// segments.
+    pub indexes: u64,
+}
+
+/// The block cache's capacity under `budget` once `charges` are paid.
+pub(crate) fn cache_capacity(budget: u64, charges: Charges) -> u64 {
+    budget
+        .saturating_sub(charges.memtables)
+        .saturating_sub(charges.indexes)
+        .max(budget / CACHE_FLOOR_DIVISOR)
+        .max(1)
+}
+
+impl Engine {
+    /// What memtables and live segments hold now.
+    pub(crate) fn memory_charges(&self) -> Charges {
+        let v = self.current();
+        let held = self.memtables_held.load(Ordering::Relaxed);
+        let active = v.active.bytes() as u64;
+        let reserved = active.max(self.opts.memtable_bytes as u64);
+        Charges {
+            memtables: held.saturating_sub(active).saturating_add(reserved),
+            indexes: v
+                .segments
+                .iter()
+                .map(|s| s.resident_bytes())
+                .fold(0u64, u64::saturating_add),
+        }
+    }
+
+    /// Gives the block cache what the budget leaves after the memtables and indexes (evicting
+    /// down to it if it shrank). Called after every change of the memtables or of the live
+    /// segments.
+    pub(crate) fn rebalance_memory(&self) {
+        let budget = self.opts.memory_budget_bytes as u64;
+        self.cache
+            .set_capacity(cache_capacity(budget, self.memory_charges()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_gets_what_memtables_and_indexes_leave_down_to_its_floor() {
+        let budget = 64 << 20;
+        let charges = |memtables, indexes| Charges { memtables, indexes };
+        assert_eq!(cache_capacity(budget, charges(0, 0)), budget);
+        assert_eq!(cache_capacity(budget, charges(16 << 20, 2 << 20)), 46 << 20);
+        assert_eq!(
+            cache_capacity(budget, charges(48 << 20, 12 << 20)),
+            budget / CACHE_FLOOR_DIVISOR
+        );
+        assert_eq!(
+            cache_capacity(budget, charges(u64::MAX, u64::MAX)),
+            budget / CACHE_FLOOR_DIVISOR
+        );
+        assert_eq!(cache_capacity(0, charges(0, 0)), 1);
+    }
+}
