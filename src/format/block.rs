@@ -12,6 +12,7 @@ use super::batch::{flags, MAX_MENTIONS};
 use super::coding::{get_u32, put_u32, put_varint, unzigzag, zigzag, Reader};
 use super::compression::Compression;
 use super::dictionary::{DictDecoder, DictEncoder};
+use super::zstd_contexts;
 use crate::types::{ConversationId, Message, MessageId, MessageKind, MessageRef, UserId};
 
 /// Bytes after the stored body: uncompressed_len:u32 | compression:u8 | crc:u32.
@@ -367,8 +368,8 @@ pub fn pack(
                     }
                 }
             }
-            Compression::Zstd(level) => match zstd::bulk::compress(body, level) {
-                Ok(c) if c.len() < body.len() => {
+            Compression::Zstd(level) => match zstd_contexts::compress(body, level) {
+                Some(c) if c.len() < body.len() => {
                     out.extend_from_slice(&c);
                     CODEC_ZSTD
                 }
@@ -459,9 +460,7 @@ pub fn unpack(stored: &Bytes, dict: Option<&DictDecoder>) -> Result<Bytes, &'sta
             Some(d) => Bytes::from(d.decompress(&body, raw_len)?),
             None => return Err("block needs a dictionary the segment does not have"),
         },
-        CODEC_ZSTD => {
-            Bytes::from(zstd::bulk::decompress(&body, raw_len).map_err(|_| "zstd decode failed")?)
-        }
+        CODEC_ZSTD => Bytes::from(zstd_contexts::decompress(&body, raw_len)?),
         _ => return Err("unknown compression"),
     };
     if out.len() != raw_len {

@@ -31,6 +31,7 @@ pub mod segment;
 pub mod state_block;
 
 pub mod wal;
+pub mod zstd_contexts;
 
 /// A value larger than a format can hold: writers refuse it instead of writing bytes that a
 /// reader would reject (or a length that would wrap).
