@@ -7,7 +7,9 @@
 //! instead writes MESSAGES (default 5 M) over CONVERSATIONS (default 500 K) with default options
 //! (buffered) and prints the ingest curve per million: throughput inside the write calls,
 //! write stalls, level shape, pending compaction, write amplification. A quick check of a
-//! change before the comparison harness's `long` preset.
+//! change before the comparison harness's `long` preset. Environment overrides of the
+//! defaults, for experiments: `FLUSH_CODEC` / `CODEC` (none, lz4, zstdN), `COMPACTION_THREADS`,
+//! `LEVEL_BASE_MIB`, `L0_TRIGGER`.
 
 #[path = "support/workload.rs"]
 mod workload;
@@ -132,6 +134,19 @@ fn sustained(messages: u64, convs: usize) {
         .and_then(|v| v.parse().ok())
     {
         opts.compaction_threads = n;
+    }
+    // LEVEL_BASE_MIB = n: level 1's budget; L0_TRIGGER = n: level-0 segments per compaction.
+    if let Some(n) = std::env::var("LEVEL_BASE_MIB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        opts.level_base_bytes = n << 20;
+    }
+    if let Some(n) = std::env::var("L0_TRIGGER")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        opts.l0_compaction_trigger = n;
     }
     let store = Store::open_with(dir.path(), opts).expect("open");
     let zipf = Zipf::new(convs, 1.0);
