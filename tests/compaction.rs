@@ -1,7 +1,8 @@
 //! Compaction keeps every message and state entry while shrinking the segment count.
 
 use chatstore::{
-    ChatOptions, ChatStore, ConversationId, MessageId, NewMessage, Options, Store, UserId,
+    ChatOptions, ChatStore, Compression, ConversationId, MessageId, NewMessage, Options, Store,
+    UserId,
 };
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -365,6 +366,9 @@ fn a_background_merge_takes_more_threads_only_when_level0_is_behind() {
         target_segment_bytes: 32 << 10,
         compaction_threads: 2,
         background_compaction: false,
+        // Flushed in the store's own codec, so level 0 is merged into level 1 rather than
+        // gathered into runs within level 0 (a level-0 run is one segment, never cut).
+        flush_compression: Compression::Zstd(3),
         ..Options::default()
     };
     let store = Store::open_with(dir.path(), opts).unwrap();

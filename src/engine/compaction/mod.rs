@@ -50,6 +50,7 @@ impl Engine {
         PickerOptions {
             l0_trigger: self.opts.l0_compaction_trigger,
             level_base_bytes: self.opts.level_base_bytes,
+            quiet: true,
         }
     }
 
@@ -191,16 +192,15 @@ impl Engine {
     /// it during a write burst would compete with the flush for the disk and the CPU).
     pub(super) fn compact_once(&self, quiet: bool) -> Result<bool> {
         let mut cursors = self.compactor.cursors.lock();
-        let mut metas = self.segment_metas();
-        if !quiet {
-            for m in &mut metas {
-                m.provisional = false;
-            }
-        }
+        let metas = self.segment_metas();
+        let opts = PickerOptions {
+            quiet,
+            ..self.picker_options()
+        };
         let picked = match self.opts.compaction_policy {
-            CompactionPolicy::Leveled => picker::pick(&metas, &self.picker_options(), &mut cursors)
-                .or_else(|| picker::pick_level0_rewrite(&metas)),
-            CompactionPolicy::Tiered => picker::pick_tiered(&metas, &self.picker_options()),
+            CompactionPolicy::Leveled => picker::pick(&metas, &opts, &mut cursors)
+                .or_else(|| quiet.then(|| picker::pick_level0_rewrite(&metas)).flatten()),
+            CompactionPolicy::Tiered => picker::pick_tiered(&metas, &opts),
         };
         let Some(pick) = picked else {
             return Ok(false);

@@ -69,6 +69,37 @@ pub struct PickerOptions {
     pub l0_trigger: usize,
     /// Level-1 budget in bytes.
     pub level_base_bytes: u64,
+    /// The store is quiet (no flush for a while): provisional level-0 segments may be folded
+    /// into level 1 below the trigger (`provisional_due`). Under writes that would compete with
+    /// the flush for nothing level 0 needs yet.
+    pub quiet: bool,
+}
+
+/// Level 0 is merged into level 1 once the runs made within it (see `level0_tiering`) weigh
+/// this fraction of level 1, or number `LEVEL0_MAX_RUNS`; before that, each trigger's worth of
+/// flushed (provisional) segments is merged into one more run within level 0.
+pub const LEVEL0_TIER_RATIO: u64 = 4;
+
+/// At most this many runs made within level 0 wait there for the merge into level 1.
+pub const LEVEL0_MAX_RUNS: usize = 4;
+
+/// Under writes, a trigger's worth of flushed segments merged into one run within level 0,
+/// when merging level 0 into level 1 would still rewrite much more than it brings. Every
+/// flushed segment spans every active conversation, so each level-0 -> level-1 merge rewrites
+/// all of level 1 whatever level 0 brings: the larger the level-0 batch, the fewer such
+/// rewrites. Waiting as flushed segments would leave the level-0 count (and with it the
+/// write controller's delays, reads' probes and resident indexes) growing; runs merged within
+/// level 0 keep it small while the batch grows. The run costs one encode of the new rows,
+/// which the level-1 merge would pay anyway, and it then copies the blocks of busy
+/// conversations as stored. Whether level 0 takes that path now: its runs are still few and
+/// small against level 1.
+fn level0_tiering(segs: &[SegmentMeta]) -> bool {
+    let runs = segs
+        .iter()
+        .filter(|s| s.level == 0 && !s.provisional)
+        .count();
+    let run_bytes = total_bytes(segs.iter().filter(|s| s.level == 0 && !s.provisional));
+    runs < LEVEL0_MAX_RUNS && run_bytes.saturating_mul(LEVEL0_TIER_RATIO) < level_bytes(segs, 1)
 }
 
 /// A chosen compaction.
@@ -212,9 +243,14 @@ fn finish(inputs: Vec<&SegmentMeta>, output_level: u32, segs: &[SegmentMeta]) ->
 /// The most urgent compaction, if any level is over its trigger or budget.
 pub fn pick(segs: &[SegmentMeta], opts: &PickerOptions, cursors: &mut Cursors) -> Option<Pick> {
     let l0: Vec<&SegmentMeta> = segs.iter().filter(|s| s.level == 0).collect();
+    // While level 0 gathers runs, only the flushed segments not yet in one count towards its
+    // trigger: the runs wait for the merge into level 1.
+    let tiering = level0_tiering(segs);
+    let raw = level0_rewrite_inputs(segs);
+    let due = if tiering { raw.len() } else { l0.len() };
     let mut best: Option<(f64, u32)> = None;
-    if !l0.is_empty() {
-        let score = l0.len() as f64 / opts.l0_trigger as f64;
+    if due > 0 {
+        let score = due as f64 / opts.l0_trigger as f64;
         if score >= 1.0 {
             best = Some((score, 0));
         }
@@ -225,7 +261,7 @@ pub fn pick(segs: &[SegmentMeta], opts: &PickerOptions, cursors: &mut Cursors) -
             best = Some((score, level));
         }
     }
-    if best.is_none() && provisional_due(segs) {
+    if best.is_none() && opts.quiet && provisional_due(segs) {
         best = Some((0.0, 0));
     }
     let (_, mut level) = best?;
@@ -245,6 +281,16 @@ pub fn pick(segs: &[SegmentMeta], opts: &PickerOptions, cursors: &mut Cursors) -
     }
     cursors.level0_last = level == 0;
     if level == 0 {
+        if tiering && raw.len() >= opts.l0_trigger {
+            let mut inputs: Vec<u64> = raw.iter().map(|s| s.number).collect();
+            inputs.sort_unstable();
+            return Some(Pick {
+                inputs,
+                output_level: 0,
+                // Older data (earlier runs, level 1 and below) may hold what a tombstone hides.
+                drop_tombstones: false,
+            });
+        }
         let mut inputs = l0.clone();
         inputs.extend(overlapping(segs, 1, &l0));
         return Some(finish(inputs, 1, segs));
@@ -350,7 +396,66 @@ mod tests {
         PickerOptions {
             l0_trigger: 4,
             level_base_bytes: 1000,
+            quiet: true,
         }
+    }
+
+    #[test]
+    fn level0_gathers_runs_until_they_weigh_a_quarter_of_level1() {
+        let flushed = |number, bytes| SegmentMeta {
+            provisional: true,
+            ..seg(number, 0, bytes, (0, 100))
+        };
+        let run = |number, bytes| seg(number, 0, bytes, (0, 100));
+        // Under writes (a quiet store folds flushed segments into level 1 early).
+        let busy = PickerOptions {
+            quiet: false,
+            ..opts()
+        };
+        let mut segs = vec![seg(1, 1, 900, (0, 100))];
+        let mut c = Cursors::default();
+        for n in 10..13 {
+            segs.push(flushed(n, 60));
+            assert_eq!(pick(&segs, &busy, &mut c), None);
+        }
+        // A trigger's worth of flushed segments becomes one run within level 0.
+        segs.push(flushed(13, 60));
+        let p = pick(&segs, &busy, &mut c).unwrap();
+        assert_eq!(
+            (p.inputs.clone(), p.output_level),
+            (vec![10, 11, 12, 13], 0)
+        );
+        assert!(!p.drop_tombstones);
+        segs.retain(|s| !p.inputs.contains(&s.number));
+        segs.push(run(20, 80));
+        // The run waits: only flushed segments count towards the trigger meanwhile.
+        for n in 21..24 {
+            segs.push(flushed(n, 60));
+            assert_eq!(pick(&segs, &busy, &mut c), None, "{n}");
+        }
+        segs.push(flushed(24, 60));
+        let p = pick(&segs, &busy, &mut c).unwrap();
+        assert_eq!(
+            (p.inputs.clone(), p.output_level),
+            (vec![21, 22, 23, 24], 0)
+        );
+        segs.retain(|s| !p.inputs.contains(&s.number));
+        segs.push(run(30, 180));
+        // Runs of 260 bytes against level 1's 900: past a quarter, everything goes down.
+        for n in 31..35 {
+            segs.push(flushed(n, 60));
+        }
+        let p = pick(&segs, &busy, &mut c).unwrap();
+        assert_eq!(p.output_level, 1);
+        assert_eq!(p.inputs, vec![1, 20, 30, 31, 32, 33, 34]);
+
+        // At most `LEVEL0_MAX_RUNS` runs wait, however small.
+        let mut segs = vec![seg(1, 1, 900, (0, 100))];
+        segs.extend((0..LEVEL0_MAX_RUNS as u64).map(|i| run(10 + i, 10)));
+        segs.extend((20..24).map(|n| flushed(n, 10)));
+        let p = pick(&segs, &busy, &mut Cursors::default()).unwrap();
+        assert_eq!(p.output_level, 1);
+        assert_eq!(p.inputs.len(), 1 + LEVEL0_MAX_RUNS + 4);
     }
 
     #[test]
