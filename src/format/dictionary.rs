@@ -6,12 +6,11 @@
 //! compress as well as large ones. Each segment that uses one stores it (see
 //! `docs/format-segment.md`), so a segment is readable on its own.
 
-use std::cell::RefCell;
 use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use zstd::zstd_safe::{self, CCtx, CDict, DCtx, DDict};
+use zstd::zstd_safe::{self, CCtx, CDict, DDict};
 
 /// Compresses blocks with one dictionary.
 pub struct DictEncoder {
@@ -62,11 +61,6 @@ impl std::fmt::Debug for DictDecoder {
     }
 }
 
-thread_local! {
-    // A decompression context is costly to create and not shareable: one per thread.
-    static DCTX: RefCell<Option<DCtx<'static>>> = const { RefCell::new(None) };
-}
-
 impl DictDecoder {
     /// A decoder for `dict`; `None` if zstd rejects it.
     pub fn new(dict: &[u8]) -> Option<Self> {
@@ -104,20 +98,9 @@ impl DictDecoder {
 
     /// Decompresses `body`, which must expand to exactly `raw_len` bytes.
     pub fn decompress(&self, body: &[u8], raw_len: usize) -> Result<Vec<u8>, &'static str> {
-        DCTX.with(|cell| {
-            let mut slot = cell.try_borrow_mut().map_err(|_| "decoder busy")?;
-            if slot.is_none() {
-                *slot = Some(DCtx::try_create().ok_or("zstd context allocation failed")?);
-            }
-            let dctx = slot.as_mut().ok_or("zstd context missing")?;
-            let mut out = Vec::with_capacity(raw_len);
-            let n = dctx
-                .decompress_using_ddict(&mut out, body, &self.ddict)
-                .map_err(|_| "zstd dictionary decode failed")?;
-            if n != raw_len {
-                return Err("uncompressed length mismatch");
-            }
-            Ok(out)
+        super::zstd_contexts::decompress_with(raw_len, |dctx, out| {
+            dctx.decompress_using_ddict(out, body, &self.ddict)
+                .map_err(|_| "zstd dictionary decode failed")
         })
     }
 }

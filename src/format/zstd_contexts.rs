@@ -27,8 +27,14 @@ pub fn compress(body: &[u8], level: i32) -> Option<Vec<u8>> {
     })
 }
 
-/// `body` decompressed; it must expand to exactly `raw_len` bytes.
-pub fn decompress(body: &[u8], raw_len: usize) -> Result<Vec<u8>, &'static str> {
+/// Runs `decode` with this thread's decompression context and a buffer of `raw_len` bytes'
+/// capacity; the decoded length must be exactly `raw_len`. Shared by blocks with and without
+/// a dictionary (`DictDecoder::decompress`): a dictionary given per call does not stay with
+/// the context.
+pub fn decompress_with(
+    raw_len: usize,
+    decode: impl FnOnce(&mut DCtx<'static>, &mut Vec<u8>) -> Result<usize, &'static str>,
+) -> Result<Vec<u8>, &'static str> {
     DCTX.with(|cell| {
         let mut slot = cell.try_borrow_mut().map_err(|_| "decoder busy")?;
         if slot.is_none() {
@@ -36,13 +42,17 @@ pub fn decompress(body: &[u8], raw_len: usize) -> Result<Vec<u8>, &'static str> 
         }
         let dctx = slot.as_mut().ok_or("zstd context missing")?;
         let mut out = Vec::with_capacity(raw_len);
-        let n = dctx
-            .decompress(&mut out, body)
-            .map_err(|_| "zstd decode failed")?;
-        if n != raw_len {
+        if decode(dctx, &mut out)? != raw_len {
             return Err("uncompressed length mismatch");
         }
         Ok(out)
+    })
+}
+
+/// `body` decompressed; it must expand to exactly `raw_len` bytes.
+pub fn decompress(body: &[u8], raw_len: usize) -> Result<Vec<u8>, &'static str> {
+    decompress_with(raw_len, |dctx, out| {
+        dctx.decompress(out, body).map_err(|_| "zstd decode failed")
     })
 }
 
