@@ -131,7 +131,7 @@ pub(crate) fn edit_in(
         return Err(Error::IdOutOfRange {
             conversation: conv,
             id,
-            last: MessageId(txn.last_id(conv)),
+            last: MessageId(txn.last_id(conv)?),
         });
     };
     allowed(&m)?;
@@ -209,12 +209,16 @@ impl Iterator for Export {
             }
             let conv = self.conv;
             let from = self.cursor;
-            let page = self.store.engine().read_relative(conv, |last| {
-                Ok((from + 1, from.saturating_add(EXPORT_PAGE as u64).min(last)))
+            let mut last = 0;
+            let page = self.store.engine().read_relative(conv, |last_id| {
+                last = last_id;
+                Ok((
+                    from + 1,
+                    from.saturating_add(EXPORT_PAGE as u64).min(last_id),
+                ))
             });
             match page {
                 Ok(p) => {
-                    let last = self.store.last_id(conv).0;
                     let end = from.saturating_add(EXPORT_PAGE as u64);
                     if end >= last {
                         self.done = true;
@@ -304,9 +308,10 @@ impl Store {
         self.engine().write(messages)
     }
 
-    /// The conversation's last message id (`MessageId(0)` if it has no messages).
-    pub fn last_id(&self, conv: ConversationId) -> MessageId {
-        MessageId(self.engine().last_id(conv))
+    /// The conversation's last message id (`MessageId(0)` if it has no messages). An error
+    /// when an index it needs cannot be read from disk.
+    pub fn last_id(&self, conv: ConversationId) -> Result<MessageId> {
+        Ok(MessageId(self.engine().last_id(conv)?))
     }
 
     /// The message with `id`, if it exists.

@@ -58,7 +58,9 @@ fn a_panicking_flush_poisons_the_store_and_writers_get_an_error_instead_of_waiti
     drop(store);
     fs.clear_faults();
     let store = Store::open_with(DIR, options(&fs)).unwrap();
-    let stored: u64 = (0..7).map(|c| store.last_id(ConversationId(c)).0).sum();
+    let stored: u64 = (0..7)
+        .map(|c| store.last_id(ConversationId(c)).unwrap().0)
+        .sum();
     assert_eq!(stored, acked);
 }
 
@@ -146,6 +148,6 @@ fn a_panic_inside_a_group_commit_fails_its_writers_instead_of_hanging_them() {
     fs.clear_faults();
     let store = Store::open_with(DIR, options(&fs)).unwrap();
     let acked = results.iter().filter(|r| r.is_ok()).count() as u64;
-    assert_eq!(store.last_id(ConversationId(1)).0, 1);
-    assert_eq!(store.last_id(ConversationId(2)).0, acked);
+    assert_eq!(store.last_id(ConversationId(1)).unwrap().0, 1);
+    assert_eq!(store.last_id(ConversationId(2)).unwrap().0, acked);
 }

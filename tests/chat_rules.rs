@@ -155,7 +155,7 @@ fn retried_sends_return_the_original_also_after_restart() {
         .map(|s| s.message)
         .unwrap();
     assert_eq!(again, first);
-    assert_eq!(chat.store().last_id(conv), MessageId(2));
+    assert_eq!(chat.store().last_id(conv).unwrap(), MessageId(2));
     assert!(matches!(
         chat.send_with_key(conv, NewMessage::text(A, "x"), "")
             .map(|s| s.message),
@@ -353,7 +353,7 @@ fn a_retried_send_whose_original_expired_gets_a_clear_error() {
         other => panic!("expected Error::Expired, got {other:?}"),
     }
     assert_eq!(
-        chat.store().last_id(conv),
+        chat.store().last_id(conv).unwrap(),
         sent.id,
         "the retry appended nothing"
     );

@@ -50,7 +50,7 @@ fn child_writer() {
     let mut n = 0u64;
     loop {
         let conv = n % 5;
-        let next = store.last_id(ConversationId(conv)).0 + 1;
+        let next = store.last_id(ConversationId(conv)).unwrap().0 + 1;
         let m = store
             .append(
                 ConversationId(conv),

@@ -222,7 +222,7 @@ mod seeds {
     use chatstore::format::coding::{put_u32, put_u64, put_varint};
     use chatstore::format::dictionary::DictEncoder;
     use chatstore::format::manifest::{self, ManifestState, SegmentRecord};
-    use chatstore::format::segment::{SegmentWriter, SEGMENT_MAGIC, SEGMENT_VERSION};
+    use chatstore::format::segment::{SegmentWriter, SEGMENT_MAGIC};
     use chatstore::format::state_block::StateBlockBuilder;
     use chatstore::format::{batch, wal};
     use chatstore::fs::WritableFile;
@@ -268,11 +268,13 @@ mod seeds {
         body
     }
 
-    /// A segment whose only content is `stored` as its one state block (first key empty).
+    /// A segment whose only content is `stored` as its one state block (first key empty), in
+    /// the version-1 layout (84-byte footer), which readers still accept.
     fn segment_with_state_block(stored: &[u8]) -> Vec<u8> {
+        const SEGMENT_V1: u32 = 1;
         let mut seg = Vec::new();
         put_u64(&mut seg, SEGMENT_MAGIC);
-        put_u32(&mut seg, SEGMENT_VERSION);
+        put_u32(&mut seg, SEGMENT_V1);
         put_u32(&mut seg, 0);
         let offset = seg.len();
         seg.extend_from_slice(stored);
@@ -296,7 +298,7 @@ mod seeds {
         put_u32(&mut seg, 0);
         put_u64(&mut seg, 0);
         put_u32(&mut seg, index_crc);
-        put_u32(&mut seg, SEGMENT_VERSION);
+        put_u32(&mut seg, SEGMENT_V1);
         let footer_crc = crc32fast::hash(&seg[footer..]);
         put_u32(&mut seg, footer_crc);
         put_u64(&mut seg, SEGMENT_MAGIC);

@@ -143,7 +143,7 @@ fn works_beside_a_live_writer_and_round_trips_exports() {
     let first = run(&["export", d, "1"]);
     assert!(first.status.success(), "{first:?}");
     let lines = String::from_utf8_lossy(&first.stdout).lines().count();
-    assert_eq!(lines as u64, live.last_id(ConversationId(1)).0);
+    assert_eq!(lines as u64, live.last_id(ConversationId(1)).unwrap().0);
     drop(live);
     let file = dir.path().join("conv1.jsonl");
     std::fs::write(&file, &first.stdout).unwrap();

@@ -141,3 +141,72 @@ fn the_block_cache_gets_what_memtables_and_indexes_leave_of_the_budget() {
     assert!(store.stats().block_cache_misses > 0);
     store.close().unwrap();
 }
+
+/// Opening a store reads no segment's block or conversation index: each is read at the first
+/// lookup that needs it, and charged to the budget then (the cache shrinks by what it takes).
+#[test]
+fn reopening_reads_segment_indexes_at_their_first_lookup_and_charges_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || Options {
+        memory_budget_bytes: 8 << 20,
+        memtable_bytes: 1 << 20,
+        // Six level-0 segments stay as they are: a compaction's outputs load their indexes.
+        background_compaction: false,
+        ..Options::default()
+    };
+    let convs = 4_000u64;
+    let store = Store::open_with(dir.path(), options()).unwrap();
+    for round in 0..6u64 {
+        let batch: Vec<_> = (0..convs)
+            .map(|c| {
+                let text = format!("message {round} of conversation {c}, some words to store");
+                (
+                    ConversationId(c + 1),
+                    NewMessage::text(UserId(c % 13 + 1), &text),
+                )
+            })
+            .collect();
+        store.append_batch(batch).unwrap();
+        store.flush().unwrap();
+    }
+    let loaded = store.stats();
+    assert!(loaded.segments >= 2, "{} segments", loaded.segments);
+    store.close().unwrap();
+
+    let store = Store::open_with(dir.path(), options()).unwrap();
+    let opened = store.stats();
+    assert_eq!(opened.segments, loaded.segments);
+    // Footers and state indexes only: the conversation indexes alone hold 24 bytes per
+    // conversation of each segment.
+    let conv_index_bytes = 24 * convs * opened.segments as u64;
+    assert!(
+        opened.memory_index_bytes < conv_index_bytes / 4,
+        "{} bytes of indexes resident at open, {} once loaded",
+        opened.memory_index_bytes,
+        loaded.memory_index_bytes
+    );
+    // One read loads the indexes of the segments it looks at; the next read charges them.
+    let newest = store.latest(ConversationId(17), 10).unwrap();
+    assert_eq!(newest.len(), 6);
+    assert_eq!(store.last_id(ConversationId(convs)).unwrap().0, 6);
+    let read = store.stats();
+    assert!(
+        read.memory_index_bytes >= opened.memory_index_bytes + conv_index_bytes,
+        "{} bytes of indexes after reads, {} at open",
+        read.memory_index_bytes,
+        opened.memory_index_bytes
+    );
+    assert_eq!(opened.memory_charged_bytes, 8 << 20);
+    assert_eq!(
+        read.memory_charged_bytes,
+        8 << 20,
+        "still within the budget"
+    );
+    assert!(
+        read.block_cache_capacity <= opened.block_cache_capacity - conv_index_bytes,
+        "the cache gave way to the indexes read: {} then {}",
+        opened.block_cache_capacity,
+        read.block_cache_capacity
+    );
+    store.close().unwrap();
+}

@@ -48,7 +48,7 @@ fn checkpoint_under_load_is_a_consistent_prefix() {
     let cp = dir.path().join("checkpoint");
     let acked_before: Vec<(u64, u64)> = (0..3u64)
         .flat_map(|t| (0..4).map(move |k| t * 10 + k))
-        .map(|c| (c, store.last_id(ConversationId(c)).0))
+        .map(|c| (c, store.last_id(ConversationId(c)).unwrap().0))
         .collect();
     store.checkpoint(&cp).unwrap();
     stop.store(true, Ordering::Relaxed);
@@ -207,7 +207,7 @@ fn read_only_open_works_beside_the_writer() {
         ..small()
     };
     let reader = Store::open_with(dir.path(), ro).unwrap();
-    assert_eq!(reader.last_id(ConversationId(2)), MessageId(401));
+    assert_eq!(reader.last_id(ConversationId(2)).unwrap(), MessageId(401));
     assert!(matches!(
         reader.append(ConversationId(2), NewMessage::text(UserId(1), "no")),
         Err(Error::ReadOnly)

@@ -152,7 +152,11 @@ fn read_all(store: &Store, ctx: &str) -> Model {
         let ids: Vec<u64> = msgs.iter().map(|m| m.id.0).collect();
         let want: Vec<u64> = (1..=msgs.len() as u64).collect();
         assert_eq!(ids, want, "{ctx}: conversation {c} ids are not gapless");
-        assert_eq!(store.last_id(conv).0, msgs.len() as u64, "{ctx}: conv {c}");
+        assert_eq!(
+            store.last_id(conv).unwrap().0,
+            msgs.len() as u64,
+            "{ctx}: conv {c}"
+        );
         for m in &msgs {
             assert_eq!(m.conversation, conv, "{ctx}");
         }

@@ -6,8 +6,9 @@
 //! - A flipped bit inside a complete WAL record before the end is `Error::Corruption` naming
 //!   the WAL file and the record's offset.
 //! - A flipped bit in a segment block makes the read that touches it fail with
-//!   `Error::Corruption` naming the segment; a flipped bit in a segment's indexes or footer
-//!   fails the open the same way. Nothing panics.
+//!   `Error::Corruption` naming the segment; so does a flipped bit in its block or
+//!   conversation index (read at the first lookup, not at open), for every read; a flipped
+//!   bit in its state index or footer fails the open the same way. Nothing panics.
 
 #[path = "common/watchdog.rs"]
 mod watchdog;
@@ -17,7 +18,7 @@ use std::time::Duration;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use chatstore::format::segment::{FOOTER_LEN as SEGMENT_FOOTER, HEADER_LEN as SEGMENT_HEADER};
+use chatstore::format::segment::{FOOTER_V1_LEN, HEADER_LEN as SEGMENT_HEADER};
 use chatstore::format::wal::{FILE_HEADER_LEN as WAL_HEADER, RECORD_HEADER_LEN as RECORD_HEADER};
 use chatstore::{ConversationId, Error, Message, NewMessage, Options, Store, UserId};
 use rand::rngs::StdRng;
@@ -334,8 +335,11 @@ fn a_flipped_bit_in_a_segment_is_corruption_naming_the_segment() {
     let seg_path = newest(src.path(), "seg");
     let name = seg_path.file_name().unwrap_or_default();
     let seg = std::fs::read(&seg_path).unwrap_or_else(|e| panic!("read segment: {e}"));
-    let index_start = u64_at(&seg, seg.len() - SEGMENT_FOOTER);
-    assert!(SEGMENT_HEADER < index_start && index_start < seg.len());
+    // The last 84 bytes of the footer hold the offsets of the indexes in either version.
+    let index_start = u64_at(&seg, seg.len() - FOOTER_V1_LEN);
+    let state_index_start = u64_at(&seg, seg.len() - FOOTER_V1_LEN + 32);
+    assert!(SEGMENT_HEADER < index_start && index_start < state_index_start);
+    assert!(state_index_start < seg.len());
     let mut rng = StdRng::seed_from_u64(3);
     let mut positions: Vec<usize> = (0..60)
         .map(|_| rng.gen_range(SEGMENT_HEADER..index_start))
@@ -344,12 +348,18 @@ fn a_flipped_bit_in_a_segment_is_corruption_naming_the_segment() {
     let mut index_positions: Vec<usize> = (0..30)
         .map(|_| rng.gen_range(index_start..seg.len()))
         .collect();
-    index_positions.extend([index_start, seg.len() - 1]);
+    index_positions.extend([
+        index_start,
+        state_index_start - 1,
+        state_index_start,
+        seg.len() - 1,
+    ]);
     for (byte, in_blocks) in positions
         .into_iter()
         .map(|p| (p, true))
         .chain(index_positions.into_iter().map(|p| (p, false)))
     {
+        let in_message_index = (index_start..state_index_start).contains(&byte);
         let bit = rng.gen_range(0..8);
         let ctx = format!("segment byte {byte} bit {bit}");
         let dir = tempdir();
@@ -360,16 +370,39 @@ fn a_flipped_bit_in_a_segment_is_corruption_naming_the_segment() {
         std::fs::write(&path, &bad).unwrap_or_else(|e| panic!("write: {e}"));
         let store = match Store::open(dir.path()) {
             Ok(store) => store,
-            Err(Error::Corruption { path: p, .. }) if !in_blocks => {
+            Err(Error::Corruption { path: p, .. }) if !in_blocks && !in_message_index => {
                 assert_eq!(p, path, "{ctx}");
                 continue;
             }
             Err(e) => panic!("{ctx}: open: {e}"),
         };
         assert!(
-            in_blocks,
-            "{ctx}: damage to the indexes or footer went unnoticed"
+            in_blocks || in_message_index,
+            "{ctx}: damage to the state index or footer went unnoticed"
         );
+        if in_message_index {
+            // The block and conversation indexes are read at the first lookup: every read
+            // that needs them reports the damage, at the index's offset.
+            for c in 1..=CONVS {
+                let conv = ConversationId(c);
+                for outcome in [
+                    store.last_id(conv).map(|_| ()),
+                    store.latest(conv, 10).map(|_| ()),
+                    store.get(conv, model[&c][0].id).map(|_| ()),
+                ] {
+                    match outcome {
+                        Err(Error::Corruption {
+                            path: p, offset, ..
+                        }) => {
+                            assert_eq!(p, path, "{ctx}");
+                            assert_eq!(offset as usize, index_start, "{ctx}");
+                        }
+                        other => panic!("{ctx}: conversation {c}: {other:?}"),
+                    }
+                }
+            }
+            continue;
+        }
         // Every block is read: exactly the reads of the damaged block fail, naming the file.
         let mut failed = 0;
         for c in 1..=CONVS {

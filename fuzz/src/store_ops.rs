@@ -468,7 +468,9 @@ impl Harness {
     fn check_all_of(&self, store: &Store, what: &str) {
         for conv in CONVS {
             let len = self.len(conv);
-            let last = store.last_id(ConversationId(conv)).0;
+            let last = store
+                .last_id(ConversationId(conv))
+                .map_or(u64::MAX, |id| id.0);
             if last != len {
                 self.fail(format!(
                     "{what}: last_id of conversation {conv} is {last}, model has {len}"
@@ -708,7 +710,10 @@ impl Harness {
                         "get of conversation {conv} id {id} (last {last}) returned {other:?}"
                     )),
                 }
-                let got_last = self.store().last_id(ConversationId(conv)).0;
+                let got_last = self
+                    .store()
+                    .last_id(ConversationId(conv))
+                    .map_or(u64::MAX, |id| id.0);
                 if got_last != last {
                     self.fail(format!("last_id of {conv} is {got_last}, model has {last}"));
                 }

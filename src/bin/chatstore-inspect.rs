@@ -179,9 +179,10 @@ fn dump_segment(file: &Path, json: bool) -> Result<(), Failure> {
         })
     })?;
     let seg = SegmentReader::open(file, std::sync::Arc::new(Bytes::from(data)))?;
+    let index = seg.indexes()?;
     let mut blocks = Vec::new();
     for b in 0..seg.block_count() {
-        let h = seg.block_handle(b);
+        let h = index.block_handle(b);
         let block = seg.read_block(b)?;
         let runs: Vec<Value> = block
             .runs()
@@ -200,7 +201,7 @@ fn dump_segment(file: &Path, json: bool) -> Result<(), Failure> {
     }
     let mut conversations = Vec::new();
     for i in 0..seg.conversation_count() {
-        let (c, first, last) = seg.conversation_entry(i);
+        let (c, first, last) = index.conversation_entry(i);
         conversations.push(json!([c.0, first, last]));
     }
     let mut state_blocks = Vec::new();
@@ -429,7 +430,7 @@ fn from_json(v: &Value) -> Option<Message> {
 
 fn export(dir: &Path, conv: ConversationId) -> Result<(), Failure> {
     let store = open_read_only(dir)?;
-    let bar = progress_bar(store.last_id(conv).0, "exporting");
+    let bar = progress_bar(store.last_id(conv)?.0, "exporting");
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     for m in store.export(conv) {

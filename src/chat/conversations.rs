@@ -247,7 +247,7 @@ impl ChatStore {
             if txn_link(txn, user, conv)?.is_some_and(|l| l.is_member()) {
                 return Ok(());
             }
-            let last = txn.last_id(conv);
+            let last = txn.last_id(conv)?;
             join(txn, conv, user, last)
         })
     }
@@ -266,7 +266,7 @@ impl ChatStore {
             let mut link = txn_member_link(txn, user, conv)?;
             // removed_at 0 means "member", so a removal before any message records the
             // membership as ended by keeping no visible id: joined_after == removed_at.
-            let last = txn.last_id(conv);
+            let last = txn.last_id(conv)?;
             link.removed_at = last.max(1);
             if last == 0 {
                 link.joined_after = 1;

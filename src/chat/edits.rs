@@ -99,7 +99,7 @@ impl ChatStore {
                 return Err(Error::IdOutOfRange {
                     conversation: conv,
                     id,
-                    last: MessageId(txn.last_id(conv)),
+                    last: MessageId(txn.last_id(conv)?),
                 });
             }
             txn.put(keys::reaction(conv, id, user), emoji)

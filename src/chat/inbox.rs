@@ -54,7 +54,7 @@ impl ChatStore {
             if !link.is_member() {
                 continue;
             }
-            let last = snap.last_id(conv);
+            let last = snap.last_id(conv)?;
             let visible = link.visible_last(last);
             let last_message = if visible > link.joined_after {
                 snap.read_range(conv, visible, visible)?.pop()

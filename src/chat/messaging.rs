@@ -156,7 +156,7 @@ impl ChatStore {
         let snap = self.store.read_view();
         let link = self.link_in(&snap, user, conv)?;
         let first = link.joined_after + 1;
-        let last = link.visible_last(snap.last_id(conv));
+        let last = link.visible_last(snap.last_id(conv)?);
         let (lo, hi) = range(first, last)?;
         let (lo, hi) = (lo.max(first), hi.min(last));
         if lo > hi {

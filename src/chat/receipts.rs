@@ -55,7 +55,7 @@ impl ChatStore {
     fn mark(&self, user: UserId, conv: ConversationId, id: MessageId, mark: Mark) -> Result<bool> {
         self.store.transact(move |txn| {
             let mut link = txn_member_link(txn, user, conv)?;
-            let last = txn.last_id(conv);
+            let last = txn.last_id(conv)?;
             if id.0 > last {
                 return Err(Error::IdOutOfRange {
                     conversation: conv,
@@ -113,7 +113,7 @@ impl ChatStore {
             return Err(Error::IdOutOfRange {
                 conversation: conv,
                 id,
-                last: MessageId(snap.last_id(conv)),
+                last: MessageId(snap.last_id(conv)?),
             });
         };
         let prefix = keys::members_prefix(conv);

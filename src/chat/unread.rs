@@ -36,7 +36,7 @@ impl ChatStore {
             if !link.is_member() {
                 continue;
             }
-            let last = snap.last_id(conv);
+            let last = snap.last_id(conv)?;
             let floor = link.read_floor().max(snap.first_live_id(conv)? - 1);
             if last <= floor {
                 continue;

@@ -186,16 +186,17 @@ impl Txn<'_> {
     }
 
     /// The conversation's last id including appends made earlier in the group or this txn.
-    pub fn last_id(&self, conv: ConversationId) -> u64 {
+    pub fn last_id(&self, conv: ConversationId) -> Result<u64> {
         if let Some(&id) = self.own_ids.get(&conv) {
-            return id;
+            return Ok(id);
         }
         if let Some(&id) = self.group_ids.get(&conv) {
-            return id;
+            return Ok(id);
         }
-        self.last_ids
-            .get(conv)
-            .unwrap_or_else(|| self.version.last_id(conv))
+        match self.last_ids.get(conv) {
+            Some(id) => Ok(id),
+            None => self.version.last_id(conv),
+        }
     }
 
     /// The current value of state `key`.
@@ -222,7 +223,7 @@ impl Txn<'_> {
     /// transaction's committed messages come back from [`Engine::transact_appending`].
     pub fn append_owned(&mut self, conv: ConversationId, m: NewMessage) -> Result<()> {
         self.engine.check_message(&m)?;
-        let last = self.last_id(conv);
+        let last = self.last_id(conv)?;
         if let Some(r) = m.reply_to {
             if r.0 == 0 || r.0 > last {
                 return Err(Error::IdOutOfRange {
@@ -251,7 +252,7 @@ impl Txn<'_> {
     /// Appends a message exactly as given (id, timestamp, kind, edit), for restoring an
     /// export. Its id must be the conversation's next one.
     pub fn restore(&mut self, m: Message) -> Result<()> {
-        let last = self.last_id(m.conversation);
+        let last = self.last_id(m.conversation)?;
         if m.id.0 != last + 1 {
             return Err(Error::InvalidArgument(format!(
                 "conversation {} continues at id {}, not {}",

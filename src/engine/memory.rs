@@ -56,6 +56,16 @@ impl Engine {
         }
     }
 
+    /// Rebalances if a read loaded segment indexes since the last rebalance (indexes of the
+    /// segments found at open are read at their first lookup). One relaxed load otherwise.
+    pub(crate) fn charge_loaded_indexes(&self) {
+        if self.index_loads.load(Ordering::Relaxed) != 0
+            && self.index_loads.swap(0, Ordering::Relaxed) != 0
+        {
+            self.rebalance_memory();
+        }
+    }
+
     /// Gives the block cache what the budget leaves after the memtables and indexes (evicting
     /// down to it if it shrank). Called after every change of the memtables or of the live
     /// segments.

@@ -66,6 +66,8 @@ pub(crate) struct Engine {
     counters: Counters,
     /// Bytes of every memtable still in memory (see [`Stats::memtable_bytes_held`]).
     memtables_held: Arc<AtomicU64>,
+    /// Bytes of segment indexes read lazily since the memory budget was last rebalanced.
+    index_loads: Arc<AtomicU64>,
     /// The directory lock; released when the store closes, even if handles linger.
     lock: Mutex<Option<Box<dyn DirLock>>>,
 }
@@ -167,8 +169,10 @@ impl Engine {
     }
 
     /// Last message id of `conv` (0 if none).
-    pub(crate) fn last_id(&self, conv: ConversationId) -> u64 {
-        self.current().last_id(conv)
+    pub(crate) fn last_id(&self, conv: ConversationId) -> Result<u64> {
+        let last = self.current().last_id(conv);
+        self.charge_loaded_indexes();
+        last
     }
 
     /// The log sequence number of the last commit record applied.
@@ -196,7 +200,9 @@ impl Engine {
     ) -> Result<Vec<Message>> {
         let mut out =
             Vec::with_capacity(hi.saturating_sub(lo).saturating_add(1).min(1024) as usize);
-        let touched = v.collect(&self.cache, conv, lo, hi, &mut out)?;
+        let touched = v.collect(&self.cache, conv, lo, hi, &mut out);
+        self.charge_loaded_indexes();
+        let touched = touched?;
         self.overlay(v, conv, lo, hi, &mut out)?;
         self.counters.reads.fetch_add(1, Ordering::Relaxed);
         self.counters
@@ -297,7 +303,7 @@ impl Engine {
         range: impl FnOnce(u64) -> Result<(u64, u64)>,
     ) -> Result<Vec<Message>> {
         let v = self.current();
-        let last = v.last_id(conv);
+        let last = v.last_id(conv)?;
         let (lo, hi) = range(last)?;
         self.read_range_in(&v, conv, lo, hi)
     }
@@ -386,7 +392,7 @@ pub(crate) struct Snapshot<'a> {
 
 impl Snapshot<'_> {
     /// Last message id of `conv` (0 if none).
-    pub(crate) fn last_id(&self, conv: ConversationId) -> u64 {
+    pub(crate) fn last_id(&self, conv: ConversationId) -> Result<u64> {
         self.version.last_id(conv)
     }
 
@@ -404,7 +410,7 @@ impl Snapshot<'_> {
     /// above the watermark, then a binary search on timestamps, which grow with ids (unless
     /// the clock stepped back or old messages were imported: then it is an estimate).
     pub(crate) fn first_live_id(&self, conv: ConversationId) -> Result<u64> {
-        let last = self.version.last_id(conv);
+        let last = self.version.last_id(conv)?;
         let expiry = self.engine.expiry(&self.version, conv)?;
         let floor = expiry.floor.min(last + 1);
         let Some(cutoff) = expiry.cutoff else {

@@ -142,6 +142,9 @@ fn open_once(dir: PathBuf, opts: Options) -> Result<Arc<Engine>, OpenFailure> {
         fresh
     };
 
+    // Opening reads no segment's block or conversation index: each is read at its first
+    // lookup, and the bytes loaded are charged to the memory budget at the next read.
+    let index_loads = Arc::new(AtomicU64::new(0));
     let mut segments = Vec::with_capacity(manifest.segments.len());
     for rec in &manifest.segments {
         let path = files::segment_path(&dir, rec.number);
@@ -168,8 +171,9 @@ fn open_once(dir: PathBuf, opts: Options) -> Result<Arc<Engine>, OpenFailure> {
             )
             .into());
         }
-        let reader = SegmentReader::open(&path, data)?;
-        segments.push(Arc::new(Segment::open(
+        let mut reader = SegmentReader::open(&path, data)?;
+        reader.count_index_loads_in(Arc::clone(&index_loads));
+        segments.push(Arc::new(Segment::open_lazily(
             rec.number,
             rec.level,
             reader,
@@ -294,6 +298,7 @@ fn open_once(dir: PathBuf, opts: Options) -> Result<Arc<Engine>, OpenFailure> {
         lifecycle: Lifecycle::default(),
         counters: Counters::default(),
         memtables_held,
+        index_loads,
         lock: Mutex::new(lock),
         opts,
     }))
@@ -372,7 +377,7 @@ fn replay(
                         };
                         let prev = match last.get(&m.conversation) {
                             Some(&id) => id,
-                            None => base.last_id(m.conversation),
+                            None => base.last_id(m.conversation)?,
                         };
                         if m.id.0 != prev + 1 {
                             return Err(Error::corruption(

@@ -37,8 +37,9 @@ pub struct Segment {
     /// due for a rewrite), whatever its first block's codec says (a block that does not
     /// compress is stored raw, which would otherwise look like a flush's output).
     pub compacted: bool,
-    /// Which conversations it may hold, for a level-0 segment (see `ConversationFilter`).
-    filter: Option<ConversationFilter>,
+    /// Which conversations it may hold, for a level-0 segment (see `ConversationFilter`),
+    /// built with its indexes.
+    filter: OnceLock<ConversationFilter>,
     /// Whether it holds any watermark entry, once looked up (see `holds_watermarks`).
     watermarks: OnceLock<bool>,
     obsolete: AtomicBool,
@@ -46,8 +47,24 @@ pub struct Segment {
 }
 
 impl Segment {
-    /// Wraps an open segment, reading its key ranges.
+    /// Wraps a segment just written, loading its indexes (and, at level 0, building its
+    /// conversation filter) now, so that its first readers and the writer do not wait for
+    /// them.
     pub fn open(
+        number: u64,
+        level: u32,
+        reader: SegmentReader,
+        fs: Arc<dyn FileSystem>,
+    ) -> Result<Self> {
+        reader.load_indexes()?;
+        let segment = Self::open_lazily(number, level, reader, fs)?;
+        segment.filter();
+        Ok(segment)
+    }
+
+    /// Wraps an open segment whose indexes are read at the first lookup that needs them (a
+    /// segment found when the store is opened: opening reads no index).
+    pub fn open_lazily(
         number: u64,
         level: u32,
         reader: SegmentReader,
@@ -58,9 +75,9 @@ impl Segment {
             level,
             conversations: reader.conversation_bounds(),
             state_keys: reader.state_bounds()?,
-            first_codec: reader.first_block_codec()?,
+            first_codec: reader.first_block_codec(),
             compacted: false,
-            filter: (level == 0).then(|| ConversationFilter::new(&reader)),
+            filter: OnceLock::new(),
             watermarks: OnceLock::new(),
             reader,
             obsolete: AtomicBool::new(false),
@@ -68,17 +85,34 @@ impl Segment {
         })
     }
 
+    /// The conversation filter of a level-0 segment, built from its conversation index at the
+    /// first call. `None` at deeper levels, or when the index cannot be read (then the lookup
+    /// that follows reports the error).
+    fn filter(&self) -> Option<&ConversationFilter> {
+        if self.level != 0 {
+            return None;
+        }
+        if let Some(f) = self.filter.get() {
+            return Some(f);
+        }
+        let index = self.reader.indexes().ok()?;
+        let n = self.reader.conversation_count();
+        Some(self.filter.get_or_init(|| {
+            ConversationFilter::of(n, (0..n).map(|i| index.conversation_entry(i).0))
+        }))
+    }
+
     /// Whether `conv` lies within this segment's conversation range (and, for a level-0
     /// segment, passes its filter): `false` means the segment has no message of it.
     pub fn may_hold(&self, conv: ConversationId) -> bool {
         self.conversations
             .is_some_and(|(lo, hi)| lo <= conv && conv <= hi)
-            && self.filter.as_ref().is_none_or(|f| f.may_hold(conv))
+            && self.filter().is_none_or(|f| f.may_hold(conv))
     }
 
     /// Memory it keeps while open: its indexes and footer, and its conversation filter.
     pub fn resident_bytes(&self) -> u64 {
-        let filter = self.filter.as_ref().map_or(0, |f| f.bits.len() * 8);
+        let filter = self.filter.get().map_or(0, |f| f.bits.len() * 8);
         (self.reader.resident_bytes() as u64).saturating_add(filter as u64)
     }
 
@@ -97,7 +131,8 @@ impl Segment {
         hi: u64,
         out: &mut Vec<Message>,
     ) -> Result<bool> {
-        let Some((first, last)) = self.reader.conversation_range(conv) else {
+        let index = self.reader.indexes()?;
+        let Some((first, last)) = index.conversation_range(conv) else {
             return Ok(false);
         };
         let from = lo.max(first);
@@ -105,7 +140,7 @@ impl Segment {
         if from > to {
             return Ok(false);
         }
-        let Some(mut b) = self.reader.find_block(conv, from) else {
+        let Some(mut b) = index.find_block(conv, from) else {
             return Ok(false);
         };
         let want = (to - from + 1) as usize;
@@ -152,11 +187,6 @@ struct ConversationFilter {
 }
 
 impl ConversationFilter {
-    fn new(reader: &SegmentReader) -> Self {
-        let n = reader.conversation_count();
-        Self::of(n, (0..n).map(|i| reader.conversation_entry(i).0))
-    }
-
     /// A filter of `n` conversations.
     fn of(n: usize, convs: impl Iterator<Item = ConversationId>) -> Self {
         let words = n.saturating_mul(8).div_ceil(64).max(1).next_power_of_two();
@@ -316,24 +346,24 @@ pub fn sort_by_age(segments: &mut [Arc<Segment>]) {
 impl Version {
     /// The last message id of `conv` (0 if it has none). Looks newest-first and stops at the
     /// first place that holds the conversation, since newer places hold higher ids.
-    pub fn last_id(&self, conv: ConversationId) -> u64 {
+    pub fn last_id(&self, conv: ConversationId) -> Result<u64> {
         if let Some((_, last)) = self.active.range(conv) {
-            return last;
+            return Ok(last);
         }
         for m in self.frozen.iter().rev() {
             if let Some((_, last)) = m.range(conv) {
-                return last;
+                return Ok(last);
             }
         }
         for s in self.segments.iter().rev() {
             if !s.may_hold(conv) {
                 continue;
             }
-            if let Some((_, last)) = s.reader.conversation_range(conv) {
-                return last;
+            if let Some((_, last)) = s.reader.conversation_range(conv)? {
+                return Ok(last);
             }
         }
-        0
+        Ok(0)
     }
 
     /// Whether any source holds engine-reserved state (edits, deletes, retention), so reads
@@ -458,7 +488,7 @@ impl Version {
                 if !s.may_hold(conv) {
                     continue;
                 }
-                let Some((first, last)) = s.reader.conversation_range(conv) else {
+                let Some((first, last)) = s.reader.conversation_range(conv)? else {
                     continue;
                 };
                 if first <= hi && last >= lo {

@@ -24,11 +24,14 @@
 //! with positioned reads when needed.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
-use super::block::{pack, unpack, Block, BlockBuilder, BLOCK_TRAILER_LEN, MAX_BLOCK_LEN};
+use super::block::{
+    pack, stored_codec, unpack, Block, BlockBuilder, BLOCK_TRAILER_LEN, MAX_BLOCK_LEN,
+};
 use super::coding::{get_u32, get_u64, put_u32, put_u64};
 use super::coding::{put_varint, Reader};
 use super::compression::Compression;
@@ -41,12 +44,17 @@ use crate::types::{ConversationId, Message, MessageRef};
 
 /// "CHATSEG" and a format byte, as a little-endian u64.
 pub const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"CHATSEG\x01");
-/// The newest segment format version this build writes and reads.
-pub const SEGMENT_VERSION: u32 = 1;
+/// The newest segment format version this build writes and reads (it reads version 1 too).
+pub const SEGMENT_VERSION: u32 = 2;
 /// Size of the file header.
 pub const HEADER_LEN: usize = 16;
-/// Size of the footer.
-pub const FOOTER_LEN: usize = 84;
+/// Size of the footer this build writes (version 2).
+pub const FOOTER_LEN: usize = 108;
+/// Size of a version-1 footer: the last 84 bytes of a version-2 one, whose first 24 bytes
+/// (the extension) it lacks.
+pub const FOOTER_V1_LEN: usize = 84;
+/// The footer's `first_codec` when the segment has no message block.
+const NO_CODEC: u32 = u32::MAX;
 /// Size of a state index entry.
 pub const STATE_ENTRY_LEN: usize = 16;
 /// Target uncompressed size of a state block (small: state is read by point lookups).
@@ -90,6 +98,8 @@ pub struct SegmentWriter {
     last_state_key: Vec<u8>,
     dict: Option<DictEncoder>,
     dict_at: (u64, u32),
+    /// Codec byte of the first message block written, recorded in the footer.
+    first_codec: Option<u8>,
     summary: SegmentSummary,
 }
 
@@ -153,6 +163,7 @@ impl SegmentWriter {
             last_state_key: Vec::new(),
             dict,
             dict_at,
+            first_codec: None,
             summary: SegmentSummary::default(),
         }
     }
@@ -255,6 +266,9 @@ impl SegmentWriter {
         }
         let offset = self.offset + self.out.len() as u64;
         self.out.extend_from_slice(stored);
+        if self.first_codec.is_none() {
+            self.first_codec = stored_codec(stored);
+        }
         put_u64(&mut self.block_index, first.conversation.0);
         put_u64(&mut self.block_index, first.first_id);
         put_u64(&mut self.block_index, offset);
@@ -280,6 +294,9 @@ impl SegmentWriter {
         self.block
             .finish_into(self.compression, self.dict.as_mut(), &mut self.out);
         let len = u32_field("bytes of one stored block", self.out.len() - start)?;
+        if self.first_codec.is_none() {
+            self.first_codec = stored_codec(&self.out[start..]);
+        }
         let offset = self.offset + start as u64;
         put_u64(&mut self.block_index, conv.0);
         put_u64(&mut self.block_index, id);
@@ -370,6 +387,7 @@ impl SegmentWriter {
             put_u64(&mut self.out, first);
             put_u64(&mut self.out, last);
         }
+        let message_index_crc = crc32fast::hash(&self.out[index_start..]);
         let state_index_offset = self.offset + self.out.len() as u64;
         let state_start = self.out.len();
         let mut keys = Vec::new();
@@ -392,8 +410,16 @@ impl SegmentWriter {
             "state entries of one segment",
             self.summary.state_entries as usize,
         )?;
-        let index_crc = crc32fast::hash(&self.out[index_start..]);
+        let state_index_crc = crc32fast::hash(&self.out[state_start..]);
         let footer_start = self.out.len();
+        // The extension (version 2): what opening the segment needs without its message
+        // indexes.
+        let first_conv = self.conv_index.first().map_or(0, |c| c.0);
+        let last_conv = self.conv_index.last().map_or(0, |c| c.0);
+        put_u64(&mut self.out, first_conv);
+        put_u64(&mut self.out, last_conv);
+        put_u32(&mut self.out, message_index_crc);
+        put_u32(&mut self.out, self.first_codec.map_or(NO_CODEC, u32::from));
         put_u64(&mut self.out, block_index_offset);
         put_u32(&mut self.out, block_count);
         put_u32(&mut self.out, conv_count);
@@ -405,7 +431,7 @@ impl SegmentWriter {
         put_u32(&mut self.out, state_index_len);
         put_u32(&mut self.out, self.dict_at.1);
         put_u64(&mut self.out, self.dict_at.0);
-        put_u32(&mut self.out, index_crc);
+        put_u32(&mut self.out, state_index_crc);
         put_u32(&mut self.out, SEGMENT_VERSION);
         let footer_crc = crc32fast::hash(&self.out[footer_start..]);
         put_u32(&mut self.out, footer_crc);
@@ -418,27 +444,41 @@ impl SegmentWriter {
     }
 }
 
-/// An open segment: the file, read a block at a time, and its indexes and footer, held in
-/// memory (`meta`).
+/// An open segment: the file, read a block at a time, its footer and state index, held in
+/// memory from the open, and its block and conversation indexes, read at first use.
 #[derive(Debug)]
 pub struct SegmentReader {
     path: PathBuf,
     file: Arc<dyn RandomAccessFile>,
     file_len: u64,
-    /// The file from the block index to the end: indexes, footer.
-    meta: Bytes,
-    // The offsets below are into `meta`.
-    block_index_offset: usize,
+    version: u32,
+    /// The state index and the footer, read when the segment is opened.
+    state_meta: Bytes,
+    state_block_count: usize,
+    /// Where the state index's key area starts in `state_meta`.
+    state_keys_offset: usize,
+    /// Length of the footer at the end of `state_meta`.
+    footer_len: usize,
+    state_entry_count: u64,
+    /// The block index then the conversation index (`block_count * 32 + conv_count * 24`
+    /// bytes at `message_index_offset`), loaded once, at the first lookup that needs them.
+    message_index: OnceLock<Bytes>,
+    message_index_offset: u64,
+    /// The checksum `message_index` must have when it is loaded (version 2; a version-1
+    /// segment's indexes are loaded and checked when it is opened).
+    message_index_crc: u32,
+    /// Where the data area ends: blocks must lie before it.
+    data_end: u64,
     block_count: usize,
-    conv_index_offset: usize,
     conv_count: usize,
     message_count: u64,
     logical_bytes: u64,
-    state_index_offset: usize,
-    state_block_count: usize,
-    state_keys_offset: usize,
-    state_entry_count: u64,
+    conversations: Option<(ConversationId, ConversationId)>,
+    first_codec: Option<u8>,
     dict: Option<Arc<DictDecoder>>,
+    /// Bytes of message indexes loaded after the open are added here (the engine charges them
+    /// to its memory budget).
+    index_loads: Option<Arc<AtomicU64>>,
 }
 
 /// Location and size of one block.
@@ -450,120 +490,260 @@ pub struct BlockHandle {
     pub len: u32,
 }
 
+/// The fields of a footer (either version), as stored.
+struct Footer {
+    block_index_offset: u64,
+    block_count: usize,
+    conv_count: usize,
+    message_count: u64,
+    logical_bytes: u64,
+    state_index_offset: u64,
+    state_block_count: usize,
+    state_entry_count: u64,
+    state_index_len: u64,
+    dict_len: usize,
+    dict_offset: u64,
+    index_crc: u32,
+    /// Version 2 only: (first conversation, last conversation, message index crc, first codec).
+    extension: Option<(u64, u64, u32, u32)>,
+}
+
+impl Footer {
+    /// Reads and checks the footer at the end of the file: magic, checksum, version. Returns
+    /// the bytes read too (the file's tail, which may hold the state index).
+    fn read(
+        path: &Path,
+        file: &dyn RandomAccessFile,
+        file_len: u64,
+    ) -> Result<(u32, Footer, Bytes)> {
+        let corrupt = |offset: u64, why: &str| Error::corruption(path, offset, why);
+        // Read enough for the larger footer at once; a version-1 footer is its last 84 bytes.
+        let tail_len = (FOOTER_LEN as u64).min(file_len - HEADER_LEN as u64) as usize;
+        let tail_at = file_len - tail_len as u64;
+        let tail = file
+            .read_at(tail_at, tail_len)
+            .map_err(|e| Error::io(path, e))?;
+        let base_at = tail_len - FOOTER_V1_LEN;
+        let base = &tail[base_at..];
+        let f = file_len - FOOTER_V1_LEN as u64;
+        if get_u64(base, 76) != Some(SEGMENT_MAGIC) {
+            return Err(corrupt(f, "bad footer magic"));
+        }
+        let version = get_u32(base, 68).unwrap_or(0);
+        let footer_len = match version {
+            1 => FOOTER_V1_LEN,
+            2 => FOOTER_LEN,
+            _ => {
+                // Checked against the footer checksum of the layout this build knows best
+                // first: a damaged version word must read as corruption, not as a newer file.
+                let stored = get_u32(base, 72).unwrap_or(0);
+                let v1_ok = crc32fast::hash(&base[..72]) == stored;
+                let v2_ok =
+                    tail_len == FOOTER_LEN && crc32fast::hash(&tail[..FOOTER_LEN - 12]) == stored;
+                if v1_ok || v2_ok {
+                    return Err(Error::UnsupportedVersion {
+                        path: path.to_path_buf(),
+                        found: version,
+                        supported: SEGMENT_VERSION,
+                    });
+                }
+                return Err(corrupt(f, "footer checksum mismatch"));
+            }
+        };
+        if footer_len > tail_len {
+            return Err(corrupt(0, "file too short to be a segment"));
+        }
+        let footer = &tail[tail_len - footer_len..];
+        let crc_at = footer_len - 12;
+        if crc32fast::hash(&footer[..crc_at]) != get_u32(footer, crc_at).unwrap_or(0) {
+            return Err(corrupt(
+                file_len - footer_len as u64,
+                "footer checksum mismatch",
+            ));
+        }
+        let extension = (version >= 2).then(|| {
+            (
+                get_u64(footer, 0).unwrap_or(0),
+                get_u64(footer, 8).unwrap_or(0),
+                get_u32(footer, 16).unwrap_or(0),
+                get_u32(footer, 20).unwrap_or(0),
+            )
+        });
+        let field = |at: usize| get_u64(base, at).unwrap_or(0);
+        let field32 = |at: usize| get_u32(base, at).unwrap_or(0);
+        Ok((
+            version,
+            Footer {
+                block_index_offset: field(0),
+                block_count: field32(8) as usize,
+                conv_count: field32(12) as usize,
+                message_count: field(16),
+                logical_bytes: field(24),
+                state_index_offset: field(32),
+                state_block_count: field32(40) as usize,
+                state_entry_count: u64::from(field32(44)),
+                state_index_len: u64::from(field32(48)),
+                dict_len: field32(52) as usize,
+                dict_offset: field(56),
+                index_crc: field32(64),
+                extension,
+            },
+            tail.clone(),
+        ))
+    }
+}
+
 impl SegmentReader {
-    /// Checks the footer and index checksum of the segment in `file` and loads its indexes.
+    /// Checks the segment in `file` (footer, state index and its checksum, dictionary) and
+    /// keeps what every lookup needs. The block and conversation indexes of a version-2
+    /// segment are read and checked at the first lookup that needs them (a version-1 segment,
+    /// whose checksum covers every index at once, loads them here).
     pub fn open(path: &Path, file: Arc<dyn RandomAccessFile>) -> Result<Self> {
         let corrupt = |offset: u64, why: &str| Error::corruption(path, offset, why);
         let read =
             |offset: u64, len: usize| file.read_at(offset, len).map_err(|e| Error::io(path, e));
         let file_len = file.len();
-        if file_len < (HEADER_LEN + FOOTER_LEN) as u64 {
+        if file_len < (HEADER_LEN + FOOTER_V1_LEN) as u64 {
             return Err(corrupt(0, "file too short to be a segment"));
         }
         if get_u64(&read(0, HEADER_LEN)?, 0) != Some(SEGMENT_MAGIC) {
             return Err(corrupt(0, "bad segment magic"));
         }
-        let f = file_len - FOOTER_LEN as u64;
-        let footer = read(f, FOOTER_LEN)?;
-        if get_u64(&footer, 76) != Some(SEGMENT_MAGIC) {
-            return Err(corrupt(f, "bad footer magic"));
-        }
-        let footer_crc = get_u32(&footer, 72).unwrap_or(0);
-        if crc32fast::hash(&footer[..72]) != footer_crc {
-            return Err(corrupt(f, "footer checksum mismatch"));
-        }
-        let field = |at: usize| get_u64(&footer, at).unwrap_or(0);
-        let field32 = |at: usize| get_u32(&footer, at).unwrap_or(0);
-        let version = field32(68);
-        if version == 0 || version > SEGMENT_VERSION {
-            return Err(Error::UnsupportedVersion {
-                path: path.to_path_buf(),
-                found: version,
-                supported: SEGMENT_VERSION,
-            });
-        }
-        let block_index_offset = field(0);
-        let block_count = field32(8) as usize;
-        let conv_count = field32(12) as usize;
-        let state_index_offset = field(32);
-        let state_block_count = field32(40) as usize;
-        let state_index_len = u64::from(field32(48));
-        let fixed_len = (block_count as u64)
+        let (version, footer, tail) = Footer::read(path, &*file, file_len)?;
+        let footer_len = if footer.extension.is_some() {
+            FOOTER_LEN
+        } else {
+            FOOTER_V1_LEN
+        };
+        let f = file_len - footer_len as u64;
+        let block_index_offset = footer.block_index_offset;
+        let state_index_offset = footer.state_index_offset;
+        let message_index_len = (footer.block_count as u64)
             .checked_mul(BLOCK_ENTRY_LEN as u64)
-            .and_then(|b| b.checked_add((conv_count as u64).checked_mul(CONV_ENTRY_LEN as u64)?));
-        let state_fixed = (state_block_count as u64).checked_mul(STATE_ENTRY_LEN as u64);
+            .and_then(|b| {
+                b.checked_add((footer.conv_count as u64).checked_mul(CONV_ENTRY_LEN as u64)?)
+            });
+        let state_fixed = (footer.state_block_count as u64).checked_mul(STATE_ENTRY_LEN as u64);
         let bounds_ok = block_index_offset >= HEADER_LEN as u64
-            && fixed_len.and_then(|l| block_index_offset.checked_add(l))
+            && message_index_len.and_then(|l| block_index_offset.checked_add(l))
                 == Some(state_index_offset)
-            && state_index_offset.checked_add(state_index_len) == Some(f)
-            && state_fixed.is_some_and(|l| l <= state_index_len);
+            && state_index_offset.checked_add(footer.state_index_len) == Some(f)
+            && state_fixed.is_some_and(|l| l <= footer.state_index_len);
         if !bounds_ok {
             return Err(corrupt(f, "index bounds do not match the footer"));
         }
         // In bounds of the file (checked above), so these fit in memory-sized integers.
-        let meta_len = (file_len - block_index_offset) as usize;
-        let meta = read(block_index_offset, meta_len)?;
-        let index_len = (f - block_index_offset) as usize;
-        if crc32fast::hash(&meta[..index_len]) != field32(64) {
-            return Err(corrupt(block_index_offset, "index checksum mismatch"));
-        }
-        let dict_len = field32(52) as usize;
-        let dict = if dict_len == 0 {
+        let message_index = OnceLock::new();
+        let (state_meta, message_index_crc) = match footer.extension {
+            Some((_, _, crc, _)) => {
+                let tail_at = file_len - tail.len() as u64;
+                let meta = match state_index_offset.checked_sub(tail_at) {
+                    // The footer read took it all (no state, or little).
+                    Some(within) => tail.slice(within as usize..),
+                    None => read(state_index_offset, (file_len - state_index_offset) as usize)?,
+                };
+                if crc32fast::hash(&meta[..footer.state_index_len as usize]) != footer.index_crc {
+                    return Err(corrupt(state_index_offset, "state index checksum mismatch"));
+                }
+                (meta, crc)
+            }
+            None => {
+                let meta = read(block_index_offset, (file_len - block_index_offset) as usize)?;
+                let index_len = (f - block_index_offset) as usize;
+                let crc = crc32fast::hash(&meta[..index_len]);
+                if crc != footer.index_crc {
+                    return Err(corrupt(block_index_offset, "index checksum mismatch"));
+                }
+                let split = (state_index_offset - block_index_offset) as usize;
+                let _ = message_index.set(meta.slice(..split));
+                (meta.slice(split..), crc32fast::hash(&meta[..split]))
+            }
+        };
+        let dict = if footer.dict_len == 0 {
             None
         } else {
-            let at = field(56);
+            let at = footer.dict_offset;
             let end = at
-                .checked_add(dict_len as u64)
+                .checked_add(footer.dict_len as u64)
                 .filter(|&e| e <= block_index_offset);
             if end.is_none() || at < HEADER_LEN as u64 {
                 return Err(corrupt(f, "dictionary outside the data area"));
             }
-            let raw = unpack(&read(at, dict_len)?, None).map_err(|why| corrupt(at, why))?;
+            let raw = unpack(&read(at, footer.dict_len)?, None).map_err(|why| corrupt(at, why))?;
             Some(
                 DictDecoder::shared(raw)
                     .ok_or_else(|| corrupt(at, "zstd rejects the dictionary"))?,
             )
         };
-        let state_rel = (state_index_offset - block_index_offset) as usize;
-        let reader = SegmentReader {
-            dict,
-            path: path.to_path_buf(),
-            file,
-            file_len,
-            meta,
-            block_index_offset: 0,
-            block_count,
-            conv_index_offset: block_count * BLOCK_ENTRY_LEN,
-            conv_count,
-            message_count: field(16),
-            logical_bytes: field(24),
-            state_index_offset: state_rel,
-            state_block_count,
-            state_keys_offset: state_rel + state_block_count * STATE_ENTRY_LEN,
-            state_entry_count: u64::from(field32(44)),
-        };
-        let data_end = if block_count > 0 || state_block_count > 0 {
+        let data_end = if footer.block_count > 0 || footer.state_block_count > 0 {
             block_index_offset
         } else {
             0
         };
-        for i in 0..block_count {
-            let h = reader.block_handle(i);
-            let end = h.offset.checked_add(u64::from(h.len));
-            if h.offset < HEADER_LEN as u64 || end.is_none_or(|e| e > data_end) {
-                return Err(corrupt(
-                    block_index_offset + (i * BLOCK_ENTRY_LEN) as u64,
-                    "block handle outside the data area",
-                ));
+        let (conversations, first_codec) = match footer.extension {
+            Some((first, last, _, codec)) => {
+                let conversations = (footer.conv_count > 0)
+                    .then_some((ConversationId(first), ConversationId(last)));
+                let first_codec = match codec {
+                    NO_CODEC => None,
+                    c => Some(u8::try_from(c).map_err(|_| corrupt(f, "bad first block codec"))?),
+                };
+                if first > last || first_codec.is_some() != (footer.block_count > 0) {
+                    return Err(corrupt(f, "footer contradicts itself"));
+                }
+                (conversations, first_codec)
             }
+            None => (None, None),
+        };
+        let mut reader = SegmentReader {
+            path: path.to_path_buf(),
+            file,
+            file_len,
+            version,
+            state_meta,
+            state_block_count: footer.state_block_count,
+            state_keys_offset: footer.state_block_count * STATE_ENTRY_LEN,
+            footer_len,
+            state_entry_count: footer.state_entry_count,
+            message_index,
+            message_index_offset: block_index_offset,
+            message_index_crc,
+            data_end,
+            block_count: footer.block_count,
+            conv_count: footer.conv_count,
+            message_count: footer.message_count,
+            logical_bytes: footer.logical_bytes,
+            conversations,
+            first_codec,
+            dict,
+            index_loads: None,
+        };
+        if let Some(index) = reader.message_index.get() {
+            // Version 1: the indexes were read with the state index; check them now, and
+            // take what the footer of version 2 records from them.
+            reader.check_message_index(index)?;
+            reader.conversations = (reader.conv_count > 0).then(|| {
+                (
+                    conv_entry(index, reader.block_count, 0).0,
+                    conv_entry(index, reader.block_count, reader.conv_count - 1).0,
+                )
+            });
+            reader.first_codec = reader.read_first_block_codec()?;
         }
+        reader.check_state_index(state_index_offset)?;
+        Ok(reader)
+    }
+
+    /// Every state index entry points inside the data area, and first keys increase.
+    fn check_state_index(&self, state_index_offset: u64) -> Result<()> {
+        let corrupt = |offset: u64, why: &str| Error::corruption(&self.path, offset, why);
         let mut prev_key: Option<&[u8]> = None;
-        for i in 0..state_block_count {
-            let h = reader.state_handle(i);
+        for i in 0..self.state_block_count {
+            let h = self.state_handle(i);
             let end = h.offset.checked_add(u64::from(h.len));
-            let key = reader.state_first_key(i);
+            let key = self.state_first_key(i);
             let at = state_index_offset + (i * STATE_ENTRY_LEN) as u64;
-            if h.offset < HEADER_LEN as u64 || end.is_none_or(|e| e > data_end) {
+            if h.offset < HEADER_LEN as u64 || end.is_none_or(|e| e > self.data_end) {
                 return Err(corrupt(at, "state block handle outside the data area"));
             }
             match (key, prev_key) {
@@ -574,7 +754,86 @@ impl SegmentReader {
                 (Some(k), _) => prev_key = Some(k),
             }
         }
-        Ok(reader)
+        Ok(())
+    }
+
+    /// Every block handle points inside the data area, and the conversation index agrees with
+    /// the footer's bounds.
+    fn check_message_index(&self, index: &[u8]) -> Result<()> {
+        for i in 0..self.block_count {
+            let h = block_handle_in(index, i);
+            let end = h.offset.checked_add(u64::from(h.len));
+            if h.offset < HEADER_LEN as u64 || end.is_none_or(|e| e > self.data_end) {
+                return Err(Error::corruption(
+                    &self.path,
+                    self.message_index_offset + (i * BLOCK_ENTRY_LEN) as u64,
+                    "block handle outside the data area",
+                ));
+            }
+        }
+        if self.version >= 2 && self.conv_count > 0 {
+            let first = conv_entry(index, self.block_count, 0).0;
+            let last = conv_entry(index, self.block_count, self.conv_count - 1).0;
+            if self.conversations != Some((first, last)) {
+                return Err(Error::corruption(
+                    &self.path,
+                    self.message_index_offset,
+                    "conversation index disagrees with the footer",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads and checks the block and conversation indexes.
+    fn load_message_index(&self) -> Result<Bytes> {
+        let len = (self.block_count * BLOCK_ENTRY_LEN) + (self.conv_count * CONV_ENTRY_LEN);
+        let index = self
+            .file
+            .read_at(self.message_index_offset, len)
+            .map_err(|e| Error::io(&self.path, e))?;
+        if index.len() != len || crc32fast::hash(&index) != self.message_index_crc {
+            return Err(Error::corruption(
+                &self.path,
+                self.message_index_offset,
+                "message index checksum mismatch",
+            ));
+        }
+        self.check_message_index(&index)?;
+        if let Some(loads) = &self.index_loads {
+            loads.fetch_add(len as u64, Ordering::Relaxed);
+        }
+        Ok(index)
+    }
+
+    /// The block and conversation indexes, read at the first call.
+    fn message_index(&self) -> Result<&Bytes> {
+        if let Some(index) = self.message_index.get() {
+            return Ok(index);
+        }
+        let loaded = self.load_message_index()?;
+        Ok(self.message_index.get_or_init(|| loaded))
+    }
+
+    /// Loads the block and conversation indexes now rather than at the first lookup (for a
+    /// segment just written, whose first readers should not pay for it).
+    pub fn load_indexes(&self) -> Result<()> {
+        self.message_index().map(|_| ())
+    }
+
+    /// Whether the block and conversation indexes are in memory.
+    pub fn indexes_loaded(&self) -> bool {
+        self.message_index.get().is_some()
+    }
+
+    /// Adds the bytes of message indexes loaded from now on to `counter`.
+    pub fn count_index_loads_in(&mut self, counter: Arc<AtomicU64>) {
+        self.index_loads = Some(counter);
+    }
+
+    /// The segment format version of the file.
+    pub fn version(&self) -> u32 {
+        self.version
     }
 
     /// Reads the stored bytes (trailer included) of the block at `h`.
@@ -584,13 +843,12 @@ impl SegmentReader {
             .map_err(|e| Error::io(&self.path, e))
     }
 
-    /// The codec byte of the first message block (see `docs/format-segment.md`), `None` when
-    /// the segment has no message blocks.
-    pub fn first_block_codec(&self) -> Result<Option<u8>> {
+    /// Reads the codec byte of the first message block (version 1, whose footer lacks it).
+    fn read_first_block_codec(&self) -> Result<Option<u8>> {
         if self.block_count == 0 {
             return Ok(None);
         }
-        let h = self.block_handle(0);
+        let h = self.block_handle(0)?;
         if h.len < BLOCK_TRAILER_LEN as u32 {
             return Err(Error::corruption(
                 &self.path,
@@ -604,6 +862,12 @@ impl SegmentReader {
             .read_at(at, 1)
             .map_err(|e| Error::io(&self.path, e))?;
         Ok(byte.first().copied())
+    }
+
+    /// The codec byte of the first message block (see `docs/format-segment.md`), `None` when
+    /// the segment has no message blocks.
+    pub fn first_block_codec(&self) -> Option<u8> {
+        self.first_codec
     }
 
     /// The file this segment was read from.
@@ -621,11 +885,11 @@ impl SegmentReader {
         self.logical_bytes
     }
 
-    /// Bytes this reader keeps in memory while open: the file from the block index on
-    /// (indexes and footer). The dictionary is shared by the segments that use it and not
-    /// counted here.
+    /// Bytes this reader keeps in memory while open: the state index and footer, and the
+    /// block and conversation indexes once loaded. The dictionary is shared by the segments
+    /// that use it and not counted here.
     pub fn resident_bytes(&self) -> usize {
-        self.meta.len()
+        self.state_meta.len() + self.message_index.get().map_or(0, Bytes::len)
     }
 
     /// File size.
@@ -660,21 +924,21 @@ impl SegmentReader {
 
     /// Where state block `i` is. REQUIRES: `i < state_block_count()`.
     pub fn state_handle(&self, i: usize) -> BlockHandle {
-        let at = self.state_index_offset + i * STATE_ENTRY_LEN;
+        let at = i * STATE_ENTRY_LEN;
         BlockHandle {
-            offset: get_u64(&self.meta, at).unwrap_or(0),
-            len: get_u32(&self.meta, at + 8).unwrap_or(0),
+            offset: get_u64(&self.state_meta, at).unwrap_or(0),
+            len: get_u32(&self.state_meta, at + 8).unwrap_or(0),
         }
     }
 
     /// The first key of state block `i`, or `None` if the index entry is malformed (checked
     /// for every block when the segment is opened).
     fn state_first_key(&self, i: usize) -> Option<&[u8]> {
-        let at = self.state_index_offset + i * STATE_ENTRY_LEN;
-        let pos = get_u32(&self.meta, at + 12)? as usize;
+        let at = i * STATE_ENTRY_LEN;
+        let pos = get_u32(&self.state_meta, at + 12)? as usize;
         let area = self
-            .meta
-            .get(self.state_keys_offset..self.meta.len() - FOOTER_LEN)?;
+            .state_meta
+            .get(self.state_keys_offset..self.state_meta.len() - self.footer_len)?;
         let mut r = Reader::new(area.get(pos..)?);
         let len = r.len(MAX_KEY_LEN)?;
         r.bytes(len)
@@ -710,49 +974,36 @@ impl SegmentReader {
         StateBlock::decode(body).map_err(|why| Error::corruption(&self.path, h.offset, why))
     }
 
-    /// The (conversation, id) of block `i`'s first row, as the index says.
-    /// REQUIRES: `i < block_count()`.
-    pub fn block_first_key(&self, i: usize) -> (ConversationId, u64) {
-        let (conv, id) = self.block_entry(i);
-        (ConversationId(conv), id)
+    /// The block and conversation indexes, read and checked at the first call; lookups in
+    /// the view cannot fail.
+    pub fn indexes(&self) -> Result<IndexView<'_>> {
+        Ok(IndexView {
+            index: self.message_index()?,
+            blocks: self.block_count,
+            convs: self.conv_count,
+        })
     }
 
-    fn block_entry(&self, i: usize) -> (u64, u64) {
-        let at = self.block_index_offset + i * BLOCK_ENTRY_LEN;
-        (
-            get_u64(&self.meta, at).unwrap_or(0),
-            get_u64(&self.meta, at + 8).unwrap_or(0),
-        )
+    /// The (conversation, id) of block `i`'s first row, as the index says.
+    /// REQUIRES: `i < block_count()`.
+    pub fn block_first_key(&self, i: usize) -> Result<(ConversationId, u64)> {
+        Ok(self.indexes()?.block_first_key(i))
     }
 
     /// Where block `i` is. REQUIRES: `i < block_count()`.
-    pub fn block_handle(&self, i: usize) -> BlockHandle {
-        let at = self.block_index_offset + i * BLOCK_ENTRY_LEN;
-        BlockHandle {
-            offset: get_u64(&self.meta, at + 16).unwrap_or(0),
-            len: get_u32(&self.meta, at + 24).unwrap_or(0),
-        }
+    pub fn block_handle(&self, i: usize) -> Result<BlockHandle> {
+        Ok(self.indexes()?.block_handle(i))
     }
 
     /// The i-th conversation index entry: (conversation, first id, last id).
-    pub fn conversation_entry(&self, i: usize) -> (ConversationId, u64, u64) {
-        let at = self.conv_index_offset + i * CONV_ENTRY_LEN;
-        (
-            ConversationId(get_u64(&self.meta, at).unwrap_or(0)),
-            get_u64(&self.meta, at + 8).unwrap_or(0),
-            get_u64(&self.meta, at + 16).unwrap_or(0),
-        )
+    pub fn conversation_entry(&self, i: usize) -> Result<(ConversationId, u64, u64)> {
+        Ok(self.indexes()?.conversation_entry(i))
     }
 
-    /// The smallest and largest conversation with messages here.
+    /// The smallest and largest conversation with messages here (from the footer: no index
+    /// is read).
     pub fn conversation_bounds(&self) -> Option<(ConversationId, ConversationId)> {
-        if self.conv_count == 0 {
-            return None;
-        }
-        Some((
-            self.conversation_entry(0).0,
-            self.conversation_entry(self.conv_count - 1).0,
-        ))
+        self.conversations
     }
 
     /// The smallest and largest state key here (reads the last state block).
@@ -771,34 +1022,20 @@ impl SegmentReader {
     }
 
     /// The first and last id of `conv` in this segment.
-    pub fn conversation_range(&self, conv: ConversationId) -> Option<(u64, u64)> {
-        let (mut lo, mut hi) = (0, self.conv_count);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            let (c, first, last) = self.conversation_entry(mid);
-            match c.cmp(&conv) {
-                std::cmp::Ordering::Less => lo = mid + 1,
-                std::cmp::Ordering::Greater => hi = mid,
-                std::cmp::Ordering::Equal => return Some((first, last)),
-            }
+    pub fn conversation_range(&self, conv: ConversationId) -> Result<Option<(u64, u64)>> {
+        if self
+            .conversations
+            .is_none_or(|(lo, hi)| conv < lo || conv > hi)
+        {
+            return Ok(None);
         }
-        None
+        Ok(self.indexes()?.conversation_range(conv))
     }
 
     /// The block that holds (conv, id) if the segment has it: the last block whose first key is
     /// not after it.
-    pub fn find_block(&self, conv: ConversationId, id: u64) -> Option<usize> {
-        let key = (conv.0, id);
-        let (mut lo, mut hi) = (0, self.block_count);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if self.block_entry(mid) <= key {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        lo.checked_sub(1)
+    pub fn find_block(&self, conv: ConversationId, id: u64) -> Result<Option<usize>> {
+        Ok(self.indexes()?.find_block(conv, id))
     }
 
     /// Reads, checks and decodes block `i`.
@@ -815,16 +1052,14 @@ impl SegmentReader {
                 "block number out of range",
             ));
         }
-        let h = self.block_handle(i);
+        let index = self.message_index()?;
+        let h = block_handle_in(index, i);
         let stored = self.read_stored(h)?;
         let body = unpack(&stored, self.dict.as_deref())
             .map_err(|why| Error::corruption(&self.path, h.offset, why))?;
         let block =
             Block::decode(body).map_err(|why| Error::corruption(&self.path, h.offset, why))?;
-        let want_rows = get_u32(
-            &self.meta,
-            self.block_index_offset + i * BLOCK_ENTRY_LEN + 28,
-        );
+        let want_rows = get_u32(index, i * BLOCK_ENTRY_LEN + 28);
         if Some(block.rows() as u32) != want_rows {
             return Err(Error::corruption(
                 &self.path,
@@ -834,6 +1069,90 @@ impl SegmentReader {
         }
         Ok((stored, block))
     }
+}
+
+/// A segment's block and conversation indexes, loaded: lookups that cannot fail.
+#[derive(Clone, Copy, Debug)]
+pub struct IndexView<'a> {
+    index: &'a [u8],
+    blocks: usize,
+    convs: usize,
+}
+
+impl IndexView<'_> {
+    /// The (conversation, id) of block `i`'s first row. REQUIRES: `i < block_count()`.
+    pub fn block_first_key(&self, i: usize) -> (ConversationId, u64) {
+        let (conv, id) = block_entry(self.index, i);
+        (ConversationId(conv), id)
+    }
+
+    /// Where block `i` is. REQUIRES: `i < block_count()`.
+    pub fn block_handle(&self, i: usize) -> BlockHandle {
+        block_handle_in(self.index, i)
+    }
+
+    /// The i-th conversation index entry: (conversation, first id, last id).
+    pub fn conversation_entry(&self, i: usize) -> (ConversationId, u64, u64) {
+        conv_entry(self.index, self.blocks, i)
+    }
+
+    /// The first and last id of `conv` in the segment.
+    pub fn conversation_range(&self, conv: ConversationId) -> Option<(u64, u64)> {
+        let (mut lo, mut hi) = (0, self.convs);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let (c, first, last) = self.conversation_entry(mid);
+            match c.cmp(&conv) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Some((first, last)),
+            }
+        }
+        None
+    }
+
+    /// The last block whose first key is not after (conv, id).
+    pub fn find_block(&self, conv: ConversationId, id: u64) -> Option<usize> {
+        let key = (conv.0, id);
+        let (mut lo, mut hi) = (0, self.blocks);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if block_entry(self.index, mid) <= key {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo.checked_sub(1)
+    }
+}
+
+/// Block index entry `i`'s first key, from the loaded message index.
+fn block_entry(index: &[u8], i: usize) -> (u64, u64) {
+    let at = i * BLOCK_ENTRY_LEN;
+    (
+        get_u64(index, at).unwrap_or(0),
+        get_u64(index, at + 8).unwrap_or(0),
+    )
+}
+
+/// Block index entry `i`'s location, from the loaded message index.
+fn block_handle_in(index: &[u8], i: usize) -> BlockHandle {
+    let at = i * BLOCK_ENTRY_LEN;
+    BlockHandle {
+        offset: get_u64(index, at + 16).unwrap_or(0),
+        len: get_u32(index, at + 24).unwrap_or(0),
+    }
+}
+
+/// Conversation index entry `i`, from the loaded message index of a segment of `blocks` blocks.
+fn conv_entry(index: &[u8], blocks: usize, i: usize) -> (ConversationId, u64, u64) {
+    let at = blocks * BLOCK_ENTRY_LEN + i * CONV_ENTRY_LEN;
+    (
+        ConversationId(get_u64(index, at).unwrap_or(0)),
+        get_u64(index, at + 8).unwrap_or(0),
+        get_u64(index, at + 16).unwrap_or(0),
+    )
 }
 
 #[cfg(test)]
@@ -911,11 +1230,14 @@ mod tests {
         assert_eq!(seg.conversation_count(), 4);
         for conv in [1u64, 2, 5, 1000] {
             let want: Vec<&Message> = msgs.iter().filter(|m| m.conversation.0 == conv).collect();
-            let (first, last) = seg.conversation_range(ConversationId(conv)).unwrap();
+            let (first, last) = seg
+                .conversation_range(ConversationId(conv))
+                .unwrap()
+                .unwrap();
             assert_eq!((first, last), (1, want.len() as u64));
             // Every id is found in the block the index points to.
             for m in &want {
-                let b = seg.find_block(m.conversation, m.id.0).unwrap();
+                let b = seg.find_block(m.conversation, m.id.0).unwrap().unwrap();
                 let mut got = Vec::new();
                 seg.read_block(b)
                     .unwrap()
@@ -923,9 +1245,9 @@ mod tests {
                 assert_eq!(got, vec![(*m).clone()]);
             }
         }
-        assert_eq!(seg.conversation_range(ConversationId(3)), None);
-        assert_eq!(seg.conversation_range(ConversationId(0)), None);
-        assert_eq!(seg.find_block(ConversationId(0), 1), None);
+        assert_eq!(seg.conversation_range(ConversationId(3)).unwrap(), None);
+        assert_eq!(seg.conversation_range(ConversationId(0)).unwrap(), None);
+        assert_eq!(seg.find_block(ConversationId(0), 1).unwrap(), None);
     }
 
     #[test]
@@ -937,7 +1259,7 @@ mod tests {
         msgs.push(msg(4, 1));
         let (data, _) = build(&msgs, 1000);
         let seg = SegmentReader::open(Path::new("t.seg"), Arc::new(data)).unwrap();
-        let block = |c: u64, id: u64| seg.find_block(ConversationId(c), id).unwrap();
+        let block = |c: u64, id: u64| seg.find_block(ConversationId(c), id).unwrap().unwrap();
         // Conversation 1 filled more than half a block: conversation 2 starts the next one, so
         // the newest rows of 1 share their block with nobody after them.
         assert_eq!(block(1, 12), 0);
@@ -996,7 +1318,7 @@ mod tests {
         let src = SegmentReader::open(Path::new("src.seg"), Arc::new(data)).unwrap();
         // Rows of conversation 1 before the copies, then every block of the source from the
         // one holding conversation 2 on, then a row after them.
-        let first_copied = src.find_block(ConversationId(2), 1).unwrap();
+        let first_copied = src.find_block(ConversationId(2), 1).unwrap().unwrap();
         let (stored, block) = src.read_block_stored(first_copied).unwrap();
         assert_eq!(block.runs()[0].conversation, ConversationId(2));
         let file = VecFile::default();
@@ -1037,7 +1359,10 @@ mod tests {
         assert!(!direct.is_empty());
         for conv in [1u64, 2, 5, 1000, 2000] {
             let n = want.iter().filter(|m| m.conversation.0 == conv).count() as u64;
-            assert_eq!(out.conversation_range(ConversationId(conv)), Some((1, n)));
+            assert_eq!(
+                out.conversation_range(ConversationId(conv)).unwrap(),
+                Some((1, n))
+            );
         }
     }
 
@@ -1094,6 +1419,205 @@ mod tests {
                 other => panic!("byte {byte}: {other:?}"),
             }
         }
+    }
+
+    /// A file that records the byte ranges read from it.
+    #[derive(Debug)]
+    struct RecordingFile {
+        data: Bytes,
+        reads: Mutex<Vec<(u64, usize)>>,
+    }
+
+    impl RandomAccessFile for RecordingFile {
+        fn len(&self) -> u64 {
+            self.data.len() as u64
+        }
+        fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Bytes> {
+            self.reads
+                .lock()
+                .map_err(|_| std::io::Error::other("poisoned"))?
+                .push((offset, len));
+            self.data.read_at(offset, len)
+        }
+    }
+
+    /// Where the message indexes of `data` (version 2) start and end.
+    fn message_index_span(data: &[u8]) -> (u64, u64) {
+        let footer = &data[data.len() - FOOTER_V1_LEN..];
+        (get_u64(footer, 0).unwrap(), get_u64(footer, 32).unwrap())
+    }
+
+    #[test]
+    fn opening_reads_no_message_index_and_the_first_lookup_reads_it_once() {
+        let msgs = sample();
+        let (data, summary) = build(&msgs, 600);
+        let (start, end) = message_index_span(&data);
+        let file = Arc::new(RecordingFile {
+            data: data.clone(),
+            reads: Mutex::new(Vec::new()),
+        });
+        let seg = SegmentReader::open(Path::new("t.seg"), file.clone()).unwrap();
+        let touches_index = |reads: &[(u64, usize)]| {
+            reads
+                .iter()
+                .filter(|&&(at, len)| at < end && at + len as u64 > start)
+                .count()
+        };
+        assert_eq!(touches_index(&file.reads.lock().unwrap()), 0);
+        assert!(!seg.indexes_loaded());
+        let open_resident = seg.resident_bytes();
+        // What the footer answers needs no index.
+        assert_eq!(
+            seg.conversation_bounds(),
+            Some((ConversationId(1), ConversationId(1000)))
+        );
+        assert_eq!(seg.first_block_codec(), Some(1));
+        assert_eq!(seg.block_count() as u64, summary.blocks);
+        assert_eq!(
+            seg.conversation_range(ConversationId(1_000_000)).unwrap(),
+            None
+        );
+        assert!(!seg.indexes_loaded());
+        // The first lookup loads both indexes, once.
+        assert_eq!(
+            seg.conversation_range(ConversationId(5)).unwrap(),
+            Some((1, 38))
+        );
+        assert!(seg.find_block(ConversationId(1000), 1).unwrap().is_some());
+        assert_eq!(touches_index(&file.reads.lock().unwrap()), 1);
+        assert_eq!(
+            seg.resident_bytes() - open_resident,
+            (end - start) as usize,
+            "the loaded indexes are counted as resident"
+        );
+    }
+
+    #[test]
+    fn a_damaged_message_index_is_reported_at_the_first_lookup_with_its_offset() {
+        let (data, _) = build(&sample(), 600);
+        let (start, end) = message_index_span(&data);
+        for at in [start, (start + end) / 2, end - 1] {
+            let mut bad = data.to_vec();
+            bad[at as usize] ^= 0x10;
+            let seg = SegmentReader::open(Path::new("x.seg"), Arc::new(Bytes::from(bad))).unwrap();
+            for outcome in [
+                seg.conversation_range(ConversationId(5)).map(|_| ()),
+                seg.read_block(0).map(|_| ()),
+                seg.indexes().map(|_| ()),
+            ] {
+                match outcome {
+                    Err(Error::Corruption { offset, .. }) => assert_eq!(offset, start),
+                    other => panic!("byte {at}: {other:?}"),
+                }
+            }
+        }
+    }
+
+    /// `data` (version 2) rewritten in the version-1 layout: no footer extension, one
+    /// checksum over the three indexes.
+    fn as_version_1(data: &[u8]) -> Bytes {
+        let ext_at = data.len() - FOOTER_LEN;
+        let mut out = data[..ext_at].to_vec();
+        let mut footer = data[ext_at + (FOOTER_LEN - FOOTER_V1_LEN)..].to_vec();
+        let (start, _) = message_index_span(data);
+        let index_crc = crc32fast::hash(&out[start as usize..]);
+        footer[64..68].copy_from_slice(&index_crc.to_le_bytes());
+        footer[68..72].copy_from_slice(&1u32.to_le_bytes());
+        let footer_crc = crc32fast::hash(&footer[..72]);
+        footer[72..76].copy_from_slice(&footer_crc.to_le_bytes());
+        out[8..12].copy_from_slice(&1u32.to_le_bytes());
+        out.extend_from_slice(&footer);
+        Bytes::from(out)
+    }
+
+    #[test]
+    fn version_1_segments_still_read_the_same() {
+        let msgs = sample();
+        let (data, _) = build(&msgs, 600);
+        let v2 = SegmentReader::open(Path::new("v2.seg"), Arc::new(data.clone())).unwrap();
+        let v1 = SegmentReader::open(Path::new("v1.seg"), Arc::new(as_version_1(&data))).unwrap();
+        assert_eq!((v1.version(), v2.version()), (1, 2));
+        assert!(v1.indexes_loaded(), "version 1 checks its indexes at open");
+        assert_eq!(v1.conversation_bounds(), v2.conversation_bounds());
+        assert_eq!(v1.first_block_codec(), v2.first_block_codec());
+        assert_eq!(v1.block_count(), v2.block_count());
+        for conv in [0u64, 1, 2, 3, 5, 1000, 1001] {
+            let c = ConversationId(conv);
+            assert_eq!(
+                v1.conversation_range(c).unwrap(),
+                v2.conversation_range(c).unwrap()
+            );
+            assert_eq!(v1.find_block(c, 7).unwrap(), v2.find_block(c, 7).unwrap());
+        }
+        for b in 0..v1.block_count() {
+            let (mut a, mut b2) = (Vec::new(), Vec::new());
+            v1.read_block(b).unwrap().collect_all(&mut a);
+            v2.read_block(b).unwrap().collect_all(&mut b2);
+            assert_eq!(a, b2);
+        }
+    }
+
+    /// The bytes of the example in `docs/format-segment.md`: the hex columns of its dump.
+    fn documented_example() -> Vec<u8> {
+        let doc = include_str!("../../docs/format-segment.md");
+        let example = &doc[doc.find("## Example").unwrap()..];
+        let dump = example.split("```").nth(1).unwrap();
+        let mut bytes = Vec::new();
+        for line in dump.lines().skip(1) {
+            let Some(columns) = line.get(6..) else {
+                continue;
+            };
+            for token in columns.split_whitespace() {
+                match u8::from_str_radix(token, 16) {
+                    Ok(b) if token.len() == 2 => bytes.push(b),
+                    _ => break,
+                }
+            }
+        }
+        bytes
+    }
+
+    #[test]
+    fn the_documented_example_is_what_the_writer_writes() {
+        let row = |conv: u64, id: u64, sender: u64, ms: u64, content: &str| Message {
+            conversation: ConversationId(conv),
+            id: MessageId(id),
+            sender: UserId(sender),
+            timestamp_ms: ms,
+            kind: MessageKind::Normal,
+            content: Bytes::from(content.to_string()),
+            attachment: None,
+            reply_to: None,
+            mentions: Vec::new(),
+            edited_ms: None,
+        };
+        let t0 = 1_700_000_000_000;
+        let mut reply = row(7, 2, 43, t0 + 1500, "ok");
+        reply.reply_to = Some(MessageId(1));
+        let file = VecFile::default();
+        let mut w = SegmentWriter::new(Box::new(file.clone()), Compression::None, 4096);
+        for m in [
+            row(7, 1, 42, t0, "hi"),
+            reply,
+            row(9, 1, 42, t0 + 2000, "yo"),
+        ] {
+            assert!(w.add(&m).unwrap());
+        }
+        assert!(w.add_state(b"dog", Some(b"1")).unwrap());
+        assert!(w.add_state(b"door", None).unwrap());
+        w.finish().unwrap();
+        let written = file.0.lock().unwrap().clone();
+        assert_eq!(
+            documented_example(),
+            written,
+            "docs/format-segment.md, Example"
+        );
+        let seg =
+            SegmentReader::open(Path::new("example.seg"), Arc::new(Bytes::from(written))).unwrap();
+        assert_eq!(
+            seg.conversation_range(ConversationId(7)).unwrap(),
+            Some((1, 2))
+        );
     }
 
     #[test]

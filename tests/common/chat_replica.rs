@@ -53,7 +53,7 @@ pub fn state(chat: &ChatStore, convs: &[ConversationId]) -> State {
 pub fn random_op(rng: &mut StdRng, chat: &ChatStore, convs: &[ConversationId], n: u64) {
     let conv = convs[rng.gen_range(0..convs.len())];
     let user = UserId(rng.gen_range(1..=USERS));
-    let last = chat.store().last_id(conv).0;
+    let last = chat.store().last_id(conv).unwrap().0;
     let result = match rng.gen_range(0..12) {
         0..=5 => {
             let m = NewMessage::text(

@@ -121,7 +121,7 @@ impl ChatBackend for ChatStore {
         ChatStore::conversations_of(self, user)
     }
     fn last_id(&self, conv: ConversationId) -> Result<MessageId> {
-        Ok(self.store().last_id(conv))
+        self.store().last_id(conv)
     }
     fn send(
         &self,

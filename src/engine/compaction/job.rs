@@ -21,7 +21,7 @@ use super::super::Engine;
 use super::split::{self, KeyRange};
 use crate::error::{Error, Result};
 use crate::format::block::{self, Block};
-use crate::format::segment::{SegmentReader, SegmentSummary, SegmentWriter};
+use crate::format::segment::{IndexView, SegmentReader, SegmentSummary, SegmentWriter};
 use crate::options::Compression;
 use crate::types::{ConversationId, Message};
 
@@ -166,6 +166,7 @@ impl<'a> OutputSet<'a> {
 /// if no other input interleaves with it) or row by row.
 struct MessageCursor<'a> {
     reader: &'a SegmentReader,
+    index: IndexView<'a>,
     next_block: usize,
     buf: VecDeque<Message>,
     /// The conversations this cursor hands out (one part of a merge cut in parts).
@@ -175,13 +176,14 @@ struct MessageCursor<'a> {
 impl<'a> MessageCursor<'a> {
     /// A cursor at the first row of `reader` in `range`.
     fn open(reader: &'a SegmentReader, range: KeyRange) -> Result<Self> {
+        let index = reader.indexes()?;
         let mut start = 0;
         if let Some(lo) = range.lo {
             // The last block that starts below `lo` may hold rows of `lo` and above.
             let (mut a, mut b) = (0, reader.block_count());
             while a < b {
                 let mid = a.saturating_add(b.saturating_sub(a) / 2);
-                if reader.block_first_key(mid).0 < lo {
+                if index.block_first_key(mid).0 < lo {
                     a = mid.saturating_add(1);
                 } else {
                     b = mid;
@@ -191,13 +193,14 @@ impl<'a> MessageCursor<'a> {
         }
         let mut cursor = MessageCursor {
             reader,
+            index,
             next_block: start,
             buf: VecDeque::new(),
             range,
         };
         if range
             .lo
-            .is_some_and(|lo| start < reader.block_count() && reader.block_first_key(start).0 < lo)
+            .is_some_and(|lo| start < reader.block_count() && index.block_first_key(start).0 < lo)
         {
             if let Some((_, block)) = cursor.next_block()? {
                 cursor.buffer(&block);
@@ -211,7 +214,7 @@ impl<'a> MessageCursor<'a> {
         match self.buf.front() {
             Some(m) => Some((m.conversation, m.id.0)),
             None if self.next_block < self.reader.block_count() => {
-                let key = self.reader.block_first_key(self.next_block);
+                let key = self.index.block_first_key(self.next_block);
                 self.range.before_end(key.0).then_some(key)
             }
             None => None,
@@ -344,13 +347,14 @@ impl ConversationRules {
         // The inputs' id ranges at and above the watermark. Inputs hold a gapless band of the
         // conversation's ids, except where a version that kept no watermark dropped expired
         // rows: ids below such a hole are treated as below a watermark.
-        let mut ranges: Vec<(u64, u64)> = inputs
-            .iter()
-            .filter(|s| s.may_hold(conv))
-            .filter_map(|s| s.reader.conversation_range(conv))
-            .filter(|&(_, last)| last >= floor_before)
-            .map(|(first, last)| (first.max(floor_before), last))
-            .collect();
+        let mut ranges: Vec<(u64, u64)> = Vec::with_capacity(inputs.len());
+        for s in inputs.iter().filter(|s| s.may_hold(conv)) {
+            if let Some((first, last)) = s.reader.conversation_range(conv)? {
+                if last >= floor_before {
+                    ranges.push((first.max(floor_before), last));
+                }
+            }
+        }
         ranges.sort_unstable();
         let mut floor = floor_before;
         let mut end: Option<u64> = None;

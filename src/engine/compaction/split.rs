@@ -47,11 +47,17 @@ pub(crate) fn ranges(inputs: &[Arc<Segment>], parts: usize, min_bytes: u64) -> V
     }
     let mut blocks: Vec<(ConversationId, u64)> = Vec::new();
     for s in inputs {
-        let r = &s.reader;
-        blocks.extend(
-            (0..r.block_count())
-                .map(|i| (r.block_first_key(i).0, u64::from(r.block_handle(i).len))),
-        );
+        // An index that cannot be read leaves the merge uncut: the merge reads the same
+        // index and reports the error.
+        let Ok(index) = s.reader.indexes() else {
+            return vec![KeyRange::ALL];
+        };
+        blocks.extend((0..s.reader.block_count()).map(|i| {
+            (
+                index.block_first_key(i).0,
+                u64::from(index.block_handle(i).len),
+            )
+        }));
     }
     blocks.sort_unstable();
     let weight: u64 = blocks

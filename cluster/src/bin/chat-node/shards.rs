@@ -166,14 +166,17 @@ impl Shards {
             return wire::execute(&owned.chat, &owned.accounts, &owned.index, owned.ids, op);
         };
         let local = owned.ids.local(conv)?;
-        owned
-            .pushes
-            .lock()
-            .entry(local)
-            .or_insert_with(|| Sequence {
-                next: owned.chat.store().last_id(local).0 + 1,
-                waiting: BTreeMap::new(),
-            });
+        if !owned.pushes.lock().contains_key(&local) {
+            let next = owned.chat.store().last_id(local)?.0 + 1;
+            owned
+                .pushes
+                .lock()
+                .entry(local)
+                .or_insert_with(|| Sequence {
+                    next,
+                    waiting: BTreeMap::new(),
+                });
+        }
         let reply = wire::execute(
             &owned.chat,
             &owned.accounts,

@@ -289,7 +289,7 @@ pub fn execute(
                 .map(|c| ids.global(c))
                 .collect(),
         ),
-        Op::LastId(c) => Reply::Id(chat.store().last_id(l(c)?)),
+        Op::LastId(c) => Reply::Id(chat.store().last_id(l(c)?)?),
         Op::Send(c, m, key, _) => {
             let sent = match key {
                 Some(key) => chat.send_with_key(l(c)?, m, key)?.message,
