@@ -710,3 +710,58 @@ fn a_failed_directory_sync_after_the_compaction_manifest_rename_keeps_the_store_
     store.close().unwrap_or_else(|e| panic!("close: {e}"));
     reopen_and_check(&fs, &model, "after the failed compaction");
 }
+
+/// Opening a store syncs no directory (the new WAL's name is made durable by the first sync of
+/// a record in it), and a write acknowledged as durable right after the open survives a power
+/// cut: the directory sync it needs happens before the acknowledgement, and failing it fails
+/// the write.
+#[test]
+fn opening_syncs_no_directory_and_the_first_durable_write_does() {
+    let _watchdog = watchdog::arm(Duration::from_secs(60));
+    let fs = FaultFs::new();
+    let conv = ConversationId(1);
+    {
+        let store = open(&fs, "first open");
+        store
+            .append(conv, NewMessage::text(UserId(1), "before"))
+            .unwrap_or_else(|e| panic!("append: {e}"));
+        store.flush().unwrap_or_else(|e| panic!("flush: {e}"));
+        store.close().unwrap_or_else(|e| panic!("close: {e}"));
+    }
+    let before = fs.op_count(Op::SyncDir);
+    let store = open(&fs, "reopen");
+    assert_eq!(
+        fs.op_count(Op::SyncDir),
+        before,
+        "the open synced a directory"
+    );
+    assert_eq!(store.latest(conv, 10).map(|m| m.len()).ok(), Some(1));
+    assert_eq!(
+        fs.op_count(Op::SyncDir),
+        before,
+        "a read synced a directory"
+    );
+    // The first durable write syncs the directory; when that fails, so does the write.
+    fs.inject(FaultRule::new(Op::SyncDir).times(1));
+    assert!(store
+        .append(conv, NewMessage::text(UserId(1), "refused"))
+        .is_err());
+    drop(store);
+    let fs = fs.power_cut();
+    let store = open(&fs, "after the failed write");
+    let before = fs.op_count(Op::SyncDir);
+    let acked = store
+        .append(conv, NewMessage::text(UserId(1), "after"))
+        .unwrap_or_else(|e| panic!("append: {e}"));
+    assert!(
+        fs.op_count(Op::SyncDir) > before,
+        "the write synced the directory"
+    );
+    let fs = fs.power_cut();
+    let store = open(&fs, "after the power cut");
+    let got = store
+        .latest(conv, 10)
+        .unwrap_or_else(|e| panic!("read: {e}"));
+    assert_eq!(got.last(), Some(&acked), "the acknowledged write survived");
+    store.close().unwrap_or_else(|e| panic!("close: {e}"));
+}

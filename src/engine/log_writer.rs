@@ -17,6 +17,9 @@ pub struct LogWriter {
     /// `synced_len`, published for the commit leader, which frames records (each carrying
     /// how much of the file was durable) before it takes the lock on this writer.
     synced_mark: Arc<AtomicU64>,
+    /// The directory to sync before the first record is durable, when the file's creation
+    /// was not synced yet (see [`defer_dir_sync`](Self::defer_dir_sync)).
+    dir_sync: Option<(Arc<dyn FileSystem>, PathBuf)>,
 }
 
 impl std::fmt::Debug for LogWriter {
@@ -45,7 +48,16 @@ impl LogWriter {
             len: header.len() as u64,
             synced_len: 0,
             synced_mark,
+            dir_sync: None,
         })
+    }
+
+    /// Leaves the sync of `dir` (which makes this file's name durable) to the first
+    /// [`sync`](Self::sync) that makes a record durable, instead of the caller syncing it now:
+    /// nothing in the file is acknowledged before then, and a store opened only to be read
+    /// never pays for it.
+    pub fn defer_dir_sync(&mut self, fs: Arc<dyn FileSystem>, dir: PathBuf) {
+        self.dir_sync = Some((fs, dir));
     }
 
     /// A writer that refuses every write (for read-only stores).
@@ -68,6 +80,7 @@ impl LogWriter {
             len: 0,
             synced_len: 0,
             synced_mark: Arc::default(),
+            dir_sync: None,
         }
     }
 
@@ -92,6 +105,10 @@ impl LogWriter {
             return Ok(false);
         }
         self.file.sync().map_err(|e| Error::io(&self.path, e))?;
+        if let Some((fs, dir)) = &self.dir_sync {
+            fs.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
+            self.dir_sync = None;
+        }
         self.synced_len = self.len;
         self.synced_mark.store(self.synced_len, Ordering::Release);
         Ok(true)

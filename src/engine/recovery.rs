@@ -242,8 +242,10 @@ fn open_once(dir: PathBuf, opts: Options) -> Result<Arc<Engine>, OpenFailure> {
     let wal = if opts.read_only {
         LogWriter::refusing(&wal_path)
     } else {
-        let wal = LogWriter::create(&*fs, &wal_path, Arc::clone(&wal_synced))?;
-        fs.sync_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+        let mut wal = LogWriter::create(&*fs, &wal_path, Arc::clone(&wal_synced))?;
+        // The new name becomes durable with the first record made durable in it (opening a
+        // store to read never syncs the directory); the logs replayed above were synced.
+        wal.defer_dir_sync(Arc::clone(&fs), dir.clone());
         // Logs that replayed no record (every one after a clean close) hold nothing the new
         // log does not supersede; only a flush would otherwise retire them, and a store
         // reopened without writing would gather one per open, each read and synced at every
