@@ -13,6 +13,8 @@ pub struct LogWriter {
     path: PathBuf,
     file: Box<dyn WritableFile>,
     len: u64,
+    /// Length of the file header: a file no longer than it holds no record.
+    header_len: u64,
     synced_len: u64,
     /// `synced_len`, published for the commit leader, which frames records (each carrying
     /// how much of the file was durable) before it takes the lock on this writer.
@@ -46,6 +48,7 @@ impl LogWriter {
             path: path.to_path_buf(),
             file,
             len: header.len() as u64,
+            header_len: header.len() as u64,
             synced_len: 0,
             synced_mark,
             dir_sync: None,
@@ -78,6 +81,7 @@ impl LogWriter {
             path: path.to_path_buf(),
             file: Box::new(Refuse),
             len: 0,
+            header_len: 0,
             synced_len: 0,
             synced_mark: Arc::default(),
             dir_sync: None,
@@ -98,10 +102,12 @@ impl LogWriter {
         Ok(())
     }
 
-    /// Makes everything appended durable; a no-op if nothing changed since the last sync.
-    /// Returns whether an fsync was issued.
+    /// Makes everything appended durable; a no-op if nothing changed since the last sync, or
+    /// if the file holds no record yet (a header alone is worth nothing after a crash: the
+    /// next open deletes a newest log without a complete header). Returns whether an fsync
+    /// was issued.
     pub fn sync(&mut self) -> Result<bool> {
-        if self.synced_len == self.len {
+        if self.synced_len == self.len || self.len <= self.header_len {
             return Ok(false);
         }
         self.file.sync().map_err(|e| Error::io(&self.path, e))?;
