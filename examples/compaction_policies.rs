@@ -156,7 +156,7 @@ fn sustained(messages: u64, convs: usize) {
         .map(|_| workload::text(&mut rng, 100.0))
         .collect();
     println!("{messages} messages, {convs} conversations (Zipf 1.0), default options, buffered\n");
-    println!("| messages | msgs/s | stalled s | pending MiB | files per level | write amp | compactions |");
+    println!("| messages | msgs/s | stalled s (flush / level 0) | pending MiB | files per level | write amp | compactions |");
     println!("|---:|---:|---:|---:|---|---:|---:|");
     let slice = 1_000_000u64;
     let mut in_calls = Duration::ZERO;
@@ -183,10 +183,12 @@ fn sustained(messages: u64, convs: usize) {
         let s = store.stats();
         let levels: Vec<String> = s.segments_per_level.iter().map(u64::to_string).collect();
         println!(
-            "| {:.0} M | {:.0} k | {:.1} | {:.0} | {} | {:.2} | {} |",
+            "| {:.0} M | {:.0} k | {:.1} ({:.1} / {:.1}) | {:.0} | {} | {:.2} | {} |",
             written as f64 / 1e6,
             slice as f64 / slice_time.as_secs_f64() / 1e3,
             s.write_stall_micros as f64 / 1e6,
+            s.write_stall_flush_micros as f64 / 1e6,
+            s.write_stall_level0_micros as f64 / 1e6,
             s.pending_compaction_bytes as f64 / (1 << 20) as f64,
             levels.join("/"),
             s.write_amplification(),
@@ -207,9 +209,11 @@ fn sustained(messages: u64, convs: usize) {
         s.write_amplification(),
     );
     println!(
-        "\noverall {:.0} k msgs/s, stalled {:.1} s of {:.1} s, compaction read {} MiB, wrote {} MiB ({} MiB copied as stored)",
+        "\noverall {:.0} k msgs/s, stalled {:.1} s ({:.1} s for the flush, {:.1} s for level 0) of {:.1} s, compaction read {} MiB, wrote {} MiB ({} MiB copied as stored)",
         messages as f64 / in_calls.as_secs_f64() / 1e3,
         s.write_stall_micros as f64 / 1e6,
+        s.write_stall_flush_micros as f64 / 1e6,
+        s.write_stall_level0_micros as f64 / 1e6,
         in_calls.as_secs_f64(),
         s.compaction_bytes_read >> 20,
         s.compaction_bytes_written >> 20,

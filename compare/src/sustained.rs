@@ -116,6 +116,17 @@ pub fn curve_figures(
         let stall_s = (counter(e, "stall_micros") - counter(before, "stall_micros")) / 1e6;
         out.push(("stall_s", stall_s));
         out.push(("stall_pct", 100.0 * stall_s / ingest_s));
+        // chatstore splits its stalls: waiting for the flush (memory) or in the write
+        // controller's delay (level 0 over its slowdown threshold). In the JSON only.
+        for (key, name) in [
+            ("stall_flush_micros", "stall_flush_pct"),
+            ("stall_level0_micros", "stall_level0_pct"),
+        ] {
+            if e.get(key).is_some() {
+                let s = (counter(e, key) - counter(before, key)) / 1e6;
+                out.push((name, 100.0 * s / ingest_s));
+            }
+        }
         out.push(("pending_mib", counter(e, "pending_compaction_bytes") / MIB));
         let peak_pending = points
             .iter()

@@ -664,6 +664,8 @@ impl Engine {
     /// REQUIRES: the caller holds the leader lock (passes its scratch as proof).
     fn freeze(&self, _leader: &mut LeaderScratch) -> Result<()> {
         let mut stalled: Option<Instant> = None;
+        // Time waited for the flush (memory) and for compaction (level 0), apart.
+        let (mut for_flush, mut for_level0) = (Duration::ZERO, Duration::ZERO);
         {
             let mut g = self.lifecycle.lock();
             // Memory: wait as long as it takes (a failed flush poisons the store and ends it).
@@ -671,7 +673,8 @@ impl Engine {
             loop {
                 let waited = stalled.map_or(Duration::ZERO, |t| t.elapsed());
                 let compaction = self.compaction_wait(waited);
-                if !(self.flush_behind() || compaction.is_some()) {
+                let flush_behind = self.flush_behind();
+                if !(flush_behind || compaction.is_some()) {
                     break;
                 }
                 self.check_writable()?;
@@ -679,14 +682,28 @@ impl Engine {
                 // The flush and compaction threads wait on the same signal: wake them.
                 g.notify_all();
                 let poll = Duration::from_millis(100);
+                let started = Instant::now();
                 g.wait(Some(compaction.map_or(poll, |left| left.min(poll))));
+                let slept = started.elapsed();
+                if flush_behind {
+                    for_flush = for_flush.saturating_add(slept);
+                } else {
+                    for_level0 = for_level0.saturating_add(slept);
+                }
             }
         }
         if let Some(t) = stalled {
+            let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
             self.counters.write_stalls.fetch_add(1, Ordering::Relaxed);
             self.counters
                 .write_stall_micros
-                .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                .fetch_add(micros(t.elapsed()), Ordering::Relaxed);
+            self.counters
+                .write_stall_flush_micros
+                .fetch_add(micros(for_flush), Ordering::Relaxed);
+            self.counters
+                .write_stall_level0_micros
+                .fetch_add(micros(for_level0), Ordering::Relaxed);
         }
         let number = self.versions.new_file_number();
         let path = files::wal_path(&self.dir, number);

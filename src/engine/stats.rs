@@ -61,10 +61,18 @@ pub struct Stats {
     pub pending_compaction_bytes: u64,
     /// Live segments per level (level 0 first).
     pub segments_per_level: [u64; 7],
-    /// Times a writer waited for a flush to catch up.
+    /// Times a writer waited at a memtable switch (for a flush to catch up, or for compaction
+    /// to drain level 0).
     pub write_stalls: u64,
-    /// Total time writers waited for flushes, in microseconds.
+    /// Total time writers waited at memtable switches, in microseconds: the sum of the two
+    /// below.
     pub write_stall_micros: u64,
+    /// Of `write_stall_micros`, the time spent waiting because `max_frozen_memtables` frozen
+    /// memtables waited for their flush (memory).
+    pub write_stall_flush_micros: u64,
+    /// Of `write_stall_micros`, the time spent in the write controller's delay for a level 0
+    /// over its slowdown threshold (compaction behind).
+    pub write_stall_level0_micros: u64,
     /// Range reads served since open.
     pub reads: u64,
     /// Segments touched by those reads (divide by `reads` for read amplification).
@@ -98,6 +106,8 @@ pub(crate) struct Counters {
     pub flush_bytes_written: AtomicU64,
     pub write_stalls: AtomicU64,
     pub write_stall_micros: AtomicU64,
+    pub write_stall_flush_micros: AtomicU64,
+    pub write_stall_level0_micros: AtomicU64,
     pub compactions: AtomicU64,
     pub compaction_bytes_read: AtomicU64,
     pub compaction_bytes_written: AtomicU64,
@@ -154,6 +164,8 @@ impl Counters {
             compaction_parts_beside: l(&self.compaction_parts_beside),
             compaction_errors: l(&self.compaction_errors),
             write_stall_micros: l(&self.write_stall_micros),
+            write_stall_flush_micros: l(&self.write_stall_flush_micros),
+            write_stall_level0_micros: l(&self.write_stall_level0_micros),
             reads: l(&self.reads),
             segments_read: l(&self.segments_read),
             ..Stats::default()

@@ -168,6 +168,8 @@ impl Engine for Chat {
             "memory_charged_bytes": s.memory_charged_bytes,
             "write_stalls": s.write_stalls,
             "write_stall_micros": s.write_stall_micros,
+            "write_stall_flush_micros": s.write_stall_flush_micros,
+            "write_stall_level0_micros": s.write_stall_level0_micros,
             "flushes": s.flushes,
             "compactions": s.compactions,
             "wal_syncs": s.wal_syncs,
@@ -179,6 +181,8 @@ impl Engine for Chat {
         let s = self.chat.store().stats();
         serde_json::json!({
             "stall_micros": s.write_stall_micros,
+            "stall_flush_micros": s.write_stall_flush_micros,
+            "stall_level0_micros": s.write_stall_level0_micros,
             "stalls": s.write_stalls,
             "pending_compaction_bytes": s.pending_compaction_bytes,
             "files_per_level": s.segments_per_level,
