@@ -11,17 +11,22 @@
 //! conv_index   := (conv:u64 | first_id:u64 | last_id:u64){conv_count}
 //! state_index  := (offset:u64 | len:u32 | key_pos:u32){state_block_count}
 //!                 (key_len:varint | first_key){state_block_count}
-//! footer       := block_index_offset:u64 | block_count:u32 | conv_count:u32 |
+//! footer       := first_conv:u64 | last_conv:u64 | message_index_crc:u32 | first_codec:u32 |
+//!                 block_index_offset:u64 | block_count:u32 | conv_count:u32 |
 //!                 message_count:u64 | logical_bytes:u64 | state_index_offset:u64 |
 //!                 state_block_count:u32 | state_entry_count:u32 | state_index_len:u32 |
 //!                 dict_len:u32 | dict_offset:u64 |
-//!                 index_crc:u32 | version:u32 | footer_crc:u32 | magic:u64   (84 bytes)
+//!                 index_crc:u32 | version:u32 | footer_crc:u32 | magic:u64   (108 bytes)
 //! ```
 //! `key_pos` is the offset of a state block's first key from the start of the key area;
-//! `index_crc` covers the three indexes, `footer_crc` the footer bytes before it.
-//! Both indexes are fixed-width and sorted, so a lookup is a binary search: opening a segment
-//! reads its footer and indexes into memory and checks the index checksum; blocks are read
-//! with positioned reads when needed.
+//! `message_index_crc` covers the block and conversation indexes, `index_crc` the state index,
+//! `footer_crc` the footer bytes before it. A version-1 footer is the last 84 bytes alone, and
+//! its `index_crc` covers all three indexes.
+//! Both message indexes are fixed-width and sorted, so a lookup is a binary search. Opening a
+//! segment reads its footer, state index and dictionary; the block and conversation indexes
+//! are read and checked at the first lookup that needs them (a version-1 segment, whose one
+//! checksum covers every index, loads them at open); blocks are read with positioned reads
+//! when needed.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
