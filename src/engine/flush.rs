@@ -101,18 +101,20 @@ fn flush_one(engine: &Engine, mem: Arc<Memtable>) -> Result<()> {
                 }
             }
         }
-        for (key, value) in mem.sorted_state() {
-            if !writer
-                .add_state(&key, value.as_deref())
+        mem.try_for_each_state(|key, value| {
+            if writer
+                .add_state(key, value)
                 .map_err(|e| Error::io(&path, e))?
             {
-                return Err(Error::corruption(
+                Ok(())
+            } else {
+                Err(Error::corruption(
                     &path,
                     0,
                     "memtable state keys out of order",
-                ));
+                ))
             }
-        }
+        })?;
         writer.finish().map_err(|e| Error::io(&path, e))
     })?;
     engine

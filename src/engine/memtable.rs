@@ -328,14 +328,21 @@ impl Memtable {
             .is_some_and(|k| k.as_ref() < bound)
     }
 
-    /// Every state entry, sorted by key.
-    pub fn sorted_state(&self) -> Vec<(Bytes, Option<Bytes>)> {
+    /// Calls `f` with every state entry in key order, stopping at its first error.
+    ///
+    /// Visits the entries in place rather than collecting them: a memtable can hold hundreds
+    /// of thousands of them (a chat model's setup), and a transient vector that large, once
+    /// freed, raises glibc's mmap and trim thresholds for the rest of the process, which then
+    /// keeps up to twice its size of freed heap resident in every arena.
+    pub fn try_for_each_state<E>(
+        &self,
+        mut f: impl FnMut(&[u8], Option<&[u8]>) -> Result<(), E>,
+    ) -> Result<(), E> {
         let inner = self.inner.read();
-        inner
-            .state
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+        for (key, value) in &inner.state {
+            f(key, value.as_deref())?;
+        }
+        Ok(())
     }
 
     /// The first and last id of `conv` held here.
