@@ -404,3 +404,108 @@ fn a_background_merge_takes_more_threads_only_when_level0_is_behind() {
         store.stats()
     );
 }
+
+/// The codec byte of every block of the segment at `path`, with its number of conversations
+/// and rows.
+fn block_codecs(path: &std::path::Path) -> Vec<(u8, usize, usize)> {
+    use chatstore::format::{block::stored_codec, segment::SegmentReader};
+    let data = bytes::Bytes::from(std::fs::read(path).unwrap());
+    let seg = SegmentReader::open(path, std::sync::Arc::new(data)).unwrap();
+    (0..seg.block_count())
+        .map(|b| {
+            let (stored, block) = seg.read_block_stored(b).unwrap();
+            (
+                stored_codec(&stored).unwrap(),
+                block.runs().len(),
+                block.rows(),
+            )
+        })
+        .collect()
+}
+
+fn segment_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn a_run_within_level0_stores_shared_blocks_fast_and_a_quiet_store_folds_it_in() {
+    use chatstore::format::block::CODEC_NONE;
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        memtable_bytes: 1 << 20,
+        block_bytes: 1 << 10,
+        l0_compaction_trigger: 4,
+        level_base_bytes: 64 << 20,
+        background_compaction: false,
+        // The defaults, spelled out: flushes (and the shared blocks of runs) raw, compaction zstd.
+        flush_compression: Compression::None,
+        compression: Compression::Zstd(3),
+        ..Options::default()
+    };
+    let store = Store::open_with(dir.path(), opts).unwrap();
+    let mut want: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    // Each flushed segment: one busy conversation (blocks of its own) and many quiet ones
+    // (a row each, sharing blocks).
+    let mut flush_segments = |store: &Store, busy_rows: u64, quiet: u64| {
+        for _ in 0..4 {
+            let mut rows: Vec<u64> = vec![1; busy_rows as usize];
+            rows.extend(100..100 + quiet);
+            for conv in rows {
+                let n = want.entry(conv).or_default();
+                let text = body(conv, n.len() as u64);
+                store
+                    .append(ConversationId(conv), NewMessage::text(UserId(conv), &text))
+                    .unwrap();
+                n.push(text);
+            }
+            store.flush().unwrap();
+        }
+    };
+    // Level 1 first (level 0 merged into an empty level 1), then a batch much smaller than
+    // a quarter of it, which level 0 gathers into a run of its own.
+    flush_segments(&store, 2000, 2000);
+    assert!(store.compact_step().unwrap());
+    assert_eq!(store.stats().segments_per_level[0], 0);
+    flush_segments(&store, 150, 150);
+    let before = segment_files(dir.path());
+    assert!(store.compact_step().unwrap());
+    let stats = store.stats();
+    assert_eq!(stats.segments_per_level[0], 1, "{stats:?}");
+    let run = segment_files(dir.path())
+        .into_iter()
+        .find(|p| !before.contains(p))
+        .unwrap();
+    let codecs = block_codecs(&run);
+    let shared: Vec<_> = codecs.iter().filter(|c| c.1 > 1).collect();
+    let single: Vec<_> = codecs.iter().filter(|c| c.1 == 1 && c.2 >= 10).collect();
+    assert!(!shared.is_empty() && !single.is_empty(), "{codecs:?}");
+    assert!(shared.iter().all(|c| c.0 == CODEC_NONE), "{codecs:?}");
+    assert!(single.iter().all(|c| c.0 != CODEC_NONE), "{codecs:?}");
+
+    let check = |store: &Store| {
+        for (conv, texts) in &want {
+            let got = store
+                .after(ConversationId(*conv), MessageId(0), texts.len() + 1)
+                .unwrap();
+            let got: Vec<&[u8]> = got.iter().map(|m| m.content.as_ref()).collect();
+            let texts: Vec<&[u8]> = texts.iter().map(|t| t.as_bytes()).collect();
+            assert_eq!(got, texts, "conversation {conv}");
+        }
+    };
+    check(&store);
+    // Quiet: the run, far below a quarter of level 1, is folded in for its raw blocks.
+    assert!(store.compact_step().unwrap());
+    assert_eq!(store.stats().segments_per_level[0], 0);
+    for path in segment_files(dir.path()) {
+        for c in block_codecs(&path) {
+            assert!(c.0 != CODEC_NONE || c.2 < 10, "{path:?}: {c:?}");
+        }
+    }
+    check(&store);
+}

@@ -60,11 +60,16 @@ const _: () = assert!(
     MAX_BODY_FIXED + row_bound(MAX_MESSAGE_BYTES, true, true, MAX_MENTIONS) <= MAX_BLOCK_LEN
 );
 
-/// Compression codes stored in the trailer. Part of the format; values never change.
-const CODEC_NONE: u8 = 0;
-const CODEC_LZ4: u8 = 1;
-const CODEC_ZSTD: u8 = 2;
-const CODEC_ZSTD_DICT: u8 = 3;
+// Compression codes stored in the trailer. Part of the format; values never change.
+
+/// Codec byte of a block stored uncompressed.
+pub const CODEC_NONE: u8 = 0;
+/// Codec byte of an LZ4 block.
+pub const CODEC_LZ4: u8 = 1;
+/// Codec byte of a zstd block without a dictionary.
+pub const CODEC_ZSTD: u8 = 2;
+/// Codec byte of a zstd block compressed against the segment's dictionary.
+pub const CODEC_ZSTD_DICT: u8 = 3;
 
 /// Whether a block stored with `codec` is what `compression` writes (zstd blocks may use the
 /// segment's dictionary or not).
@@ -138,6 +143,11 @@ impl BlockBuilder {
     /// True if nothing was added.
     pub fn is_empty(&self) -> bool {
         self.senders.is_empty()
+    }
+
+    /// Conversations with rows in the block so far.
+    pub fn conversations(&self) -> usize {
+        self.runs.len()
     }
 
     /// Rough uncompressed size of the block so far.

@@ -103,6 +103,9 @@ pub struct SegmentWriter {
     last_state_key: Vec<u8>,
     dict: Option<DictEncoder>,
     dict_at: (u64, u32),
+    /// The codec for blocks holding several conversations, when it differs from
+    /// `compression` (see [`SegmentWriter::store_shared_blocks_with`]).
+    shared_block_compression: Option<Compression>,
     /// Codec byte of the first message block written, recorded in the footer.
     first_codec: Option<u8>,
     summary: SegmentSummary,
@@ -168,9 +171,19 @@ impl SegmentWriter {
             last_state_key: Vec::new(),
             dict,
             dict_at,
+            shared_block_compression: None,
             first_codec: None,
             summary: SegmentSummary::default(),
         }
+    }
+
+    /// Stores the message blocks that hold rows of more than one conversation with
+    /// `compression` instead of the segment's own codec. For an output that will soon be
+    /// merged again: such blocks (the quiet conversations, a few rows each) are decoded and
+    /// re-encoded by that merge whatever their codec, while a block of one conversation can be
+    /// copied by it as stored, so only the latter is worth the segment's slower codec.
+    pub fn store_shared_blocks_with(&mut self, compression: Compression) {
+        self.shared_block_compression = Some(compression);
     }
 
     /// Adds a message. Returns `false` (and adds nothing) if it is out of order or state
@@ -296,8 +309,12 @@ impl SegmentWriter {
         };
         let rows = u32_field("rows of one block", self.block.rows())?;
         let start = self.out.len();
+        let compression = match self.shared_block_compression {
+            Some(shared) if self.block.conversations() > 1 => shared,
+            _ => self.compression,
+        };
         self.block
-            .finish_into(self.compression, self.dict.as_mut(), &mut self.out);
+            .finish_into(compression, self.dict.as_mut(), &mut self.out);
         let len = u32_field("bytes of one stored block", self.out.len() - start)?;
         if self.first_codec.is_none() {
             self.first_codec = stored_codec(&self.out[start..]);
@@ -1255,6 +1272,59 @@ mod tests {
         assert_eq!(seg.conversation_range(ConversationId(3)).unwrap(), None);
         assert_eq!(seg.conversation_range(ConversationId(0)).unwrap(), None);
         assert_eq!(seg.find_block(ConversationId(0), 1).unwrap(), None);
+    }
+
+    #[test]
+    fn shared_blocks_can_take_another_codec_than_single_conversation_blocks() {
+        // One busy conversation filling several blocks, then quiet ones sharing blocks.
+        let mut msgs: Vec<Message> = (1..=120).map(|id| msg(7, id)).collect();
+        for conv in 100..160u64 {
+            msgs.extend((1..=conv % 3 + 1).map(|id| msg(conv, id)));
+        }
+        let file = VecFile::default();
+        let mut w = SegmentWriter::new(Box::new(file.clone()), Compression::Zstd(3), 1000);
+        w.store_shared_blocks_with(Compression::None);
+        for m in &msgs {
+            assert!(w.add(m).unwrap());
+        }
+        w.finish().unwrap();
+        let data = Bytes::from(file.0.lock().unwrap().clone());
+        let seg = SegmentReader::open(Path::new("t.seg"), Arc::new(data)).unwrap();
+        let (mut single, mut shared) = (0, 0);
+        for b in 0..seg.block_count() {
+            let (stored, block) = seg.read_block_stored(b).unwrap();
+            let codec = stored_codec(&stored);
+            if block.runs().len() > 1 {
+                shared += 1;
+                assert_eq!(codec, Some(crate::format::block::CODEC_NONE), "block {b}");
+            } else if block.rows() >= 10 {
+                // (A block of one quiet conversation may be too small to compress.)
+                single += 1;
+                assert_eq!(codec, Some(crate::format::block::CODEC_ZSTD), "block {b}");
+            }
+        }
+        assert!(
+            single >= 3 && shared >= 2,
+            "{single} single, {shared} shared"
+        );
+        // The footer records the first block's codec: the busy conversation's, here.
+        assert_eq!(
+            seg.first_block_codec(),
+            Some(crate::format::block::CODEC_ZSTD)
+        );
+        let mut got = Vec::new();
+        for b in 0..seg.block_count() {
+            let block = seg.read_block(b).unwrap();
+            for run in block.runs() {
+                block.collect(
+                    run.conversation,
+                    run.first_id,
+                    run.first_id + u64::from(run.len) - 1,
+                    &mut got,
+                );
+            }
+        }
+        assert_eq!(got, msgs);
     }
 
     #[test]

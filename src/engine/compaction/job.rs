@@ -44,18 +44,21 @@ struct OutputSet<'a> {
     dictionary: Option<Arc<Bytes>>,
     /// The file number of the (only) output, when the caller chose it.
     number: Option<u64>,
+    /// Blocks of several conversations go in the flush's codec (see `Pick::transient`).
+    transient: bool,
     current: Option<(u64, PathBuf, SegmentWriter)>,
     done: Vec<(u64, PathBuf, SegmentSummary)>,
 }
 
 impl<'a> OutputSet<'a> {
-    fn new(engine: &'a Engine, level: u32, number: Option<u64>) -> Self {
+    fn new(engine: &'a Engine, level: u32, number: Option<u64>, transient: bool) -> Self {
         OutputSet {
             engine,
             level,
             compression: engine.opts.compression,
             dictionary: engine.dictionary.current(),
             number,
+            transient,
             current: None,
             done: Vec::new(),
         }
@@ -70,6 +73,7 @@ impl<'a> OutputSet<'a> {
             compression: self.compression,
             dictionary: self.dictionary.clone(),
             number: None,
+            transient: self.transient,
             current: None,
             done: Vec::new(),
         }
@@ -87,12 +91,15 @@ impl<'a> OutputSet<'a> {
                 .fs
                 .create(&path)
                 .map_err(|e| Error::io(&path, e))?;
-            let w = SegmentWriter::with_dictionary(
+            let mut w = SegmentWriter::with_dictionary(
                 file,
                 self.compression,
                 self.engine.opts.block_bytes,
                 self.dictionary.as_deref().map(|d| d.as_ref()),
             );
+            if self.transient {
+                w.store_shared_blocks_with(self.engine.opts.flush_compression);
+            }
             self.current = Some((number, path, w));
         }
         match &mut self.current {
@@ -142,6 +149,7 @@ impl<'a> OutputSet<'a> {
             let mut segment =
                 Segment::open(number, self.level, reader, Arc::clone(&self.engine.fs))?;
             segment.compacted = true;
+            segment.fast_shared_blocks = self.transient;
             out.push(Output {
                 segment: Arc::new(segment),
                 summary,
@@ -560,6 +568,7 @@ pub(crate) fn run(
     level: u32,
     drop_tombstones: bool,
     number: Option<u64>,
+    transient: bool,
     threads: usize,
 ) -> Result<Vec<Output>> {
     // Tiered runs and level-0 rewrites are one segment each; leveled outputs split to keep
@@ -570,7 +579,7 @@ pub(crate) fn run(
             (engine.opts.target_segment_bytes, true)
         }
     };
-    let first = OutputSet::new(engine, level, number);
+    let first = OutputSet::new(engine, level, number, transient);
     // Edits and retention as on disk when the compaction starts (see `ConversationRules`).
     let durable = engine.current().segments_only(&engine.memtables_held);
     // Messages go to one set per part; state follows in a set of its own, or, for a single

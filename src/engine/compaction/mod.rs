@@ -72,6 +72,7 @@ impl Engine {
                     && !s.compacted
                     && s.first_codec
                         .is_some_and(|c| !crate::format::block::codec_matches(compression, c)),
+                fast_shared_blocks: s.fast_shared_blocks,
             })
             .collect()
     }
@@ -146,6 +147,7 @@ impl Engine {
             pick.output_level,
             pick.drop_tombstones,
             number,
+            pick.transient,
             threads,
         )?;
         let written: u64 = outputs.iter().map(|o| o.summary.file_bytes).sum();

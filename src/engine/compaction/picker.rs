@@ -33,6 +33,10 @@ pub struct SegmentMeta {
     /// Written with the flush's fast codec rather than the store's own: worth rewriting before
     /// level 0 fills up, when that is cheap.
     pub provisional: bool,
+    /// A run made within level 0 under writes (see `Pick::transient`), whose blocks of
+    /// several conversations are in the flush's fast codec: a quiet store folds it into level 1
+    /// rather than keep those blocks.
+    pub fast_shared_blocks: bool,
 }
 
 /// Level 0 holding provisional (fast-codec) segments is compacted below its trigger once its
@@ -58,7 +62,9 @@ fn level0_due_at_rest(segs: &[SegmentMeta]) -> bool {
     let l0 = level_bytes(segs, 0);
     let l1 = level_bytes(segs, 1);
     let runs = segs.iter().any(|s| s.level == 0 && !s.provisional);
-    provisional_due(segs) || (runs && l1 > 0 && l0.saturating_mul(PROVISIONAL_RATIO) >= l1)
+    provisional_due(segs)
+        || (runs && l1 > 0 && l0.saturating_mul(PROVISIONAL_RATIO) >= l1)
+        || segs.iter().any(|s| s.level == 0 && s.fast_shared_blocks)
 }
 
 /// Total bytes of `segs` (an estimate: saturates rather than wraps).
@@ -124,6 +130,12 @@ pub struct Pick {
     pub output_level: u32,
     /// Whether deletions can be dropped (nothing older lies below the output level).
     pub drop_tombstones: bool,
+    /// The output is a run within level 0 made under writes, which the merge into level 1
+    /// will read again soon: its blocks holding several conversations (quiet ones, a few rows
+    /// each, which that merge re-encodes whatever their codec) are stored in the flush's fast
+    /// codec, and only blocks of one conversation (which that merge can copy as stored) in
+    /// the store's.
+    pub transient: bool,
 }
 
 /// Round-robin positions per level: where the last compaction of each level ended; and
@@ -250,6 +262,7 @@ fn finish(inputs: Vec<&SegmentMeta>, output_level: u32, segs: &[SegmentMeta]) ->
         inputs: numbers,
         output_level,
         drop_tombstones,
+        transient: false,
     }
 }
 
@@ -302,6 +315,7 @@ pub fn pick(segs: &[SegmentMeta], opts: &PickerOptions, cursors: &mut Cursors) -
                 output_level: 0,
                 // Older data (earlier runs, level 1 and below) may hold what a tombstone hides.
                 drop_tombstones: false,
+                transient: true,
             });
         }
         let mut inputs = l0.clone();
@@ -355,6 +369,7 @@ pub fn pick_level0_rewrite(segs: &[SegmentMeta]) -> Option<Pick> {
         output_level: 0,
         // Older data (the rest of level 0, level 1 and below) may hold what a tombstone hides.
         drop_tombstones: false,
+        transient: false,
     })
 }
 
@@ -375,6 +390,7 @@ pub fn pick_tiered(segs: &[SegmentMeta], opts: &PickerOptions) -> Option<Pick> {
                 inputs,
                 output_level: level.saturating_add(1),
                 drop_tombstones,
+                transient: false,
             });
         }
     }
@@ -402,6 +418,7 @@ mod tests {
             conversations: Some(conv),
             state_keys: None,
             provisional: false,
+            fast_shared_blocks: false,
         }
     }
 
