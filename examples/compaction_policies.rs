@@ -10,6 +10,13 @@
 //! change before the comparison harness's `long` preset. Environment overrides of the
 //! defaults, for experiments: `FLUSH_CODEC` / `CODEC` (none, lz4, zstdN), `COMPACTION_THREADS`,
 //! `LEVEL_BASE_MIB`, `L0_TRIGGER`.
+//!
+//! `cargo run --release --example compaction_policies merge-cost [ROUNDS]` times the two
+//! merges a level-0 batch goes through under writes, on the same inputs each round (a store
+//! of 3 M messages over 500 K conversations in level 1, then eight flushed segments): the
+//! run made within level 0 (`Store::compact_step`), then its merge into level 1
+//! (`Store::compact`). Wall time of each, so compare builds by running them one after the
+//! other on a quiet machine.
 
 #[path = "support/workload.rs"]
 mod workload;
@@ -221,7 +228,85 @@ fn sustained(messages: u64, convs: usize) {
     );
 }
 
+/// Writes `n` Zipf-chosen messages in batches of 1000.
+fn write_zipf(store: &Store, zipf: &Zipf, rng: &mut Rng, n: u64) {
+    let mut batch = Vec::with_capacity(1000);
+    for _ in 0..n {
+        let conv = zipf.sample(rng);
+        let sender = UserId(conv * 8 + rng.below(3));
+        batch.push((
+            ConversationId(conv),
+            NewMessage::text(sender, &workload::text(rng, 100.0)),
+        ));
+        if batch.len() == 1000 {
+            store
+                .append_batch(std::mem::take(&mut batch))
+                .expect("append");
+        }
+    }
+}
+
+fn merge_cost(rounds: usize) {
+    let opts = || Options {
+        durability: chatstore::Durability::Buffered {
+            interval: Duration::from_millis(500),
+        },
+        background_compaction: false,
+        ..Options::default()
+    };
+    let base = tempfile::tempdir().expect("temp dir");
+    {
+        let store = Store::open_with(base.path(), opts()).expect("open");
+        let zipf = Zipf::new(500_000, 1.0);
+        let mut rng = Rng::new(7);
+        write_zipf(&store, &zipf, &mut rng, 3_000_000);
+        store.compact().expect("compact");
+        for _ in 0..4 {
+            write_zipf(&store, &zipf, &mut rng, 110_000);
+            store.flush().expect("flush");
+        }
+        println!(
+            "inputs: segments per level {:?}",
+            store.stats().segments_per_level
+        );
+        store.close().expect("close");
+    }
+    println!("| round | run within level 0 | merge into level 1 | compaction wrote MiB | copied as stored MiB |");
+    println!("|---:|---:|---:|---:|---:|");
+    for round in 1..=rounds {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for entry in std::fs::read_dir(base.path()).expect("read dir") {
+            let path = entry.expect("entry").path();
+            let name = path.file_name().expect("file name");
+            std::fs::copy(&path, dir.path().join(name)).expect("copy");
+        }
+        let store = Store::open_with(dir.path(), opts()).expect("open");
+        let t = Instant::now();
+        store.compact_step().expect("compact step");
+        let run = t.elapsed();
+        let t = Instant::now();
+        store.compact().expect("compact");
+        let merge = t.elapsed();
+        let s = store.stats();
+        println!(
+            "| {round} | {:.3} s | {:.3} s | {} | {} |",
+            run.as_secs_f64(),
+            merge.as_secs_f64(),
+            s.compaction_bytes_written >> 20,
+            s.compaction_bytes_copied >> 20
+        );
+    }
+}
+
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("merge-cost") {
+        let rounds = std::env::args()
+            .nth(2)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(3);
+        merge_cost(rounds);
+        return;
+    }
     if std::env::args().nth(1).as_deref() == Some("sustained") {
         let mut args = std::env::args().skip(2);
         let messages = args
