@@ -65,6 +65,7 @@ impl Engine {
                 number: s.number,
                 level: s.level,
                 bytes: s.reader.file_bytes(),
+                logical_bytes: s.reader.logical_bytes(),
                 conversations: s.conversations.map(|(a, b)| (a.0, b.0)),
                 state_keys: s.state_keys.clone(),
                 provisional: leveled

@@ -26,6 +26,9 @@ pub struct SegmentMeta {
     pub level: u32,
     /// File size.
     pub bytes: u64,
+    /// What its messages weigh uncompressed (`SegmentReader::logical_bytes`): compares
+    /// segments whatever their codecs.
+    pub logical_bytes: u64,
     /// Conversation range of its messages.
     pub conversations: Option<(u64, u64)>,
     /// Key range of its state entries.
@@ -117,8 +120,20 @@ fn level0_tiering(segs: &[SegmentMeta]) -> bool {
         .iter()
         .filter(|s| s.level == 0 && !s.provisional)
         .count();
-    let run_bytes = total_bytes(segs.iter().filter(|s| s.level == 0 && !s.provisional));
-    runs < LEVEL0_MAX_RUNS && run_bytes.saturating_mul(LEVEL0_TIER_RATIO) < level_bytes(segs, 1)
+    // Weighed uncompressed: a run stores its shared blocks in the flush's codec (see
+    // `Pick::transient`), so its file is larger than the same rows in level 1, and by file
+    // size level 0 would go down into level 1 after fewer rows, rewriting level 1 more often.
+    let run_bytes = segs
+        .iter()
+        .filter(|s| s.level == 0 && !s.provisional)
+        .map(|s| s.logical_bytes)
+        .fold(0u64, u64::saturating_add);
+    let level1 = segs
+        .iter()
+        .filter(|s| s.level == 1)
+        .map(|s| s.logical_bytes)
+        .fold(0u64, u64::saturating_add);
+    runs < LEVEL0_MAX_RUNS && run_bytes.saturating_mul(LEVEL0_TIER_RATIO) < level1
 }
 
 /// A chosen compaction.
@@ -415,6 +430,7 @@ mod tests {
             number,
             level,
             bytes,
+            logical_bytes: bytes,
             conversations: Some(conv),
             state_keys: None,
             provisional: false,
@@ -486,6 +502,17 @@ mod tests {
         let p = pick(&segs, &busy, &mut Cursors::default()).unwrap();
         assert_eq!(p.output_level, 1);
         assert_eq!(p.inputs.len(), 1 + LEVEL0_MAX_RUNS + 4);
+
+        // Runs are weighed uncompressed: one whose file is large for its rows (shared blocks
+        // in the flush's codec) waits as long as the same rows compressed would.
+        let raw_run = SegmentMeta {
+            logical_bytes: 200,
+            ..run(10, 600)
+        };
+        let mut segs = vec![seg(1, 1, 900, (0, 100)), raw_run];
+        segs.extend((20..24).map(|n| flushed(n, 10)));
+        let p = pick(&segs, &busy, &mut Cursors::default()).unwrap();
+        assert_eq!((p.output_level, p.inputs), (0, vec![20, 21, 22, 23]));
     }
 
     #[test]
