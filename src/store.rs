@@ -516,7 +516,14 @@ impl Store {
     /// tests drive partial compactions step by step with `background_compaction` off.
     #[doc(hidden)]
     pub fn compact_step(&self) -> Result<bool> {
-        self.engine().compact_step()
+        self.engine().compact_step(true)
+    }
+
+    /// [`compact_step`](Self::compact_step) as the background thread runs it while writes
+    /// arrive (what it writes is shaped for the merge to come). For tests and benchmarks.
+    #[doc(hidden)]
+    pub fn compact_step_under_writes(&self) -> Result<bool> {
+        self.engine().compact_step(false)
     }
 
     /// Makes every acknowledged write durable (useful in buffered durability).

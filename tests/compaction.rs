@@ -434,7 +434,8 @@ fn segment_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 }
 
 #[test]
-fn a_run_within_level0_stores_shared_blocks_fast_and_a_quiet_store_folds_it_in() {
+fn a_run_within_level0_stores_shared_blocks_fast_and_a_quiet_store_folds_it_in_even_after_reopening(
+) {
     use chatstore::format::block::CODEC_NONE;
     let dir = tempfile::tempdir().unwrap();
     let opts = Options {
@@ -448,7 +449,7 @@ fn a_run_within_level0_stores_shared_blocks_fast_and_a_quiet_store_folds_it_in()
         compression: Compression::Zstd(3),
         ..Options::default()
     };
-    let store = Store::open_with(dir.path(), opts).unwrap();
+    let store = Store::open_with(dir.path(), opts.clone()).unwrap();
     let mut want: BTreeMap<u64, Vec<String>> = BTreeMap::new();
     // Each flushed segment: one busy conversation (blocks of its own) and many quiet ones
     // (a row each, sharing blocks).
@@ -499,6 +500,12 @@ fn a_run_within_level0_stores_shared_blocks_fast_and_a_quiet_store_folds_it_in()
         }
     };
     check(&store);
+    // The run's header says what it holds: reopened, the store still knows to fold it in
+    // (its first block, the busy conversation's, is in the store's codec, so nothing else
+    // tells it apart from a run written at rest).
+    store.close().unwrap();
+    let store = Store::open_with(dir.path(), opts).unwrap();
+    assert_eq!(store.stats().segments_per_level[0], 1);
     // Quiet: the run, far below a quarter of level 1, is folded in for its raw blocks.
     assert!(store.compact_step().unwrap());
     assert_eq!(store.stats().segments_per_level[0], 0);

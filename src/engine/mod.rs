@@ -117,11 +117,11 @@ impl Engine {
     }
 
     /// Runs the compaction the background thread would run next, as if the store were quiet
-    /// (see [`Store::compact_step`](crate::Store::compact_step)). Damage found poisons the
+    /// or under writes (see [`Store::compact_step`](crate::Store::compact_step)). Damage found poisons the
     /// store, as in the background.
-    pub(crate) fn compact_step(&self) -> Result<bool> {
+    pub(crate) fn compact_step(&self, quiet: bool) -> Result<bool> {
         self.check_writable()?;
-        let ran = self.compact_once(true);
+        let ran = self.compact_once(quiet);
         if let Err(e) = &ran {
             if e.is_corruption() {
                 self.set_poison(format!("compaction found damage: {e}"));

@@ -37,8 +37,8 @@ pub struct Segment {
     /// due for a rewrite), whatever its first block's codec says (a block that does not
     /// compress is stored raw, which would otherwise look like a flush's output).
     pub compacted: bool,
-    /// A run made within level 0 under writes holding blocks in the flush's codec (see
-    /// `Pick::transient`); known only to the process that wrote it.
+    /// Written under writes for a merge to come, with its blocks of several conversations in
+    /// a faster codec than the rest (see `Pick::transient`); from the segment header's hint.
     pub fast_shared_blocks: bool,
     /// Which conversations it may hold, for a level-0 segment (see `ConversationFilter`),
     /// built with its indexes.
@@ -80,7 +80,7 @@ impl Segment {
             state_keys: reader.state_bounds()?,
             first_codec: reader.first_block_codec(),
             compacted: false,
-            fast_shared_blocks: false,
+            fast_shared_blocks: reader.fast_shared_blocks(),
             filter: OnceLock::new(),
             watermarks: OnceLock::new(),
             reader,

@@ -768,7 +768,8 @@ mod tests {
             conversation: ConversationId(conv),
             id: MessageId(id),
             sender: UserId(100 + id % 3),
-            timestamp_ms: 1_700_000_000_000 + id * 1000,
+            // Wrapping: some tests take ids near u64::MAX (and set their own timestamps).
+            timestamp_ms: 1_700_000_000_000u64.wrapping_add(id.wrapping_mul(1000)),
             kind: MessageKind::Normal,
             content: Bytes::copy_from_slice(text.as_bytes()),
             attachment: None,

@@ -4,7 +4,7 @@
 //! ```text
 //! segment      := header [dictionary] block* state_block* block_index conv_index state_index footer
 //! dictionary   := zstd dictionary bytes | len:u32 | codec:u8 = 0 | crc:u32  (block framing)
-//! header       := magic:u64 = SEGMENT_MAGIC | version:u32 | reserved:u32 = 0         (16 bytes)
+//! header       := magic:u64 = SEGMENT_MAGIC | version:u32 | hints:u32                 (16 bytes)
 //! block        := body | uncompressed_len:u32 | codec:u8 | crc:u32   (see format::block)
 //! state_block  := same framing, body per format::state_block
 //! block_index  := (first_conv:u64 | first_id:u64 | offset:u64 | len:u32 | rows:u32){block_count}
@@ -53,6 +53,13 @@ pub const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"CHATSEG\x01");
 pub const SEGMENT_VERSION: u32 = 2;
 /// Size of the file header.
 pub const HEADER_LEN: usize = 16;
+/// Header hint: the segment stores its blocks of several conversations in a faster codec than
+/// its blocks of one conversation (see [`SegmentWriter::store_shared_blocks_with`]).
+/// Compaction rewrites such a segment when the store is at rest. Hints are not covered by a
+/// checksum: a wrong one only changes what compaction chooses to rewrite, never what is read.
+pub const HINT_FAST_SHARED_BLOCKS: u32 = 1;
+/// Where the hints word is in the header.
+const HEADER_HINTS_AT: usize = 12;
 /// Size of the footer this build writes (version 2).
 pub const FOOTER_LEN: usize = 108;
 /// Size of a version-1 footer: the last 84 bytes of a version-2 one, whose first 24 bytes
@@ -182,8 +189,16 @@ impl SegmentWriter {
     /// merged again: such blocks (the quiet conversations, a few rows each) are decoded and
     /// re-encoded by that merge whatever their codec, while a block of one conversation can be
     /// copied by it as stored, so only the latter is worth the segment's slower codec.
+    /// The segment's header says so (`HINT_FAST_SHARED_BLOCKS`) when the codec differs from the
+    /// segment's. Call it before adding anything: the header may already be on its way to the
+    /// file after that, and then it is not marked.
     pub fn store_shared_blocks_with(&mut self, compression: Compression) {
         self.shared_block_compression = Some(compression);
+        if compression != self.compression && self.offset == 0 {
+            if let Some(hints) = self.out.get_mut(HEADER_HINTS_AT..HEADER_LEN) {
+                hints.copy_from_slice(&HINT_FAST_SHARED_BLOCKS.to_le_bytes());
+            }
+        }
     }
 
     /// Adds a message. Returns `false` (and adds nothing) if it is out of order or state
@@ -497,6 +512,8 @@ pub struct SegmentReader {
     logical_bytes: u64,
     conversations: Option<(ConversationId, ConversationId)>,
     first_codec: Option<u8>,
+    /// The header's hints word (`HINT_*`), not checked.
+    hints: u32,
     dict: Option<Arc<DictDecoder>>,
     /// Bytes of message indexes loaded after the open are added here (the engine charges them
     /// to its memory budget).
@@ -628,9 +645,11 @@ impl SegmentReader {
         if file_len < (HEADER_LEN + FOOTER_V1_LEN) as u64 {
             return Err(corrupt(0, "file too short to be a segment"));
         }
-        if get_u64(&read(0, HEADER_LEN)?, 0) != Some(SEGMENT_MAGIC) {
+        let header = read(0, HEADER_LEN)?;
+        if get_u64(&header, 0) != Some(SEGMENT_MAGIC) {
             return Err(corrupt(0, "bad segment magic"));
         }
+        let hints = get_u32(&header, HEADER_HINTS_AT).unwrap_or(0);
         let (version, footer, tail) = Footer::read(path, &*file, file_len)?;
         let footer_len = if footer.extension.is_some() {
             FOOTER_LEN
@@ -739,6 +758,7 @@ impl SegmentReader {
             logical_bytes: footer.logical_bytes,
             conversations,
             first_codec,
+            hints,
             dict,
             index_loads: None,
         };
@@ -902,6 +922,12 @@ impl SegmentReader {
     /// Messages stored.
     pub fn message_count(&self) -> u64 {
         self.message_count
+    }
+
+    /// Whether the header says the blocks of several conversations are in a faster codec than
+    /// the others (`HINT_FAST_SHARED_BLOCKS`; a hint, not checked).
+    pub fn fast_shared_blocks(&self) -> bool {
+        self.hints & HINT_FAST_SHARED_BLOCKS != 0
     }
 
     /// Logical (pre-encoding) bytes of the messages stored.
@@ -1275,6 +1301,33 @@ mod tests {
     }
 
     #[test]
+    fn the_header_hints_shared_blocks_only_in_another_codec_and_only_before_writing() {
+        let open = |codec: Compression, shared: Option<Compression>, rows_before: u64| {
+            let file = VecFile::default();
+            let mut w = SegmentWriter::new(Box::new(file.clone()), codec, 1000);
+            for id in 1..=rows_before {
+                assert!(w.add(&msg(7, id)).unwrap());
+            }
+            if let Some(c) = shared {
+                w.store_shared_blocks_with(c);
+            }
+            assert!(w.add(&msg(8, 1)).unwrap());
+            w.finish().unwrap();
+            let data = Bytes::from(file.0.lock().unwrap().clone());
+            SegmentReader::open(Path::new("t.seg"), Arc::new(data))
+                .unwrap()
+                .fast_shared_blocks()
+        };
+        let zstd = Compression::Zstd(3);
+        assert!(open(zstd, Some(Compression::Lz4), 0));
+        assert!(open(Compression::None, Some(Compression::Lz4), 100));
+        assert!(!open(zstd, None, 0));
+        assert!(!open(zstd, Some(zstd), 0));
+        // Over a megabyte of raw rows: the header has left the writer, unmarked.
+        assert!(!open(Compression::None, Some(Compression::Lz4), 40_000));
+    }
+
+    #[test]
     fn shared_blocks_can_take_another_codec_than_single_conversation_blocks() {
         // One busy conversation filling several blocks, then quiet ones sharing blocks.
         let mut msgs: Vec<Message> = (1..=120).map(|id| msg(7, id)).collect();
@@ -1307,11 +1360,13 @@ mod tests {
             single >= 3 && shared >= 2,
             "{single} single, {shared} shared"
         );
-        // The footer records the first block's codec: the busy conversation's, here.
+        // The footer records the first block's codec: the busy conversation's, here; the
+        // header says that shared blocks are in another.
         assert_eq!(
             seg.first_block_codec(),
             Some(crate::format::block::CODEC_ZSTD)
         );
+        assert!(seg.fast_shared_blocks());
         let mut got = Vec::new();
         for b in 0..seg.block_count() {
             let block = seg.read_block(b).unwrap();
@@ -1490,7 +1545,8 @@ mod tests {
                 });
             match outcome {
                 Err(e) if e.is_corruption() => {}
-                // The header version and reserved words are not read: the footer version rules.
+                // The header version is not read (the footer version rules), and its hints
+                // change no read.
                 Ok(()) if (8..16).contains(&byte) => {}
                 // A flipped version byte in the footer is caught by the footer checksum.
                 other => panic!("byte {byte}: {other:?}"),

@@ -149,7 +149,6 @@ impl<'a> OutputSet<'a> {
             let mut segment =
                 Segment::open(number, self.level, reader, Arc::clone(&self.engine.fs))?;
             segment.compacted = true;
-            segment.fast_shared_blocks = self.transient;
             out.push(Output {
                 segment: Arc::new(segment),
                 summary,
