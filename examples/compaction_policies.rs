@@ -328,7 +328,7 @@ fn compaction_cost(cycles: usize) {
     write_zipf(&store, &zipf, &mut rng, 6_000_000);
     store.compact().expect("compact");
     let start = store.stats();
-    println!("| cycle | compaction | steps | segments per level after | wrote MiB (copied) |");
+    println!("| cycle | compaction | steps (s) | segments per level after | wrote MiB (copied) |");
     println!("|---:|---:|---:|---|---:|");
     let mut total = Duration::ZERO;
     for cycle in 1..=cycles {
@@ -338,16 +338,21 @@ fn compaction_cost(cycles: usize) {
         }
         let before = store.stats();
         let t = Instant::now();
-        let mut steps = 0;
-        while store.compact_step_under_writes().expect("step") {
-            steps += 1;
+        let mut steps = Vec::new();
+        loop {
+            let step = Instant::now();
+            if !store.compact_step_under_writes().expect("step") {
+                break;
+            }
+            steps.push(format!("{:.2}", step.elapsed().as_secs_f64()));
         }
         let took = t.elapsed();
         total += took;
         let s = store.stats();
         println!(
-            "| {cycle} | {:.3} s | {steps} | {:?} | {} ({}) |",
+            "| {cycle} | {:.3} s | {} | {:?} | {} ({}) |",
             took.as_secs_f64(),
+            steps.join(" + "),
             s.segments_per_level,
             (s.compaction_bytes_written - before.compaction_bytes_written) >> 20,
             (s.compaction_bytes_copied - before.compaction_bytes_copied) >> 20,
