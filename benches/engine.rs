@@ -14,6 +14,8 @@
 //!   run, so memtable flushes (and any write stalls) are part of what is measured.
 //! - `read/*` run against a store of 200 000 messages over 5 000 conversations that was flushed
 //!   to segments before measuring. Decoded blocks are cached, so these are warm-cache figures.
+//! - `last_id/*` look up the last id of conversations that only a segment holds (500 000 of
+//!   them), with dense and with random 64-bit conversation ids.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -489,9 +491,42 @@ fn read(c: &mut Criterion) {
     store.close().expect("close");
 }
 
+/// `last_id/*`: the last id of a conversation that only a segment holds (what every append
+/// to a conversation missing from the writer's cache and the memtables asks), in a segment of
+/// 500 000 conversations, one message each: conversation ids dense (a counter) or random 64-bit.
+fn last_id(c: &mut Criterion) {
+    let mut group = c.benchmark_group("last_id");
+    for (name, dense) in [("dense_ids", true), ("random_ids", false)] {
+        let dir = TempDir::new().expect("temp dir");
+        let store = Store::open_with(dir.path(), Options::default()).expect("open");
+        let mut rng = StdRng::seed_from_u64(11);
+        let convs: Vec<u64> = (0..500_000u64)
+            .map(|i| if dense { i + 1 } else { rng.gen::<u64>() >> 1 })
+            .collect();
+        for chunk in convs.chunks(1000) {
+            let batch = chunk
+                .iter()
+                .map(|&c| (ConversationId(c), NewMessage::text(UserId(1), "hi")))
+                .collect();
+            store.append_batch(batch).expect("append");
+        }
+        store.flush().expect("flush");
+        let mut order = convs.clone();
+        order.shuffle(&mut rng);
+        let mut at = 0;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                at = (at + 1) % order.len();
+                black_box(store.last_id(ConversationId(order[at])).expect("last id"))
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().without_plots();
-    targets = append, read
+    targets = append, read, last_id
 }
 criterion_main!(benches);

@@ -1148,17 +1148,9 @@ impl IndexView<'_> {
 
     /// The first and last id of `conv` in the segment.
     pub fn conversation_range(&self, conv: ConversationId) -> Option<(u64, u64)> {
-        let (mut lo, mut hi) = (0, self.convs);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            let (c, first, last) = self.conversation_entry(mid);
-            match c.cmp(&conv) {
-                std::cmp::Ordering::Less => lo = mid + 1,
-                std::cmp::Ordering::Greater => hi = mid,
-                std::cmp::Ordering::Equal => return Some((first, last)),
-            }
-        }
-        None
+        let at = search_sorted(self.convs, conv.0, |i| conv_key(self.index, self.blocks, i))?;
+        let (_, first, last) = self.conversation_entry(at);
+        Some((first, last))
     }
 
     /// The last block whose first key is not after (conv, id).
@@ -1193,6 +1185,58 @@ fn block_handle_in(index: &[u8], i: usize) -> BlockHandle {
         offset: get_u64(index, at + 16).unwrap_or(0),
         len: get_u32(index, at + 24).unwrap_or(0),
     }
+}
+
+/// Interpolation steps `search_sorted` takes before it falls back to halving.
+const INTERPOLATION_STEPS: usize = 4;
+/// Ranges this small are searched by halving at once.
+const INTERPOLATE_ABOVE: usize = 16;
+
+/// The position of `target` among the strictly increasing keys `key(0)..key(n - 1)`, if it is
+/// there. Guesses the position from the key first, a few times, then halves what is left.
+/// Conversation ids are spread about evenly over their range (counters, or random 64-bit
+/// ids), so the first guess lands on or next to the entry: a lookup in a 500 000-entry
+/// conversation index touches ~3 entries (two of them the range's ends, which stay cached)
+/// instead of ~19 scattered ones. Skewed ids cost at most `INTERPOLATION_STEPS` probes more
+/// than halving alone. Keys out of order (a damaged index) give a wrong answer or none, never
+/// a panic or an endless loop.
+fn search_sorted(n: usize, target: u64, key: impl Fn(usize) -> u64) -> Option<usize> {
+    let (mut lo, mut hi) = (0usize, n);
+    for _ in 0..INTERPOLATION_STEPS {
+        if hi - lo <= INTERPOLATE_ABOVE {
+            break;
+        }
+        let (first, last) = (key(lo), key(hi - 1));
+        if target < first || target > last {
+            return None;
+        }
+        if last <= first {
+            break;
+        }
+        // `first <= target <= last`, so the offset is at most `hi - 1 - lo`.
+        let span = (hi - 1 - lo) as u128;
+        let offset = u128::from(target - first) * span / u128::from(last - first);
+        let guess = lo + (offset as usize).min(hi - 1 - lo);
+        match key(guess).cmp(&target) {
+            std::cmp::Ordering::Equal => return Some(guess),
+            std::cmp::Ordering::Less => lo = guess + 1,
+            std::cmp::Ordering::Greater => hi = guess,
+        }
+    }
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        match key(mid).cmp(&target) {
+            std::cmp::Ordering::Equal => return Some(mid),
+            std::cmp::Ordering::Less => lo = mid + 1,
+            std::cmp::Ordering::Greater => hi = mid,
+        }
+    }
+    None
+}
+
+/// The conversation of index entry `i` alone (see `conv_entry`).
+fn conv_key(index: &[u8], blocks: usize, i: usize) -> u64 {
+    get_u64(index, blocks * BLOCK_ENTRY_LEN + i * CONV_ENTRY_LEN).unwrap_or(0)
 }
 
 /// Conversation index entry `i`, from the loaded message index of a segment of `blocks` blocks.
@@ -1298,6 +1342,44 @@ mod tests {
         assert_eq!(seg.conversation_range(ConversationId(3)).unwrap(), None);
         assert_eq!(seg.conversation_range(ConversationId(0)).unwrap(), None);
         assert_eq!(seg.find_block(ConversationId(0), 1).unwrap(), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn search_sorted_finds_what_a_model_holds(
+            keys in proptest::collection::btree_set(proptest::prelude::any::<u64>(), 0..300),
+            dense_from in 0u64..1000,
+            dense_len in 0usize..300,
+            skew in 1u32..40,
+            probes in proptest::collection::vec(proptest::prelude::any::<u64>(), 1..50),
+        ) {
+            let dense: std::collections::BTreeSet<u64> =
+                (0..dense_len as u64).map(|i| dense_from + i).collect();
+            // Keys crowded at the low end of a wide range: the worst case for guessing.
+            let skewed: std::collections::BTreeSet<u64> =
+                (0..200u64).map(|i| i.pow(skew.min(8)) + u64::from(skew)).collect();
+            for set in [&keys, &dense, &skewed] {
+                let sorted: Vec<u64> = set.iter().copied().collect();
+                let mut targets = probes.clone();
+                targets.extend(sorted.iter().copied());
+                targets.extend(sorted.iter().map(|k| k.wrapping_add(1)));
+                for t in targets {
+                    let want = sorted.binary_search(&t).ok();
+                    let got = search_sorted(sorted.len(), t, |i| sorted[i]);
+                    proptest::prop_assert_eq!(got, want, "target {}", t);
+                }
+            }
+        }
+
+        #[test]
+        fn search_sorted_survives_keys_out_of_order(
+            keys in proptest::collection::vec(proptest::prelude::any::<u64>(), 0..200),
+            target in proptest::prelude::any::<u64>(),
+        ) {
+            if let Some(i) = search_sorted(keys.len(), target, |i| keys[i]) {
+                proptest::prop_assert_eq!(keys[i], target);
+            }
+        }
     }
 
     #[test]
