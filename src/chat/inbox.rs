@@ -69,7 +69,7 @@ impl ChatStore {
                 conversation: conv,
                 last_message,
                 unread: visible
-                    .saturating_sub(link.read_floor().max(snap.first_live_id(conv)? - 1)),
+                    .saturating_sub(link.read_floor().max(snap.first_live_id(conv, last)? - 1)),
                 activity_ms,
             });
         }

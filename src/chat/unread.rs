@@ -37,7 +37,7 @@ impl ChatStore {
                 continue;
             }
             let last = snap.last_id(conv)?;
-            let floor = link.read_floor().max(snap.first_live_id(conv)? - 1);
+            let floor = link.read_floor().max(snap.first_live_id(conv, last)? - 1);
             if last <= floor {
                 continue;
             }

@@ -408,9 +408,10 @@ impl Snapshot<'_> {
 
     /// The first id of `conv` not yet expired under retention (`last + 1` if all are): at or
     /// above the watermark, then a binary search on timestamps, which grow with ids (unless
-    /// the clock stepped back or old messages were imported: then it is an estimate).
-    pub(crate) fn first_live_id(&self, conv: ConversationId) -> Result<u64> {
-        let last = self.version.last_id(conv)?;
+    /// the clock stepped back or old messages were imported: then it is an estimate). `last`
+    /// is the conversation's last id in this view ([`last_id`](Self::last_id)), which every
+    /// caller has already looked up.
+    pub(crate) fn first_live_id(&self, conv: ConversationId, last: u64) -> Result<u64> {
         let expiry = self.engine.expiry(&self.version, conv)?;
         let floor = expiry.floor.min(last + 1);
         let Some(cutoff) = expiry.cutoff else {
