@@ -23,7 +23,9 @@
 //! 500 K conversations compacted (level 1 over its budget), then CYCLES (default 16) times
 //! four flushed segments of 110 K messages each, after each of which every compaction the
 //! background thread would run under writes is run at once (`Store::compact_step_under_writes`)
-//! and timed. The inputs depend only on the build, so builds compare by the total time.
+//! and timed. The data written is the same every run, yet compaction's bytes vary by up to
+//! ~10 % between runs of one build (most likely where memtables switch during the setup):
+//! compare builds by the total time of runs that wrote about the same bytes.
 
 #[path = "support/workload.rs"]
 mod workload;
