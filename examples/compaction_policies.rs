@@ -373,22 +373,19 @@ fn compaction_cost(cycles: usize) {
     store.close().expect("close");
 }
 
+/// The command line's second argument as a number, or `default`.
+fn count_arg(default: usize) -> usize {
+    std::env::args()
+        .nth(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(default)
+}
+
 fn main() {
-    if std::env::args().nth(1).as_deref() == Some("compaction-cost") {
-        let cycles = std::env::args()
-            .nth(2)
-            .and_then(|a| a.parse().ok())
-            .unwrap_or(16);
-        compaction_cost(cycles);
-        return;
-    }
-    if std::env::args().nth(1).as_deref() == Some("merge-cost") {
-        let rounds = std::env::args()
-            .nth(2)
-            .and_then(|a| a.parse().ok())
-            .unwrap_or(3);
-        merge_cost(rounds);
-        return;
+    match std::env::args().nth(1).as_deref() {
+        Some("compaction-cost") => return compaction_cost(count_arg(16)),
+        Some("merge-cost") => return merge_cost(count_arg(3)),
+        _ => {}
     }
     if std::env::args().nth(1).as_deref() == Some("sustained") {
         let mut args = std::env::args().skip(2);

@@ -1200,34 +1200,46 @@ const INTERPOLATE_ABOVE: usize = 16;
 /// instead of ~19 scattered ones. Skewed ids cost at most `INTERPOLATION_STEPS` probes more
 /// than halving alone. Keys out of order (a damaged index) give a wrong answer or none, never
 /// a panic or an endless loop.
+// Reached from the compaction thread and the writer: no arithmetic that can overflow, even
+// on keys out of order.
+#[deny(clippy::arithmetic_side_effects)]
 fn search_sorted(n: usize, target: u64, key: impl Fn(usize) -> u64) -> Option<usize> {
     let (mut lo, mut hi) = (0usize, n);
     for _ in 0..INTERPOLATION_STEPS {
-        if hi - lo <= INTERPOLATE_ABOVE {
+        let last_at = hi.saturating_sub(1);
+        if hi.saturating_sub(lo) <= INTERPOLATE_ABOVE {
             break;
         }
-        let (first, last) = (key(lo), key(hi - 1));
+        let (first, last) = (key(lo), key(last_at));
         if target < first || target > last {
             return None;
         }
-        if last <= first {
+        let (Some(from_first), Some(key_span)) =
+            (target.checked_sub(first), last.checked_sub(first))
+        else {
+            break;
+        };
+        if key_span == 0 {
             break;
         }
-        // `first <= target <= last`, so the offset is at most `hi - 1 - lo`.
-        let span = (hi - 1 - lo) as u128;
-        let offset = u128::from(target - first) * span / u128::from(last - first);
-        let guess = lo + (offset as usize).min(hi - 1 - lo);
+        // `first <= target <= last`, so the offset is at most `last_at - lo`.
+        let span = last_at.saturating_sub(lo);
+        let offset = u128::from(from_first)
+            .saturating_mul(span as u128)
+            .checked_div(u128::from(key_span))
+            .unwrap_or(0);
+        let guess = lo.saturating_add(usize::try_from(offset).unwrap_or(span).min(span));
         match key(guess).cmp(&target) {
             std::cmp::Ordering::Equal => return Some(guess),
-            std::cmp::Ordering::Less => lo = guess + 1,
+            std::cmp::Ordering::Less => lo = guess.saturating_add(1),
             std::cmp::Ordering::Greater => hi = guess,
         }
     }
     while lo < hi {
-        let mid = lo + (hi - lo) / 2;
+        let mid = lo.saturating_add(hi.saturating_sub(lo) / 2);
         match key(mid).cmp(&target) {
             std::cmp::Ordering::Equal => return Some(mid),
-            std::cmp::Ordering::Less => lo = mid + 1,
+            std::cmp::Ordering::Less => lo = mid.saturating_add(1),
             std::cmp::Ordering::Greater => hi = mid,
         }
     }
@@ -1243,7 +1255,7 @@ fn conv_key(index: &[u8], blocks: usize, i: usize) -> u64 {
 fn conv_entry(index: &[u8], blocks: usize, i: usize) -> (ConversationId, u64, u64) {
     let at = blocks * BLOCK_ENTRY_LEN + i * CONV_ENTRY_LEN;
     (
-        ConversationId(get_u64(index, at).unwrap_or(0)),
+        ConversationId(conv_key(index, blocks, i)),
         get_u64(index, at + 8).unwrap_or(0),
         get_u64(index, at + 16).unwrap_or(0),
     )
