@@ -360,6 +360,12 @@ fn commits_go_on_while_a_nats_server_is_down() {
     assert!(log.is_leading(), "{:?}", log.stopped());
     nats_cluster.restart(victim).unwrap();
     run(&leader, 30);
+    // One server down at a time: the restarted one must hold the stream again before another
+    // goes, or the stream is left with one current replica and no quorum (commits then time
+    // out after `append_timeout`, as happened here under load).
+    nats_cluster
+        .wait_replicated(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("the restarted server did not catch up: {e}"));
     // And a server that is not leading.
     let other = (stream_leader(&nats, log.stream()) + 1) % 3;
     nats_cluster.kill(other).unwrap();
