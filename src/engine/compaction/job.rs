@@ -18,6 +18,7 @@ use super::super::files;
 use super::super::overrides::{self, Override};
 use super::super::version::{Segment, Version};
 use super::super::Engine;
+use super::conversation_cursor::ConversationCursors;
 use super::split::{self, KeyRange};
 use crate::error::{Error, Result};
 use crate::format::block::{self, Block};
@@ -323,7 +324,7 @@ impl ConversationRules {
     fn load(
         engine: &Engine,
         durable: &Version,
-        inputs: &[Arc<Segment>],
+        inputs: &mut ConversationCursors<'_>,
         head: &Message,
     ) -> Result<Self> {
         let conv = head.conversation;
@@ -354,14 +355,12 @@ impl ConversationRules {
         // The inputs' id ranges at and above the watermark. Inputs hold a gapless band of the
         // conversation's ids, except where a version that kept no watermark dropped expired
         // rows: ids below such a hole are treated as below a watermark.
-        let mut ranges: Vec<(u64, u64)> = Vec::with_capacity(inputs.len());
-        for s in inputs.iter().filter(|s| s.may_hold(conv)) {
-            if let Some((first, last)) = s.reader.conversation_range(conv)? {
-                if last >= floor_before {
-                    ranges.push((first.max(floor_before), last));
-                }
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        inputs.ranges(conv, |first, last| {
+            if last >= floor_before {
+                ranges.push((first.max(floor_before), last));
             }
-        }
+        });
         ranges.sort_unstable();
         let mut floor = floor_before;
         let mut end: Option<u64> = None;
@@ -690,6 +689,8 @@ fn merge_parts(
 struct MessageMerge<'a, 'w> {
     engine: &'a Engine,
     inputs: &'a [Arc<Segment>],
+    /// Where each input holds the conversations the merge meets.
+    held: ConversationCursors<'a>,
     durable: &'a Version,
     /// Outputs are split at this size, between conversations.
     target: u64,
@@ -729,7 +730,7 @@ impl MessageMerge<'_, '_> {
         let conv = m.conversation;
         if self.last_conv != Some(conv) {
             self.end_conversation(out, &path)?;
-            self.rules = ConversationRules::load(self.engine, self.durable, self.inputs, &m)?;
+            self.rules = ConversationRules::load(self.engine, self.durable, &mut self.held, &m)?;
             self.last_conv = Some(conv);
         }
         if let Some(m) = self.rules.rewrite(m, &path)? {
@@ -785,7 +786,8 @@ impl MessageMerge<'_, '_> {
                 self.rules.keeps(run.first_id, end)
             } else {
                 let head = block.first_of(run);
-                let rules = ConversationRules::load(self.engine, self.durable, self.inputs, &head)?;
+                let rules =
+                    ConversationRules::load(self.engine, self.durable, &mut self.held, &head)?;
                 let keeps = rules.keeps(run.first_id, end);
                 fresh.push(rules);
                 keeps
@@ -869,6 +871,7 @@ fn merge_messages(
     let mut merge = MessageMerge {
         engine,
         inputs,
+        held: ConversationCursors::open(inputs)?,
         durable,
         target,
         last_conv: None,

@@ -6,6 +6,7 @@
 // Background threads must not panic: no arithmetic that can overflow.
 #![deny(clippy::arithmetic_side_effects)]
 
+pub(crate) mod conversation_cursor;
 pub(crate) mod job;
 pub(crate) mod picker;
 pub(crate) mod split;
