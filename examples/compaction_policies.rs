@@ -362,11 +362,12 @@ fn compaction_cost(cycles: usize) {
     }
     let s = store.stats();
     println!(
-        "\n{cycles} cycles ({:.2} M messages): compaction {:.2} s, wrote {} MiB ({} copied), read {} MiB; {:.3} bytes on disk per logical byte",
+        "\n{cycles} cycles ({:.2} M messages): compaction {:.2} s, wrote {} MiB ({} copied, {} of them undecoded), read {} MiB; {:.3} bytes on disk per logical byte",
         cycles as f64 * 0.44,
         total.as_secs_f64(),
         (s.compaction_bytes_written - start.compaction_bytes_written) >> 20,
         (s.compaction_bytes_copied - start.compaction_bytes_copied) >> 20,
+        (s.compaction_bytes_copied_undecoded - start.compaction_bytes_copied_undecoded) >> 20,
         (s.compaction_bytes_read - start.compaction_bytes_read) >> 20,
         s.space_amplification(),
     );

@@ -59,6 +59,7 @@ pub fn block(data: &[u8]) -> Vec<u8> {
 /// footer and indexes point to, then the index checksum and the footer checksum.
 pub fn segment(data: &[u8]) -> Vec<u8> {
     const FOOTER: usize = 84;
+    const FOOTER_EXTENDED: usize = 108;
     let mut buf = data.to_vec();
     let n = buf.len();
     if n < 16 + FOOTER {
@@ -96,6 +97,22 @@ pub fn segment(data: &[u8]) -> Vec<u8> {
         fix_block_at(&mut buf, offset, len, f);
     }
     fix_block_at(&mut buf, dict_at, dict_len, f);
+    let version = field32(&buf, 68);
+    if version >= 2 && n >= 16 + FOOTER_EXTENDED {
+        // Versions 2 and 3: the message indexes (`B..S`) have their checksum in the footer's
+        // extension, the state index (`S..F`) its own, and the footer's covers all 96 bytes
+        // before it.
+        let ext = n - FOOTER_EXTENDED;
+        if block_index <= state_index && state_index <= ext {
+            let crc = crc32fast::hash(&buf[block_index..state_index]);
+            put32(&mut buf, ext + 16, crc);
+            let crc = crc32fast::hash(&buf[state_index..ext]);
+            put32(&mut buf, f + 64, crc);
+        }
+        let crc = crc32fast::hash(&buf[ext..ext + 96]);
+        put32(&mut buf, ext + 96, crc);
+        return buf;
+    }
     if block_index <= f {
         let crc = crc32fast::hash(&buf[block_index..f]);
         put32(&mut buf, f + 64, crc);

@@ -54,7 +54,15 @@ fn check(data: &[u8]) {
         if let Ok(b) = seg.read_block(i) {
             check_block(&b);
         }
+        // What compaction reads to copy a block without decoding it, and the decode after.
+        let _ = (index.block_rows(i), index.block_logical_bytes(i));
+        if let Ok(stored) = seg.read_block_checked(i) {
+            if let Ok(b) = seg.decode_block(i, &stored) {
+                check_block(&b);
+            }
+        }
     }
+    assert!(seg.read_block_checked(blocks).is_err());
     assert!(seg.read_block(blocks).is_err());
 
     let mut keys = Vec::new();

@@ -52,6 +52,10 @@ pub struct Stats {
     /// inputs, without decoding and compressing them again (where no other input's rows fall
     /// inside them).
     pub compaction_bytes_copied: u64,
+    /// Of `compaction_bytes_copied`, the bytes of blocks copied without even being decompressed
+    /// (blocks of one conversation whose rows and size the input's indexes give; version-3
+    /// segments).
+    pub compaction_bytes_copied_undecoded: u64,
     /// Key ranges merged on threads beside the compaction thread since open (a compaction cut
     /// in `n` parts adds `n - 1`; see `Options::compaction_threads`).
     pub compaction_parts_beside: u64,
@@ -112,6 +116,7 @@ pub(crate) struct Counters {
     pub compaction_bytes_read: AtomicU64,
     pub compaction_bytes_written: AtomicU64,
     pub compaction_bytes_copied: AtomicU64,
+    pub compaction_bytes_copied_undecoded: AtomicU64,
     pub compaction_parts_beside: AtomicU64,
     pub compaction_errors: AtomicU64,
     pub reads: AtomicU64,
@@ -161,6 +166,7 @@ impl Counters {
             compaction_bytes_read: l(&self.compaction_bytes_read),
             compaction_bytes_written: l(&self.compaction_bytes_written),
             compaction_bytes_copied: l(&self.compaction_bytes_copied),
+            compaction_bytes_copied_undecoded: l(&self.compaction_bytes_copied_undecoded),
             compaction_parts_beside: l(&self.compaction_parts_beside),
             compaction_errors: l(&self.compaction_errors),
             write_stall_micros: l(&self.write_stall_micros),

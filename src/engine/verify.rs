@@ -7,6 +7,7 @@ use super::files::{self, FileKind};
 use super::Engine;
 use crate::error::{Error, Result};
 use crate::format::batch;
+use crate::format::segment::logical_bytes_of;
 use crate::format::wal::{self, LogReader, ReadStep};
 use crate::types::ConversationId;
 
@@ -101,6 +102,14 @@ impl Engine {
                         continue;
                     }
                 };
+                let recorded = index.and_then(|i| i.block_logical_bytes(b));
+                if recorded.is_some_and(|size| u64::from(size) != logical_bytes_of(&block)) {
+                    report.problem(Error::corruption(
+                        &path,
+                        offset,
+                        "the block sizes disagree with the block's rows",
+                    ));
+                }
                 for run in block.runs() {
                     let last = run.first_id + u64::from(run.len) - 1;
                     match seen.get_mut(&run.conversation) {

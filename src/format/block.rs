@@ -444,10 +444,8 @@ impl SenderColumn {
     }
 }
 
-/// Checks a stored block's checksum and returns its uncompressed body.
-/// `stored` is the block as on disk, trailer included.
-/// `dict` is the segment's dictionary, needed by blocks compressed against it.
-pub fn unpack(stored: &Bytes, dict: Option<&DictDecoder>) -> Result<Bytes, &'static str> {
+/// Checks a stored block's trailer and checksum; returns the length of its uncompressed body.
+pub fn check_stored(stored: &[u8]) -> Result<usize, &'static str> {
     if stored.len() < BLOCK_TRAILER_LEN {
         return Err("block shorter than its trailer");
     }
@@ -460,6 +458,15 @@ pub fn unpack(stored: &Bytes, dict: Option<&DictDecoder>) -> Result<Bytes, &'sta
     if raw_len > MAX_BLOCK_LEN {
         return Err("block length over the limit");
     }
+    Ok(raw_len)
+}
+
+/// Checks a stored block's checksum and returns its uncompressed body.
+/// `stored` is the block as on disk, trailer included.
+/// `dict` is the segment's dictionary, needed by blocks compressed against it.
+pub fn unpack(stored: &Bytes, dict: Option<&DictDecoder>) -> Result<Bytes, &'static str> {
+    let raw_len = check_stored(stored)?;
+    let t = stored.len() - BLOCK_TRAILER_LEN;
     let body = stored.slice(..t);
     let out = match stored[t + 4] {
         CODEC_NONE => body,

@@ -2,13 +2,15 @@
 //! index, a conversation index and a footer. See `docs/format-segment.md`.
 //!
 //! ```text
-//! segment      := header [dictionary] block* state_block* block_index conv_index state_index footer
+//! segment      := header [dictionary] block* state_block* block_index conv_index block_sizes
+//!                 state_index footer
 //! dictionary   := zstd dictionary bytes | len:u32 | codec:u8 = 0 | crc:u32  (block framing)
 //! header       := magic:u64 = SEGMENT_MAGIC | version:u32 | hints:u32                 (16 bytes)
 //! block        := body | uncompressed_len:u32 | codec:u8 | crc:u32   (see format::block)
 //! state_block  := same framing, body per format::state_block
 //! block_index  := (first_conv:u64 | first_id:u64 | offset:u64 | len:u32 | rows:u32){block_count}
 //! conv_index   := (conv:u64 | first_id:u64 | last_id:u64){conv_count}
+//! block_sizes  := logical_bytes:u32{block_count}                       (version 3 on)
 //! state_index  := (offset:u64 | len:u32 | key_pos:u32){state_block_count}
 //!                 (key_len:varint | first_key){state_block_count}
 //! footer       := first_conv:u64 | last_conv:u64 | message_index_crc:u32 | first_codec:u32 |
@@ -19,7 +21,9 @@
 //!                 index_crc:u32 | version:u32 | footer_crc:u32 | magic:u64   (108 bytes)
 //! ```
 //! `key_pos` is the offset of a state block's first key from the start of the key area;
-//! `message_index_crc` covers the block and conversation indexes, `index_crc` the state index,
+//! `message_index_crc` covers the block and conversation indexes and the block sizes (each
+//! block's logical size, so that compaction can copy a block without decoding it and still
+//! count what it holds), `index_crc` the state index,
 //! `footer_crc` the footer bytes before it. A version-1 footer is the last 84 bytes alone, and
 //! its `index_crc` covers all three indexes.
 //! Both message indexes are fixed-width and sorted, so a lookup is a binary search. Opening a
@@ -35,7 +39,7 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 
 use super::block::{
-    pack, stored_codec, unpack, Block, BlockBuilder, BLOCK_TRAILER_LEN, MAX_BLOCK_LEN,
+    check_stored, pack, stored_codec, unpack, Block, BlockBuilder, BLOCK_TRAILER_LEN, MAX_BLOCK_LEN,
 };
 use super::coding::{get_u32, get_u64, put_u32, put_u64};
 use super::coding::{put_varint, Reader};
@@ -49,8 +53,11 @@ use crate::types::{ConversationId, Message, MessageRef};
 
 /// "CHATSEG" and a format byte, as a little-endian u64.
 pub const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"CHATSEG\x01");
-/// The newest segment format version this build writes and reads (it reads version 1 too).
-pub const SEGMENT_VERSION: u32 = 2;
+/// The newest segment format version this build writes and reads (it reads versions 1 and 2
+/// too).
+pub const SEGMENT_VERSION: u32 = 3;
+/// Size of a block's entry in the block sizes (version 3 on).
+pub const BLOCK_SIZE_ENTRY_LEN: usize = 4;
 /// Size of the file header.
 pub const HEADER_LEN: usize = 16;
 /// Header hint: the segment stores its blocks of several conversations in a faster codec than
@@ -60,7 +67,7 @@ pub const HEADER_LEN: usize = 16;
 pub const HINT_FAST_SHARED_BLOCKS: u32 = 1;
 /// Where the hints word is in the header.
 const HEADER_HINTS_AT: usize = 12;
-/// Size of the footer this build writes (version 2).
+/// Size of the footer this build writes (versions 2 and 3).
 pub const FOOTER_LEN: usize = 108;
 /// Size of a version-1 footer: the last 84 bytes of a version-2 one, whose first 24 bytes
 /// (the extension) it lacks.
@@ -104,6 +111,10 @@ pub struct SegmentWriter {
     offset: u64,
     block_index: Vec<u8>,
     conv_index: Vec<(u64, u64, u64)>,
+    /// Each message block's logical size, in block order.
+    block_sizes: Vec<u32>,
+    /// Logical bytes of the rows in `block`, not yet in a finished block.
+    pending_logical: u64,
     state: StateBlockBuilder,
     state_started: bool,
     state_index: Vec<(u64, u32, Vec<u8>)>,
@@ -126,8 +137,22 @@ impl std::fmt::Debug for SegmentWriter {
     }
 }
 
+/// A conversation's rows in a block being copied: what the conversation index needs of it.
+#[derive(Clone, Copy, Debug)]
+struct StoredRun {
+    conversation: u64,
+    first_id: u64,
+    len: u32,
+}
+
 /// Fixed per-message bytes counted as logical size (ids, sender, timestamp, kind).
 const LOGICAL_FIXED_BYTES: u64 = 33;
+
+/// The logical size of a block's rows, as a segment counts it (`logical_bytes`).
+pub fn logical_bytes_of(block: &Block) -> u64 {
+    let (content, attachments, mentions) = block.payload();
+    LOGICAL_FIXED_BYTES * block.rows() as u64 + content + attachments + 8 * mentions
+}
 
 /// `v` as a u32 field of the format, refused if it would wrap.
 fn u32_field(what: &'static str, v: usize) -> Result<u32, OverLimit> {
@@ -172,6 +197,8 @@ impl SegmentWriter {
             offset: 0,
             block_index: Vec::new(),
             conv_index: Vec::new(),
+            block_sizes: Vec::new(),
+            pending_logical: 0,
             state: StateBlockBuilder::new(),
             state_started: false,
             state_index: Vec::new(),
@@ -242,10 +269,12 @@ impl SegmentWriter {
             ));
         }
         self.summary.messages += 1;
-        self.summary.logical_bytes += LOGICAL_FIXED_BYTES
+        let logical = LOGICAL_FIXED_BYTES
             + m.content.len() as u64
             + m.attachment.map_or(0, |a| a.len() as u64)
             + 8 * m.mentions.len() as u64;
+        self.summary.logical_bytes += logical;
+        self.pending_logical += logical;
         if self.block.estimated_len() >= self.block_bytes {
             self.finish_block()?;
         }
@@ -259,13 +288,52 @@ impl SegmentWriter {
     /// block of their own first. Returns `false` (adding nothing) if the rows are out of order
     /// or not gapless after what was added before, or state entries were already added.
     pub fn add_stored_block(&mut self, stored: &[u8], block: &Block) -> std::io::Result<bool> {
-        if self.state_started || block.rows() == 0 {
+        let runs: Vec<StoredRun> = block
+            .runs()
+            .iter()
+            .map(|r| StoredRun {
+                conversation: r.conversation.0,
+                first_id: r.first_id,
+                len: r.len,
+            })
+            .collect();
+        self.add_stored(stored, &runs, block.rows(), logical_bytes_of(block))
+    }
+
+    /// [`add_stored_block`](Self::add_stored_block) for a block known, from its segment's
+    /// indexes, to hold only `rows` rows of `conversation` from `first_id` on, of `logical`
+    /// bytes: it is copied without being decoded at all.
+    pub fn add_stored_run(
+        &mut self,
+        stored: &[u8],
+        conversation: ConversationId,
+        first_id: u64,
+        rows: u32,
+        logical: u32,
+    ) -> std::io::Result<bool> {
+        let run = StoredRun {
+            conversation: conversation.0,
+            first_id,
+            len: rows,
+        };
+        self.add_stored(stored, &[run], rows as usize, u64::from(logical))
+    }
+
+    fn add_stored(
+        &mut self,
+        stored: &[u8],
+        runs: &[StoredRun],
+        rows: usize,
+        logical: u64,
+    ) -> std::io::Result<bool> {
+        if self.state_started || rows == 0 {
             return Ok(false);
         }
         // Check the whole block against the conversation index before changing anything.
         let mut prev = self.conv_index.last().map(|&(c, _, last)| (c, last));
-        for run in block.runs() {
-            let conv = run.conversation.0;
+        let mut counted = 0u64;
+        for run in runs {
+            let conv = run.conversation;
             let ok = match prev {
                 Some((c, last)) if c == conv => last.checked_add(1) == Some(run.first_id),
                 Some((c, _)) => c < conv,
@@ -278,23 +346,28 @@ impl SegmentWriter {
             else {
                 return Ok(false);
             };
-            if !ok || run.len == 0 {
+            if !ok || run.len == 0 || run.first_id == 0 {
                 return Ok(false);
             }
+            counted += u64::from(run.len);
             prev = Some((conv, end));
         }
-        let (Some(first), Some(rows)) = (block.runs().first(), u32::try_from(block.rows()).ok())
-        else {
+        let (Some(first), Ok(rows)) = (runs.first(), u32::try_from(rows)) else {
             return Ok(false);
         };
+        let Ok(block_logical) = u32::try_from(logical) else {
+            return Ok(false);
+        };
+        if counted != u64::from(rows) {
+            return Ok(false);
+        }
         let len = u32_field("bytes of one stored block", stored.len())?;
         self.finish_block()?;
-        for run in block.runs() {
-            let conv = run.conversation.0;
+        for run in runs {
             let end = run.first_id + u64::from(run.len) - 1;
             match self.conv_index.last_mut() {
-                Some(last) if last.0 == conv => last.2 = end,
-                _ => self.conv_index.push((conv, run.first_id, end)),
+                Some(last) if last.0 == run.conversation => last.2 = end,
+                _ => self.conv_index.push((run.conversation, run.first_id, end)),
             }
         }
         let offset = self.offset + self.out.len() as u64;
@@ -302,16 +375,15 @@ impl SegmentWriter {
         if self.first_codec.is_none() {
             self.first_codec = stored_codec(stored);
         }
-        put_u64(&mut self.block_index, first.conversation.0);
+        put_u64(&mut self.block_index, first.conversation);
         put_u64(&mut self.block_index, first.first_id);
         put_u64(&mut self.block_index, offset);
         put_u32(&mut self.block_index, len);
         put_u32(&mut self.block_index, rows);
-        let (content, attachments, mentions) = block.payload();
+        self.block_sizes.push(block_logical);
         self.summary.blocks += 1;
         self.summary.messages += u64::from(rows);
-        self.summary.logical_bytes +=
-            LOGICAL_FIXED_BYTES * u64::from(rows) + content + attachments + 8 * mentions;
+        self.summary.logical_bytes += logical;
         if self.out.len() >= (1 << 20) {
             self.drain()?;
         }
@@ -340,6 +412,13 @@ impl SegmentWriter {
         put_u64(&mut self.block_index, offset);
         put_u32(&mut self.block_index, len);
         put_u32(&mut self.block_index, rows);
+        // A block holds at most `MAX_BLOCK_LEN` of rows, each counted at most a few times
+        // its stored size: far below 4 GiB.
+        self.block_sizes.push(u32_field(
+            "logical bytes of one block",
+            self.pending_logical as usize,
+        )?);
+        self.pending_logical = 0;
         self.summary.blocks += 1;
         if self.out.len() >= (1 << 20) {
             self.drain()?;
@@ -423,6 +502,9 @@ impl SegmentWriter {
             put_u64(&mut self.out, conv);
             put_u64(&mut self.out, first);
             put_u64(&mut self.out, last);
+        }
+        for &size in &self.block_sizes {
+            put_u32(&mut self.out, size);
         }
         let message_index_crc = crc32fast::hash(&self.out[index_start..]);
         let state_index_offset = self.offset + self.out.len() as u64;
@@ -571,7 +653,7 @@ impl Footer {
         let version = get_u32(base, 68).unwrap_or(0);
         let footer_len = match version {
             1 => FOOTER_V1_LEN,
-            2 => FOOTER_LEN,
+            2 | 3 => FOOTER_LEN,
             _ => {
                 // Checked against the footer checksum of the layout this build knows best
                 // first: a damaged version word must read as corruption, not as a newer file.
@@ -660,7 +742,7 @@ impl SegmentReader {
         let block_index_offset = footer.block_index_offset;
         let state_index_offset = footer.state_index_offset;
         let message_index_len = (footer.block_count as u64)
-            .checked_mul(BLOCK_ENTRY_LEN as u64)
+            .checked_mul(block_entries_len(version) as u64)
             .and_then(|b| {
                 b.checked_add((footer.conv_count as u64).checked_mul(CONV_ENTRY_LEN as u64)?)
             });
@@ -815,6 +897,28 @@ impl SegmentReader {
                 ));
             }
         }
+        if self.version >= 3 {
+            // Each block's logical size adds up to the footer's, and its rows to the
+            // footer's message count: copies that trust the sizes copy what the footer says.
+            let view = IndexView {
+                index,
+                blocks: self.block_count,
+                convs: self.conv_count,
+                has_block_sizes: true,
+            };
+            let (mut logical, mut rows) = (0u64, 0u64);
+            for i in 0..self.block_count {
+                logical += u64::from(view.block_logical_bytes(i).unwrap_or(0));
+                rows += u64::from(view.block_rows(i));
+            }
+            if logical != self.logical_bytes || rows != self.message_count {
+                return Err(Error::corruption(
+                    &self.path,
+                    self.message_index_offset,
+                    "block sizes disagree with the footer",
+                ));
+            }
+        }
         if self.version >= 2 && self.conv_count > 0 {
             let first = conv_entry(index, self.block_count, 0).0;
             let last = conv_entry(index, self.block_count, self.conv_count - 1).0;
@@ -831,7 +935,8 @@ impl SegmentReader {
 
     /// Reads and checks the block and conversation indexes.
     fn load_message_index(&self) -> Result<Bytes> {
-        let len = (self.block_count * BLOCK_ENTRY_LEN) + (self.conv_count * CONV_ENTRY_LEN);
+        let len = (self.block_count * block_entries_len(self.version))
+            + (self.conv_count * CONV_ENTRY_LEN);
         let index = self
             .file
             .read_at(self.message_index_offset, len)
@@ -1031,6 +1136,7 @@ impl SegmentReader {
             index: self.message_index()?,
             blocks: self.block_count,
             convs: self.conv_count,
+            has_block_sizes: self.version >= 3,
         })
     }
 
@@ -1095,6 +1201,21 @@ impl SegmentReader {
 
     /// Reads, checks and decodes block `i`; returns it as stored (trailer included) too.
     pub fn read_block_stored(&self, i: usize) -> Result<(Bytes, Block)> {
+        let (_, stored) = self.read_block_unchecked(i)?;
+        // Decoding checks the checksum.
+        let block = self.decode_block(i, &stored)?;
+        Ok((stored, block))
+    }
+
+    /// Reads block `i` as stored (trailer included) and checks its checksum, without
+    /// decompressing or decoding it: what a copy into another segment needs.
+    pub fn read_block_checked(&self, i: usize) -> Result<Bytes> {
+        let (h, stored) = self.read_block_unchecked(i)?;
+        check_stored(&stored).map_err(|why| Error::corruption(&self.path, h.offset, why))?;
+        Ok(stored)
+    }
+
+    fn read_block_unchecked(&self, i: usize) -> Result<(BlockHandle, Bytes)> {
         if i >= self.block_count {
             return Err(Error::corruption(
                 &self.path,
@@ -1102,10 +1223,16 @@ impl SegmentReader {
                 "block number out of range",
             ));
         }
+        let h = block_handle_in(self.message_index()?, i);
+        Ok((h, self.read_stored(h)?))
+    }
+
+    /// Decodes block `i` from `stored` (as read by
+    /// [`read_block_checked`](Self::read_block_checked)), checking it all over again.
+    pub fn decode_block(&self, i: usize, stored: &Bytes) -> Result<Block> {
         let index = self.message_index()?;
         let h = block_handle_in(index, i);
-        let stored = self.read_stored(h)?;
-        let body = unpack(&stored, self.dict.as_deref())
+        let body = unpack(stored, self.dict.as_deref())
             .map_err(|why| Error::corruption(&self.path, h.offset, why))?;
         let block =
             Block::decode(body).map_err(|why| Error::corruption(&self.path, h.offset, why))?;
@@ -1117,7 +1244,7 @@ impl SegmentReader {
                 "block row count disagrees with the index",
             ));
         }
-        Ok((stored, block))
+        Ok(block)
     }
 }
 
@@ -1127,6 +1254,8 @@ pub struct IndexView<'a> {
     index: &'a [u8],
     blocks: usize,
     convs: usize,
+    /// Whether the index ends with the block sizes (version 3 on).
+    has_block_sizes: bool,
 }
 
 impl IndexView<'_> {
@@ -1144,6 +1273,21 @@ impl IndexView<'_> {
     /// The i-th conversation index entry: (conversation, first id, last id).
     pub fn conversation_entry(&self, i: usize) -> (ConversationId, u64, u64) {
         conv_entry(self.index, self.blocks, i)
+    }
+
+    /// The number of rows in block `i`. REQUIRES: `i < block_count()`.
+    pub fn block_rows(&self, i: usize) -> u32 {
+        get_u32(self.index, i * BLOCK_ENTRY_LEN + 28).unwrap_or(0)
+    }
+
+    /// The logical size of block `i`'s rows (what the segment counts in `logical_bytes`), if
+    /// the segment records it (version 3 on). REQUIRES: `i < block_count()`.
+    pub fn block_logical_bytes(&self, i: usize) -> Option<u32> {
+        if !self.has_block_sizes {
+            return None;
+        }
+        let at = self.blocks * BLOCK_ENTRY_LEN + self.convs * CONV_ENTRY_LEN;
+        get_u32(self.index, at + i * BLOCK_SIZE_ENTRY_LEN)
     }
 
     /// The first and last id of `conv` in the segment.
@@ -1166,6 +1310,16 @@ impl IndexView<'_> {
             }
         }
         lo.checked_sub(1)
+    }
+}
+
+/// Bytes of the message index per block: its block index entry, and from version 3 on its
+/// entry in the block sizes.
+fn block_entries_len(version: u32) -> usize {
+    if version >= 3 {
+        BLOCK_ENTRY_LEN + BLOCK_SIZE_ENTRY_LEN
+    } else {
+        BLOCK_ENTRY_LEN
     }
 }
 
@@ -1740,6 +1894,159 @@ mod tests {
         }
     }
 
+    /// `data` (version 3) rewritten in the version-2 layout: no block sizes.
+    fn as_version_2(data: &[u8]) -> Bytes {
+        let ext_at = data.len() - FOOTER_LEN;
+        let mut footer = data[ext_at..].to_vec();
+        let (start, state_at) = message_index_span(data);
+        let blocks = get_u32(&footer, 32).unwrap() as u64;
+        let sizes_at = state_at - BLOCK_SIZE_ENTRY_LEN as u64 * blocks;
+        let mut out = data[..sizes_at as usize].to_vec();
+        out.extend_from_slice(&data[state_at as usize..ext_at]);
+        let index_crc = crc32fast::hash(&out[start as usize..sizes_at as usize]);
+        footer[16..20].copy_from_slice(&index_crc.to_le_bytes());
+        footer[56..64].copy_from_slice(&sizes_at.to_le_bytes());
+        footer[92..96].copy_from_slice(&2u32.to_le_bytes());
+        let footer_crc = crc32fast::hash(&footer[..96]);
+        footer[96..100].copy_from_slice(&footer_crc.to_le_bytes());
+        out[8..12].copy_from_slice(&2u32.to_le_bytes());
+        out.extend_from_slice(&footer);
+        Bytes::from(out)
+    }
+
+    /// Asserts that two segments holding the same messages read the same.
+    fn assert_read_the_same(a: &SegmentReader, b: &SegmentReader) {
+        assert_eq!(a.conversation_bounds(), b.conversation_bounds());
+        assert_eq!(a.first_block_codec(), b.first_block_codec());
+        assert_eq!(a.block_count(), b.block_count());
+        assert_eq!(
+            (a.message_count(), a.logical_bytes()),
+            (b.message_count(), b.logical_bytes())
+        );
+        for conv in [0u64, 1, 2, 3, 5, 1000, 1001] {
+            let c = ConversationId(conv);
+            assert_eq!(
+                a.conversation_range(c).unwrap(),
+                b.conversation_range(c).unwrap()
+            );
+            assert_eq!(a.find_block(c, 7).unwrap(), b.find_block(c, 7).unwrap());
+        }
+        for i in 0..a.block_count() {
+            let (mut x, mut y) = (Vec::new(), Vec::new());
+            a.read_block(i).unwrap().collect_all(&mut x);
+            b.read_block(i).unwrap().collect_all(&mut y);
+            assert_eq!(x, y);
+        }
+    }
+
+    #[test]
+    fn version_2_segments_still_read_the_same() {
+        let (data, _) = build(&sample(), 600);
+        let v3 = SegmentReader::open(Path::new("v3.seg"), Arc::new(data.clone())).unwrap();
+        let v2 = SegmentReader::open(Path::new("v2.seg"), Arc::new(as_version_2(&data))).unwrap();
+        assert_eq!((v2.version(), v3.version()), (2, 3));
+        assert_read_the_same(&v2, &v3);
+        assert_eq!(v2.indexes().unwrap().block_logical_bytes(0), None);
+    }
+
+    #[test]
+    fn block_sizes_are_each_blocks_logical_bytes_copied_or_not() {
+        let msgs = sample();
+        let (data, summary) = build(&msgs, 600);
+        let src = SegmentReader::open(Path::new("a.seg"), Arc::new(data)).unwrap();
+        let view = src.indexes().unwrap();
+        let mut total = 0;
+        for i in 0..src.block_count() {
+            let size = view.block_logical_bytes(i).unwrap();
+            assert_eq!(
+                u64::from(size),
+                logical_bytes_of(&src.read_block(i).unwrap())
+            );
+            total += u64::from(size);
+        }
+        assert_eq!(total, summary.logical_bytes);
+
+        // A copy of every block, the odd ones through `add_stored_run` (their size from the
+        // index, undecoded), the even ones decoded, keeps every size and the totals.
+        let file = VecFile::default();
+        let mut w = SegmentWriter::new(Box::new(file.clone()), Compression::Lz4, 600);
+        for i in 0..src.block_count() {
+            let stored = src.read_block_checked(i).unwrap();
+            let block = src.decode_block(i, &stored).unwrap();
+            let copied = if i % 2 == 1 && block.runs().len() == 1 {
+                let (conv, first) = view.block_first_key(i);
+                w.add_stored_run(
+                    &stored,
+                    conv,
+                    first,
+                    view.block_rows(i),
+                    view.block_logical_bytes(i).unwrap(),
+                )
+            } else {
+                w.add_stored_block(&stored, &block)
+            };
+            assert!(copied.unwrap(), "block {i}");
+        }
+        let copy_summary = w.finish().unwrap();
+        assert_eq!(
+            (copy_summary.messages, copy_summary.logical_bytes),
+            (summary.messages, summary.logical_bytes)
+        );
+        let copy = file.0.lock().unwrap().clone();
+        let dst = SegmentReader::open(Path::new("b.seg"), Arc::new(Bytes::from(copy))).unwrap();
+        assert_read_the_same(&src, &dst);
+        let dst_view = dst.indexes().unwrap();
+        for i in 0..src.block_count() {
+            assert_eq!(dst_view.block_logical_bytes(i), view.block_logical_bytes(i));
+        }
+    }
+
+    #[test]
+    fn a_run_that_does_not_follow_what_was_added_is_refused() {
+        let (data, _) = build(&sample(), 600);
+        let src = SegmentReader::open(Path::new("a.seg"), Arc::new(data)).unwrap();
+        let view = src.indexes().unwrap();
+        let stored = src.read_block_checked(1).unwrap();
+        let (conv, first) = view.block_first_key(1);
+        let rows = view.block_rows(1);
+        let size = view.block_logical_bytes(1).unwrap();
+        let file = VecFile::default();
+        let mut w = SegmentWriter::new(Box::new(file), Compression::Lz4, 600);
+        // The first run may start at any id; the same rows again overlap them, no rows is
+        // no run, and an earlier conversation is out of order.
+        assert!(w.add_stored_run(&stored, conv, first, rows, size).unwrap());
+        assert!(!w.add_stored_run(&stored, conv, first, rows, size).unwrap());
+        assert!(!w.add_stored_run(&stored, conv, first, 0, size).unwrap());
+        assert!(!w
+            .add_stored_run(&stored, ConversationId(0), 5, rows, size)
+            .unwrap());
+    }
+
+    #[test]
+    fn block_sizes_that_do_not_add_up_are_corruption_at_the_first_lookup() {
+        let (data, _) = build(&sample(), 600);
+        let (start, state_at) = message_index_span(&data);
+        let mut bad = data.to_vec();
+        // The last block's size one larger, the message index checksum made to match: only
+        // the sum gives it away.
+        let at = state_at as usize - BLOCK_SIZE_ENTRY_LEN;
+        let size = get_u32(&bad, at).unwrap() + 1;
+        bad[at..at + 4].copy_from_slice(&size.to_le_bytes());
+        let crc = crc32fast::hash(&bad[start as usize..state_at as usize]);
+        let ext_at = bad.len() - FOOTER_LEN;
+        bad[ext_at + 16..ext_at + 20].copy_from_slice(&crc.to_le_bytes());
+        let footer_crc = crc32fast::hash(&bad[ext_at..ext_at + 96]);
+        bad[ext_at + 96..ext_at + 100].copy_from_slice(&footer_crc.to_le_bytes());
+        let seg = SegmentReader::open(Path::new("x.seg"), Arc::new(Bytes::from(bad))).unwrap();
+        match seg.indexes() {
+            Err(Error::Corruption { offset, reason, .. }) => {
+                assert_eq!(offset, start);
+                assert!(reason.contains("block sizes"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     /// `data` (version 2) rewritten in the version-1 layout: no footer extension, one
     /// checksum over the three indexes.
     fn as_version_1(data: &[u8]) -> Bytes {
@@ -1759,29 +2066,14 @@ mod tests {
 
     #[test]
     fn version_1_segments_still_read_the_same() {
-        let msgs = sample();
-        let (data, _) = build(&msgs, 600);
-        let v2 = SegmentReader::open(Path::new("v2.seg"), Arc::new(data.clone())).unwrap();
-        let v1 = SegmentReader::open(Path::new("v1.seg"), Arc::new(as_version_1(&data))).unwrap();
+        let (data, _) = build(&sample(), 600);
+        let v2_data = as_version_2(&data);
+        let v2 = SegmentReader::open(Path::new("v2.seg"), Arc::new(v2_data.clone())).unwrap();
+        let v1 =
+            SegmentReader::open(Path::new("v1.seg"), Arc::new(as_version_1(&v2_data))).unwrap();
         assert_eq!((v1.version(), v2.version()), (1, 2));
         assert!(v1.indexes_loaded(), "version 1 checks its indexes at open");
-        assert_eq!(v1.conversation_bounds(), v2.conversation_bounds());
-        assert_eq!(v1.first_block_codec(), v2.first_block_codec());
-        assert_eq!(v1.block_count(), v2.block_count());
-        for conv in [0u64, 1, 2, 3, 5, 1000, 1001] {
-            let c = ConversationId(conv);
-            assert_eq!(
-                v1.conversation_range(c).unwrap(),
-                v2.conversation_range(c).unwrap()
-            );
-            assert_eq!(v1.find_block(c, 7).unwrap(), v2.find_block(c, 7).unwrap());
-        }
-        for b in 0..v1.block_count() {
-            let (mut a, mut b2) = (Vec::new(), Vec::new());
-            v1.read_block(b).unwrap().collect_all(&mut a);
-            v2.read_block(b).unwrap().collect_all(&mut b2);
-            assert_eq!(a, b2);
-        }
+        assert_read_the_same(&v1, &v2);
     }
 
     /// The bytes of the example in `docs/format-segment.md`: the hex columns of its dump.

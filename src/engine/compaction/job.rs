@@ -249,6 +249,48 @@ impl<'a> MessageCursor<'a> {
         Ok(Some(read))
     }
 
+    /// The next block, if no row is buffered and the input's indexes show that it holds rows
+    /// of one conversation only, in range (the block after it starts with the same
+    /// conversation, at the id after its last row), and give its logical size (version 3):
+    /// all that copying it needs, without decoding it.
+    fn next_block_of_one_conversation(&self) -> Option<OneConversationBlock> {
+        let i = self.next_block;
+        let after = i.checked_add(1)?;
+        if !self.buf.is_empty() || after >= self.reader.block_count() {
+            return None;
+        }
+        let (conversation, first_id) = self.index.block_first_key(i);
+        let rows = self.index.block_rows(i);
+        let logical = self.index.block_logical_bytes(i)?;
+        let next = self.index.block_first_key(after);
+        let whole = rows > 0
+            && self.range.contains(conversation)
+            && next == (conversation, first_id.checked_add(u64::from(rows))?);
+        whole.then_some(OneConversationBlock {
+            conversation,
+            first_id,
+            rows,
+            logical,
+        })
+    }
+
+    /// The next block as stored, its checksum checked, without decoding it or moving on.
+    fn read_next_stored(&self) -> Result<Bytes> {
+        self.reader.read_block_checked(self.next_block)
+    }
+
+    /// Decodes the next block from `stored` (as `read_next_stored` gave it) and moves on.
+    fn decode_next(&mut self, stored: &Bytes) -> Result<Block> {
+        let block = self.reader.decode_block(self.next_block, stored)?;
+        self.next_block = self.next_block.saturating_add(1);
+        Ok(block)
+    }
+
+    /// Moves past the next block (copied without being decoded).
+    fn skip_block(&mut self) {
+        self.next_block = self.next_block.saturating_add(1);
+    }
+
     /// Buffers `block`'s rows in range, to be merged one at a time.
     fn buffer(&mut self, block: &Block) {
         let mut v = Vec::new();
@@ -257,6 +299,16 @@ impl<'a> MessageCursor<'a> {
         self.buf
             .extend(v.into_iter().filter(|m| range.contains(m.conversation)));
     }
+}
+
+/// A block of one conversation, as its segment's indexes describe it.
+#[derive(Clone, Copy, Debug)]
+struct OneConversationBlock {
+    conversation: ConversationId,
+    first_id: u64,
+    rows: u32,
+    /// Its logical size (version 3's block sizes).
+    logical: u32,
 }
 
 /// Reads one input's state entries in order, a block at a time; or, without a reader, hands
@@ -837,6 +889,70 @@ impl MessageMerge<'_, '_> {
         Ok(true)
     }
 
+    /// Copies a block of one conversation (`meta`, from its input's indexes; `stored` as on
+    /// disk, its checksum checked) into the output without decompressing it, if it continues
+    /// the conversation being merged (whose rules are loaded), no other input's next row
+    /// (`next_other`) sorts at or before its last row, its codec and dictionary suit the
+    /// output, and the rules keep all its rows. The blocks of a busy conversation after its
+    /// first in each input are all such blocks: on the chat workload most of what compaction
+    /// copies. Returns whether it copied.
+    fn copy_undecoded(
+        &mut self,
+        out: &mut OutputSet<'_>,
+        input: usize,
+        stored: &Bytes,
+        meta: OneConversationBlock,
+        next_other: Option<(ConversationId, u64)>,
+    ) -> Result<bool> {
+        let Some(last_id) = meta
+            .first_id
+            .checked_add(u64::from(meta.rows))
+            .and_then(|e| e.checked_sub(1))
+        else {
+            return Ok(false);
+        };
+        let same_dictionary = self.same_dictionary.get(input).copied().unwrap_or(false);
+        if self.last_conv != Some(meta.conversation)
+            || next_other.is_some_and(|k| k <= (meta.conversation, last_id))
+            || !out.can_copy(block::stored_codec(stored), same_dictionary)
+            || !self.rules.keeps(meta.first_id, last_id)
+        {
+            return Ok(false);
+        }
+        let path = self.path(input);
+        if !out
+            .writer()?
+            .add_stored_run(
+                stored,
+                meta.conversation,
+                meta.first_id,
+                meta.rows,
+                meta.logical,
+            )
+            .map_err(|e| Error::io(&path, e))?
+        {
+            return Err(Error::corruption(
+                &path,
+                0,
+                format!(
+                    "compaction inputs are not gapless or out of order at conversation {} id {}",
+                    meta.conversation, meta.first_id
+                ),
+            ));
+        }
+        let counters = &self.engine.counters;
+        let len = stored.len() as u64;
+        counters
+            .compaction_bytes_copied
+            .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+        counters
+            .compaction_bytes_copied_undecoded
+            .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+        self.rules.kept();
+        self.last_path = path;
+        Ok(true)
+    }
+
     /// Ends the last conversation.
     fn finish(&mut self, out: &mut OutputSet<'_>) -> Result<()> {
         if let Some(done) = self.last_conv.take() {
@@ -889,9 +1005,27 @@ fn merge_messages(
         };
         if cursor.buf.is_empty() {
             // A block boundary: take the whole block, copied as stored if no other input has
-            // a row that sorts inside it and the rules change none of its rows.
-            if let Some((stored, block)) = cursor.next_block()? {
-                let next_other = heap.peek().map(|Reverse((c, id, _))| (*c, *id));
+            // a row that sorts inside it and the rules change none of its rows; a block of the
+            // conversation being merged, without even decoding it when its input's indexes
+            // say enough.
+            let next_other = heap.peek().map(|Reverse((c, id, _))| (*c, *id));
+            let continuing = cursor
+                .next_block_of_one_conversation()
+                .filter(|meta| merge.last_conv == Some(meta.conversation));
+            let read = match continuing {
+                Some(meta) => {
+                    let stored = cursor.read_next_stored()?;
+                    if merge.copy_undecoded(messages, i, &stored, meta, next_other)? {
+                        cursor.skip_block();
+                        None
+                    } else {
+                        let block = cursor.decode_next(&stored)?;
+                        Some((stored, block))
+                    }
+                }
+                None => cursor.next_block()?,
+            };
+            if let Some((stored, block)) = read {
                 if !(cursor.holds_whole(&block)
                     && merge.copy_block(messages, i, &stored, &block, next_other)?)
                 {
