@@ -564,14 +564,20 @@ fn blocks_copied_undecoded_read_back_and_edits_inside_them_still_apply() {
     );
     assert!(stats.compaction_bytes_copied_undecoded <= stats.compaction_bytes_copied);
 
-    // An edit and a delete in the middle of the busy conversation, in blocks that would
-    // otherwise be copied undecoded again.
-    let original = model[&1][1499].clone();
+    // An edit and a delete in the middle of the busy conversation, and an edit of its last
+    // message (in its last block of level 1), in blocks that would otherwise be copied
+    // undecoded again.
+    let last = model[&1].len();
+    let originals = [model[&1][1499].clone(), model[&1][last - 1].clone()];
     store
         .edit(ConversationId(1), MessageId(1500), "edited")
         .unwrap();
+    store
+        .edit(ConversationId(1), MessageId(last as u64), "edited last")
+        .unwrap();
     store.delete(ConversationId(1), MessageId(1600)).unwrap();
     model.get_mut(&1).unwrap()[1499] = "edited".to_string();
+    model.get_mut(&1).unwrap()[last - 1] = "edited last".to_string();
     let copied = store.stats().compaction_bytes_copied_undecoded;
     write(&store, &mut model, 600);
     write(&store, &mut model, 600);
@@ -601,13 +607,15 @@ fn blocks_copied_undecoded_read_back_and_edits_inside_them_still_apply() {
     check(&store);
     for path in segment_files(dir.path()) {
         let bytes = std::fs::read(&path).unwrap();
-        assert!(
-            !bytes
-                .windows(original.len())
-                .any(|w| w == original.as_bytes()),
-            "{} still holds the edited message's original text",
-            path.display()
-        );
+        for original in &originals {
+            assert!(
+                !bytes
+                    .windows(original.len())
+                    .any(|w| w == original.as_bytes()),
+                "{} still holds an edited message's original text",
+                path.display()
+            );
+        }
     }
     store.close().unwrap();
     let store = Store::open_with(dir.path(), Options::default()).unwrap();

@@ -250,22 +250,32 @@ impl<'a> MessageCursor<'a> {
     }
 
     /// The next block, if no row is buffered and the input's indexes show that it holds rows
-    /// of one conversation only, in range (the block after it starts with the same
-    /// conversation, at the id after its last row), and give its logical size (version 3):
-    /// all that copying it needs, without decoding it.
+    /// of one conversation only, in range, and give its logical size (version 3): all that
+    /// copying it needs, without decoding it. A block holds one conversation alone when the
+    /// block after it starts with the same conversation at the id after its last row, or,
+    /// for the conversation's last block in the input, when its rows end at the
+    /// conversation's last id there (a segment holds each conversation's ids without a gap).
     fn next_block_of_one_conversation(&self) -> Option<OneConversationBlock> {
         let i = self.next_block;
-        let after = i.checked_add(1)?;
-        if !self.buf.is_empty() || after >= self.reader.block_count() {
+        if !self.buf.is_empty() || i >= self.reader.block_count() {
             return None;
         }
         let (conversation, first_id) = self.index.block_first_key(i);
         let rows = self.index.block_rows(i);
         let logical = self.index.block_logical_bytes(i)?;
-        let next = self.index.block_first_key(after);
-        let whole = rows > 0
-            && self.range.contains(conversation)
-            && next == (conversation, first_id.checked_add(u64::from(rows))?);
+        let end = first_id.checked_add(u64::from(rows))?;
+        let next = i
+            .checked_add(1)
+            .filter(|&after| after < self.reader.block_count())
+            .map(|after| self.index.block_first_key(after));
+        let alone = match next {
+            Some(next) if next.0 == conversation => next.1 == end,
+            _ => self
+                .index
+                .conversation_range(conversation)
+                .is_some_and(|(_, last)| last.checked_add(1) == Some(end)),
+        };
+        let whole = rows > 0 && alone && self.range.contains(conversation);
         whole.then_some(OneConversationBlock {
             conversation,
             first_id,
