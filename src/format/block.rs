@@ -111,6 +111,22 @@ pub struct Run {
     pub len: u32,
 }
 
+impl Run {
+    /// Id of the run's last row (`None` for an empty run, or one past the largest id).
+    pub fn last_id(&self) -> Option<u64> {
+        last_id_of(self.first_id, self.len)
+    }
+}
+
+/// Id of the last of `len` consecutive rows from `first_id` (`None` if `len` is 0 or the ids
+/// would pass the largest).
+pub fn last_id_of(first_id: u64, len: u32) -> Option<u64> {
+    first_id
+        .checked_add(u64::from(len))
+        .and_then(|end| end.checked_sub(1))
+        .filter(|_| len > 0)
+}
+
 /// Accumulates messages (in (conversation, id) order) and encodes them as one block.
 #[derive(Debug, Default)]
 pub struct BlockBuilder {
@@ -769,6 +785,15 @@ impl Block {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_runs_last_id_is_checked() {
+        assert_eq!(last_id_of(5, 3), Some(7));
+        assert_eq!(last_id_of(5, 1), Some(5));
+        assert_eq!(last_id_of(5, 0), None);
+        assert_eq!(last_id_of(u64::MAX, 1), None);
+        assert_eq!(last_id_of(u64::MAX - 1, 1), Some(u64::MAX - 1));
+    }
 
     fn msg(conv: u64, id: u64, text: &str) -> Message {
         Message {

@@ -39,7 +39,8 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 
 use super::block::{
-    check_stored, pack, stored_codec, unpack, Block, BlockBuilder, BLOCK_TRAILER_LEN, MAX_BLOCK_LEN,
+    check_stored, last_id_of, pack, stored_codec, unpack, Block, BlockBuilder, BLOCK_TRAILER_LEN,
+    MAX_BLOCK_LEN,
 };
 use super::coding::{get_u32, get_u64, put_u32, put_u64};
 use super::coding::{put_varint, Reader};
@@ -274,7 +275,7 @@ impl SegmentWriter {
             + m.attachment.map_or(0, |a| a.len() as u64)
             + 8 * m.mentions.len() as u64;
         self.summary.logical_bytes += logical;
-        self.pending_logical += logical;
+        self.pending_logical = self.pending_logical.saturating_add(logical);
         if self.block.estimated_len() >= self.block_bytes {
             self.finish_block()?;
         }
@@ -339,17 +340,13 @@ impl SegmentWriter {
                 Some((c, _)) => c < conv,
                 None => true,
             };
-            let Some(end) = run
-                .first_id
-                .checked_add(u64::from(run.len))
-                .and_then(|e| e.checked_sub(1))
-            else {
+            let Some(end) = last_id_of(run.first_id, run.len) else {
                 return Ok(false);
             };
-            if !ok || run.len == 0 || run.first_id == 0 {
+            if !ok || run.first_id == 0 {
                 return Ok(false);
             }
-            counted += u64::from(run.len);
+            counted = counted.saturating_add(u64::from(run.len));
             prev = Some((conv, end));
         }
         let (Some(first), Ok(rows)) = (runs.first(), u32::try_from(rows)) else {
@@ -364,7 +361,8 @@ impl SegmentWriter {
         let len = u32_field("bytes of one stored block", stored.len())?;
         self.finish_block()?;
         for run in runs {
-            let end = run.first_id + u64::from(run.len) - 1;
+            // Checked above.
+            let end = last_id_of(run.first_id, run.len).unwrap_or(run.first_id);
             match self.conv_index.last_mut() {
                 Some(last) if last.0 == run.conversation => last.2 = end,
                 _ => self.conv_index.push((run.conversation, run.first_id, end)),
@@ -382,8 +380,8 @@ impl SegmentWriter {
         put_u32(&mut self.block_index, rows);
         self.block_sizes.push(block_logical);
         self.summary.blocks += 1;
-        self.summary.messages += u64::from(rows);
-        self.summary.logical_bytes += logical;
+        self.summary.messages = self.summary.messages.saturating_add(u64::from(rows));
+        self.summary.logical_bytes = self.summary.logical_bytes.saturating_add(logical);
         if self.out.len() >= (1 << 20) {
             self.drain()?;
         }
@@ -908,8 +906,9 @@ impl SegmentReader {
             };
             let (mut logical, mut rows) = (0u64, 0u64);
             for i in 0..self.block_count {
-                logical += u64::from(view.block_logical_bytes(i).unwrap_or(0));
-                rows += u64::from(view.block_rows(i));
+                logical =
+                    logical.saturating_add(u64::from(view.block_logical_bytes(i).unwrap_or(0)));
+                rows = rows.saturating_add(u64::from(view.block_rows(i)));
             }
             if logical != self.logical_bytes || rows != self.message_count {
                 return Err(Error::corruption(
@@ -1286,8 +1285,10 @@ impl IndexView<'_> {
         if !self.has_block_sizes {
             return None;
         }
-        let at = self.blocks * BLOCK_ENTRY_LEN + self.convs * CONV_ENTRY_LEN;
-        get_u32(self.index, at + i * BLOCK_SIZE_ENTRY_LEN)
+        let at = (self.blocks.saturating_mul(BLOCK_ENTRY_LEN))
+            .saturating_add(self.convs.saturating_mul(CONV_ENTRY_LEN))
+            .saturating_add(i.saturating_mul(BLOCK_SIZE_ENTRY_LEN));
+        get_u32(self.index, at)
     }
 
     /// The first and last id of `conv` in the segment.

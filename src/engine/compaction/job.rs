@@ -255,12 +255,20 @@ impl<'a> MessageCursor<'a> {
     /// block after it starts with the same conversation at the id after its last row, or,
     /// for the conversation's last block in the input, when its rows end at the
     /// conversation's last id there (a segment holds each conversation's ids without a gap).
-    fn next_block_of_one_conversation(&self) -> Option<OneConversationBlock> {
+    /// Only a block of `merging` (the conversation being merged) is looked at: no other can
+    /// be copied this way, and finding a last block's end takes a search.
+    fn next_block_of_one_conversation(
+        &self,
+        merging: Option<ConversationId>,
+    ) -> Option<OneConversationBlock> {
         let i = self.next_block;
         if !self.buf.is_empty() || i >= self.reader.block_count() {
             return None;
         }
         let (conversation, first_id) = self.index.block_first_key(i);
+        if merging != Some(conversation) {
+            return None;
+        }
         let rows = self.index.block_rows(i);
         let logical = self.index.block_logical_bytes(i)?;
         let end = first_id.checked_add(u64::from(rows))?;
@@ -309,6 +317,16 @@ impl<'a> MessageCursor<'a> {
         self.buf
             .extend(v.into_iter().filter(|m| range.contains(m.conversation)));
     }
+}
+
+/// The error for a copied block that does not follow what the output holds: the inputs are
+/// damaged (ids with a gap, or out of order).
+fn out_of_order(path: &Path, conv: ConversationId, id: u64) -> Error {
+    Error::corruption(
+        path,
+        0,
+        format!("compaction inputs are not gapless or out of order at conversation {conv} id {id}"),
+    )
 }
 
 /// A block of one conversation, as its segment's indexes describe it.
@@ -822,11 +840,7 @@ impl MessageMerge<'_, '_> {
         let (Some(first), Some(last)) = (block.runs().first(), block.runs().last()) else {
             return Ok(false);
         };
-        let Some(last_id) = last
-            .first_id
-            .checked_add(u64::from(last.len))
-            .and_then(|e| e.checked_sub(1))
-        else {
+        let Some(last_id) = last.last_id() else {
             return Ok(false);
         };
         let same_dictionary = self.same_dictionary.get(input).copied().unwrap_or(false);
@@ -869,19 +883,9 @@ impl MessageMerge<'_, '_> {
             .add_stored_block(stored, block)
             .map_err(|e| Error::io(&path, e))?
         {
-            return Err(Error::corruption(
-                &path,
-                0,
-                format!(
-                    "compaction inputs are not gapless or out of order at conversation {} id {}",
-                    first.conversation, first.first_id
-                ),
-            ));
+            return Err(out_of_order(&path, first.conversation, first.first_id));
         }
-        self.engine
-            .counters
-            .compaction_bytes_copied
-            .fetch_add(stored.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.count_copy(stored, false);
         for run in block.runs() {
             if self.last_conv != Some(run.conversation) {
                 if let Some(done) = self.last_conv {
@@ -914,11 +918,7 @@ impl MessageMerge<'_, '_> {
         meta: OneConversationBlock,
         next_other: Option<(ConversationId, u64)>,
     ) -> Result<bool> {
-        let Some(last_id) = meta
-            .first_id
-            .checked_add(u64::from(meta.rows))
-            .and_then(|e| e.checked_sub(1))
-        else {
+        let Some(last_id) = block::last_id_of(meta.first_id, meta.rows) else {
             return Ok(false);
         };
         let same_dictionary = self.same_dictionary.get(input).copied().unwrap_or(false);
@@ -941,26 +941,26 @@ impl MessageMerge<'_, '_> {
             )
             .map_err(|e| Error::io(&path, e))?
         {
-            return Err(Error::corruption(
-                &path,
-                0,
-                format!(
-                    "compaction inputs are not gapless or out of order at conversation {} id {}",
-                    meta.conversation, meta.first_id
-                ),
-            ));
+            return Err(out_of_order(&path, meta.conversation, meta.first_id));
         }
+        self.count_copy(stored, true);
+        self.rules.kept();
+        self.last_path = path;
+        Ok(true)
+    }
+
+    /// Counts a block copied as stored (`undecoded`: without even decompressing it).
+    fn count_copy(&self, stored: &Bytes, undecoded: bool) {
         let counters = &self.engine.counters;
         let len = stored.len() as u64;
         counters
             .compaction_bytes_copied
             .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
-        counters
-            .compaction_bytes_copied_undecoded
-            .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
-        self.rules.kept();
-        self.last_path = path;
-        Ok(true)
+        if undecoded {
+            counters
+                .compaction_bytes_copied_undecoded
+                .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Ends the last conversation.
@@ -1019,10 +1019,7 @@ fn merge_messages(
             // conversation being merged, without even decoding it when its input's indexes
             // say enough.
             let next_other = heap.peek().map(|Reverse((c, id, _))| (*c, *id));
-            let continuing = cursor
-                .next_block_of_one_conversation()
-                .filter(|meta| merge.last_conv == Some(meta.conversation));
-            let read = match continuing {
+            let read = match cursor.next_block_of_one_conversation(merge.last_conv) {
                 Some(meta) => {
                     let stored = cursor.read_next_stored()?;
                     if merge.copy_undecoded(messages, i, &stored, meta, next_other)? {
