@@ -19,6 +19,44 @@ fn small(background: bool) -> Options {
     }
 }
 
+/// Options for watching block copies: small blocks, compaction only when asked, and a level 1
+/// large enough that every merge goes into it.
+fn copying(memtable_bytes: usize, compression: Compression) -> Options {
+    Options {
+        memtable_bytes,
+        block_bytes: 1 << 10,
+        compression,
+        l0_compaction_trigger: 2,
+        level_base_bytes: 64 << 20,
+        target_segment_bytes: 64 << 20,
+        background_compaction: false,
+        ..Options::default()
+    }
+}
+
+/// Asserts that `store` holds exactly `model`'s texts, ids from 1 on, with the messages in
+/// `deleted` (conversation, id) read as deleted and empty.
+fn assert_holds(store: &Store, model: &BTreeMap<u64, Vec<String>>, deleted: &[(u64, u64)]) {
+    for (&conv, texts) in model {
+        let all = store.latest(ConversationId(conv), usize::MAX).unwrap();
+        assert_eq!(all.len(), texts.len(), "conversation {conv}");
+        for (k, (m, want)) in all.iter().zip(texts).enumerate() {
+            assert_eq!(m.id.0, k as u64 + 1, "conversation {conv}");
+            if deleted.contains(&(conv, m.id.0)) {
+                assert_eq!(m.kind, chatstore::MessageKind::Deleted);
+                assert!(m.content.is_empty());
+                continue;
+            }
+            assert_eq!(
+                m.text(),
+                Some(want.as_str()),
+                "conversation {conv} id {}",
+                m.id
+            );
+        }
+    }
+}
+
 fn body(conv: u64, id: u64) -> String {
     format!("conversation {conv} message {id} with a few words of text")
 }
@@ -208,14 +246,8 @@ proptest! {
 fn whole_blocks_are_copied_and_edits_still_apply() {
     let dir = tempfile::tempdir().unwrap();
     let opts = Options {
-        memtable_bytes: 64 << 10,
-        block_bytes: 1 << 10,
         dictionary_bytes: 4 << 10,
-        l0_compaction_trigger: 2,
-        level_base_bytes: 64 << 20,
-        target_segment_bytes: 64 << 20,
-        background_compaction: false,
-        ..Options::default()
+        ..copying(64 << 10, Options::default().compression)
     };
     let store = Store::open_with(dir.path(), opts).unwrap();
     let mut model: BTreeMap<u64, Vec<String>> = BTreeMap::new();
@@ -257,23 +289,7 @@ fn whole_blocks_are_copied_and_edits_still_apply() {
         round(&store, &mut model);
     }
     assert!(store.stats().compaction_bytes_copied > copied);
-    for (&conv, texts) in &model {
-        let all = store.latest(ConversationId(conv), usize::MAX).unwrap();
-        assert_eq!(all.len(), texts.len(), "conversation {conv}");
-        for (m, want) in all.iter().zip(texts) {
-            if conv == 2 && m.id.0 == 7 {
-                assert_eq!(m.kind, chatstore::MessageKind::Deleted);
-                assert!(m.content.is_empty());
-                continue;
-            }
-            assert_eq!(
-                m.text(),
-                Some(want.as_str()),
-                "conversation {conv} id {}",
-                m.id
-            );
-        }
-    }
+    assert_holds(&store, &model, &[(2, 7)]);
     assert_eq!(
         store.latest(ConversationId(1), usize::MAX).unwrap()[4].edited_ms,
         edited.edited_ms
@@ -524,17 +540,8 @@ fn a_run_within_level0_stores_shared_blocks_fast_and_a_quiet_store_folds_it_in_e
 #[test]
 fn blocks_copied_undecoded_read_back_and_edits_inside_them_still_apply() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = Options {
-        memtable_bytes: 256 << 10,
-        block_bytes: 1 << 10,
-        // Raw blocks, so that the files can be searched for a text.
-        compression: Compression::None,
-        l0_compaction_trigger: 2,
-        level_base_bytes: 64 << 20,
-        target_segment_bytes: 64 << 20,
-        background_compaction: false,
-        ..Options::default()
-    };
+    // Raw blocks, so that the files can be searched for a text.
+    let opts = copying(256 << 10, Compression::None);
     let store = Store::open_with(dir.path(), opts).unwrap();
     let mut model: BTreeMap<u64, Vec<String>> = BTreeMap::new();
     let mut i = 0u64;
@@ -584,23 +591,7 @@ fn blocks_copied_undecoded_read_back_and_edits_inside_them_still_apply() {
     assert!(store.stats().compaction_bytes_copied_undecoded > copied);
 
     let check = |store: &Store| {
-        for (&conv, texts) in &model {
-            let all = store.latest(ConversationId(conv), usize::MAX).unwrap();
-            assert_eq!(all.len(), texts.len(), "conversation {conv}");
-            for (k, (m, want)) in all.iter().zip(texts).enumerate() {
-                assert_eq!(m.id.0, k as u64 + 1, "conversation {conv}");
-                if conv == 1 && m.id.0 == 1600 {
-                    assert_eq!(m.kind, chatstore::MessageKind::Deleted);
-                    continue;
-                }
-                assert_eq!(
-                    m.text(),
-                    Some(want.as_str()),
-                    "conversation {conv} id {}",
-                    m.id
-                );
-            }
-        }
+        assert_holds(store, &model, &[(1, 1600)]);
         let report = store.verify().unwrap();
         assert!(report.problems.is_empty(), "{:?}", report.problems);
     };
