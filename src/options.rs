@@ -63,8 +63,9 @@ pub struct Options {
     pub dictionary_bytes: usize,
     /// One budget for what the store keeps in memory: the memtables (the active one counted
     /// at `memtable_bytes` from the start, frozen ones until flushed), the live segments'
-    /// indexes, and the block cache, which gets what the other two leave (at least a
-    /// sixteenth of the budget). When memtables and indexes alone exceed it the cache is at
+    /// indexes, the writer's cache of conversations' last ids (a sixteenth of the budget),
+    /// and the block cache, which gets what the others leave (at least a sixteenth of the
+    /// budget). When memtables and indexes alone exceed it the cache is at
     /// that floor and the store holds more; `Stats::memory_charged_bytes` says how much.
     /// The process also holds the allocator's slack, thread stacks and compression contexts
     /// beyond it.

@@ -83,8 +83,8 @@ fn the_block_cache_gets_what_memtables_and_indexes_leave_of_the_budget() {
     assert_eq!(fresh.memory_budget_bytes, budget);
     assert_eq!(
         fresh.block_cache_capacity,
-        budget - memtable_bytes as u64 - fresh.memory_index_bytes,
-        "an empty store pays for its active memtable at full size"
+        budget - memtable_bytes as u64 - fresh.memory_index_bytes - budget / 16,
+        "an empty store pays for its active memtable at full size, and for its last-id cache"
     );
 
     let text = "a message of a hundred bytes or so, words and more words, to be stored and read.";
@@ -116,8 +116,8 @@ fn the_block_cache_gets_what_memtables_and_indexes_leave_of_the_budget() {
     assert!(flushed.memory_index_bytes > 0);
     assert_eq!(
         flushed.block_cache_capacity,
-        budget - memtable_bytes as u64 - flushed.memory_index_bytes,
-        "once flushed, only the active memtable and the indexes are charged"
+        budget - memtable_bytes as u64 - flushed.memory_index_bytes - budget / 16,
+        "once flushed, only the active memtable, the indexes and the last-id cache are charged"
     );
     assert!(
         least_capacity < flushed.block_cache_capacity,
@@ -247,5 +247,61 @@ fn write_stalls_are_told_apart_by_cause() {
     if s.write_stalls > 0 {
         assert!(s.write_stall_flush_micros > 0, "{s:?}");
     }
+    store.close().unwrap();
+}
+
+/// The write leader keeps the last ids of the conversations it wrote (charged to the budget),
+/// so appends after a flush do not search the segments for them; a reopened store searches
+/// once per conversation, then answers from the cache.
+#[test]
+fn last_ids_are_searched_once_per_conversation_and_charged_to_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || Options {
+        memory_budget_bytes: 8 << 20,
+        memtable_bytes: 1 << 20,
+        background_compaction: false,
+        ..Options::default()
+    };
+    let convs = 2_000u64;
+    let append_to_all = |store: &Store| {
+        let batch: Vec<_> = (1..=convs)
+            .map(|c| {
+                (
+                    ConversationId(c),
+                    NewMessage::new(UserId(1), bytes::Bytes::from_static(b"hi")),
+                )
+            })
+            .collect();
+        store.append_batch(batch).unwrap();
+    };
+    let store = Store::open_with(dir.path(), options()).unwrap();
+    let empty = store.stats();
+    // A sixteenth of the budget, taken from what the block cache gets.
+    assert_eq!(
+        empty.block_cache_capacity,
+        (8 << 20) - (1 << 20) - (512 << 10)
+    );
+    assert_eq!(empty.memory_charged_bytes, 8 << 20);
+    append_to_all(&store);
+    let first = store.stats().last_id_searches;
+    assert_eq!(first, convs, "every conversation is new: each one searched");
+    store.flush().unwrap();
+    append_to_all(&store);
+    assert_eq!(
+        store.stats().last_id_searches,
+        first,
+        "after the flush the cache still answers"
+    );
+    store.close().unwrap();
+
+    let store = Store::open_with(dir.path(), options()).unwrap();
+    append_to_all(&store);
+    append_to_all(&store);
+    assert_eq!(
+        store.stats().last_id_searches,
+        convs,
+        "once per conversation"
+    );
+    assert_eq!(store.last_id(ConversationId(convs)).unwrap().0, 4);
     store.close().unwrap();
 }

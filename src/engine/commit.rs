@@ -19,6 +19,7 @@ use parking_lot::{Condvar, Mutex};
 use rustc_hash::FxHashMap;
 
 use super::files;
+use super::last_ids::LastIds;
 use super::log_writer::LogWriter;
 use super::memtable::Memtable;
 use super::version::Version;
@@ -63,11 +64,21 @@ pub(super) struct Committer {
 
 impl Committer {
     /// The write path of a store recovered up to `last_lsn`, appending to `wal`.
-    pub(super) fn new(wal: LogWriter, wal_synced: Arc<AtomicU64>, last_lsn: u64) -> Self {
+    pub(super) fn new(
+        wal: LogWriter,
+        wal_synced: Arc<AtomicU64>,
+        last_lsn: u64,
+        memory_budget: usize,
+    ) -> Self {
         Committer {
             queue: Mutex::new(WriteQueue::default()),
             queue_cv: Condvar::new(),
-            leader: Mutex::new(LeaderScratch::default()),
+            leader: Mutex::new(LeaderScratch {
+                frame: Vec::new(),
+                ids: FxHashMap::default(),
+                last_ids: LastIds::for_budget(memory_budget),
+                state: FxHashMap::default(),
+            }),
             wal: Mutex::new(wal),
             wal_synced,
             last_lsn: AtomicU64::new(last_lsn),
@@ -96,48 +107,7 @@ impl Committer {
     }
 }
 
-/// Slots of the leader's last-id cache (16 bytes each).
-const LAST_ID_SLOTS: usize = 1 << 16;
-
-/// The last id of recently written conversations, so an append finds it without searching the
-/// memtables and every segment's conversation index. Direct-mapped: a conversation lives in one
-/// slot and a collision evicts. Only the write leader reads or changes it, and only after its
-/// group's record is in the WAL, so an entry is always the conversation's committed last id
-/// (ids are assigned only by commits; nothing else moves a conversation's last id).
-pub(crate) struct LastIds {
-    slots: Vec<(ConversationId, u64)>,
-}
-
-impl Default for LastIds {
-    fn default() -> Self {
-        LastIds {
-            slots: vec![(ConversationId(0), 0); LAST_ID_SLOTS],
-        }
-    }
-}
-
-impl LastIds {
-    fn slot(conv: ConversationId) -> usize {
-        // Fibonacci hashing: the top bits of the product spread sequential ids over the slots.
-        (conv.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - LAST_ID_SLOTS.trailing_zeros()))
-            as usize
-    }
-
-    fn get(&self, conv: ConversationId) -> Option<u64> {
-        // Id 0 marks an empty slot: a cached conversation has at least one message.
-        match self.slots[Self::slot(conv)] {
-            (c, last) if c == conv && last > 0 => Some(last),
-            _ => None,
-        }
-    }
-
-    fn set(&mut self, conv: ConversationId, last: u64) {
-        self.slots[Self::slot(conv)] = (conv, last);
-    }
-}
-
 /// Buffers the leader reuses from group to group.
-#[derive(Default)]
 struct LeaderScratch {
     frame: Vec<u8>,
     /// Last id assigned in this group per conversation.
@@ -195,7 +165,13 @@ impl Txn<'_> {
         }
         match self.last_ids.get(conv) {
             Some(id) => Ok(id),
-            None => self.version.last_id(conv),
+            None => {
+                self.engine
+                    .counters
+                    .last_id_searches
+                    .fetch_add(1, Ordering::Relaxed);
+                self.version.last_id(conv)
+            }
         }
     }
 
@@ -765,28 +741,5 @@ impl Engine {
                 Err(e)
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn last_id_cache_answers_only_for_the_conversation_it_holds() {
-        let mut c = LastIds::default();
-        assert_eq!(c.get(ConversationId(0)), None, "empty slots answer nothing");
-        c.set(ConversationId(7), 3);
-        assert_eq!(c.get(ConversationId(7)), Some(3));
-        c.set(ConversationId(7), 4);
-        assert_eq!(c.get(ConversationId(7)), Some(4));
-        // Find a conversation sharing 7's slot: it evicts 7, and 7 is no longer answered.
-        let rival = (8..u64::MAX)
-            .map(ConversationId)
-            .find(|&r| LastIds::slot(r) == LastIds::slot(ConversationId(7)))
-            .unwrap();
-        c.set(rival, 9);
-        assert_eq!(c.get(rival), Some(9));
-        assert_eq!(c.get(ConversationId(7)), None);
     }
 }

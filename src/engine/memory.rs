@@ -12,12 +12,28 @@
 use std::sync::atomic::Ordering;
 
 use super::Engine;
+use crate::options::Options;
 
 /// The share of the budget the cache keeps however much the memtables and indexes hold: with
 /// no cache at all a scan would read and decode a block again for every page it returns.
 /// Memory above the budget is then what the memtables and indexes hold beyond it, reported in
 /// [`Stats::memory_charged_bytes`](crate::Stats::memory_charged_bytes).
 const CACHE_FLOOR_DIVISOR: u64 = 16;
+
+/// The budget the write leader's last-id cache is sized from: the store's, or none for a
+/// read-only store, which never writes.
+pub(crate) fn last_id_cache_budget(opts: &Options) -> usize {
+    if opts.read_only {
+        0
+    } else {
+        opts.memory_budget_bytes
+    }
+}
+
+/// Bytes the write leader's last-id cache holds.
+fn last_id_cache_bytes(opts: &Options) -> u64 {
+    super::last_ids::bytes_for_budget(last_id_cache_budget(opts))
+}
 
 /// What the budget is charged with, besides the cache.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -28,6 +44,8 @@ pub(crate) struct Charges {
     /// Block and conversation indexes, footers and level-0 conversation filters of the live
     /// segments.
     pub indexes: u64,
+    /// The write leader's cache of conversations' last ids (a fixed size).
+    pub last_ids: u64,
 }
 
 /// The block cache's capacity under `budget` once `charges` are paid.
@@ -35,6 +53,7 @@ pub(crate) fn cache_capacity(budget: u64, charges: Charges) -> u64 {
     budget
         .saturating_sub(charges.memtables)
         .saturating_sub(charges.indexes)
+        .saturating_sub(charges.last_ids)
         .max(budget / CACHE_FLOOR_DIVISOR)
         .max(1)
 }
@@ -53,6 +72,7 @@ impl Engine {
                 .iter()
                 .map(|s| s.resident_bytes())
                 .fold(0u64, u64::saturating_add),
+            last_ids: last_id_cache_bytes(&self.opts),
         }
     }
 
@@ -83,7 +103,11 @@ mod tests {
     #[test]
     fn the_cache_gets_what_memtables_and_indexes_leave_down_to_its_floor() {
         let budget = 64 << 20;
-        let charges = |memtables, indexes| Charges { memtables, indexes };
+        let charges = |memtables, indexes| Charges {
+            memtables,
+            indexes,
+            last_ids: 0,
+        };
         assert_eq!(cache_capacity(budget, charges(0, 0)), budget);
         assert_eq!(cache_capacity(budget, charges(16 << 20, 2 << 20)), 46 << 20);
         assert_eq!(
@@ -95,5 +119,10 @@ mod tests {
             budget / CACHE_FLOOR_DIVISOR
         );
         assert_eq!(cache_capacity(0, charges(0, 0)), 1);
+        let with_last_ids = Charges {
+            last_ids: 4 << 20,
+            ..charges(16 << 20, 2 << 20)
+        };
+        assert_eq!(cache_capacity(budget, with_last_ids), 42 << 20);
     }
 }

@@ -9,6 +9,7 @@ mod commit;
 mod compaction;
 pub(crate) mod files;
 mod flush;
+mod last_ids;
 mod log_writer;
 mod memory;
 mod memtable;
@@ -362,6 +363,7 @@ impl Engine {
         s.memory_charged_bytes = charges
             .memtables
             .saturating_add(charges.indexes)
+            .saturating_add(charges.last_ids)
             .saturating_add(s.block_cache_capacity);
         s
     }

@@ -25,6 +25,7 @@ use super::compaction::Compactor;
 use super::files::{self, FileKind};
 use super::flush::SharedDictionary;
 use super::log_writer::LogWriter;
+use super::memory::last_id_cache_budget;
 use super::memtable::Memtable;
 use super::stats::Counters;
 use super::version::{Segment, Version};
@@ -295,7 +296,7 @@ fn open_once(dir: PathBuf, opts: Options) -> Result<Arc<Engine>, OpenFailure> {
         cache: BlockCache::new(opts.memory_budget_bytes),
         dir,
         fs,
-        committer: Committer::new(wal, wal_synced, last_lsn),
+        committer: Committer::new(wal, wal_synced, last_lsn, last_id_cache_budget(&opts)),
         versions,
         lifecycle: Lifecycle::default(),
         counters: Counters::default(),

@@ -10,6 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Stats {
     /// Messages appended since open.
     pub messages_appended: u64,
+    /// Appends whose conversation's last id was not in the write leader's cache and was
+    /// searched for in the memtables and segments (see `docs/memory.md`).
+    pub last_id_searches: u64,
     /// Group commits (one WAL write each) since open.
     pub write_groups: u64,
     /// WAL fsyncs since open.
@@ -103,6 +106,7 @@ pub struct Stats {
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub messages_appended: AtomicU64,
+    pub last_id_searches: AtomicU64,
     pub write_groups: AtomicU64,
     pub wal_syncs: AtomicU64,
     pub wal_bytes_written: AtomicU64,
@@ -156,6 +160,7 @@ impl Counters {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Stats {
             messages_appended: l(&self.messages_appended),
+            last_id_searches: l(&self.last_id_searches),
             write_groups: l(&self.write_groups),
             wal_syncs: l(&self.wal_syncs),
             wal_bytes_written: l(&self.wal_bytes_written),

@@ -174,6 +174,7 @@ impl Engine for Chat {
             "compactions": s.compactions,
             "wal_syncs": s.wal_syncs,
             "wal_file_bytes": s.wal_file_bytes,
+            "last_id_searches": s.last_id_searches,
         })
     }
 
@@ -195,6 +196,8 @@ impl Engine for Chat {
             "compactions": s.compactions,
             "frozen_memtables": s.frozen_memtables,
             "segment_bytes": s.segment_bytes,
+            "messages_appended": s.messages_appended,
+            "last_id_searches": s.last_id_searches,
         })
     }
 
