@@ -421,9 +421,9 @@ fn a_background_merge_takes_more_threads_only_when_level0_is_behind() {
     );
 }
 
-/// The codec byte of every block of the segment at `path`, with its number of conversations
-/// and rows.
-fn block_codecs(path: &std::path::Path) -> Vec<(u8, usize, usize)> {
+/// The codec byte of every block of the segment at `path`, with its number of conversations,
+/// its rows and its stored size.
+fn block_codecs(path: &std::path::Path) -> Vec<(u8, usize, usize, usize)> {
     use chatstore::format::{block::stored_codec, segment::SegmentReader};
     let data = bytes::Bytes::from(std::fs::read(path).unwrap());
     let seg = SegmentReader::open(path, std::sync::Arc::new(data)).unwrap();
@@ -434,6 +434,7 @@ fn block_codecs(path: &std::path::Path) -> Vec<(u8, usize, usize)> {
                 stored_codec(&stored).unwrap(),
                 block.runs().len(),
                 block.rows(),
+                stored.len(),
             )
         })
         .collect()
@@ -531,6 +532,106 @@ fn a_run_within_level0_stores_shared_blocks_fast_and_a_quiet_store_folds_it_in_e
         }
     }
     check(&store);
+}
+
+/// Level 1 written under writes keeps its blocks of several conversations in LZ4 (every merge
+/// of level 0 into it rewrites them), copies such a block as stored when no newer row falls
+/// inside it, and a quiet store rewrites them in the store's codec, even after a reopen.
+#[test]
+fn level1_under_writes_keeps_shared_blocks_in_lz4_until_the_store_is_quiet() {
+    use chatstore::format::block::{CODEC_LZ4, CODEC_NONE};
+    let dir = tempfile::tempdir().unwrap();
+    let opts = copying(1 << 20, Compression::Zstd(3));
+    let store = Store::open_with(dir.path(), opts.clone()).unwrap();
+    let mut model: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    let write = |store: &Store, model: &mut BTreeMap<u64, Vec<String>>, convs: &[u64]| {
+        for &conv in convs {
+            let texts = model.entry(conv).or_default();
+            let text = body(conv, texts.len() as u64);
+            store
+                .append(ConversationId(conv), NewMessage::text(UserId(conv), &text))
+                .unwrap();
+            texts.push(text);
+        }
+        store.flush().unwrap();
+    };
+    let busy = vec![1u64; 300];
+    let quiet: Vec<u64> = (100..1100).collect();
+    for _ in 0..2 {
+        write(
+            &store,
+            &mut model,
+            &[busy.as_slice(), quiet.as_slice()].concat(),
+        );
+    }
+    // Level 0 into an empty level 1, under writes.
+    assert!(store.compact_step_under_writes().unwrap());
+    assert_eq!(store.stats().segments_per_level[..2], [0, 1]);
+    let level1 = segment_files(dir.path());
+    let codecs: Vec<_> = level1.iter().flat_map(|p| block_codecs(p)).collect();
+    let shared: Vec<_> = codecs.iter().filter(|c| c.1 > 1).collect();
+    let single: Vec<_> = codecs.iter().filter(|c| c.1 == 1 && c.2 >= 10).collect();
+    assert!(!shared.is_empty() && !single.is_empty(), "{codecs:?}");
+    assert!(shared.iter().all(|c| c.0 == CODEC_LZ4), "{codecs:?}");
+    assert!(
+        single.iter().all(|c| c.0 != CODEC_LZ4 && c.0 != CODEC_NONE),
+        "{codecs:?}"
+    );
+    let stats = store.stats();
+    assert!(
+        stats.pending_compaction_bytes >= stats.segment_bytes,
+        "level 1 owes the store's codec: {stats:?}"
+    );
+    assert_holds(&store, &model, &[]);
+
+    // Newer rows of the busy conversation only: a run within level 0, then the merge into
+    // level 1, where nothing falls inside the quiet conversations' blocks.
+    for _ in 0..2 {
+        write(&store, &mut model, &[1u64; 1500]);
+    }
+    assert!(store.compact_step_under_writes().unwrap());
+    assert_eq!(store.stats().segments_per_level[..2], [1, 1]);
+    for _ in 0..2 {
+        write(&store, &mut model, &[1u64; 100]);
+    }
+    let inputs = segment_files(dir.path());
+    let single_bytes: usize = inputs
+        .iter()
+        .flat_map(|p| block_codecs(p))
+        .filter(|c| c.1 == 1)
+        .map(|c| c.3)
+        .sum();
+    let copied_before = store.stats().compaction_bytes_copied;
+    assert!(store.compact_step_under_writes().unwrap());
+    let stats = store.stats();
+    assert_eq!(stats.segments_per_level[..2], [0, 1], "{stats:?}");
+    assert!(
+        stats.compaction_bytes_copied - copied_before > single_bytes as u64,
+        "blocks of several conversations copied too: {} bytes copied, {single_bytes} in \
+         blocks of one conversation",
+        stats.compaction_bytes_copied - copied_before
+    );
+    assert_holds(&store, &model, &[]);
+
+    // Quiet, and reopened first: the header's hint is what tells the store.
+    store.close().unwrap();
+    let store = Store::open_with(dir.path(), opts).unwrap();
+    assert!(store.stats().pending_compaction_bytes > 0);
+    let mut steps = 0;
+    while store.compact_step().unwrap() {
+        steps += 1;
+        assert!(steps < 20, "compaction does not settle");
+    }
+    assert!(steps >= 1);
+    assert_eq!(store.stats().pending_compaction_bytes, 0);
+    for path in segment_files(dir.path()) {
+        for c in block_codecs(&path) {
+            assert!(c.0 != CODEC_LZ4 && c.0 != CODEC_NONE, "{path:?}: {c:?}");
+        }
+    }
+    assert_holds(&store, &model, &[]);
+    let report = store.verify().unwrap();
+    assert!(report.is_ok(), "{report:?}");
 }
 
 /// A busy conversation's blocks after its first in each input are copied without being

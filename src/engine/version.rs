@@ -38,7 +38,7 @@ pub struct Segment {
     /// compress is stored raw, which would otherwise look like a flush's output).
     pub compacted: bool,
     /// Written under writes for a merge to come, with its blocks of several conversations in
-    /// a faster codec than the rest (see `Pick::transient`); from the segment header's hint.
+    /// a faster codec than the rest (see `picker::SharedBlocks`); from the segment header's hint.
     pub fast_shared_blocks: bool,
     /// Which conversations it may hold, for a level-0 segment (see `ConversationFilter`),
     /// built with its indexes.

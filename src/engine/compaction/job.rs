@@ -19,6 +19,7 @@ use super::super::overrides::{self, Override};
 use super::super::version::{Segment, Version};
 use super::super::Engine;
 use super::conversation_cursor::ConversationCursors;
+use super::picker::{fast_codec, SharedBlocks};
 use super::split::{self, KeyRange};
 use crate::error::{Error, Result};
 use crate::format::block::{self, Block};
@@ -45,21 +46,26 @@ struct OutputSet<'a> {
     dictionary: Option<Arc<Bytes>>,
     /// The file number of the (only) output, when the caller chose it.
     number: Option<u64>,
-    /// Blocks of several conversations go in the flush's codec (see `Pick::transient`).
-    transient: bool,
+    /// The codec of blocks holding several conversations.
+    shared_blocks: SharedBlocks,
     current: Option<(u64, PathBuf, SegmentWriter)>,
     done: Vec<(u64, PathBuf, SegmentSummary)>,
 }
 
 impl<'a> OutputSet<'a> {
-    fn new(engine: &'a Engine, level: u32, number: Option<u64>, transient: bool) -> Self {
+    fn new(
+        engine: &'a Engine,
+        level: u32,
+        number: Option<u64>,
+        shared_blocks: SharedBlocks,
+    ) -> Self {
         OutputSet {
             engine,
             level,
             compression: engine.opts.compression,
             dictionary: engine.dictionary.current(),
             number,
-            transient,
+            shared_blocks,
             current: None,
             done: Vec::new(),
         }
@@ -74,7 +80,7 @@ impl<'a> OutputSet<'a> {
             compression: self.compression,
             dictionary: self.dictionary.clone(),
             number: None,
-            transient: self.transient,
+            shared_blocks: self.shared_blocks,
             current: None,
             done: Vec::new(),
         }
@@ -98,8 +104,8 @@ impl<'a> OutputSet<'a> {
                 self.engine.opts.block_bytes,
                 self.dictionary.as_deref().map(|d| d.as_ref()),
             );
-            if self.transient {
-                w.store_shared_blocks_with(self.engine.opts.flush_compression);
+            if self.shared_blocks != SharedBlocks::StoreCodec {
+                w.store_shared_blocks_with(self.shared_codec());
             }
             self.current = Some((number, path, w));
         }
@@ -117,10 +123,25 @@ impl<'a> OutputSet<'a> {
         }
     }
 
-    /// Whether a block stored with `codec`, in a segment that shares these outputs'
-    /// dictionary or not, can be copied unchanged into them.
-    fn can_copy(&self, codec: Option<u8>, same_dictionary: bool) -> bool {
-        codec.is_some_and(|c| block::copyable(c, self.compression, same_dictionary))
+    /// The codec of these outputs' blocks holding several conversations.
+    fn shared_codec(&self) -> Compression {
+        match self.shared_blocks {
+            SharedBlocks::StoreCodec => self.compression,
+            SharedBlocks::FlushCodec => self.engine.opts.flush_compression,
+            SharedBlocks::Fast => fast_codec(self.compression),
+        }
+    }
+
+    /// Whether a block stored with `codec`, holding several conversations (`shared`) or one,
+    /// in a segment that shares these outputs' dictionary or not, can be copied unchanged into
+    /// them: its codec is the one they would write it in.
+    fn can_copy(&self, codec: Option<u8>, same_dictionary: bool, shared: bool) -> bool {
+        let want = if shared {
+            self.shared_codec()
+        } else {
+            self.compression
+        };
+        codec.is_some_and(|c| block::copyable(c, want, same_dictionary))
     }
 
     fn current_bytes(&self) -> u64 {
@@ -646,7 +667,7 @@ pub(crate) fn run(
     level: u32,
     drop_tombstones: bool,
     number: Option<u64>,
-    transient: bool,
+    shared_blocks: SharedBlocks,
     threads: usize,
 ) -> Result<Vec<Output>> {
     // Tiered runs and level-0 rewrites are one segment each; leveled outputs split to keep
@@ -657,7 +678,7 @@ pub(crate) fn run(
             (engine.opts.target_segment_bytes, true)
         }
     };
-    let first = OutputSet::new(engine, level, number, transient);
+    let first = OutputSet::new(engine, level, number, shared_blocks);
     // Edits and retention as on disk when the compaction starts (see `ConversationRules`).
     let durable = engine.current().segments_only(&engine.memtables_held);
     // Messages go to one set per part; state follows in a set of its own, or, for a single
@@ -844,8 +865,9 @@ impl MessageMerge<'_, '_> {
             return Ok(false);
         };
         let same_dictionary = self.same_dictionary.get(input).copied().unwrap_or(false);
+        let shared = block.runs().len() > 1;
         if next_other.is_some_and(|k| k <= (last.conversation, last_id))
-            || !out.can_copy(block::stored_codec(stored), same_dictionary)
+            || !out.can_copy(block::stored_codec(stored), same_dictionary, shared)
         {
             return Ok(false);
         }
@@ -924,7 +946,7 @@ impl MessageMerge<'_, '_> {
         let same_dictionary = self.same_dictionary.get(input).copied().unwrap_or(false);
         if self.last_conv != Some(meta.conversation)
             || next_other.is_some_and(|k| k <= (meta.conversation, last_id))
-            || !out.can_copy(block::stored_codec(stored), same_dictionary)
+            || !out.can_copy(block::stored_codec(stored), same_dictionary, false)
             || !self.rules.keeps(meta.first_id, last_id)
         {
             return Ok(false);

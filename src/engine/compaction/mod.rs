@@ -149,7 +149,7 @@ impl Engine {
             pick.output_level,
             pick.drop_tombstones,
             number,
-            pick.transient,
+            pick.shared_blocks,
             threads,
         )?;
         let written: u64 = outputs.iter().map(|o| o.summary.file_bytes).sum();
@@ -203,7 +203,12 @@ impl Engine {
         };
         let picked = match self.opts.compaction_policy {
             CompactionPolicy::Leveled => picker::pick(&metas, &opts, &mut cursors)
-                .or_else(|| quiet.then(|| picker::pick_level0_rewrite(&metas)).flatten()),
+                .or_else(|| quiet.then(|| picker::pick_level0_rewrite(&metas)).flatten())
+                .or_else(|| {
+                    quiet
+                        .then(|| picker::pick_level1_recompress(&metas))
+                        .flatten()
+                }),
             CompactionPolicy::Tiered => picker::pick_tiered(&metas, &opts),
         };
         let Some(pick) = picked else {
