@@ -142,18 +142,23 @@ fn the_block_cache_gets_what_memtables_and_indexes_leave_of_the_budget() {
     store.close().unwrap();
 }
 
+/// A budget of 8 MiB with 1 MiB memtables, compacted only when asked.
+fn eight_mib_budget_no_background_compaction() -> Options {
+    Options {
+        memory_budget_bytes: 8 << 20,
+        memtable_bytes: 1 << 20,
+        background_compaction: false,
+        ..Options::default()
+    }
+}
+
 /// Opening a store reads no segment's block or conversation index: each is read at the first
 /// lookup that needs it, and charged to the budget then (the cache shrinks by what it takes).
 #[test]
 fn reopening_reads_segment_indexes_at_their_first_lookup_and_charges_them() {
     let dir = tempfile::tempdir().unwrap();
-    let options = || Options {
-        memory_budget_bytes: 8 << 20,
-        memtable_bytes: 1 << 20,
-        // Six level-0 segments stay as they are: a compaction's outputs load their indexes.
-        background_compaction: false,
-        ..Options::default()
-    };
+    // Six level-0 segments stay as they are: a compaction's outputs load their indexes.
+    let options = eight_mib_budget_no_background_compaction;
     let convs = 4_000u64;
     let store = Store::open_with(dir.path(), options()).unwrap();
     for round in 0..6u64 {
@@ -256,12 +261,7 @@ fn write_stalls_are_told_apart_by_cause() {
 #[test]
 fn last_ids_are_searched_once_per_conversation_and_charged_to_the_budget() {
     let dir = tempfile::tempdir().unwrap();
-    let options = || Options {
-        memory_budget_bytes: 8 << 20,
-        memtable_bytes: 1 << 20,
-        background_compaction: false,
-        ..Options::default()
-    };
+    let options = eight_mib_budget_no_background_compaction;
     let convs = 2_000u64;
     let append_to_all = |store: &Store| {
         let batch: Vec<_> = (1..=convs)
