@@ -9,7 +9,7 @@
 //! write stalls, level shape, pending compaction, write amplification. A quick check of a
 //! change before the comparison harness's `long` preset. Environment overrides of the
 //! defaults, for experiments: `FLUSH_CODEC` / `CODEC` (none, lz4, zstdN), `COMPACTION_THREADS`,
-//! `LEVEL_BASE_MIB`, `L0_TRIGGER`.
+//! `LEVEL_BASE_MIB`, `L0_TRIGGER`, `LEVEL0_RUNS`.
 //!
 //! `cargo run --release --example compaction_policies merge-cost [ROUNDS]` times the two
 //! merges a level-0 batch goes through under writes, on the same inputs each round (a store
@@ -164,6 +164,13 @@ fn sustained(messages: u64, convs: usize) {
     {
         opts.l0_compaction_trigger = n;
     }
+    // LEVEL0_RUNS = n: runs a level-0 batch may gather within level 0 (0, off, by default).
+    if let Some(n) = std::env::var("LEVEL0_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        opts.level0_max_runs = n;
+    }
     let store = Store::open_with(dir.path(), opts).expect("open");
     let zipf = Zipf::new(convs, 1.0);
     let mut rng = Rng::new(42);
@@ -272,6 +279,8 @@ fn merge_cost(rounds: usize) {
             interval: Duration::from_millis(500),
         },
         background_compaction: false,
+        // The two merges a batch went through when level 0 gathered runs.
+        level0_max_runs: 4,
         ..Options::default()
     };
     let base = tempfile::tempdir().expect("temp dir");

@@ -75,6 +75,14 @@ pub struct Options {
     pub l0_compaction_trigger: usize,
     /// Size budget of level 1; each deeper level gets ten times the one above.
     pub level_base_bytes: u64,
+    /// Runs a level-0 batch may gather within level 0 before it goes into level 1 (leveled
+    /// policy, under writes): each trigger's worth of flushed segments merged into one more
+    /// run within level 0, until the runs number this many or weigh a quarter of level 1,
+    /// so that level 1 is rewritten less often. 0 (the default) turns it off: level 0 goes
+    /// into level 1 at every trigger. Since compaction copies most of level 1's blocks as
+    /// stored, a run's extra encoding of every new row costs more than the level-1 rewrites
+    /// it saves (see `docs/compaction.md`, *Runs within level 0, measured again*).
+    pub level0_max_runs: usize,
     /// Size at which compaction starts a new output segment.
     pub target_segment_bytes: u64,
     /// Store-wide retention: messages older than this disappear from reads at once and from
@@ -126,6 +134,7 @@ impl Default for Options {
             memory_budget_bytes: 64 << 20,
             l0_compaction_trigger: 4,
             level_base_bytes: 256 << 20,
+            level0_max_runs: 0,
             target_segment_bytes: 64 << 20,
             max_message_age: None,
             compaction_policy: CompactionPolicy::Leveled,

@@ -52,6 +52,7 @@ impl Engine {
             l0_trigger: self.opts.l0_compaction_trigger,
             level_base_bytes: self.opts.level_base_bytes,
             quiet: true,
+            level0_max_runs: self.opts.level0_max_runs,
         }
     }
 

@@ -97,15 +97,16 @@ pub struct PickerOptions {
     /// into level 1 below the trigger (`provisional_due`). Under writes that would compete with
     /// the flush for nothing level 0 needs yet.
     pub quiet: bool,
+    /// `Options::level0_max_runs`: runs a level-0 batch may gather within level 0 (see
+    /// `level0_tiering`); 0 turns that off.
+    pub level0_max_runs: usize,
 }
 
 /// Level 0 is merged into level 1 once the runs made within it (see `level0_tiering`) weigh
-/// this fraction of level 1, or number `LEVEL0_MAX_RUNS`; before that, each trigger's worth of
-/// flushed (provisional) segments is merged into one more run within level 0.
+/// this fraction of level 1, or number `Options::level0_max_runs`; before that, each
+/// trigger's worth of flushed (provisional) segments is merged into one more run within
+/// level 0.
 pub const LEVEL0_TIER_RATIO: u64 = 4;
-
-/// At most this many runs made within level 0 wait there for the merge into level 1.
-pub const LEVEL0_MAX_RUNS: usize = 4;
 
 /// Under writes, a trigger's worth of flushed segments merged into one run within level 0,
 /// when merging level 0 into level 1 would still rewrite much more than it brings. Every
@@ -117,7 +118,7 @@ pub const LEVEL0_MAX_RUNS: usize = 4;
 /// which the level-1 merge would pay anyway, and it then copies the blocks of busy
 /// conversations as stored. Whether level 0 takes that path now: its runs are still few and
 /// small against level 1.
-fn level0_tiering(segs: &[SegmentMeta]) -> bool {
+fn level0_tiering(segs: &[SegmentMeta], max_runs: usize) -> bool {
     let runs = segs
         .iter()
         .filter(|s| s.level == 0 && !s.provisional)
@@ -135,7 +136,7 @@ fn level0_tiering(segs: &[SegmentMeta]) -> bool {
         .filter(|s| s.level == 1)
         .map(|s| s.logical_bytes)
         .fold(0u64, u64::saturating_add);
-    runs < LEVEL0_MAX_RUNS && run_bytes.saturating_mul(LEVEL0_TIER_RATIO) < level1
+    runs < max_runs && run_bytes.saturating_mul(LEVEL0_TIER_RATIO) < level1
 }
 
 /// A chosen compaction.
@@ -316,7 +317,7 @@ pub fn pick(segs: &[SegmentMeta], opts: &PickerOptions, cursors: &mut Cursors) -
     let l0: Vec<&SegmentMeta> = segs.iter().filter(|s| s.level == 0).collect();
     // While level 0 gathers runs, only the flushed segments not yet in one count towards its
     // trigger: the runs wait for the merge into level 1.
-    let tiering = level0_tiering(segs);
+    let tiering = level0_tiering(segs, opts.level0_max_runs);
     let raw = level0_rewrite_inputs(segs);
     let due = if tiering { raw.len() } else { l0.len() };
     let mut best: Option<(f64, u32)> = None;
@@ -490,8 +491,12 @@ mod tests {
             l0_trigger: 4,
             level_base_bytes: 1000,
             quiet: true,
+            level0_max_runs: RUNS,
         }
     }
+
+    /// Runs level 0 may gather in these tests (the mechanism is off by default).
+    const RUNS: usize = 4;
 
     #[test]
     fn level0_gathers_runs_until_they_weigh_a_quarter_of_level1() {
@@ -542,13 +547,13 @@ mod tests {
         assert_eq!(p.output_level, 1);
         assert_eq!(p.inputs, vec![1, 20, 30, 31, 32, 33, 34]);
 
-        // At most `LEVEL0_MAX_RUNS` runs wait, however small.
+        // At most `level0_max_runs` runs wait, however small.
         let mut segs = vec![seg(1, 1, 900, (0, 100))];
-        segs.extend((0..LEVEL0_MAX_RUNS as u64).map(|i| run(10 + i, 10)));
+        segs.extend((0..RUNS as u64).map(|i| run(10 + i, 10)));
         segs.extend((20..24).map(|n| flushed(n, 10)));
         let p = pick(&segs, &busy, &mut Cursors::default()).unwrap();
         assert_eq!(p.output_level, 1);
-        assert_eq!(p.inputs.len(), 1 + LEVEL0_MAX_RUNS + 4);
+        assert_eq!(p.inputs.len(), 1 + RUNS + 4);
 
         // Runs are weighed uncompressed: one whose file is large for its rows (shared blocks
         // in the flush's codec) waits as long as the same rows compressed would.
@@ -589,6 +594,34 @@ mod tests {
         let quiet = pick(&segs, &opts(), &mut Cursors::default()).unwrap();
         assert_eq!(quiet.inputs, p.inputs);
         assert_eq!(quiet.shared_blocks, SharedBlocks::StoreCodec, "at rest");
+    }
+
+    #[test]
+    fn without_runs_level0_goes_into_level1_at_every_trigger() {
+        let busy = PickerOptions {
+            quiet: false,
+            level0_max_runs: 0,
+            ..opts()
+        };
+        let mut segs = vec![seg(1, 1, 900, (0, 100))];
+        for n in 10..14 {
+            segs.push(SegmentMeta {
+                provisional: true,
+                ..seg(n, 0, 10, (0, 100))
+            });
+        }
+        let p = pick(&segs, &busy, &mut Cursors::default()).unwrap();
+        assert_eq!(p.inputs, vec![1, 10, 11, 12, 13]);
+        assert_eq!(p.output_level, 1);
+        assert_eq!(p.shared_blocks, SharedBlocks::Fast);
+        // With runs allowed, the same level 0 makes a run within itself first.
+        let runs = PickerOptions {
+            level0_max_runs: RUNS,
+            ..busy
+        };
+        let p = pick(&segs, &runs, &mut Cursors::default()).unwrap();
+        assert_eq!(p.output_level, 0);
+        assert_eq!(p.shared_blocks, SharedBlocks::FlushCodec);
     }
 
     #[test]
