@@ -440,6 +440,20 @@ fn block_codecs(path: &std::path::Path) -> Vec<(u8, usize, usize, usize)> {
         .collect()
 }
 
+/// Appends one message to each conversation of `convs` in turn (recording it in `model`),
+/// then flushes: one level-0 segment.
+fn append_and_flush(store: &Store, model: &mut BTreeMap<u64, Vec<String>>, convs: &[u64]) {
+    for &conv in convs {
+        let texts = model.entry(conv).or_default();
+        let text = body(conv, texts.len() as u64);
+        store
+            .append(ConversationId(conv), NewMessage::text(UserId(conv), &text))
+            .unwrap();
+        texts.push(text);
+    }
+    store.flush().unwrap();
+}
+
 fn segment_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
@@ -475,15 +489,7 @@ fn a_run_within_level0_stores_shared_blocks_fast_and_a_quiet_store_folds_it_in_e
         for _ in 0..4 {
             let mut rows: Vec<u64> = vec![1; busy_rows as usize];
             rows.extend(100..100 + quiet);
-            for conv in rows {
-                let n = want.entry(conv).or_default();
-                let text = body(conv, n.len() as u64);
-                store
-                    .append(ConversationId(conv), NewMessage::text(UserId(conv), &text))
-                    .unwrap();
-                n.push(text);
-            }
-            store.flush().unwrap();
+            append_and_flush(store, &mut want, &rows);
         }
     };
     // Level 1 first (level 0 merged into an empty level 1), then a batch much smaller than
@@ -545,17 +551,7 @@ fn level1_under_writes_keeps_shared_blocks_in_lz4_until_the_store_is_quiet() {
     let opts = copying(1 << 20, Compression::Zstd(3));
     let store = Store::open_with(dir.path(), opts.clone()).unwrap();
     let mut model: BTreeMap<u64, Vec<String>> = BTreeMap::new();
-    let write = |store: &Store, model: &mut BTreeMap<u64, Vec<String>>, convs: &[u64]| {
-        for &conv in convs {
-            let texts = model.entry(conv).or_default();
-            let text = body(conv, texts.len() as u64);
-            store
-                .append(ConversationId(conv), NewMessage::text(UserId(conv), &text))
-                .unwrap();
-            texts.push(text);
-        }
-        store.flush().unwrap();
-    };
+    let write = append_and_flush;
     let busy = vec![1u64; 300];
     let quiet: Vec<u64> = (100..1100).collect();
     for _ in 0..2 {
