@@ -92,9 +92,10 @@ pub struct Options {
     pub max_message_age: Option<Duration>,
     /// Compaction policy.
     pub compaction_policy: CompactionPolicy,
-    /// Threads one leveled compaction's merge is cut over (by conversation range) once
-    /// compaction falls behind (level 0 at four times its trigger; before that a merge runs on
-    /// the compaction thread alone, leaving the other cores to the writers). A chat store's
+    /// Threads one leveled compaction's merge may use once compaction falls behind (level 0
+    /// at four times its trigger, checked between the conversation ranges the merge is cut
+    /// into, so helpers join a merge already running; before that a merge runs on the
+    /// compaction thread alone, leaving the other cores to the writers). A chat store's
     /// level-0 → level-1 merge takes all of level 1, so it is the one large job, and cut in
     /// two it uses a second core. [`Store::compact`](crate::Store::compact) always uses them
     /// all. 1: every merge on the compaction thread alone.

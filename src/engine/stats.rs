@@ -59,8 +59,8 @@ pub struct Stats {
     /// (blocks of one conversation whose rows and size the input's indexes give; version-3
     /// segments).
     pub compaction_bytes_copied_undecoded: u64,
-    /// Key ranges merged on threads beside the compaction thread since open (a compaction cut
-    /// in `n` parts adds `n - 1`; see `Options::compaction_threads`).
+    /// Key ranges of cut merges merged on helper threads beside the compaction thread since
+    /// open (see `Options::compaction_threads`).
     pub compaction_parts_beside: u64,
     /// Compactions that failed (and were retried later) since open.
     pub compaction_errors: u64,

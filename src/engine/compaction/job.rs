@@ -19,6 +19,7 @@ use super::super::overrides::{self, Override};
 use super::super::version::{Segment, Version};
 use super::super::Engine;
 use super::conversation_cursor::ConversationCursors;
+use super::parts::{self, PartWork};
 use super::picker::{fast_codec, SharedBlocks};
 use super::split::{self, KeyRange};
 use crate::error::{Error, Result};
@@ -668,7 +669,7 @@ pub(crate) fn run(
     drop_tombstones: bool,
     number: Option<u64>,
     shared_blocks: SharedBlocks,
-    threads: usize,
+    threads: &(dyn Fn() -> usize + Sync),
 ) -> Result<Vec<Output>> {
     // Tiered runs and level-0 rewrites are one segment each; leveled outputs split to keep
     // levels fine-grained.
@@ -681,24 +682,40 @@ pub(crate) fn run(
     let first = OutputSet::new(engine, level, number, shared_blocks);
     // Edits and retention as on disk when the compaction starts (see `ConversationRules`).
     let durable = engine.current().segments_only(&engine.memtables_held);
-    // Messages go to one set per part; state follows in a set of its own, or, for a single
-    // segment holding both sections, in the same set after the messages.
-    let (mut parts, mut state) = if separate {
-        // A merge smaller than a quarter of an output segment is not worth a second thread.
-        let ranges = split::ranges(inputs, threads, target / 4);
-        let mut sets: Vec<OutputSet<'_>> = Vec::with_capacity(ranges.len());
-        for _ in 1..ranges.len() {
-            sets.push(first.sibling());
+    // Messages go to the sets of the merge's parts; state follows in a set of its own, or,
+    // for a single segment holding both sections, in the same set after the messages.
+    let mut state;
+    let mut sets = Vec::new();
+    let merged = if separate {
+        // Cut into ranges of about half an output segment of input each, so that threads
+        // joining while the merge runs find work to take; a merge smaller than a quarter of
+        // an output segment is not cut.
+        let parts = if engine.opts.compaction_threads > 1 {
+            let input: u64 = inputs
+                .iter()
+                .map(|s| s.reader.file_bytes())
+                .fold(0, u64::saturating_add);
+            usize::try_from(input.checked_div(target / 2).unwrap_or(u64::MAX))
+                .unwrap_or(MAX_RANGES)
+                .clamp(2, MAX_RANGES)
+        } else {
+            1
+        };
+        let ranges = split::ranges(inputs, parts, target / 4);
+        state = first.sibling();
+        match merge_parts(engine, inputs, &durable, target, &ranges, first, threads) {
+            Ok((done, watermarks)) => {
+                sets = done;
+                Ok(watermarks)
+            }
+            Err((e, done)) => {
+                sets = done;
+                Err(e)
+            }
         }
-        let state = first.sibling();
-        sets.insert(0, first);
-        (Some((ranges, sets)), state)
     } else {
-        (None, first)
-    };
-    let merged = match &mut parts {
-        Some((ranges, sets)) => merge_parts(engine, inputs, &durable, target, ranges, sets),
-        None => merge_messages(engine, inputs, &durable, target, KeyRange::ALL, &mut state),
+        state = first;
+        merge_messages(engine, inputs, &durable, target, KeyRange::ALL, &mut state)
     };
     drop(durable);
     let result = merged.and_then(|watermarks| {
@@ -711,7 +728,6 @@ pub(crate) fn run(
             &mut state,
         )
     });
-    let sets = parts.map(|(_, sets)| sets).unwrap_or_default();
     if let Err(e) = result {
         for set in sets {
             set.abandon();
@@ -727,63 +743,101 @@ pub(crate) fn run(
     Ok(outputs)
 }
 
-/// Merges the messages of each key range into its own output set, the first range on this
-/// thread and the others on threads of their own, and returns the watermarks raised, in key
-/// order. Each set's last segment is finished.
-fn merge_parts(
+/// The most ranges one merge is cut into.
+const MAX_RANGES: usize = 256;
+
+/// The message merge of one cut compaction, shared among threads range by range (see
+/// `parts`).
+struct MessageParts<'a, 'e> {
+    engine: &'a Engine,
+    inputs: &'a [Arc<Segment>],
+    durable: &'a Version,
+    target: u64,
+    ranges: &'a [KeyRange],
+    /// What a stolen span's output set is made like.
+    template: parking_lot::Mutex<OutputSet<'e>>,
+    threads: &'a (dyn Fn() -> usize + Sync),
+}
+
+impl<'e> PartWork for MessageParts<'_, 'e> {
+    type Set = OutputSet<'e>;
+    type Out = Watermarks;
+
+    fn threads(&self) -> usize {
+        (self.threads)()
+    }
+
+    fn new_set(&self) -> OutputSet<'e> {
+        self.template.lock().sibling()
+    }
+
+    fn merge(&self, range: usize, set: &mut OutputSet<'e>) -> Result<Watermarks> {
+        let range = self.ranges.get(range).copied().ok_or_else(|| {
+            Error::Internal(format!(
+                "compaction range {range} out of {}",
+                self.ranges.len()
+            ))
+        })?;
+        merge_messages(
+            self.engine,
+            self.inputs,
+            self.durable,
+            self.target,
+            range,
+            set,
+        )
+    }
+
+    fn finish(&self, set: &mut OutputSet<'e>) -> Result<()> {
+        set.finish_current()
+    }
+}
+
+/// Merges the messages of `ranges` (in key order) into `first` and the sets of the spans
+/// helpers take (see `parts`), and returns the sets in key order with the watermarks raised,
+/// or the first error with every set (to be abandoned).
+#[allow(clippy::type_complexity)]
+fn merge_parts<'e>(
     engine: &Engine,
     inputs: &[Arc<Segment>],
     durable: &Version,
     target: u64,
     ranges: &[KeyRange],
-    sets: &mut [OutputSet<'_>],
-) -> Result<Watermarks> {
-    let parts: Vec<Result<Watermarks>> = std::thread::scope(|scope| {
-        let mut jobs = ranges.iter().copied().zip(sets.iter_mut());
-        let here = jobs.next();
-        let mut spawned = Vec::new();
-        for (n, (range, set)) in jobs.enumerate() {
-            let name = format!("chatstore-compact-{}", n.saturating_add(2));
-            // A thread the OS refuses fails the compaction like an I/O error: the inputs
-            // stay, and it is tried again later.
-            spawned.push(
-                std::thread::Builder::new()
-                    .name(name)
-                    .spawn_scoped(scope, move || {
-                        merge_messages(engine, inputs, durable, target, range, set)
-                            .and_then(|w| set.finish_current().map(|()| w))
-                    })
-                    .map_err(|e| Error::io(&engine.dir, e)),
-            );
-        }
-        let mut results = Vec::with_capacity(ranges.len());
-        if let Some((range, set)) = here {
-            results.push(
-                merge_messages(engine, inputs, durable, target, range, set)
-                    .and_then(|w| set.finish_current().map(|()| w)),
-            );
-        }
-        for job in spawned {
-            results.push(match job {
-                Ok(handle) => match handle.join() {
-                    Ok(r) => r,
-                    // Background panics are handled where the compaction thread starts.
-                    Err(payload) => std::panic::resume_unwind(payload),
-                },
-                Err(e) => Err(e),
-            });
-        }
-        results
+    first: OutputSet<'e>,
+    threads: &(dyn Fn() -> usize + Sync),
+) -> std::result::Result<(Vec<OutputSet<'e>>, Watermarks), (Error, Vec<OutputSet<'e>>)> {
+    let work = MessageParts {
+        engine,
+        inputs,
+        durable,
+        target,
+        ranges,
+        template: parking_lot::Mutex::new(first.sibling()),
+        threads,
+    };
+    let shared = parts::run(&work, ranges.len(), first, &|n| {
+        format!("chatstore-compact-{n}")
     });
     engine.counters.compaction_parts_beside.fetch_add(
-        ranges.len().saturating_sub(1) as u64,
+        shared.ranges_beside as u64,
         std::sync::atomic::Ordering::Relaxed,
     );
+    let mut sets = Vec::with_capacity(shared.spans.len());
     let mut watermarks = VecDeque::new();
-    for part in parts {
-        watermarks.extend(part?);
+    let mut error = None;
+    for span in shared.spans {
+        match span.result {
+            Ok(outs) => watermarks.extend(outs.into_iter().flatten()),
+            Err(e) => {
+                error.get_or_insert(e);
+            }
+        }
+        sets.push(span.set);
     }
-    Ok(watermarks)
+    match error {
+        Some(e) => Err((e, sets)),
+        None => Ok((sets, watermarks)),
+    }
 }
 
 /// The merge of messages: which conversation it is in and that conversation's rules.

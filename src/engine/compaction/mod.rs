@@ -8,6 +8,7 @@
 
 pub(crate) mod conversation_cursor;
 pub(crate) mod job;
+pub(crate) mod parts;
 pub(crate) mod picker;
 pub(crate) mod split;
 
@@ -84,7 +85,8 @@ impl Engine {
         picker::pending_bytes(&self.segment_metas(), &self.picker_options())
     }
 
-    /// How many threads the next background merge may take: all of
+    /// How many threads a background merge may use now (asked between the ranges of a
+    /// running merge, see `parts`): all of
     /// `Options::compaction_threads` once level 0 holds `BEHIND_FACTOR` times its trigger
     /// (compaction is falling behind the writers, and the writers are about to be slowed down
     /// for it), one before. A second thread takes a core from the writer and the flush: on the
@@ -109,9 +111,10 @@ impl Engine {
         }
     }
 
-    /// Runs one picked compaction to the end, its merge cut over at most `threads` threads;
-    /// returns whether it ran. REQUIRES: the caller holds `compaction`.
-    fn run_pick(&self, pick: &Pick, threads: usize) -> Result<bool> {
+    /// Runs one picked compaction to the end, its merge shared among as many threads as
+    /// `threads()` says while it runs; returns whether it ran. REQUIRES: the caller holds
+    /// `compaction`.
+    fn run_pick(&self, pick: &Pick, threads: &(dyn Fn() -> usize + Sync)) -> Result<bool> {
         // A rewrite within level 0 must produce the newest level-0 segment (level 0 is
         // ordered by file number), so its number is taken first, and the rewrite runs only if
         // no flush is under way and none finished since the pick: a flush in flight may hold
@@ -215,7 +218,7 @@ impl Engine {
         let Some(pick) = picked else {
             return Ok(false);
         };
-        self.run_pick(&pick, self.background_threads())
+        self.run_pick(&pick, &|| self.background_threads())
     }
 
     /// Flushes, then merges every segment into one sorted run.
@@ -224,7 +227,7 @@ impl Engine {
         let _cursors = self.compactor.cursors.lock();
         if let Some(pick) = picker::pick_all(&self.segment_metas()) {
             // Asked for (a store at rest being compacted whole): every thread it may use.
-            self.run_pick(&pick, self.opts.compaction_threads)?;
+            self.run_pick(&pick, &|| self.opts.compaction_threads)?;
         }
         Ok(())
     }
