@@ -9,7 +9,8 @@
 //! the most ranges left (work stealing): each thread keeps merging contiguous ranges into one
 //! output set, a steal cuts the outputs at one more place, and no thread sits idle waiting
 //! for another's larger half, as when a merge was cut once into as many parts as threads.
-//! A helper whose span is done leaves when the merge may no longer use it.
+//! A helper the merge may no longer use leaves between two ranges, giving the rest of its
+//! span up to whichever thread runs out of work first.
 
 // Background threads must not panic: no arithmetic that can overflow.
 #![deny(clippy::arithmetic_side_effects)]
@@ -223,8 +224,13 @@ pub(crate) fn run<W: PartWork>(
         let mut refused = false;
         // Starts helpers up to what the merge may use now, while work is left to share.
         let mut grow = || {
-            while !refused && helpers.len().saturating_add(1) < work.threads() && spans.any_left() {
-                let rank = helpers.len().saturating_add(2);
+            while !refused && spans.any_left() {
+                // Helpers that left do not count: one may be wanted again later.
+                let live = helpers.iter().filter(|h| !h.is_finished()).count();
+                if live.saturating_add(1) >= work.threads() {
+                    break;
+                }
+                let rank = live.saturating_add(2);
                 match std::thread::Builder::new()
                     .name(name(rank))
                     .spawn_scoped(scope, move || helper(work, spans, rank))
@@ -290,7 +296,8 @@ mod tests {
 
     impl PartWork for Fake {
         type Set = Vec<usize>;
-        type Out = (usize, String);
+        /// The range, the thread's name, and how many ranges were merged before it.
+        type Out = (usize, String, usize);
 
         fn threads(&self) -> usize {
             (self.threads)(self.merged.load(Ordering::SeqCst))
@@ -300,15 +307,15 @@ mod tests {
             Vec::new()
         }
 
-        fn merge(&self, range: usize, set: &mut Vec<usize>) -> Result<(usize, String)> {
+        fn merge(&self, range: usize, set: &mut Vec<usize>) -> Result<(usize, String, usize)> {
             std::thread::sleep(self.pause);
             if self.fail_at == Some(range) {
                 return Err(Error::Internal(format!("range {range}")));
             }
             set.push(range);
-            self.merged.fetch_add(1, Ordering::SeqCst);
+            let before = self.merged.fetch_add(1, Ordering::SeqCst);
             let name = std::thread::current().name().unwrap_or("").to_string();
-            Ok((range, name))
+            Ok((range, name, before))
         }
 
         fn finish(&self, _set: &mut Vec<usize>) -> Result<()> {
@@ -327,7 +334,7 @@ mod tests {
 
     /// Every range was merged once, each span's set holds its ranges in order from `first`
     /// on, and the spans follow one another in key order.
-    fn check_spans(shared: &Shared<Vec<usize>, (usize, String)>, ranges: usize) {
+    fn check_spans(shared: &Shared<Vec<usize>, (usize, String, usize)>, ranges: usize) {
         let mut all = Vec::new();
         for span in &shared.spans {
             let outs = span.result.as_ref().unwrap();
@@ -401,6 +408,24 @@ mod tests {
             "the helper left: {} of 200",
             shared.ranges_beside
         );
+    }
+
+    #[test]
+    fn a_helper_is_started_again_when_the_merge_may_use_it_again() {
+        // Two threads, then one from the fifth range merged, then two again from the
+        // thirtieth.
+        let work = fake(|merged| if (5..30).contains(&merged) { 1 } else { 2 });
+        let shared = run(&work, 200, Vec::new(), &name);
+        check_spans(&shared, 200);
+        let helped: Vec<usize> = shared
+            .spans
+            .iter()
+            .flat_map(|s| s.result.as_ref().unwrap())
+            .filter(|o| o.1 == "part-helper-2")
+            .map(|o| o.2)
+            .collect();
+        // (How many ranges the first helper merged depends on when the OS started it.)
+        assert!(helped.iter().any(|&n| n >= 30), "{helped:?}");
     }
 
     #[test]
