@@ -351,6 +351,16 @@ mod tests {
         format!("part-helper-{n}")
     }
 
+    /// What the ranges the first helper (`part-helper-2`) merged returned.
+    fn helped(shared: &Shared<Vec<usize>, (usize, String, usize)>) -> Vec<&(usize, String, usize)> {
+        shared
+            .spans
+            .iter()
+            .flat_map(|s| s.result.as_ref().unwrap())
+            .filter(|o| o.1 == "part-helper-2")
+            .collect()
+    }
+
     #[test]
     fn one_thread_merges_every_range_into_one_set() {
         let work = fake(|_| 1);
@@ -365,12 +375,7 @@ mod tests {
         let work = fake(|_| 2);
         let shared = run(&work, 200, Vec::new(), &name);
         check_spans(&shared, 200);
-        let helped: usize = shared
-            .spans
-            .iter()
-            .flat_map(|s| s.result.as_ref().unwrap())
-            .filter(|o| o.1 == "part-helper-2")
-            .count();
+        let helped = helped(&shared).len();
         assert_eq!(helped, shared.ranges_beside);
         // Not an exact half: a helper starts a little late, and whoever finishes first
         // takes from the other.
@@ -417,13 +422,7 @@ mod tests {
         let work = fake(|merged| if (5..30).contains(&merged) { 1 } else { 2 });
         let shared = run(&work, 200, Vec::new(), &name);
         check_spans(&shared, 200);
-        let helped: Vec<usize> = shared
-            .spans
-            .iter()
-            .flat_map(|s| s.result.as_ref().unwrap())
-            .filter(|o| o.1 == "part-helper-2")
-            .map(|o| o.2)
-            .collect();
+        let helped: Vec<usize> = helped(&shared).iter().map(|o| o.2).collect();
         // (How many ranges the first helper merged depends on when the OS started it.)
         assert!(helped.iter().any(|&n| n >= 30), "{helped:?}");
     }
