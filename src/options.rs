@@ -63,7 +63,7 @@ pub struct Options {
     pub dictionary_bytes: usize,
     /// One budget for what the store keeps in memory: the memtables (the active one counted
     /// at `memtable_bytes` from the start, frozen ones until flushed), the live segments'
-    /// indexes, the writer's cache of conversations' last ids (a sixteenth of the budget),
+    /// indexes, the writer's cache of conversations' last ids (an eighth of the budget),
     /// and the block cache, which gets what the others leave (at least a sixteenth of the
     /// budget). When memtables and indexes alone exceed it the cache is at
     /// that floor and the store holds more; `Stats::memory_charged_bytes` says how much.
