@@ -9,7 +9,8 @@
 //! writer about a quarter of its time in those searches.
 //!
 //! So the cache is sized from the memory budget (an eighth of it, charged like the
-//! memtables: 8 MiB, 524 288 conversations, of the default 64 MiB) and is set-associative: four entries of 16 bytes to a set, one cache line.
+//! memtables: 8 MiB, 524 288 conversations, of the default 64 MiB) and is set-associative:
+//! four entries of 16 bytes to a set, one cache line.
 //! An entry written again moves one place up its set, and a new conversation takes the
 //! bottom place, evicting the entry there: conversations written often climb to the top and
 //! stay, the rarely written tail churns through the bottom (a transposition policy, which
@@ -29,13 +30,15 @@ const BUDGET_DIVISOR: usize = 8;
 /// Fewest sets, whatever the budget: a few KiB.
 const MIN_SETS: usize = 64;
 
-#[derive(Clone, Copy, Default)]
-struct Entry {
-    conversation: u64,
-    /// The conversation's committed last id; 0 marks an empty entry (a cached conversation
-    /// has at least one message).
-    last: u64,
-}
+/// One entry: `[conversation, last]`, `last` being the conversation's committed last id; 0
+/// marks an empty entry (a cached conversation has at least one message). Plain integers
+/// rather than a struct so that the table is allocated zeroed: the allocator hands out
+/// untouched pages, and the cache costs memory and open time only as it fills (8 MiB
+/// written entry by entry at open took 3 ms and all of its pages at once).
+type Entry = [u64; 2];
+
+const CONVERSATION: usize = 0;
+const LAST: usize = 1;
 
 /// Committed last ids of recently written conversations. Only the write leader reads or
 /// changes it, and only after its group's record is in the log, so an entry is always the
@@ -52,7 +55,7 @@ impl LastIds {
     pub fn for_budget(memory_budget: usize) -> Self {
         let sets = sets_for_budget(memory_budget);
         LastIds {
-            sets: vec![[Entry::default(); WAYS]; sets].into_boxed_slice(),
+            sets: vec![[[0u64; 2]; WAYS]; sets].into_boxed_slice(),
             shift: 64u32.saturating_sub(sets.trailing_zeros()),
         }
     }
@@ -71,8 +74,8 @@ impl LastIds {
         self.sets
             .get(self.set_of(conv))?
             .iter()
-            .find(|e| e.conversation == conv.0 && e.last > 0)
-            .map(|e| e.last)
+            .find(|e| e[CONVERSATION] == conv.0 && e[LAST] > 0)
+            .map(|e| e[LAST])
     }
 
     /// Records `last` as `conv`'s committed last id.
@@ -83,10 +86,10 @@ impl LastIds {
         };
         match set
             .iter()
-            .position(|e| e.conversation == conv.0 && e.last > 0)
+            .position(|e| e[CONVERSATION] == conv.0 && e[LAST] > 0)
         {
             Some(i) => {
-                set[i].last = last;
+                set[i][LAST] = last;
                 if i > 0 {
                     set.swap(i, i - 1);
                 }
@@ -94,11 +97,8 @@ impl LastIds {
             None => {
                 // An empty entry if the set has one (searched from the bottom, so at a cold
                 // start the first comers sit lowest and go first), else the bottom one.
-                let free = set.iter().rposition(|e| e.last == 0).unwrap_or(WAYS - 1);
-                set[free] = Entry {
-                    conversation: conv.0,
-                    last,
-                };
+                let free = set.iter().rposition(|e| e[LAST] == 0).unwrap_or(WAYS - 1);
+                set[free] = [conv.0, last];
             }
         }
     }
