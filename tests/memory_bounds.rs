@@ -153,12 +153,67 @@ fn eight_mib_budget_no_background_compaction() -> Options {
     }
 }
 
+/// A flush leaves its segment's block and conversation indexes on disk: dozens of level-0
+/// segments wait for compaction in a store that ingests without pause, each indexing most
+/// conversations, and holding all their indexes made them the largest part of the process.
+/// A lookup reads them when it needs them (the writer's last-id lookups pass a level-0
+/// segment by on its conversation filter, built at the flush).
+#[test]
+fn flushed_segments_hold_no_conversation_index_until_a_lookup_needs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let convs = 4_000u64;
+    let store = Store::open_with(dir.path(), eight_mib_budget_no_background_compaction()).unwrap();
+    for round in 0..6u64 {
+        let batch: Vec<_> = (0..convs)
+            .map(|c| {
+                let text = format!("message {round} of conversation {c}, some words to store");
+                (
+                    ConversationId(c + 1),
+                    NewMessage::text(UserId(c % 13 + 1), &text),
+                )
+            })
+            .collect();
+        store.append_batch(batch).unwrap();
+        store.flush().unwrap();
+    }
+    let flushed = store.stats();
+    assert!(flushed.segments >= 6, "{} segments", flushed.segments);
+    let conv_index_bytes = 24 * convs * flushed.segments as u64;
+    assert!(
+        flushed.memory_index_bytes < conv_index_bytes / 4,
+        "{} bytes of indexes resident after the flushes, {conv_index_bytes} in the files",
+        flushed.memory_index_bytes
+    );
+    // Appends find each conversation's last id (the last-id cache holds them all here).
+    let next = store
+        .append(ConversationId(5), NewMessage::text(UserId(1), "one more"))
+        .unwrap();
+    assert_eq!(next.id.0, 7);
+    // A read loads the indexes of the segments it looks at, and the next call charges them.
+    assert_eq!(store.latest(ConversationId(17), 10).unwrap().len(), 6);
+    assert_eq!(store.last_id(ConversationId(convs)).unwrap().0, 6);
+    let read = store.stats();
+    assert!(
+        read.memory_index_bytes >= flushed.memory_index_bytes + conv_index_bytes,
+        "{} bytes of indexes after a read, {} before",
+        read.memory_index_bytes,
+        flushed.memory_index_bytes
+    );
+    assert!(
+        read.block_cache_capacity < flushed.block_cache_capacity,
+        "the cache gave way to the indexes read: {} then {}",
+        flushed.block_cache_capacity,
+        read.block_cache_capacity
+    );
+    store.close().unwrap();
+}
+
 /// Opening a store reads no segment's block or conversation index: each is read at the first
 /// lookup that needs it, and charged to the budget then (the cache shrinks by what it takes).
 #[test]
 fn reopening_reads_segment_indexes_at_their_first_lookup_and_charges_them() {
     let dir = tempfile::tempdir().unwrap();
-    // Six level-0 segments stay as they are: a compaction's outputs load their indexes.
+    // Six level-0 segments stay as they are: no compaction reads them.
     let options = eight_mib_budget_no_background_compaction;
     let convs = 4_000u64;
     let store = Store::open_with(dir.path(), options()).unwrap();
@@ -187,7 +242,7 @@ fn reopening_reads_segment_indexes_at_their_first_lookup_and_charges_them() {
     let conv_index_bytes = 24 * convs * opened.segments as u64;
     assert!(
         opened.memory_index_bytes < conv_index_bytes / 4,
-        "{} bytes of indexes resident at open, {} once loaded",
+        "{} bytes of indexes resident at open, {} before the reopen",
         opened.memory_index_bytes,
         loaded.memory_index_bytes
     );

@@ -125,7 +125,8 @@ fn flush_one(engine: &Engine, mem: Arc<Memtable>) -> Result<()> {
         .fs
         .open_random_access(&path)
         .map_err(|e| Error::io(&path, e))?;
-    let reader = SegmentReader::open(&path, data)?;
+    let mut reader = SegmentReader::open(&path, data)?;
+    reader.count_index_loads_in(Arc::clone(&engine.index_loads));
     let segment = Arc::new(Segment::open(number, 0, reader, Arc::clone(&engine.fs))?);
 
     let applied = engine.versions.log_and_apply(VersionEdit {

@@ -50,18 +50,28 @@ pub struct Segment {
 }
 
 impl Segment {
-    /// Wraps a segment just written, loading its indexes (and, at level 0, building its
-    /// conversation filter) now, so that its first readers and the writer do not wait for
-    /// them.
+    /// Wraps a segment just written. A level-0 one gets its conversation filter now, built
+    /// from its conversation index read once and dropped, so that the writer's last-id
+    /// lookups pass it by without reading it. The indexes themselves are read at the first
+    /// lookup that needs them (a read, a last-id lookup its filter lets through, the
+    /// compaction that takes it as input): a store whose compaction is behind holds dozens of
+    /// level-0 segments, each indexing most conversations, and keeping all their indexes in
+    /// memory from the flush on made them the largest part of the process.
     pub fn open(
         number: u64,
         level: u32,
         reader: SegmentReader,
         fs: Arc<dyn FileSystem>,
     ) -> Result<Self> {
-        reader.load_indexes()?;
         let segment = Self::open_lazily(number, level, reader, fs)?;
-        segment.filter();
+        if level == 0 {
+            let n = segment.reader.conversation_count();
+            let filter = segment.reader.with_indexes(|index| {
+                ConversationFilter::of(n, (0..n).map(|i| index.conversation_entry(i).0))
+            })?;
+            // Nobody else has the segment yet: the cell is empty.
+            let _ = segment.filter.set(filter);
+        }
         Ok(segment)
     }
 

@@ -494,17 +494,29 @@ impl SegmentWriter {
         self.finish_block()?;
         self.finish_state_block()?;
         let block_index_offset = self.offset + self.out.len() as u64;
-        let index_start = self.out.len();
-        self.out.extend_from_slice(&self.block_index);
-        for &(conv, first, last) in &self.conv_index {
+        // The message index is streamed to the file a slice at a time: gathered whole, a
+        // large segment's (megabytes) would be one transient buffer, whose freeing raises
+        // the allocator's thresholds and leaves its size resident in an arena.
+        let mut index = IndexStream {
+            crc: crc32fast::Hasher::new(),
+            from: self.out.len(),
+        };
+        for chunk in std::mem::take(&mut self.block_index).chunks(INDEX_SPILL_BYTES) {
+            self.out.extend_from_slice(chunk);
+            index.spill_if_full(&mut self)?;
+        }
+        for i in 0..self.conv_index.len() {
+            let (conv, first, last) = self.conv_index[i];
             put_u64(&mut self.out, conv);
             put_u64(&mut self.out, first);
             put_u64(&mut self.out, last);
+            index.spill_if_full(&mut self)?;
         }
-        for &size in &self.block_sizes {
-            put_u32(&mut self.out, size);
+        for i in 0..self.block_sizes.len() {
+            put_u32(&mut self.out, self.block_sizes[i]);
+            index.spill_if_full(&mut self)?;
         }
-        let message_index_crc = crc32fast::hash(&self.out[index_start..]);
+        let message_index_crc = index.finish(&self.out);
         let state_index_offset = self.offset + self.out.len() as u64;
         let state_start = self.out.len();
         let mut keys = Vec::new();
@@ -558,6 +570,36 @@ impl SegmentWriter {
         self.summary.conversations = self.conv_index.len() as u64;
         self.summary.file_bytes = self.offset;
         Ok(self.summary)
+    }
+}
+
+/// Bytes of the message index gathered before they are handed to the file.
+const INDEX_SPILL_BYTES: usize = 256 << 10;
+
+/// The message index on its way out: its checksum so far, and where in the writer's buffer
+/// its bytes not yet in the checksum start.
+struct IndexStream {
+    crc: crc32fast::Hasher,
+    from: usize,
+}
+
+impl IndexStream {
+    /// Hands the buffer to the file once it holds `INDEX_SPILL_BYTES`, checksumming the
+    /// index bytes in it first.
+    fn spill_if_full(&mut self, w: &mut SegmentWriter) -> std::io::Result<()> {
+        if w.out.len() < self.from.saturating_add(INDEX_SPILL_BYTES) {
+            return Ok(());
+        }
+        self.crc.update(w.out.get(self.from..).unwrap_or_default());
+        w.drain()?;
+        self.from = 0;
+        Ok(())
+    }
+
+    /// The checksum of the whole index, whose last bytes are in `out` from `from` on.
+    fn finish(mut self, out: &[u8]) -> u32 {
+        self.crc.update(out.get(self.from..).unwrap_or_default());
+        self.crc.finalize()
     }
 }
 
@@ -948,9 +990,6 @@ impl SegmentReader {
             ));
         }
         self.check_message_index(&index)?;
-        if let Some(loads) = &self.index_loads {
-            loads.fetch_add(len as u64, Ordering::Relaxed);
-        }
         Ok(index)
     }
 
@@ -960,13 +999,25 @@ impl SegmentReader {
             return Ok(index);
         }
         let loaded = self.load_message_index()?;
+        if let Some(loads) = &self.index_loads {
+            loads.fetch_add(loaded.len() as u64, Ordering::Relaxed);
+        }
         Ok(self.message_index.get_or_init(|| loaded))
     }
 
-    /// Loads the block and conversation indexes now rather than at the first lookup (for a
-    /// segment just written, whose first readers should not pay for it).
-    pub fn load_indexes(&self) -> Result<()> {
-        self.message_index().map(|_| ())
+    /// Runs `f` on the block and conversation indexes: the loaded ones, or else ones read and
+    /// checked for this call alone and dropped after it (a one-off pass, such as building a
+    /// level-0 segment's filter, that should not leave the indexes in memory).
+    pub fn with_indexes<T>(&self, f: impl FnOnce(IndexView<'_>) -> T) -> Result<T> {
+        let transient;
+        let index = match self.message_index.get() {
+            Some(index) => index,
+            None => {
+                transient = self.load_message_index()?;
+                &transient
+            }
+        };
+        Ok(f(self.view_of(index)))
     }
 
     /// Whether the block and conversation indexes are in memory.
@@ -1131,12 +1182,16 @@ impl SegmentReader {
     /// The block and conversation indexes, read and checked at the first call; lookups in
     /// the view cannot fail.
     pub fn indexes(&self) -> Result<IndexView<'_>> {
-        Ok(IndexView {
-            index: self.message_index()?,
+        Ok(self.view_of(self.message_index()?))
+    }
+
+    fn view_of<'a>(&self, index: &'a [u8]) -> IndexView<'a> {
+        IndexView {
+            index,
             blocks: self.block_count,
             convs: self.conv_count,
             has_block_sizes: self.version >= 3,
-        })
+        }
     }
 
     /// The (conversation, id) of block `i`'s first row, as the index says.
@@ -1509,6 +1564,44 @@ mod tests {
         assert_eq!(seg.conversation_range(ConversationId(3)).unwrap(), None);
         assert_eq!(seg.conversation_range(ConversationId(0)).unwrap(), None);
         assert_eq!(seg.find_block(ConversationId(0), 1).unwrap(), None);
+    }
+
+    /// A message index larger than the slice the writer hands to the file at a time is
+    /// written across several slices, and its checksum covers all of them.
+    #[test]
+    fn a_message_index_written_in_slices_reads_back_whole() {
+        let convs = 3 * INDEX_SPILL_BYTES as u64 / CONV_ENTRY_LEN as u64;
+        let msgs: Vec<Message> = (1..=convs)
+            .flat_map(|conv| (1..=conv % 3 + 1).map(move |id| msg(conv, id)))
+            .collect();
+        let (data, summary) = build(&msgs, 4096);
+        let seg = SegmentReader::open(Path::new("t.seg"), Arc::new(data.clone())).unwrap();
+        assert_eq!(seg.conversation_count() as u64, convs);
+        assert_eq!(seg.block_count() as u64, summary.blocks);
+        for conv in (1..=convs).step_by(997).chain([convs]) {
+            assert_eq!(
+                seg.conversation_range(ConversationId(conv)).unwrap(),
+                Some((1, conv % 3 + 1))
+            );
+            let b = seg.find_block(ConversationId(conv), 1).unwrap().unwrap();
+            let mut got = Vec::new();
+            seg.read_block(b)
+                .unwrap()
+                .collect(ConversationId(conv), 1, 1, &mut got);
+            assert_eq!(got, vec![msg(conv, 1)]);
+        }
+        // One flipped bit in the index's last slice fails its checksum.
+        let (start, end) = message_index_span(&data);
+        assert!(end - start > 2 * INDEX_SPILL_BYTES as u64);
+        let mut bad = data.to_vec();
+        bad[end as usize - 3] ^= 0x10;
+        let seg = SegmentReader::open(Path::new("t.seg"), Arc::new(Bytes::from(bad))).unwrap();
+        match seg.conversation_range(ConversationId(1)) {
+            Err(Error::Corruption { reason, .. }) => {
+                assert!(reason.contains("message index"), "{reason}")
+            }
+            other => panic!("expected a checksum error, got {other:?}"),
+        }
     }
 
     proptest::proptest! {

@@ -168,7 +168,8 @@ impl<'a> OutputSet<'a> {
                 .fs
                 .open_random_access(&path)
                 .map_err(|e| Error::io(&path, e))?;
-            let reader = SegmentReader::open(&path, data)?;
+            let mut reader = SegmentReader::open(&path, data)?;
+            reader.count_index_loads_in(Arc::clone(&self.engine.index_loads));
             let mut segment =
                 Segment::open(number, self.level, reader, Arc::clone(&self.engine.fs))?;
             segment.compacted = true;
