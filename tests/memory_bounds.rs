@@ -208,6 +208,57 @@ fn flushed_segments_hold_no_conversation_index_until_a_lookup_needs_it() {
     store.close().unwrap();
 }
 
+/// Below level 0 a conversation's id range points at one segment per level; a conversation
+/// in that range but not in the segment (a conversation's first message, which the writer
+/// looks up) is turned away by the segment's conversation filter, without its conversation
+/// index being read and kept.
+#[test]
+fn a_conversation_a_compacted_segment_does_not_hold_is_looked_up_without_its_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let convs = 4_000u64;
+    let store = Store::open_with(dir.path(), eight_mib_budget_no_background_compaction()).unwrap();
+    for round in 0..3u64 {
+        // Even conversations only: the odd ones lie inside the segments' ranges.
+        let batch: Vec<_> = (1..=convs)
+            .map(|c| {
+                let text = format!("message {round} of conversation {}", 2 * c);
+                (
+                    ConversationId(2 * c),
+                    NewMessage::text(UserId(c % 13 + 1), &text),
+                )
+            })
+            .collect();
+        store.append_batch(batch).unwrap();
+        store.flush().unwrap();
+    }
+    store.compact().unwrap();
+    let compacted = store.stats();
+    assert_eq!(compacted.segments_per_level.first().copied(), Some(0));
+    let conv_index_bytes = 24 * convs;
+    assert!(
+        compacted.memory_index_bytes < conv_index_bytes / 4,
+        "{} bytes of indexes resident after the compaction",
+        compacted.memory_index_bytes
+    );
+    // A new conversation's first message: its last id is looked up in the segment whose
+    // range holds it.
+    let first = store
+        .append(ConversationId(2_001), NewMessage::text(UserId(1), "hello"))
+        .unwrap();
+    assert_eq!(first.id.0, 1);
+    assert_eq!(store.last_id(ConversationId(3_001)).unwrap().0, 0);
+    let looked_up = store.stats();
+    assert!(
+        looked_up.memory_index_bytes < conv_index_bytes / 4,
+        "{} bytes of indexes resident after looking up conversations the segments do not hold",
+        looked_up.memory_index_bytes
+    );
+    // One it holds reads the index.
+    assert_eq!(store.last_id(ConversationId(2_000)).unwrap().0, 3);
+    assert!(store.stats().memory_index_bytes >= conv_index_bytes);
+    store.close().unwrap();
+}
+
 /// Opening a store reads no segment's block or conversation index: each is read at the first
 /// lookup that needs it, and charged to the budget then (the cache shrinks by what it takes).
 #[test]

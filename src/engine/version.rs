@@ -13,7 +13,7 @@ use bytes::Bytes;
 use super::block_cache::{BlockCache, CachedBlock, Section};
 use super::memtable::Memtable;
 use crate::error::Result;
-use crate::format::segment::SegmentReader;
+use crate::format::segment::{IndexView, SegmentReader};
 use crate::fs::FileSystem;
 use crate::types::{ConversationId, Message};
 
@@ -40,8 +40,8 @@ pub struct Segment {
     /// Written under writes for a merge to come, with its blocks of several conversations in
     /// a faster codec than the rest (see `picker::SharedBlocks`); from the segment header's hint.
     pub fast_shared_blocks: bool,
-    /// Which conversations it may hold, for a level-0 segment (see `ConversationFilter`),
-    /// built with its indexes.
+    /// Which conversations it may hold (see `ConversationFilter`), built from its
+    /// conversation index when it is written or at the first lookup after an open.
     filter: OnceLock<ConversationFilter>,
     /// Whether it holds any watermark entry, once looked up (see `holds_watermarks`).
     watermarks: OnceLock<bool>,
@@ -50,13 +50,14 @@ pub struct Segment {
 }
 
 impl Segment {
-    /// Wraps a segment just written. A level-0 one gets its conversation filter now, built
-    /// from its conversation index read once and dropped, so that the writer's last-id
-    /// lookups pass it by without reading it. The indexes themselves are read at the first
-    /// lookup that needs them (a read, a last-id lookup its filter lets through, the
-    /// compaction that takes it as input): a store whose compaction is behind holds dozens of
-    /// level-0 segments, each indexing most conversations, and keeping all their indexes in
-    /// memory from the flush on made them the largest part of the process.
+    /// Wraps a segment just written. It gets its conversation filter now, built from its
+    /// conversation index read once and dropped, so that lookups of conversations it does
+    /// not hold (the writer's last-id lookups, a conversation's first message) pass it by
+    /// without reading it. The indexes themselves are read at the first lookup that needs
+    /// them (a read, a lookup the filter lets through, the compaction that takes it as
+    /// input): a store whose compaction is behind holds dozens of level-0 segments, each
+    /// indexing most conversations, and keeping all their indexes in memory from the flush
+    /// on made them the largest part of the process.
     pub fn open(
         number: u64,
         level: u32,
@@ -64,14 +65,11 @@ impl Segment {
         fs: Arc<dyn FileSystem>,
     ) -> Result<Self> {
         let segment = Self::open_lazily(number, level, reader, fs)?;
-        if level == 0 {
-            let n = segment.reader.conversation_count();
-            let filter = segment.reader.with_indexes(|index| {
-                ConversationFilter::of(n, (0..n).map(|i| index.conversation_entry(i).0))
-            })?;
-            // Nobody else has the segment yet: the cell is empty.
-            let _ = segment.filter.set(filter);
-        }
+        let filter = segment.reader.with_indexes(|index| {
+            ConversationFilter::of_index(segment.reader.conversation_count(), index)
+        })?;
+        // Nobody else has the segment yet: the cell is empty.
+        let _ = segment.filter.set(filter);
         Ok(segment)
     }
 
@@ -99,25 +97,24 @@ impl Segment {
         })
     }
 
-    /// The conversation filter of a level-0 segment, built from its conversation index at the
-    /// first call. `None` at deeper levels, or when the index cannot be read (then the lookup
-    /// that follows reports the error).
+    /// The conversation filter, built from the conversation index at the first call (for a
+    /// segment found at open; one written since has it already), the index read for it
+    /// alone unless it is loaded. `None` when the index cannot be read (then the lookup that
+    /// follows reports the error).
     fn filter(&self) -> Option<&ConversationFilter> {
-        if self.level != 0 {
-            return None;
-        }
         if let Some(f) = self.filter.get() {
             return Some(f);
         }
-        let index = self.reader.indexes().ok()?;
         let n = self.reader.conversation_count();
-        Some(self.filter.get_or_init(|| {
-            ConversationFilter::of(n, (0..n).map(|i| index.conversation_entry(i).0))
-        }))
+        let built = self
+            .reader
+            .with_indexes(|index| ConversationFilter::of_index(n, index))
+            .ok()?;
+        Some(self.filter.get_or_init(|| built))
     }
 
-    /// Whether `conv` lies within this segment's conversation range (and, for a level-0
-    /// segment, passes its filter): `false` means the segment has no message of it.
+    /// Whether `conv` lies within this segment's conversation range and passes its filter:
+    /// `false` means the segment has no message of it.
     pub fn may_hold(&self, conv: ConversationId) -> bool {
         self.conversations
             .is_some_and(|(lo, hi)| lo <= conv && conv <= hi)
@@ -192,7 +189,9 @@ impl Segment {
 /// conversation's id range, so their range says nothing: without it, finding a conversation's
 /// last id for an append (a conversation the writer's cache does not hold) or the newest
 /// messages for a read searched every level-0 segment's conversation index, and the writer
-/// slowed down as level 0 grew.
+/// slowed down as level 0 grew. Deeper segments have one too: a conversation's first
+/// message, whose range check passes one segment per level, would otherwise read (and keep
+/// in memory) that segment's whole conversation index to learn it is not there.
 #[derive(Debug)]
 struct ConversationFilter {
     bits: Vec<u64>,
@@ -217,6 +216,11 @@ impl ConversationFilter {
             }
         }
         f
+    }
+
+    /// The filter of a segment's `n` conversations, from its conversation index.
+    fn of_index(n: usize, index: IndexView<'_>) -> Self {
+        Self::of(n, (0..n).map(|i| index.conversation_entry(i).0))
     }
 
     /// Two bit positions from one 64-bit mix (splitmix64's finalizer) of the id.
