@@ -41,7 +41,7 @@ pub(crate) struct Charges {
     /// Every memtable still in memory (active at no less than its full size, frozen ones,
     /// and flushed ones a reader still holds).
     pub memtables: u64,
-    /// Block and conversation indexes, footers and level-0 conversation filters of the live
+    /// Block and conversation indexes, footers and conversation filters of the live
     /// segments.
     pub indexes: u64,
     /// The write leader's cache of conversations' last ids (a fixed size).

@@ -96,7 +96,7 @@ pub struct Stats {
     /// `Options::memory_budget_bytes`.
     pub memory_budget_bytes: u64,
     /// Bytes of the live segments' resident indexes (block and conversation indexes, footers,
-    /// level-0 conversation filters), charged to the budget.
+    /// conversation filters), charged to the budget.
     pub memory_index_bytes: u64,
     /// Memtables (the active one at its full size) + indexes + the cache's capacity: the
     /// budget, or more when memtables and indexes alone exceed it.
