@@ -153,6 +153,25 @@ fn eight_mib_budget_no_background_compaction() -> Options {
     }
 }
 
+/// Appends one message to each of `convs` and flushes, `rounds` times: a segment each.
+fn append_rounds_and_flush(
+    store: &Store,
+    rounds: u64,
+    convs: impl Iterator<Item = ConversationId> + Clone,
+) {
+    for round in 0..rounds {
+        let batch: Vec<_> = convs
+            .clone()
+            .map(|conv| {
+                let text = format!("message {round} of conversation {}, some words", conv.0);
+                (conv, NewMessage::text(UserId(conv.0 % 13 + 1), &text))
+            })
+            .collect();
+        store.append_batch(batch).unwrap();
+        store.flush().unwrap();
+    }
+}
+
 /// A flush leaves its segment's block and conversation indexes on disk: dozens of level-0
 /// segments wait for compaction in a store that ingests without pause, each indexing most
 /// conversations, and holding all their indexes made them the largest part of the process.
@@ -163,19 +182,7 @@ fn flushed_segments_hold_no_conversation_index_until_a_lookup_needs_it() {
     let dir = tempfile::tempdir().unwrap();
     let convs = 4_000u64;
     let store = Store::open_with(dir.path(), eight_mib_budget_no_background_compaction()).unwrap();
-    for round in 0..6u64 {
-        let batch: Vec<_> = (0..convs)
-            .map(|c| {
-                let text = format!("message {round} of conversation {c}, some words to store");
-                (
-                    ConversationId(c + 1),
-                    NewMessage::text(UserId(c % 13 + 1), &text),
-                )
-            })
-            .collect();
-        store.append_batch(batch).unwrap();
-        store.flush().unwrap();
-    }
+    append_rounds_and_flush(&store, 6, (1..=convs).map(ConversationId));
     let flushed = store.stats();
     assert!(flushed.segments >= 6, "{} segments", flushed.segments);
     let conv_index_bytes = 24 * convs * flushed.segments as u64;
@@ -217,20 +224,8 @@ fn a_conversation_a_compacted_segment_does_not_hold_is_looked_up_without_its_ind
     let dir = tempfile::tempdir().unwrap();
     let convs = 4_000u64;
     let store = Store::open_with(dir.path(), eight_mib_budget_no_background_compaction()).unwrap();
-    for round in 0..3u64 {
-        // Even conversations only: the odd ones lie inside the segments' ranges.
-        let batch: Vec<_> = (1..=convs)
-            .map(|c| {
-                let text = format!("message {round} of conversation {}", 2 * c);
-                (
-                    ConversationId(2 * c),
-                    NewMessage::text(UserId(c % 13 + 1), &text),
-                )
-            })
-            .collect();
-        store.append_batch(batch).unwrap();
-        store.flush().unwrap();
-    }
+    // Even conversations only: the odd ones lie inside the segments' ranges.
+    append_rounds_and_flush(&store, 3, (1..=convs).map(|c| ConversationId(2 * c)));
     store.compact().unwrap();
     let compacted = store.stats();
     assert_eq!(compacted.segments_per_level.first().copied(), Some(0));
@@ -268,19 +263,7 @@ fn reopening_reads_segment_indexes_at_their_first_lookup_and_charges_them() {
     let options = eight_mib_budget_no_background_compaction;
     let convs = 4_000u64;
     let store = Store::open_with(dir.path(), options()).unwrap();
-    for round in 0..6u64 {
-        let batch: Vec<_> = (0..convs)
-            .map(|c| {
-                let text = format!("message {round} of conversation {c}, some words to store");
-                (
-                    ConversationId(c + 1),
-                    NewMessage::text(UserId(c % 13 + 1), &text),
-                )
-            })
-            .collect();
-        store.append_batch(batch).unwrap();
-        store.flush().unwrap();
-    }
+    append_rounds_and_flush(&store, 6, (1..=convs).map(ConversationId));
     let loaded = store.stats();
     assert!(loaded.segments >= 2, "{} segments", loaded.segments);
     store.close().unwrap();
