@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use chatstore::{ConversationId, Durability, NewMessage, Options, Store, UserId};
+use chatstore::{ConversationId, Durability, NewMessage, Options, Stats, Store, UserId};
 
 /// A long compaction must not keep flushed memtables alive: the memtables held at any moment
 /// are the active one, the frozen ones waiting for flush, and what a short read holds.
@@ -172,6 +172,16 @@ fn append_rounds_and_flush(
     }
 }
 
+/// Asserts that `stats` charge less than a quarter of `conv_index_bytes`, the bytes the
+/// conversation indexes of the segments take in their files: footers and filters only.
+fn assert_indexes_not_held(stats: &Stats, conv_index_bytes: u64, after: &str) {
+    assert!(
+        stats.memory_index_bytes < conv_index_bytes / 4,
+        "{} bytes of indexes resident after {after}, {conv_index_bytes} in the files",
+        stats.memory_index_bytes
+    );
+}
+
 /// A flush leaves its segment's block and conversation indexes on disk: dozens of level-0
 /// segments wait for compaction in a store that ingests without pause, each indexing most
 /// conversations, and holding all their indexes made them the largest part of the process.
@@ -186,11 +196,7 @@ fn flushed_segments_hold_no_conversation_index_until_a_lookup_needs_it() {
     let flushed = store.stats();
     assert!(flushed.segments >= 6, "{} segments", flushed.segments);
     let conv_index_bytes = 24 * convs * flushed.segments as u64;
-    assert!(
-        flushed.memory_index_bytes < conv_index_bytes / 4,
-        "{} bytes of indexes resident after the flushes, {conv_index_bytes} in the files",
-        flushed.memory_index_bytes
-    );
+    assert_indexes_not_held(&flushed, conv_index_bytes, "the flushes");
     // Appends find each conversation's last id (the last-id cache holds them all here).
     let next = store
         .append(ConversationId(5), NewMessage::text(UserId(1), "one more"))
@@ -230,11 +236,7 @@ fn a_conversation_a_compacted_segment_does_not_hold_is_looked_up_without_its_ind
     let compacted = store.stats();
     assert_eq!(compacted.segments_per_level.first().copied(), Some(0));
     let conv_index_bytes = 24 * convs;
-    assert!(
-        compacted.memory_index_bytes < conv_index_bytes / 4,
-        "{} bytes of indexes resident after the compaction",
-        compacted.memory_index_bytes
-    );
+    assert_indexes_not_held(&compacted, conv_index_bytes, "the compaction");
     // A new conversation's first message: its last id is looked up in the segment whose
     // range holds it.
     let first = store
@@ -243,10 +245,10 @@ fn a_conversation_a_compacted_segment_does_not_hold_is_looked_up_without_its_ind
     assert_eq!(first.id.0, 1);
     assert_eq!(store.last_id(ConversationId(3_001)).unwrap().0, 0);
     let looked_up = store.stats();
-    assert!(
-        looked_up.memory_index_bytes < conv_index_bytes / 4,
-        "{} bytes of indexes resident after looking up conversations the segments do not hold",
-        looked_up.memory_index_bytes
+    assert_indexes_not_held(
+        &looked_up,
+        conv_index_bytes,
+        "looking up conversations the segments do not hold",
     );
     // One it holds reads the index.
     assert_eq!(store.last_id(ConversationId(2_000)).unwrap().0, 3);
@@ -274,12 +276,7 @@ fn reopening_reads_segment_indexes_at_their_first_lookup_and_charges_them() {
     // Footers and state indexes only: the conversation indexes alone hold 24 bytes per
     // conversation of each segment.
     let conv_index_bytes = 24 * convs * opened.segments as u64;
-    assert!(
-        opened.memory_index_bytes < conv_index_bytes / 4,
-        "{} bytes of indexes resident at open, {} before the reopen",
-        opened.memory_index_bytes,
-        loaded.memory_index_bytes
-    );
+    assert_indexes_not_held(&opened, conv_index_bytes, "the open");
     // One read loads the indexes of the segments it looks at; the next read charges them.
     let newest = store.latest(ConversationId(17), 10).unwrap();
     assert_eq!(newest.len(), 6);

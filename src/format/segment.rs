@@ -501,19 +501,19 @@ impl SegmentWriter {
             crc: crc32fast::Hasher::new(),
             from: self.out.len(),
         };
+        let conv_index = std::mem::take(&mut self.conv_index);
         for chunk in std::mem::take(&mut self.block_index).chunks(INDEX_SPILL_BYTES) {
             self.out.extend_from_slice(chunk);
             index.spill_if_full(&mut self)?;
         }
-        for i in 0..self.conv_index.len() {
-            let (conv, first, last) = self.conv_index[i];
+        for &(conv, first, last) in &conv_index {
             put_u64(&mut self.out, conv);
             put_u64(&mut self.out, first);
             put_u64(&mut self.out, last);
             index.spill_if_full(&mut self)?;
         }
-        for i in 0..self.block_sizes.len() {
-            put_u32(&mut self.out, self.block_sizes[i]);
+        for size in std::mem::take(&mut self.block_sizes) {
+            put_u32(&mut self.out, size);
             index.spill_if_full(&mut self)?;
         }
         let message_index_crc = index.finish(&self.out);
@@ -533,7 +533,7 @@ impl SegmentWriter {
         self.out.extend_from_slice(&keys);
         let state_index_len = u32_field("bytes of the state index", self.out.len() - state_start)?;
         let block_count = u32_field("blocks of one segment", self.summary.blocks as usize)?;
-        let conv_count = u32_field("conversations of one segment", self.conv_index.len())?;
+        let conv_count = u32_field("conversations of one segment", conv_index.len())?;
         let state_blocks = u32_field("state blocks of one segment", self.state_index.len())?;
         let state_entries = u32_field(
             "state entries of one segment",
@@ -543,8 +543,8 @@ impl SegmentWriter {
         let footer_start = self.out.len();
         // The extension (version 2): what opening the segment needs without its message
         // indexes.
-        let first_conv = self.conv_index.first().map_or(0, |c| c.0);
-        let last_conv = self.conv_index.last().map_or(0, |c| c.0);
+        let first_conv = conv_index.first().map_or(0, |c| c.0);
+        let last_conv = conv_index.last().map_or(0, |c| c.0);
         put_u64(&mut self.out, first_conv);
         put_u64(&mut self.out, last_conv);
         put_u32(&mut self.out, message_index_crc);
@@ -567,7 +567,7 @@ impl SegmentWriter {
         put_u64(&mut self.out, SEGMENT_MAGIC);
         self.drain()?;
         self.file.sync()?;
-        self.summary.conversations = self.conv_index.len() as u64;
+        self.summary.conversations = conv_index.len() as u64;
         self.summary.file_bytes = self.offset;
         Ok(self.summary)
     }
@@ -1007,7 +1007,7 @@ impl SegmentReader {
 
     /// Runs `f` on the block and conversation indexes: the loaded ones, or else ones read and
     /// checked for this call alone and dropped after it (a one-off pass, such as building a
-    /// level-0 segment's filter, that should not leave the indexes in memory).
+    /// segment's conversation filter, that should not leave the indexes in memory).
     pub fn with_indexes<T>(&self, f: impl FnOnce(IndexView<'_>) -> T) -> Result<T> {
         let transient;
         let index = match self.message_index.get() {
