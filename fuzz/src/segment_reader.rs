@@ -40,12 +40,37 @@ fn check(data: &[u8]) {
     let blocks = seg.block_count();
     // The block and conversation indexes are read at the first lookup; one that does not
     // load is an error for every lookup, never a panic.
-    let Ok(index) = seg.indexes() else {
+    let Ok(loaded) = seg.load_indexes() else {
         assert!(blocks == 0 || seg.read_block(0).is_err());
         let _ = seg.conversation_range(ConversationId(1));
         return;
     };
+    let index = loaded.view();
+    // Lookups a partition at a time (through the partition table, or a merge's cursor)
+    // answer what the whole index answers.
+    let mut cursor = seg.index_cursor();
+    for i in 0..seg.conversation_count() {
+        let entry = index.conversation_entry(i);
+        assert_eq!(seg.conversation_entry(i).ok(), Some(entry));
+        assert_eq!(cursor.conversation_entry(i).ok(), Some(entry));
+        // Keys out of order (a damaged but checksummed index) may answer differently; they
+        // must not panic.
+        let _ = (
+            seg.conversation_range(entry.0),
+            cursor.conversation_range(entry.0),
+        );
+        let _ = seg.find_block(entry.0, entry.1);
+    }
     for i in 0..blocks {
+        assert_eq!(seg.block_handle(i).ok(), Some(index.block_handle(i)));
+        assert_eq!(
+            cursor.block(i).map(|e| (e.handle, e.rows)).ok(),
+            Some((index.block_handle(i), index.block_rows(i)))
+        );
+        assert_eq!(
+            cursor.block_logical_bytes(i).ok(),
+            Some(index.block_logical_bytes(i))
+        );
         let h = index.block_handle(i);
         assert!(
             within(h.offset, h.len, data.len()),

@@ -179,7 +179,8 @@ fn dump_segment(file: &Path, json: bool) -> Result<(), Failure> {
         })
     })?;
     let seg = SegmentReader::open(file, std::sync::Arc::new(Bytes::from(data)))?;
-    let index = seg.indexes()?;
+    let loaded = seg.load_indexes()?;
+    let index = loaded.view();
     let mut blocks = Vec::new();
     for b in 0..seg.block_count() {
         let h = index.block_handle(b);

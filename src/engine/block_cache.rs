@@ -1,5 +1,5 @@
-//! A byte-bounded cache of decoded segment blocks (message and state blocks), shared by all
-//! readers.
+//! A byte-bounded cache of decoded segment blocks (message and state blocks) and of segment
+//! index partitions, shared by all readers.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -7,7 +7,11 @@ use std::sync::Arc;
 use quick_cache::sync::Cache;
 use quick_cache::Weighter;
 
+use bytes::Bytes;
+
+use crate::error::Result;
 use crate::format::block::Block;
+use crate::format::index_partitions::{IndexPart, IndexPartitionCache};
 use crate::format::state_block::StateBlock;
 
 /// Which section of a segment a block is in.
@@ -17,6 +21,12 @@ pub enum Section {
     Messages,
     /// Key-value state blocks.
     State,
+    /// Partitions of the block index.
+    BlockIndex,
+    /// Partitions of the conversation index.
+    ConversationIndex,
+    /// Partitions of the block sizes.
+    BlockSizes,
 }
 
 /// (segment number, section, block index). Segment numbers are never reused, so keys never go
@@ -34,13 +44,19 @@ pub enum CachedBlock {
     Messages(Block),
     /// A state block.
     State(StateBlock),
+    /// A partition of a segment's block or conversation index, as stored.
+    IndexPartition(Bytes),
 }
+
+/// What a cached entry costs beyond its bytes (the entry, its key, the `Arc`).
+const ENTRY_OVERHEAD: usize = 64;
 
 impl CachedBlock {
     fn footprint(&self) -> usize {
         match self {
             CachedBlock::Messages(b) => b.footprint(),
             CachedBlock::State(b) => b.footprint(),
+            CachedBlock::IndexPartition(b) => b.len() + ENTRY_OVERHEAD,
         }
     }
 }
@@ -123,6 +139,31 @@ impl BlockCache {
             self.misses.load(Ordering::Relaxed),
             self.cache.weight(),
         )
+    }
+}
+
+/// Index partitions share the cache (and so the memory budget) with blocks: a lookup reads the
+/// partition it needs once, and a partition nobody looks at gives way like a cold block.
+impl IndexPartitionCache for BlockCache {
+    fn get_or_load(
+        &self,
+        segment: u64,
+        part: IndexPart,
+        load: &mut dyn FnMut() -> Result<Bytes>,
+    ) -> Result<Bytes> {
+        let (section, n) = match part {
+            IndexPart::Blocks(n) => (Section::BlockIndex, n),
+            IndexPart::Conversations(n) => (Section::ConversationIndex, n),
+            IndexPart::BlockSizes(n) => (Section::BlockSizes, n),
+        };
+        let cached = BlockCache::get_or_load(self, (segment, section, n), || {
+            load().map(CachedBlock::IndexPartition)
+        })?;
+        match &*cached {
+            CachedBlock::IndexPartition(bytes) => Ok(bytes.clone()),
+            // Keys of index sections only ever hold partitions.
+            _ => load(),
+        }
     }
 }
 

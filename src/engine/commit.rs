@@ -183,7 +183,7 @@ impl Txn<'_> {
         if let Some(v) = self.group_state.get(key) {
             return Ok(v.clone());
         }
-        self.version.state_get(&self.engine.cache, key)
+        self.version.state_get(&self.engine.readers.cache, key)
     }
 
     /// Appends a message, giving it the conversation's next id.
@@ -275,7 +275,7 @@ impl Txn<'_> {
         }
         let mut found = Vec::with_capacity(1);
         self.version
-            .collect(&self.engine.cache, conv, id.0, id.0, &mut found)?;
+            .collect(&self.engine.readers.cache, conv, id.0, id.0, &mut found)?;
         let Some(mut m) = found.pop() else {
             return Ok(None);
         };

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::files;
 use super::memtable::Memtable;
-use super::version::Segment;
+use super::version::{attach_reader, Segment};
 use super::version_set::VersionEdit;
 use super::Engine;
 use crate::error::{Error, Result};
@@ -126,7 +126,7 @@ fn flush_one(engine: &Engine, mem: Arc<Memtable>) -> Result<()> {
         .open_random_access(&path)
         .map_err(|e| Error::io(&path, e))?;
     let mut reader = SegmentReader::open(&path, data)?;
-    reader.count_index_loads_in(Arc::clone(&engine.index_loads));
+    attach_reader(&mut reader, number, &engine.readers);
     let segment = Arc::new(Segment::open(number, 0, reader, Arc::clone(&engine.fs))?);
 
     let applied = engine.versions.log_and_apply(VersionEdit {

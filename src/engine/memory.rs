@@ -48,14 +48,19 @@ pub(crate) struct Charges {
     pub last_ids: u64,
 }
 
+/// The cache's capacity is a multiple of this: the cache splits it evenly among its shards
+/// (a power of two of them, fewer than this), rounding each share up, and a capacity that
+/// did not divide evenly would come out a few bytes over the budget.
+const CACHE_CAPACITY_STEP: u64 = 4096;
+
 /// The block cache's capacity under `budget` once `charges` are paid.
 pub(crate) fn cache_capacity(budget: u64, charges: Charges) -> u64 {
-    budget
+    let capacity = budget
         .saturating_sub(charges.memtables)
         .saturating_sub(charges.indexes)
         .saturating_sub(charges.last_ids)
-        .max(budget / CACHE_FLOOR_DIVISOR)
-        .max(1)
+        .max(budget / CACHE_FLOOR_DIVISOR);
+    (capacity / CACHE_CAPACITY_STEP * CACHE_CAPACITY_STEP).max(1)
 }
 
 impl Engine {
@@ -79,8 +84,8 @@ impl Engine {
     /// Rebalances if a read loaded segment indexes since the last rebalance (indexes of the
     /// segments found at open are read at their first lookup). One relaxed load otherwise.
     pub(crate) fn charge_loaded_indexes(&self) {
-        if self.index_loads.load(Ordering::Relaxed) != 0
-            && self.index_loads.swap(0, Ordering::Relaxed) != 0
+        if self.readers.index_loads.load(Ordering::Relaxed) != 0
+            && self.readers.index_loads.swap(0, Ordering::Relaxed) != 0
         {
             self.rebalance_memory();
         }
@@ -91,7 +96,8 @@ impl Engine {
     /// segments.
     pub(crate) fn rebalance_memory(&self) {
         let budget = self.opts.memory_budget_bytes as u64;
-        self.cache
+        self.readers
+            .cache
             .set_capacity(cache_capacity(budget, self.memory_charges()));
     }
 }

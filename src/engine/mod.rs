@@ -33,11 +33,11 @@ pub use stats::Stats;
 pub use verify::{Problem, VerifyReport};
 
 use self::background::Lifecycle;
-use self::block_cache::BlockCache;
 use self::commit::Committer;
 use self::compaction::Compactor;
 use self::flush::SharedDictionary;
 use self::stats::Counters;
+use self::version::ReaderShared;
 use self::version::Version;
 use self::version_set::VersionSet;
 use crate::error::{Error, Result};
@@ -62,13 +62,12 @@ pub(crate) struct Engine {
     compactor: Compactor,
     /// The zstd dictionary new segments are compressed with (trained by flushes).
     dictionary: SharedDictionary,
-    cache: BlockCache,
+    /// What segment readers share: the block cache, the index pins, the index loads.
+    readers: ReaderShared,
     /// Statistics every component adds to (atomic counters, no other state).
     counters: Counters,
     /// Bytes of every memtable still in memory (see [`Stats::memtable_bytes_held`]).
     memtables_held: Arc<AtomicU64>,
-    /// Bytes of segment indexes read lazily since the memory budget was last rebalanced.
-    index_loads: Arc<AtomicU64>,
     /// The directory lock; released when the store closes, even if handles linger.
     lock: Mutex<Option<Box<dyn DirLock>>>,
 }
@@ -201,7 +200,7 @@ impl Engine {
     ) -> Result<Vec<Message>> {
         let mut out =
             Vec::with_capacity(hi.saturating_sub(lo).saturating_add(1).min(1024) as usize);
-        let touched = v.collect(&self.cache, conv, lo, hi, &mut out);
+        let touched = v.collect(&self.readers.cache, conv, lo, hi, &mut out);
         self.charge_loaded_indexes();
         let touched = touched?;
         self.overlay(v, conv, lo, hi, &mut out)?;
@@ -221,7 +220,7 @@ impl Engine {
     /// [`expiry`](Self::expiry), given whether `v` holds reserved state at all.
     fn expiry_in(&self, v: &Version, conv: ConversationId, reserved: bool) -> Result<Expiry> {
         let floor = if reserved {
-            v.watermark(&self.cache, conv)?
+            v.watermark(&self.readers.cache, conv)?
         } else {
             1
         };
@@ -248,7 +247,7 @@ impl Engine {
             .map(|age| now.saturating_sub(age.as_millis() as u64));
         if reserved {
             if let Some(ttl) = v
-                .state_get(&self.cache, &overrides::ttl_key(conv))?
+                .state_get(&self.readers.cache, &overrides::ttl_key(conv))?
                 .and_then(|t| overrides::decode_ttl(&t))
                 .filter(|&t| t > 0)
             {
@@ -283,7 +282,7 @@ impl Engine {
             .saturating_sub(lo)
             .saturating_add(1)
             .min(usize::MAX as u64) as usize;
-        for (k, value) in v.state_scan(&self.cache, &prefix, &from, limit)? {
+        for (k, value) in v.state_scan(&self.readers.cache, &prefix, &from, limit)? {
             let Some(id) = overrides::edit_key_id(&k).filter(|&id| id <= hi) else {
                 break;
             };
@@ -336,7 +335,7 @@ impl Engine {
 
     pub(crate) fn stats(&self) -> Stats {
         let v = self.current();
-        let (hits, misses, cache_bytes) = self.cache.counters();
+        let (hits, misses, cache_bytes) = self.readers.cache.counters();
         let mut s = self.counters.snapshot();
         s.memtable_bytes = v.active.bytes() as u64;
         s.memtable_messages = v.active.len() as u64;
@@ -356,7 +355,7 @@ impl Engine {
         s.block_cache_hits = hits;
         s.block_cache_misses = misses;
         s.block_cache_bytes = cache_bytes;
-        s.block_cache_capacity = self.cache.capacity();
+        s.block_cache_capacity = self.readers.cache.capacity();
         let charges = self.memory_charges();
         s.memory_budget_bytes = self.opts.memory_budget_bytes as u64;
         s.memory_index_bytes = charges.indexes;
@@ -424,7 +423,7 @@ impl Snapshot<'_> {
             let mid = lo + (hi - lo) / 2;
             let mut found = Vec::with_capacity(1);
             self.version
-                .collect(&self.engine.cache, conv, mid, mid, &mut found)?;
+                .collect(&self.engine.readers.cache, conv, mid, mid, &mut found)?;
             // A missing row (at or above the watermark only in a store compacted by an older
             // version, which kept no watermark) was dropped because it had expired.
             let live = found.first().is_some_and(|m| m.timestamp_ms >= cutoff);
@@ -439,7 +438,7 @@ impl Snapshot<'_> {
 
     /// The value of state `key`.
     pub(crate) fn state_get(&self, key: &[u8]) -> Result<Option<bytes::Bytes>> {
-        self.version.state_get(&self.engine.cache, key)
+        self.version.state_get(&self.engine.readers.cache, key)
     }
 
     /// Up to `limit` live state entries with keys in `from..` that start with `prefix`.
@@ -450,6 +449,6 @@ impl Snapshot<'_> {
         limit: usize,
     ) -> Result<Vec<(bytes::Bytes, bytes::Bytes)>> {
         self.version
-            .state_scan(&self.engine.cache, prefix, from, limit)
+            .state_scan(&self.engine.readers.cache, prefix, from, limit)
     }
 }

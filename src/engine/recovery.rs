@@ -28,11 +28,12 @@ use super::log_writer::LogWriter;
 use super::memory::last_id_cache_budget;
 use super::memtable::Memtable;
 use super::stats::Counters;
-use super::version::{Segment, Version};
+use super::version::{attach_reader, ReaderShared, Segment, Version, PINNED_INDEX_DIVISOR};
 use super::version_set::VersionSet;
 use super::Engine;
 use crate::error::{Error, Result};
 use crate::format::batch::{self, Entry};
+use crate::format::index_partitions::IndexPins;
 use crate::format::manifest::ManifestState;
 use crate::format::segment::SegmentReader;
 use crate::format::wal::{self, LogReader, ReadStep, FILE_HEADER_LEN, WAL_VERSION};
@@ -145,7 +146,11 @@ fn open_once(dir: PathBuf, opts: Options) -> Result<Arc<Engine>, OpenFailure> {
 
     // Opening reads no segment's block or conversation index: each is read at its first
     // lookup, and the bytes loaded are charged to the memory budget at the next read.
-    let index_loads = Arc::new(AtomicU64::new(0));
+    let readers = ReaderShared {
+        index_loads: Arc::new(AtomicU64::new(0)),
+        cache: Arc::new(BlockCache::new(opts.memory_budget_bytes)),
+        pins: IndexPins::new(opts.memory_budget_bytes as u64 / PINNED_INDEX_DIVISOR),
+    };
     let mut segments = Vec::with_capacity(manifest.segments.len());
     for rec in &manifest.segments {
         let path = files::segment_path(&dir, rec.number);
@@ -173,7 +178,7 @@ fn open_once(dir: PathBuf, opts: Options) -> Result<Arc<Engine>, OpenFailure> {
             .into());
         }
         let mut reader = SegmentReader::open(&path, data)?;
-        reader.count_index_loads_in(Arc::clone(&index_loads));
+        attach_reader(&mut reader, rec.number, &readers);
         segments.push(Arc::new(Segment::open_lazily(
             rec.number,
             rec.level,
@@ -293,7 +298,7 @@ fn open_once(dir: PathBuf, opts: Options) -> Result<Arc<Engine>, OpenFailure> {
         // The newest segment's dictionary carries on until the next flush retrains one.
         dictionary: SharedDictionary::new(dictionary),
         compactor: Compactor::default(),
-        cache: BlockCache::new(opts.memory_budget_bytes),
+        readers,
         dir,
         fs,
         committer: Committer::new(wal, wal_synced, last_lsn, last_id_cache_budget(&opts)),
@@ -301,7 +306,6 @@ fn open_once(dir: PathBuf, opts: Options) -> Result<Arc<Engine>, OpenFailure> {
         lifecycle: Lifecycle::default(),
         counters: Counters::default(),
         memtables_held,
-        index_loads,
         lock: Mutex::new(lock),
         opts,
     }))

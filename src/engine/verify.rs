@@ -85,13 +85,14 @@ impl Engine {
             let r = &seg.reader;
             let mut seen: BTreeMap<ConversationId, (u64, u64)> = BTreeMap::new();
             let mut messages = 0u64;
-            let index = match r.indexes() {
-                Ok(index) => Some(index),
+            let loaded = match r.load_indexes() {
+                Ok(loaded) => Some(loaded),
                 Err(e) => {
                     report.problem(e);
                     None
                 }
             };
+            let index = loaded.as_ref().map(|l| l.view());
             for b in 0..index.map_or(0, |_| r.block_count()) {
                 report.blocks += 1;
                 let offset = index.map_or(0, |i| i.block_handle(b).offset);

@@ -13,9 +13,34 @@ use bytes::Bytes;
 use super::block_cache::{BlockCache, CachedBlock, Section};
 use super::memtable::Memtable;
 use crate::error::Result;
+use crate::format::index_partitions::IndexPins;
 use crate::format::segment::{IndexView, SegmentReader};
 use crate::fs::FileSystem;
 use crate::types::{ConversationId, Message};
+
+/// Wires a segment reader to the engine: the index bytes it keeps are charged to the memory
+/// budget, and the index partitions its lookups read are kept in the block cache.
+pub fn attach_reader(reader: &mut SegmentReader, number: u64, shared: &ReaderShared) {
+    reader.count_index_loads_in(Arc::clone(&shared.index_loads));
+    reader.share_index_partitions(Arc::clone(&shared.cache) as Arc<_>, number);
+    reader.pin_indexes_from(shared.pins.clone());
+}
+
+/// What every segment reader of a store shares.
+#[derive(Debug)]
+pub struct ReaderShared {
+    /// Bytes of indexes read since the memory budget was last rebalanced.
+    pub index_loads: Arc<AtomicU64>,
+    /// Decoded blocks and index partitions.
+    pub cache: Arc<BlockCache>,
+    /// Grants keeping indexes whole, up to a share of the budget.
+    pub pins: IndexPins,
+}
+
+/// The share of the memory budget that segments may keep their indexes whole in (see
+/// `IndexPins`): a store of a few million messages keeps them all, one of half a million
+/// conversations reads the rest a partition at a time through the block cache.
+pub const PINNED_INDEX_DIVISOR: u64 = 8;
 
 /// A live segment file. When it becomes obsolete the file is removed as soon as the last
 /// version (and so the last reader) using it lets go.
@@ -142,8 +167,7 @@ impl Segment {
         hi: u64,
         out: &mut Vec<Message>,
     ) -> Result<bool> {
-        let index = self.reader.indexes()?;
-        let Some((first, last)) = index.conversation_range(conv) else {
+        let Some((first, last)) = self.reader.conversation_range(conv)? else {
             return Ok(false);
         };
         let from = lo.max(first);
@@ -151,7 +175,7 @@ impl Segment {
         if from > to {
             return Ok(false);
         }
-        let Some(mut b) = index.find_block(conv, from) else {
+        let Some(mut b) = self.reader.find_block(conv, from)? else {
             return Ok(false);
         };
         let want = (to - from + 1) as usize;
@@ -293,7 +317,7 @@ impl Segment {
         };
         match &*self.state_block(cache, i)? {
             CachedBlock::State(b) => Ok(b.get(key)),
-            CachedBlock::Messages(_) => Ok(None),
+            CachedBlock::Messages(_) | CachedBlock::IndexPartition(_) => Ok(None),
         }
     }
 

@@ -26,6 +26,7 @@ pub mod block;
 pub mod coding;
 pub mod compression;
 pub mod dictionary;
+pub mod index_partitions;
 pub mod manifest;
 pub mod segment;
 pub mod state_block;

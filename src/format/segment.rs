@@ -46,6 +46,10 @@ use super::coding::{get_u32, get_u64, put_u32, put_u64};
 use super::coding::{put_varint, Reader};
 use super::compression::Compression;
 use super::dictionary::{DictDecoder, DictEncoder};
+use super::index_partitions::{
+    partition_span, BlockEntry, IndexCursor, IndexPart, IndexPartitionCache, IndexPins,
+    PartitionTable, Pin, SharedPartitions, PARTITION_ENTRIES,
+};
 use super::state_block::{self, StateBlock, StateBlockBuilder, MAX_KEY_LEN};
 use super::{within, OverLimit};
 use crate::error::{Error, Result};
@@ -640,6 +644,24 @@ pub struct SegmentReader {
     /// Bytes of message indexes loaded after the open are added here (the engine charges them
     /// to its memory budget).
     index_loads: Option<Arc<AtomicU64>>,
+    /// Each index partition's first key and checksum (see `index_partitions`), built at the
+    /// first lookup from the whole index, read once and checked, and kept while the segment
+    /// is open: lookups then read only the partition they need.
+    table: OnceLock<PartitionTable>,
+    /// Where lookups keep the partitions they read (none: each lookup reads its own).
+    partitions: Option<SharedPartitions>,
+    /// Who grants keeping the indexes whole (none: never kept whole after the open).
+    pins: Option<IndexPins>,
+    /// The grant the indexes kept whole hold, given back when the reader is dropped.
+    pinned: OnceLock<Option<Pin>>,
+}
+
+/// How a lookup reaches a segment's block and conversation indexes.
+enum Lookup<'a> {
+    /// Kept whole in memory.
+    Whole(&'a Bytes),
+    /// Read a partition at a time, found through the table.
+    Partitioned(&'a PartitionTable),
 }
 
 /// Location and size of one block.
@@ -883,6 +905,10 @@ impl SegmentReader {
             hints,
             dict,
             index_loads: None,
+            table: OnceLock::new(),
+            partitions: None,
+            pins: None,
+            pinned: OnceLock::new(),
         };
         if let Some(index) = reader.message_index.get() {
             // Version 1: the indexes were read with the state index; check them now, and
@@ -993,31 +1019,154 @@ impl SegmentReader {
         Ok(index)
     }
 
-    /// The block and conversation indexes, read at the first call.
-    fn message_index(&self) -> Result<&Bytes> {
-        if let Some(index) = self.message_index.get() {
-            return Ok(index);
-        }
-        let loaded = self.load_message_index()?;
-        if let Some(loads) = &self.index_loads {
-            loads.fetch_add(loaded.len() as u64, Ordering::Relaxed);
-        }
-        Ok(self.message_index.get_or_init(|| loaded))
-    }
-
     /// Runs `f` on the block and conversation indexes: the loaded ones, or else ones read and
     /// checked for this call alone and dropped after it (a one-off pass, such as building a
     /// segment's conversation filter, that should not leave the indexes in memory).
     pub fn with_indexes<T>(&self, f: impl FnOnce(IndexView<'_>) -> T) -> Result<T> {
-        let transient;
+        Ok(f(self.load_indexes()?.view()))
+    }
+
+    /// The block and conversation indexes for one pass (a verification, a filter): the kept
+    /// ones, or else read and checked now and dropped with the value returned.
+    pub fn load_indexes(&self) -> Result<LoadedIndexes> {
         let index = match self.message_index.get() {
-            Some(index) => index,
-            None => {
-                transient = self.load_message_index()?;
-                &transient
-            }
+            Some(index) => index.clone(),
+            None => self.load_message_index()?,
         };
-        Ok(f(self.view_of(index)))
+        Ok(LoadedIndexes {
+            index,
+            blocks: self.block_count,
+            convs: self.conv_count,
+            has_block_sizes: self.version >= 3,
+        })
+    }
+
+    /// Keeps the index partitions that lookups read in `cache`, filed under `segment` (the
+    /// file's number, never reused).
+    pub fn share_index_partitions(&mut self, cache: Arc<dyn IndexPartitionCache>, segment: u64) {
+        self.partitions = Some(SharedPartitions { cache, segment });
+    }
+
+    /// Keeps the indexes whole, for lookups without a partition read, when `pins` grants
+    /// their size (see [`IndexPins`]).
+    pub fn pin_indexes_from(&mut self, pins: IndexPins) {
+        self.pins = Some(pins);
+    }
+
+    /// How lookups reach the indexes. The first call reads them whole and checks them, then
+    /// keeps them whole if a pin is granted, or else keeps their partition table alone.
+    fn lookup(&self) -> Result<Lookup<'_>> {
+        if let Some(index) = self.message_index.get() {
+            return Ok(Lookup::Whole(index));
+        }
+        if let Some(table) = self.table.get() {
+            return Ok(Lookup::Partitioned(table));
+        }
+        let index = self.load_message_index()?;
+        if let Some(pin) = self.pins.as_ref().and_then(|p| p.grant(index.len())) {
+            let mut pin = Some(pin);
+            let len = index.len();
+            let kept = self.message_index.get_or_init(|| {
+                let _ = self.pinned.set(pin.take());
+                if let Some(loads) = &self.index_loads {
+                    loads.fetch_add(len as u64, Ordering::Relaxed);
+                }
+                index
+            });
+            // A racing lookup that kept them first: this pin is dropped, given back.
+            return Ok(Lookup::Whole(kept));
+        }
+        Ok(Lookup::Partitioned(self.table_of(&index)))
+    }
+
+    /// The partition table, built at the first call from the whole index, read and checked.
+    fn table(&self) -> Result<&PartitionTable> {
+        if let Some(table) = self.table.get() {
+            return Ok(table);
+        }
+        let index = self.load_message_index()?;
+        Ok(self.table_of(&index))
+    }
+
+    /// The partition table, built from `index` (checked) if there is none yet.
+    fn table_of(&self, index: &[u8]) -> &PartitionTable {
+        self.table.get_or_init(|| {
+            let table =
+                PartitionTable::of(index, self.block_count, self.conv_count, self.version >= 3);
+            if let Some(loads) = &self.index_loads {
+                loads.fetch_add(table.footprint() as u64, Ordering::Relaxed);
+            }
+            table
+        })
+    }
+
+    /// Index partition `part`: from the shared cache, or read and checked against the
+    /// checksum the table took of it.
+    fn partition(&self, part: IndexPart) -> Result<Bytes> {
+        let mut load = || self.read_partition(part);
+        match &self.partitions {
+            Some(shared) => shared.cache.get_or_load(shared.segment, part, &mut load),
+            None => load(),
+        }
+    }
+
+    /// Index partition `part`, not through the cache: a slice of the loaded indexes, or read
+    /// from the file and checked against the checksum the partition table took of it.
+    pub(crate) fn read_partition(&self, part: IndexPart) -> Result<Bytes> {
+        let (at, len) = partition_span(part, self.block_count, self.conv_count, self.version >= 3)
+            .ok_or_else(|| {
+                Error::corruption(
+                    &self.path,
+                    self.message_index_offset,
+                    "index partition out of range",
+                )
+            })?;
+        if let Some(index) = self.message_index.get() {
+            return index
+                .get(at..at.saturating_add(len))
+                .map(|_| index.slice(at..at + len))
+                .ok_or_else(|| {
+                    Error::corruption(&self.path, self.message_index_offset, "index too short")
+                });
+        }
+        let table = self.table()?;
+        let offset = self.message_index_offset.saturating_add(at as u64);
+        let bytes = self
+            .file
+            .read_at(offset, len)
+            .map_err(|e| Error::io(&self.path, e))?;
+        if bytes.len() != len || Some(crc32fast::hash(&bytes)) != table.crc(part) {
+            return Err(Error::corruption(
+                &self.path,
+                offset,
+                "index partition checksum mismatch",
+            ));
+        }
+        Ok(bytes)
+    }
+
+    /// A cursor for one pass over the indexes in key order (a merge): it reads them a
+    /// partition at a time, not through the cache, keeping the last one of each.
+    pub fn index_cursor(&self) -> IndexCursor<'_> {
+        IndexCursor::new(self)
+    }
+
+    /// The partition table (built at the first call: see `table`).
+    pub(crate) fn partition_table(&self) -> Result<&PartitionTable> {
+        self.table()
+    }
+
+    /// Block `i`'s index entry: from the kept indexes, or else from its partition.
+    pub fn block_entry(&self, i: usize) -> Result<BlockEntry> {
+        let missing = || Error::corruption(&self.path, 0, "block number out of range");
+        if i >= self.block_count {
+            return Err(missing());
+        }
+        if let Lookup::Whole(index) = self.lookup()? {
+            return BlockEntry::decode(index, i).ok_or_else(missing);
+        }
+        let part = self.partition(IndexPart::Blocks((i / PARTITION_ENTRIES) as u32))?;
+        BlockEntry::decode(&part, i % PARTITION_ENTRIES).ok_or_else(missing)
     }
 
     /// Whether the block and conversation indexes are in memory.
@@ -1094,7 +1243,9 @@ impl SegmentReader {
     /// block and conversation indexes once loaded. The dictionary is shared by the segments
     /// that use it and not counted here.
     pub fn resident_bytes(&self) -> usize {
-        self.state_meta.len() + self.message_index.get().map_or(0, Bytes::len)
+        self.state_meta.len()
+            + self.message_index.get().map_or(0, Bytes::len)
+            + self.table.get().map_or(0, PartitionTable::footprint)
     }
 
     /// File size.
@@ -1179,12 +1330,6 @@ impl SegmentReader {
         StateBlock::decode(body).map_err(|why| Error::corruption(&self.path, h.offset, why))
     }
 
-    /// The block and conversation indexes, read and checked at the first call; lookups in
-    /// the view cannot fail.
-    pub fn indexes(&self) -> Result<IndexView<'_>> {
-        Ok(self.view_of(self.message_index()?))
-    }
-
     fn view_of<'a>(&self, index: &'a [u8]) -> IndexView<'a> {
         IndexView {
             index,
@@ -1197,17 +1342,29 @@ impl SegmentReader {
     /// The (conversation, id) of block `i`'s first row, as the index says.
     /// REQUIRES: `i < block_count()`.
     pub fn block_first_key(&self, i: usize) -> Result<(ConversationId, u64)> {
-        Ok(self.indexes()?.block_first_key(i))
+        let (conv, id) = self.block_entry(i)?.first;
+        Ok((ConversationId(conv), id))
     }
 
     /// Where block `i` is. REQUIRES: `i < block_count()`.
     pub fn block_handle(&self, i: usize) -> Result<BlockHandle> {
-        Ok(self.indexes()?.block_handle(i))
+        Ok(self.block_entry(i)?.handle)
     }
 
     /// The i-th conversation index entry: (conversation, first id, last id).
     pub fn conversation_entry(&self, i: usize) -> Result<(ConversationId, u64, u64)> {
-        Ok(self.indexes()?.conversation_entry(i))
+        if i >= self.conv_count {
+            return Err(Error::corruption(
+                &self.path,
+                0,
+                "conversation entry out of range",
+            ));
+        }
+        if let Lookup::Whole(index) = self.lookup()? {
+            return Ok(self.view_of(index).conversation_entry(i));
+        }
+        let part = self.partition(IndexPart::Conversations((i / PARTITION_ENTRIES) as u32))?;
+        Ok(conv_entry(&part, 0, i % PARTITION_ENTRIES))
     }
 
     /// The smallest and largest conversation with messages here (from the footer: no index
@@ -1239,13 +1396,37 @@ impl SegmentReader {
         {
             return Ok(None);
         }
-        Ok(self.indexes()?.conversation_range(conv))
+        let table = match self.lookup()? {
+            Lookup::Whole(index) => return Ok(self.view_of(index).conversation_range(conv)),
+            Lookup::Partitioned(table) => table,
+        };
+        let Some(p) = table.conv_partition_of(conv.0) else {
+            return Ok(None);
+        };
+        let part = self.partition(IndexPart::Conversations(p as u32))?;
+        let entries = part.len() / CONV_ENTRY_LEN;
+        let Some(at) = search_sorted(entries, conv.0, |i| conv_key(&part, 0, i)) else {
+            return Ok(None);
+        };
+        let (_, first, last) = conv_entry(&part, 0, at);
+        Ok(Some((first, last)))
     }
 
     /// The block that holds (conv, id) if the segment has it: the last block whose first key is
     /// not after it.
     pub fn find_block(&self, conv: ConversationId, id: u64) -> Result<Option<usize>> {
-        Ok(self.indexes()?.find_block(conv, id))
+        let table = match self.lookup()? {
+            Lookup::Whole(index) => return Ok(self.view_of(index).find_block(conv, id)),
+            Lookup::Partitioned(table) => table,
+        };
+        let key = (conv.0, id);
+        let Some(p) = table.block_partition_of(key) else {
+            return Ok(None);
+        };
+        let part = self.partition(IndexPart::Blocks(p as u32))?;
+        let entries = part.len() / BLOCK_ENTRY_LEN;
+        let within = last_block_not_after(&part, entries, key);
+        Ok(within.map(|j| p * PARTITION_ENTRIES + j))
     }
 
     /// Reads, checks and decodes block `i`.
@@ -1255,50 +1436,71 @@ impl SegmentReader {
 
     /// Reads, checks and decodes block `i`; returns it as stored (trailer included) too.
     pub fn read_block_stored(&self, i: usize) -> Result<(Bytes, Block)> {
-        let (_, stored) = self.read_block_unchecked(i)?;
+        self.read_block_stored_at(self.block_entry(i)?)
+    }
+
+    /// Reads, checks and decodes the block `entry` describes; returns it as stored too.
+    pub fn read_block_stored_at(&self, entry: BlockEntry) -> Result<(Bytes, Block)> {
+        let stored = self.read_stored(entry.handle)?;
         // Decoding checks the checksum.
-        let block = self.decode_block(i, &stored)?;
+        let block = self.decode_block_at(entry, &stored)?;
         Ok((stored, block))
     }
 
     /// Reads block `i` as stored (trailer included) and checks its checksum, without
     /// decompressing or decoding it: what a copy into another segment needs.
     pub fn read_block_checked(&self, i: usize) -> Result<Bytes> {
-        let (h, stored) = self.read_block_unchecked(i)?;
-        check_stored(&stored).map_err(|why| Error::corruption(&self.path, h.offset, why))?;
-        Ok(stored)
+        self.read_block_checked_at(self.block_entry(i)?.handle)
     }
 
-    fn read_block_unchecked(&self, i: usize) -> Result<(BlockHandle, Bytes)> {
-        if i >= self.block_count {
-            return Err(Error::corruption(
-                &self.path,
-                0,
-                "block number out of range",
-            ));
-        }
-        let h = block_handle_in(self.message_index()?, i);
-        Ok((h, self.read_stored(h)?))
+    /// Reads the block at `h` as stored and checks its checksum (see `read_block_checked`).
+    pub fn read_block_checked_at(&self, h: BlockHandle) -> Result<Bytes> {
+        let stored = self.read_stored(h)?;
+        check_stored(&stored).map_err(|why| Error::corruption(&self.path, h.offset, why))?;
+        Ok(stored)
     }
 
     /// Decodes block `i` from `stored` (as read by
     /// [`read_block_checked`](Self::read_block_checked)), checking it all over again.
     pub fn decode_block(&self, i: usize, stored: &Bytes) -> Result<Block> {
-        let index = self.message_index()?;
-        let h = block_handle_in(index, i);
+        self.decode_block_at(self.block_entry(i)?, stored)
+    }
+
+    /// Decodes the block `entry` describes from `stored`, checking it all over again.
+    pub fn decode_block_at(&self, entry: BlockEntry, stored: &Bytes) -> Result<Block> {
+        let at = entry.handle.offset;
         let body = unpack(stored, self.dict.as_deref())
-            .map_err(|why| Error::corruption(&self.path, h.offset, why))?;
-        let block =
-            Block::decode(body).map_err(|why| Error::corruption(&self.path, h.offset, why))?;
-        let want_rows = get_u32(index, i * BLOCK_ENTRY_LEN + 28);
-        if Some(block.rows() as u32) != want_rows {
+            .map_err(|why| Error::corruption(&self.path, at, why))?;
+        let block = Block::decode(body).map_err(|why| Error::corruption(&self.path, at, why))?;
+        if block.rows() as u32 != entry.rows {
             return Err(Error::corruption(
                 &self.path,
-                h.offset,
+                at,
                 "block row count disagrees with the index",
             ));
         }
         Ok(block)
+    }
+}
+
+/// A segment's block and conversation indexes read whole, held by whoever read them.
+#[derive(Clone, Debug)]
+pub struct LoadedIndexes {
+    index: Bytes,
+    blocks: usize,
+    convs: usize,
+    has_block_sizes: bool,
+}
+
+impl LoadedIndexes {
+    /// Lookups in them.
+    pub fn view(&self) -> IndexView<'_> {
+        IndexView {
+            index: &self.index,
+            blocks: self.blocks,
+            convs: self.convs,
+            has_block_sizes: self.has_block_sizes,
+        }
     }
 }
 
@@ -1355,17 +1557,7 @@ impl IndexView<'_> {
 
     /// The last block whose first key is not after (conv, id).
     pub fn find_block(&self, conv: ConversationId, id: u64) -> Option<usize> {
-        let key = (conv.0, id);
-        let (mut lo, mut hi) = (0, self.blocks);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if block_entry(self.index, mid) <= key {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        lo.checked_sub(1)
+        last_block_not_after(self.index, self.blocks, (conv.0, id))
     }
 }
 
@@ -1377,6 +1569,21 @@ fn block_entries_len(version: u32) -> usize {
     } else {
         BLOCK_ENTRY_LEN
     }
+}
+
+/// The last of the first `n` entries of a block index (or partition) whose first key is not
+/// after `key`.
+pub(crate) fn last_block_not_after(index: &[u8], n: usize, key: (u64, u64)) -> Option<usize> {
+    let (mut lo, mut hi) = (0, n);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if block_entry(index, mid) <= key {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo.checked_sub(1)
 }
 
 /// Block index entry `i`'s first key, from the loaded message index.
@@ -1413,7 +1620,7 @@ const INTERPOLATE_ABOVE: usize = 16;
 // Reached from the compaction thread and the writer: no arithmetic that can overflow, even
 // on keys out of order.
 #[deny(clippy::arithmetic_side_effects)]
-fn search_sorted(n: usize, target: u64, key: impl Fn(usize) -> u64) -> Option<usize> {
+pub(crate) fn search_sorted(n: usize, target: u64, key: impl Fn(usize) -> u64) -> Option<usize> {
     let (mut lo, mut hi) = (0usize, n);
     for _ in 0..INTERPOLATION_STEPS {
         let last_at = hi.saturating_sub(1);
@@ -1457,12 +1664,12 @@ fn search_sorted(n: usize, target: u64, key: impl Fn(usize) -> u64) -> Option<us
 }
 
 /// The conversation of index entry `i` alone (see `conv_entry`).
-fn conv_key(index: &[u8], blocks: usize, i: usize) -> u64 {
+pub(crate) fn conv_key(index: &[u8], blocks: usize, i: usize) -> u64 {
     get_u64(index, blocks * BLOCK_ENTRY_LEN + i * CONV_ENTRY_LEN).unwrap_or(0)
 }
 
 /// Conversation index entry `i`, from the loaded message index of a segment of `blocks` blocks.
-fn conv_entry(index: &[u8], blocks: usize, i: usize) -> (ConversationId, u64, u64) {
+pub(crate) fn conv_entry(index: &[u8], blocks: usize, i: usize) -> (ConversationId, u64, u64) {
     let at = blocks * BLOCK_ENTRY_LEN + i * CONV_ENTRY_LEN;
     (
         ConversationId(conv_key(index, blocks, i)),
@@ -1474,6 +1681,7 @@ fn conv_entry(index: &[u8], blocks: usize, i: usize) -> (ConversationId, u64, u6
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::index_partitions::IndexPins;
     use crate::types::{MessageId, MessageKind, UserId};
     use std::sync::{Arc, Mutex};
 
@@ -1923,7 +2131,7 @@ mod tests {
     }
 
     #[test]
-    fn opening_reads_no_message_index_and_the_first_lookup_reads_it_once() {
+    fn opening_reads_no_message_index_and_lookups_read_one_partition_each() {
         let msgs = sample();
         let (data, summary) = build(&msgs, 600);
         let (start, end) = message_index_span(&data);
@@ -1953,18 +2161,136 @@ mod tests {
             None
         );
         assert!(!seg.indexes_loaded());
-        // The first lookup loads both indexes, once.
+        // The first lookup reads both indexes whole, once, to check them and build the
+        // partition table; it and every later lookup then read the one partition it needs.
         assert_eq!(
             seg.conversation_range(ConversationId(5)).unwrap(),
             Some((1, 38))
         );
         assert!(seg.find_block(ConversationId(1000), 1).unwrap().is_some());
-        assert_eq!(touches_index(&file.reads.lock().unwrap()), 1);
-        assert_eq!(
-            seg.resident_bytes() - open_resident,
-            (end - start) as usize,
-            "the loaded indexes are counted as resident"
+        let reads = file.reads.lock().unwrap().clone();
+        let whole = reads
+            .iter()
+            .filter(|&&(at, len)| (at, at + len as u64) == (start, end))
+            .count();
+        assert_eq!(whole, 1, "{reads:?}");
+        assert_eq!(touches_index(&reads), 3, "{reads:?}");
+        assert!(!seg.indexes_loaded());
+        let table = seg.resident_bytes() - open_resident;
+        assert!(
+            table > 0 && table < 300,
+            "the partition table ({table} bytes) is resident, not the indexes"
         );
+    }
+
+    /// A reader granted a pin keeps its indexes whole at the first lookup (and reads no
+    /// partition after it), and gives the grant back when dropped; one refused keeps the
+    /// partition table alone.
+    #[test]
+    fn indexes_are_kept_whole_when_a_pin_is_granted() {
+        let (data, _) = build(&sample(), 600);
+        let (start, end) = message_index_span(&data);
+        let len = (end - start) as usize;
+        let pins = IndexPins::new(len as u64 + 10);
+        let open = |name: &str| {
+            let mut seg = SegmentReader::open(Path::new(name), Arc::new(data.clone())).unwrap();
+            seg.pin_indexes_from(pins.clone());
+            seg
+        };
+        let kept = open("kept.seg");
+        let refused = open("refused.seg");
+        let before = kept.resident_bytes();
+        assert_eq!(
+            kept.conversation_range(ConversationId(5)).unwrap(),
+            Some((1, 38))
+        );
+        assert!(kept.indexes_loaded());
+        assert_eq!(kept.resident_bytes() - before, len);
+        assert_eq!(pins.held(), len as u64);
+        assert_eq!(
+            refused.conversation_range(ConversationId(5)).unwrap(),
+            Some((1, 38))
+        );
+        assert!(!refused.indexes_loaded(), "no room left under the limit");
+        drop(kept);
+        assert_eq!(pins.held(), 0);
+    }
+
+    /// A file whose bytes can be damaged after it is opened.
+    #[derive(Debug)]
+    struct DamageableFile(Mutex<Vec<u8>>);
+
+    impl RandomAccessFile for DamageableFile {
+        fn len(&self) -> u64 {
+            self.0.lock().map_or(0, |d| d.len() as u64)
+        }
+        fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Bytes> {
+            let data = self
+                .0
+                .lock()
+                .map_err(|_| std::io::Error::other("poisoned"))?;
+            Bytes::copy_from_slice(&data).read_at(offset, len)
+        }
+    }
+
+    /// Lookups through partitions answer what the whole index answers, for every conversation
+    /// and block and for keys between and around them, and read one partition each; a
+    /// partition damaged after the table was built is reported with its offset.
+    #[test]
+    fn partitioned_lookups_agree_with_the_whole_index() {
+        let mut msgs = Vec::new();
+        for conv in 1..=700u64 {
+            for id in 1..=(conv % 3 + 1) {
+                msgs.push(msg(conv * 4, id));
+            }
+        }
+        let (data, summary) = build(&msgs, 256);
+        assert!(
+            summary.blocks > 2 * PARTITION_ENTRIES as u64,
+            "{}",
+            summary.blocks
+        );
+        let (start, _) = message_index_span(&data);
+        let whole = SegmentReader::open(Path::new("w.seg"), Arc::new(data.clone())).unwrap();
+        let model = whole.load_indexes().unwrap();
+        let model = model.view();
+        let file = Arc::new(DamageableFile(Mutex::new(data.to_vec())));
+        let seg = SegmentReader::open(Path::new("p.seg"), file.clone()).unwrap();
+        for conv in 0..=2_810u64 {
+            let c = ConversationId(conv);
+            assert_eq!(
+                seg.conversation_range(c).unwrap(),
+                model.conversation_range(c),
+                "conversation {conv}"
+            );
+            for id in [0, 1, 2, 3, 9] {
+                assert_eq!(seg.find_block(c, id).unwrap(), model.find_block(c, id));
+            }
+        }
+        for b in 0..seg.block_count() {
+            assert_eq!(seg.block_handle(b).unwrap(), model.block_handle(b));
+            assert_eq!(seg.block_first_key(b).unwrap(), model.block_first_key(b));
+            assert_eq!(
+                seg.read_block(b).unwrap().rows() as u32,
+                model.block_rows(b)
+            );
+        }
+        for i in 0..seg.conversation_count() {
+            assert_eq!(
+                seg.conversation_entry(i).unwrap(),
+                model.conversation_entry(i)
+            );
+        }
+        assert!(!seg.indexes_loaded());
+        // Damage block index partition 1 (block 130's entry) after the table was built.
+        let at = start as usize + 130 * BLOCK_ENTRY_LEN + 20;
+        file.0.lock().unwrap()[at] ^= 0x10;
+        assert_eq!(seg.block_handle(3).unwrap(), model.block_handle(3));
+        let err = seg.block_handle(130).unwrap_err().to_string();
+        let part_at = start + (PARTITION_ENTRIES * BLOCK_ENTRY_LEN) as u64;
+        assert!(err.contains("index partition checksum mismatch"), "{err}");
+        assert!(err.contains(&part_at.to_string()), "{err}");
+        assert!(seg.read_block(200).is_err());
     }
 
     #[test]
@@ -1978,7 +2304,7 @@ mod tests {
             for outcome in [
                 seg.conversation_range(ConversationId(5)).map(|_| ()),
                 seg.read_block(0).map(|_| ()),
-                seg.indexes().map(|_| ()),
+                seg.load_indexes().map(|_| ()),
             ] {
                 match outcome {
                     Err(Error::Corruption { offset, .. }) => assert_eq!(offset, start),
@@ -2040,7 +2366,10 @@ mod tests {
         let v2 = SegmentReader::open(Path::new("v2.seg"), Arc::new(as_version_2(&data))).unwrap();
         assert_eq!((v2.version(), v3.version()), (2, 3));
         assert_read_the_same(&v2, &v3);
-        assert_eq!(v2.indexes().unwrap().block_logical_bytes(0), None);
+        assert_eq!(
+            v2.load_indexes().unwrap().view().block_logical_bytes(0),
+            None
+        );
     }
 
     #[test]
@@ -2048,7 +2377,8 @@ mod tests {
         let msgs = sample();
         let (data, summary) = build(&msgs, 600);
         let src = SegmentReader::open(Path::new("a.seg"), Arc::new(data)).unwrap();
-        let view = src.indexes().unwrap();
+        let loaded = src.load_indexes().unwrap();
+        let view = loaded.view();
         let mut total = 0;
         for i in 0..src.block_count() {
             let size = view.block_logical_bytes(i).unwrap();
@@ -2089,7 +2419,8 @@ mod tests {
         let copy = file.0.lock().unwrap().clone();
         let dst = SegmentReader::open(Path::new("b.seg"), Arc::new(Bytes::from(copy))).unwrap();
         assert_read_the_same(&src, &dst);
-        let dst_view = dst.indexes().unwrap();
+        let dst_loaded = dst.load_indexes().unwrap();
+        let dst_view = dst_loaded.view();
         for i in 0..src.block_count() {
             assert_eq!(dst_view.block_logical_bytes(i), view.block_logical_bytes(i));
         }
@@ -2099,7 +2430,8 @@ mod tests {
     fn a_run_that_does_not_follow_what_was_added_is_refused() {
         let (data, _) = build(&sample(), 600);
         let src = SegmentReader::open(Path::new("a.seg"), Arc::new(data)).unwrap();
-        let view = src.indexes().unwrap();
+        let loaded = src.load_indexes().unwrap();
+        let view = loaded.view();
         let stored = src.read_block_checked(1).unwrap();
         let (conv, first) = view.block_first_key(1);
         let rows = view.block_rows(1);
@@ -2132,7 +2464,7 @@ mod tests {
         let footer_crc = crc32fast::hash(&bad[ext_at..ext_at + 96]);
         bad[ext_at + 96..ext_at + 100].copy_from_slice(&footer_crc.to_le_bytes());
         let seg = SegmentReader::open(Path::new("x.seg"), Arc::new(Bytes::from(bad))).unwrap();
-        match seg.indexes() {
+        match seg.load_indexes() {
             Err(Error::Corruption { offset, reason, .. }) => {
                 assert_eq!(offset, start);
                 assert!(reason.contains("block sizes"), "{reason}");

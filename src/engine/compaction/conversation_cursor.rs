@@ -12,8 +12,8 @@
 use std::sync::Arc;
 
 use crate::engine::version::Segment;
-use crate::error::Result;
-use crate::format::segment::IndexView;
+use crate::error::{Error, Result};
+use crate::format::index_partitions::IndexCursor;
 use crate::types::ConversationId;
 
 /// One cursor per input of a merge, on its conversation index.
@@ -22,41 +22,55 @@ pub(crate) struct ConversationCursors<'a> {
 }
 
 struct Cursor<'a> {
-    index: IndexView<'a>,
+    index: IndexCursor<'a>,
     len: usize,
     /// Where the last lookup stopped: every entry before it is of a smaller conversation.
     at: usize,
 }
 
 impl<'a> ConversationCursors<'a> {
-    /// Cursors on `inputs`, loading their indexes if they are not yet.
-    pub(crate) fn open(inputs: &'a [Arc<Segment>]) -> Result<Self> {
+    /// Cursors on `inputs`, each reading its input's conversation index a partition at a time.
+    pub(crate) fn open(inputs: &'a [Arc<Segment>]) -> Self {
         let inputs = inputs
             .iter()
-            .map(|s| {
-                Ok(Cursor {
-                    index: s.reader.indexes()?,
-                    len: s.reader.conversation_count(),
-                    at: 0,
-                })
+            .map(|s| Cursor {
+                index: s.reader.index_cursor(),
+                len: s.reader.conversation_count(),
+                at: 0,
             })
-            .collect::<Result<_>>()?;
-        Ok(ConversationCursors { inputs })
+            .collect();
+        ConversationCursors { inputs }
     }
 
     /// Calls `each` with the (first, last) ids of `conv` in every input that holds it. Cheapest
     /// when called in conversation order, as a merge does; any order gives the right answer.
-    pub(crate) fn ranges(&mut self, conv: ConversationId, mut each: impl FnMut(u64, u64)) {
+    pub(crate) fn ranges(
+        &mut self,
+        conv: ConversationId,
+        mut each: impl FnMut(u64, u64),
+    ) -> Result<()> {
         for c in &mut self.inputs {
-            let index = c.index;
-            c.at = lower_bound(c.len, c.at, conv.0, |i| index.conversation_entry(i).0 .0);
+            // The search cannot fail midway: the first error is kept and reported after it.
+            let mut failed: Option<Error> = None;
+            let index = &mut c.index;
+            c.at = lower_bound(c.len, c.at, conv.0, |i| match index.conversation_entry(i) {
+                Ok((found, _, _)) => found.0,
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    u64::MAX
+                }
+            });
+            if let Some(e) = failed {
+                return Err(e);
+            }
             if c.at < c.len {
-                let (found, first, last) = index.conversation_entry(c.at);
+                let (found, first, last) = c.index.conversation_entry(c.at)?;
                 if found == conv {
                     each(first, last);
                 }
             }
         }
+        Ok(())
     }
 }
 
@@ -68,12 +82,12 @@ pub(crate) fn lower_bound(
     len: usize,
     hint: usize,
     target: u64,
-    key: impl Fn(usize) -> u64,
+    mut key: impl FnMut(usize) -> u64,
 ) -> usize {
-    let below = |i: usize| key(i) < target;
+    let mut below = |i: usize| key(i) < target;
     let hint = hint.min(len);
     if hint > 0 && !below(hint.saturating_sub(1)) {
-        return partition(0, hint, below);
+        return partition(0, hint, &mut below);
     }
     // Every entry before `lo` is below the target.
     let mut lo = hint;
@@ -81,10 +95,10 @@ pub(crate) fn lower_bound(
     loop {
         let probe = lo.saturating_add(step).saturating_sub(1);
         if probe >= len {
-            return partition(lo, len, below);
+            return partition(lo, len, &mut below);
         }
         if !below(probe) {
-            return partition(lo, probe, below);
+            return partition(lo, probe, &mut below);
         }
         lo = probe.saturating_add(1);
         step = step.saturating_mul(2);
@@ -93,7 +107,7 @@ pub(crate) fn lower_bound(
 
 /// The first position in `lo..hi` that is not `below` (`hi` if none), for a predicate that holds
 /// for a prefix of the range.
-fn partition(mut lo: usize, mut hi: usize, below: impl Fn(usize) -> bool) -> usize {
+fn partition(mut lo: usize, mut hi: usize, mut below: impl FnMut(usize) -> bool) -> usize {
     while lo < hi {
         let mid = lo.saturating_add(hi.saturating_sub(lo) / 2);
         if below(mid) {

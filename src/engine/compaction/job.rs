@@ -16,7 +16,7 @@ use bytes::Bytes;
 
 use super::super::files;
 use super::super::overrides::{self, Override};
-use super::super::version::{Segment, Version};
+use super::super::version::{attach_reader, Segment, Version};
 use super::super::Engine;
 use super::conversation_cursor::ConversationCursors;
 use super::parts::{self, PartWork};
@@ -24,7 +24,8 @@ use super::picker::{fast_codec, SharedBlocks};
 use super::split::{self, KeyRange};
 use crate::error::{Error, Result};
 use crate::format::block::{self, Block};
-use crate::format::segment::{IndexView, SegmentReader, SegmentSummary, SegmentWriter};
+use crate::format::index_partitions::IndexCursor;
+use crate::format::segment::{SegmentReader, SegmentSummary, SegmentWriter};
 use crate::options::Compression;
 use crate::types::{ConversationId, Message};
 
@@ -169,7 +170,7 @@ impl<'a> OutputSet<'a> {
                 .open_random_access(&path)
                 .map_err(|e| Error::io(&path, e))?;
             let mut reader = SegmentReader::open(&path, data)?;
-            reader.count_index_loads_in(Arc::clone(&self.engine.index_loads));
+            attach_reader(&mut reader, number, &self.engine.readers);
             let mut segment =
                 Segment::open(number, self.level, reader, Arc::clone(&self.engine.fs))?;
             segment.compacted = true;
@@ -197,7 +198,8 @@ impl<'a> OutputSet<'a> {
 /// if no other input interleaves with it) or row by row.
 struct MessageCursor<'a> {
     reader: &'a SegmentReader,
-    index: IndexView<'a>,
+    /// The input's block index, read a partition at a time as the cursor moves on.
+    index: IndexCursor<'a>,
     next_block: usize,
     buf: VecDeque<Message>,
     /// The conversations this cursor hands out (one part of a merge cut in parts).
@@ -207,14 +209,14 @@ struct MessageCursor<'a> {
 impl<'a> MessageCursor<'a> {
     /// A cursor at the first row of `reader` in `range`.
     fn open(reader: &'a SegmentReader, range: KeyRange) -> Result<Self> {
-        let index = reader.indexes()?;
+        let mut index = reader.index_cursor();
         let mut start = 0;
         if let Some(lo) = range.lo {
             // The last block that starts below `lo` may hold rows of `lo` and above.
             let (mut a, mut b) = (0, reader.block_count());
             while a < b {
                 let mid = a.saturating_add(b.saturating_sub(a) / 2);
-                if index.block_first_key(mid).0 < lo {
+                if index.block_first_key(mid)?.0 < lo {
                     a = mid.saturating_add(1);
                 } else {
                     b = mid;
@@ -222,6 +224,10 @@ impl<'a> MessageCursor<'a> {
             }
             start = a.saturating_sub(1);
         }
+        let straddles = match range.lo {
+            Some(lo) if start < reader.block_count() => index.block_first_key(start)?.0 < lo,
+            _ => false,
+        };
         let mut cursor = MessageCursor {
             reader,
             index,
@@ -229,10 +235,7 @@ impl<'a> MessageCursor<'a> {
             buf: VecDeque::new(),
             range,
         };
-        if range
-            .lo
-            .is_some_and(|lo| start < reader.block_count() && index.block_first_key(start).0 < lo)
-        {
+        if straddles {
             if let Some((_, block)) = cursor.next_block()? {
                 cursor.buffer(&block);
             }
@@ -241,14 +244,14 @@ impl<'a> MessageCursor<'a> {
     }
 
     /// The key of the next row: the next buffered row's, or the next block's first.
-    fn head(&self) -> Option<(ConversationId, u64)> {
+    fn head(&mut self) -> Result<Option<(ConversationId, u64)>> {
         match self.buf.front() {
-            Some(m) => Some((m.conversation, m.id.0)),
+            Some(m) => Ok(Some((m.conversation, m.id.0))),
             None if self.next_block < self.reader.block_count() => {
-                let key = self.index.block_first_key(self.next_block);
-                self.range.before_end(key.0).then_some(key)
+                let key = self.index.block_first_key(self.next_block)?;
+                Ok(self.range.before_end(key.0).then_some(key))
             }
-            None => None,
+            None => Ok(None),
         }
     }
 
@@ -267,7 +270,8 @@ impl<'a> MessageCursor<'a> {
         if self.next_block >= self.reader.block_count() {
             return Ok(None);
         }
-        let read = self.reader.read_block_stored(self.next_block)?;
+        let entry = self.index.block(self.next_block)?;
+        let read = self.reader.read_block_stored_at(entry)?;
         self.next_block = self.next_block.saturating_add(1);
         Ok(Some(read))
     }
@@ -281,48 +285,57 @@ impl<'a> MessageCursor<'a> {
     /// Only a block of `merging` (the conversation being merged) is looked at: no other can
     /// be copied this way, and finding a last block's end takes a search.
     fn next_block_of_one_conversation(
-        &self,
+        &mut self,
         merging: Option<ConversationId>,
-    ) -> Option<OneConversationBlock> {
+    ) -> Result<Option<OneConversationBlock>> {
         let i = self.next_block;
         if !self.buf.is_empty() || i >= self.reader.block_count() {
-            return None;
+            return Ok(None);
         }
-        let (conversation, first_id) = self.index.block_first_key(i);
+        let entry = self.index.block(i)?;
+        let (conversation, first_id) = (ConversationId(entry.first.0), entry.first.1);
         if merging != Some(conversation) {
-            return None;
+            return Ok(None);
         }
-        let rows = self.index.block_rows(i);
-        let logical = self.index.block_logical_bytes(i)?;
-        let end = first_id.checked_add(u64::from(rows))?;
-        let next = i
-            .checked_add(1)
-            .filter(|&after| after < self.reader.block_count())
-            .map(|after| self.index.block_first_key(after));
+        let rows = entry.rows;
+        let Some(logical) = self.index.block_logical_bytes(i)? else {
+            return Ok(None);
+        };
+        let Some(end) = first_id.checked_add(u64::from(rows)) else {
+            return Ok(None);
+        };
+        let next = match i.checked_add(1) {
+            Some(after) if after < self.reader.block_count() => {
+                Some(self.index.block_first_key(after)?)
+            }
+            _ => None,
+        };
         let alone = match next {
             Some(next) if next.0 == conversation => next.1 == end,
             _ => self
                 .index
-                .conversation_range(conversation)
+                .conversation_range(conversation)?
                 .is_some_and(|(_, last)| last.checked_add(1) == Some(end)),
         };
         let whole = rows > 0 && alone && self.range.contains(conversation);
-        whole.then_some(OneConversationBlock {
+        Ok(whole.then_some(OneConversationBlock {
             conversation,
             first_id,
             rows,
             logical,
-        })
+        }))
     }
 
     /// The next block as stored, its checksum checked, without decoding it or moving on.
-    fn read_next_stored(&self) -> Result<Bytes> {
-        self.reader.read_block_checked(self.next_block)
+    fn read_next_stored(&mut self) -> Result<Bytes> {
+        let h = self.index.block(self.next_block)?.handle;
+        self.reader.read_block_checked_at(h)
     }
 
     /// Decodes the next block from `stored` (as `read_next_stored` gave it) and moves on.
     fn decode_next(&mut self, stored: &Bytes) -> Result<Block> {
-        let block = self.reader.decode_block(self.next_block, stored)?;
+        let entry = self.index.block(self.next_block)?;
+        let block = self.reader.decode_block_at(entry, stored)?;
         self.next_block = self.next_block.saturating_add(1);
         Ok(block)
     }
@@ -435,7 +448,7 @@ impl ConversationRules {
         let reserved = durable.has_reserved_state();
         if reserved {
             let prefix = overrides::edit_prefix(conv);
-            for (k, v) in durable.state_scan(&engine.cache, &prefix, &prefix, usize::MAX)? {
+            for (k, v) in durable.state_scan(&engine.readers.cache, &prefix, &prefix, usize::MAX)? {
                 let (Some(id), Some(o)) = (overrides::edit_key_id(&k), Override::decode(&v)) else {
                     return Err(Error::corruption("<state>", 0, "malformed edit record"));
                 };
@@ -443,7 +456,7 @@ impl ConversationRules {
             }
         }
         let floor_before = if reserved {
-            durable.watermark(&engine.cache, conv)?
+            durable.watermark(&engine.readers.cache, conv)?
         } else {
             1
         };
@@ -463,7 +476,7 @@ impl ConversationRules {
             if last >= floor_before {
                 ranges.push((first.max(floor_before), last));
             }
-        });
+        })?;
         ranges.sort_unstable();
         let mut floor = floor_before;
         let mut end: Option<u64> = None;
@@ -582,7 +595,7 @@ fn all_expired(
             .saturating_add(EXPIRY_PROBE_IDS.saturating_sub(1))
             .min(to.saturating_sub(1));
         rows.clear();
-        v.collect(&engine.cache, conv, lo, hi, &mut rows)?;
+        v.collect(&engine.readers.cache, conv, lo, hi, &mut rows)?;
         if rows.iter().any(|m| m.timestamp_ms >= cutoff) {
             return Ok(false);
         }
@@ -1066,15 +1079,15 @@ fn merge_messages(
         .map(|s| MessageCursor::open(&s.reader, range))
         .collect::<Result<_>>()?;
     let mut heap = BinaryHeap::new();
-    for (i, c) in cursors.iter().enumerate() {
-        if let Some((conv, id)) = c.head() {
+    for (i, c) in cursors.iter_mut().enumerate() {
+        if let Some((conv, id)) = c.head()? {
             heap.push(Reverse((conv, id, i)));
         }
     }
     let mut merge = MessageMerge {
         engine,
         inputs,
-        held: ConversationCursors::open(inputs)?,
+        held: ConversationCursors::open(inputs),
         durable,
         target,
         last_conv: None,
@@ -1096,7 +1109,7 @@ fn merge_messages(
             // conversation being merged, without even decoding it when its input's indexes
             // say enough.
             let next_other = heap.peek().map(|Reverse((c, id, _))| (*c, *id));
-            let read = match cursor.next_block_of_one_conversation(merge.last_conv) {
+            let read = match cursor.next_block_of_one_conversation(merge.last_conv)? {
                 Some(meta) => {
                     let stored = cursor.read_next_stored()?;
                     if merge.copy_undecoded(messages, i, &stored, meta, next_other)? {
@@ -1119,7 +1132,7 @@ fn merge_messages(
         } else if let Some(m) = cursor.buf.pop_front() {
             merge.row(messages, i, m)?;
         }
-        if let Some((conv, id)) = cursor.head() {
+        if let Some((conv, id)) = cursor.head()? {
             heap.push(Reverse((conv, id, i)));
         }
     }

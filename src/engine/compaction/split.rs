@@ -49,15 +49,13 @@ pub(crate) fn ranges(inputs: &[Arc<Segment>], parts: usize, min_bytes: u64) -> V
     for s in inputs {
         // An index that cannot be read leaves the merge uncut: the merge reads the same
         // index and reports the error.
-        let Ok(index) = s.reader.indexes() else {
-            return vec![KeyRange::ALL];
-        };
-        blocks.extend((0..s.reader.block_count()).map(|i| {
-            (
-                index.block_first_key(i).0,
-                u64::from(index.block_handle(i).len),
-            )
-        }));
+        let mut index = s.reader.index_cursor();
+        for i in 0..s.reader.block_count() {
+            let Ok(entry) = index.block(i) else {
+                return vec![KeyRange::ALL];
+            };
+            blocks.push((ConversationId(entry.first.0), u64::from(entry.handle.len)));
+        }
     }
     blocks.sort_unstable();
     let weight: u64 = blocks
