@@ -196,6 +196,23 @@ impl PartitionTable {
             .checked_sub(1)
     }
 
+    /// [`conv_partition_of`](Self::conv_partition_of), answered without a search when it is
+    /// `hint` (a merge looks conversations up in order, mostly in the partition it read last).
+    pub fn conv_partition_near(&self, conv: u64, hint: usize) -> Option<usize> {
+        let starts_by = self
+            .conv_firsts
+            .get(hint)
+            .is_some_and(|&first| first <= conv);
+        let next_after = self
+            .conv_firsts
+            .get(hint.saturating_add(1))
+            .is_none_or(|&next| conv < next);
+        if starts_by && next_after {
+            return Some(hint);
+        }
+        self.conv_partition_of(conv)
+    }
+
     /// The checksum partition `part` must have.
     pub fn crc(&self, part: IndexPart) -> Option<u32> {
         match part {
@@ -356,7 +373,15 @@ impl<'a> IndexCursor<'a> {
         {
             return Ok(None);
         }
-        let Some(p) = self.reader.partition_table()?.conv_partition_of(conv.0) else {
+        if let Some(view) = self.reader.kept_indexes() {
+            return Ok(view.conversation_range(conv));
+        }
+        let kept = self.convs.as_ref().map_or(0, |(n, _)| *n as usize);
+        let Some(p) = self
+            .reader
+            .partition_table()?
+            .conv_partition_near(conv.0, kept)
+        else {
             return Ok(None);
         };
         let part = self.part(IndexPart::Conversations(p as u32))?;
@@ -371,6 +396,9 @@ impl<'a> IndexCursor<'a> {
 
     /// The last block whose first key is not after (conv, id).
     pub fn find_block(&mut self, conv: ConversationId, id: u64) -> Result<Option<usize>> {
+        if let Some(view) = self.reader.kept_indexes() {
+            return Ok(view.find_block(conv, id));
+        }
         let key = (conv.0, id);
         let Some(p) = self.reader.partition_table()?.block_partition_of(key) else {
             return Ok(None);

@@ -1151,6 +1151,11 @@ impl SegmentReader {
         IndexCursor::new(self)
     }
 
+    /// The indexes, if they are kept whole.
+    pub(crate) fn kept_indexes(&self) -> Option<IndexView<'_>> {
+        self.message_index.get().map(|index| self.view_of(index))
+    }
+
     /// The partition table (built at the first call: see `table`).
     pub(crate) fn partition_table(&self) -> Result<&PartitionTable> {
         self.table()
@@ -2279,6 +2284,16 @@ mod tests {
             assert_eq!(
                 seg.conversation_entry(i).unwrap(),
                 model.conversation_entry(i)
+            );
+        }
+        // A merge's cursor, in key order and against it.
+        let mut cursor = seg.index_cursor();
+        for conv in (0..=2_810u64).chain((0..=2_810u64).rev().step_by(7)) {
+            let c = ConversationId(conv);
+            assert_eq!(
+                cursor.conversation_range(c).unwrap(),
+                model.conversation_range(c),
+                "cursor, conversation {conv}"
             );
         }
         assert!(!seg.indexes_loaded());

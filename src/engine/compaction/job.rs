@@ -212,17 +212,10 @@ impl<'a> MessageCursor<'a> {
         let mut index = reader.index_cursor();
         let mut start = 0;
         if let Some(lo) = range.lo {
-            // The last block that starts below `lo` may hold rows of `lo` and above.
-            let (mut a, mut b) = (0, reader.block_count());
-            while a < b {
-                let mid = a.saturating_add(b.saturating_sub(a) / 2);
-                if index.block_first_key(mid)?.0 < lo {
-                    a = mid.saturating_add(1);
-                } else {
-                    b = mid;
-                }
-            }
-            start = a.saturating_sub(1);
+            // The last block that starts below `lo` may hold rows of `lo` and above (ids
+            // start at 1, so no block starts at (lo, 0)). Found through the partition table:
+            // a search across the whole block index would read a partition per step.
+            start = index.find_block(lo, 0)?.unwrap_or(0);
         }
         let straddles = match range.lo {
             Some(lo) if start < reader.block_count() => index.block_first_key(start)?.0 < lo,
