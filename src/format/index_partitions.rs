@@ -255,6 +255,21 @@ pub(crate) fn partition_span(
     ))
 }
 
+/// The first and last id of `conv` in a conversation index partition.
+pub(crate) fn conv_range_in_partition(part: &[u8], conv: ConversationId) -> Option<(u64, u64)> {
+    let entries = part.len() / CONV_ENTRY_LEN;
+    let at = search_sorted(entries, conv.0, |i| conv_key(part, 0, i))?;
+    let (_, first, last) = conv_entry(part, 0, at);
+    Some((first, last))
+}
+
+/// The number of the last block whose first key is not after `key`, in block index partition
+/// `p` (whose bytes are `part`), if one of its entries is not.
+pub(crate) fn block_in_partition(part: &[u8], p: usize, key: (u64, u64)) -> Option<usize> {
+    let within = last_block_not_after(part, part.len() / BLOCK_ENTRY_LEN, key)?;
+    p.checked_mul(PARTITION_ENTRIES)?.checked_add(within)
+}
+
 /// One block index entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlockEntry {
@@ -385,13 +400,7 @@ impl<'a> IndexCursor<'a> {
             return Ok(None);
         };
         let part = self.part(IndexPart::Conversations(p as u32))?;
-        let entries = part.len() / CONV_ENTRY_LEN;
-        Ok(
-            search_sorted(entries, conv.0, |i| conv_key(part, 0, i)).map(|at| {
-                let (_, first, last) = conv_entry(part, 0, at);
-                (first, last)
-            }),
-        )
+        Ok(conv_range_in_partition(part, conv))
     }
 
     /// The last block whose first key is not after (conv, id).
@@ -404,8 +413,7 @@ impl<'a> IndexCursor<'a> {
             return Ok(None);
         };
         let part = self.part(IndexPart::Blocks(p as u32))?;
-        let entries = part.len() / BLOCK_ENTRY_LEN;
-        Ok(last_block_not_after(part, entries, key).map(|j| p * PARTITION_ENTRIES + j))
+        Ok(block_in_partition(part, p, key))
     }
 }
 

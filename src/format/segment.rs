@@ -47,8 +47,9 @@ use super::coding::{put_varint, Reader};
 use super::compression::Compression;
 use super::dictionary::{DictDecoder, DictEncoder};
 use super::index_partitions::{
-    partition_span, BlockEntry, IndexCursor, IndexPart, IndexPartitionCache, IndexPins,
-    PartitionTable, Pin, SharedPartitions, PARTITION_ENTRIES,
+    block_in_partition, conv_range_in_partition, partition_span, BlockEntry, IndexCursor,
+    IndexPart, IndexPartitionCache, IndexPins, PartitionTable, Pin, SharedPartitions,
+    PARTITION_ENTRIES,
 };
 use super::state_block::{self, StateBlock, StateBlockBuilder, MAX_KEY_LEN};
 use super::{within, OverLimit};
@@ -1409,12 +1410,7 @@ impl SegmentReader {
             return Ok(None);
         };
         let part = self.partition(IndexPart::Conversations(p as u32))?;
-        let entries = part.len() / CONV_ENTRY_LEN;
-        let Some(at) = search_sorted(entries, conv.0, |i| conv_key(&part, 0, i)) else {
-            return Ok(None);
-        };
-        let (_, first, last) = conv_entry(&part, 0, at);
-        Ok(Some((first, last)))
+        Ok(conv_range_in_partition(&part, conv))
     }
 
     /// The block that holds (conv, id) if the segment has it: the last block whose first key is
@@ -1429,9 +1425,7 @@ impl SegmentReader {
             return Ok(None);
         };
         let part = self.partition(IndexPart::Blocks(p as u32))?;
-        let entries = part.len() / BLOCK_ENTRY_LEN;
-        let within = last_block_not_after(&part, entries, key);
-        Ok(within.map(|j| p * PARTITION_ENTRIES + j))
+        Ok(block_in_partition(&part, p, key))
     }
 
     /// Reads, checks and decodes block `i`.
