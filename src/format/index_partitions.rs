@@ -307,7 +307,15 @@ pub struct IndexCursor<'a> {
     blocks: Option<(u32, Bytes)>,
     convs: Option<(u32, Bytes)>,
     sizes: Option<(u32, Bytes)>,
+    /// Where the last conversation lookup left off: the conversation asked for and the
+    /// position of the first conversation entry after it.
+    walk: Option<(u64, usize)>,
 }
+
+/// Conversation entries a lookup steps over before it searches instead. A merge asks for
+/// every conversation any of its inputs holds, in order, so an input's next entry is nearly
+/// always the one asked for or one after it: no step at all.
+const WALK_STEPS: usize = 4;
 
 impl<'a> IndexCursor<'a> {
     pub(crate) fn new(reader: &'a SegmentReader) -> Self {
@@ -316,6 +324,7 @@ impl<'a> IndexCursor<'a> {
             blocks: None,
             convs: None,
             sizes: None,
+            walk: None,
         }
     }
 
@@ -379,7 +388,9 @@ impl<'a> IndexCursor<'a> {
         Ok(conv_entry(part, 0, i % PARTITION_ENTRIES))
     }
 
-    /// The first and last id of `conv` in the segment.
+    /// The first and last id of `conv` in the segment. Asked in conversation order (as a merge
+    /// asks), each answer walks on from where the last one stopped: one entry read, in the
+    /// partition already kept, instead of a search. Any order gives the right answer.
     pub fn conversation_range(&mut self, conv: ConversationId) -> Result<Option<(u64, u64)>> {
         if self
             .reader
@@ -388,19 +399,79 @@ impl<'a> IndexCursor<'a> {
         {
             return Ok(None);
         }
-        if let Some(view) = self.reader.kept_indexes() {
-            return Ok(view.conversation_range(conv));
-        }
-        let kept = self.convs.as_ref().map_or(0, |(n, _)| *n as usize);
-        let Some(p) = self
-            .reader
-            .partition_table()?
-            .conv_partition_near(conv.0, kept)
-        else {
-            return Ok(None);
+        let count = self.reader.conversation_count();
+        let mut at = match self.walk {
+            Some((asked, next)) if asked < conv.0 => next,
+            _ => self.conv_lower_bound(conv.0)?,
         };
-        let part = self.part(IndexPart::Conversations(p as u32))?;
-        Ok(conv_range_in_partition(part, conv))
+        let (mut steps, mut searched) = (0, false);
+        loop {
+            if at >= count {
+                self.walk = Some((conv.0, count));
+                return Ok(None);
+            }
+            let (key, first, last) = self.conv_entry_at(at)?;
+            match key.0.cmp(&conv.0) {
+                std::cmp::Ordering::Equal => {
+                    self.walk = Some((conv.0, at.saturating_add(1)));
+                    return Ok(Some((first, last)));
+                }
+                std::cmp::Ordering::Greater => {
+                    self.walk = Some((conv.0, at));
+                    return Ok(None);
+                }
+                std::cmp::Ordering::Less if steps < WALK_STEPS || searched => {
+                    // (After a search only keys out of order get here: stepping on to the
+                    // end is slow but ends.)
+                    steps += 1;
+                    at = at.saturating_add(1);
+                }
+                std::cmp::Ordering::Less => {
+                    searched = true;
+                    at = self.conv_lower_bound(conv.0)?.max(at.saturating_add(1));
+                }
+            }
+        }
+    }
+
+    /// Conversation entry `i`: from the kept indexes if the segment keeps them whole, else
+    /// from its partition.
+    fn conv_entry_at(&mut self, i: usize) -> Result<(ConversationId, u64, u64)> {
+        if i < self.reader.conversation_count() {
+            if let Some(view) = self.reader.kept_indexes() {
+                return Ok(view.conversation_entry(i));
+            }
+        }
+        self.conversation_entry(i)
+    }
+
+    /// The position of the first conversation entry not below `conv` (the entry count if
+    /// there is none).
+    fn conv_lower_bound(&mut self, conv: u64) -> Result<usize> {
+        let count = self.reader.conversation_count();
+        let (mut lo, mut hi) = if self.reader.kept_indexes().is_some() {
+            (0, count)
+        } else {
+            let kept = self.convs.as_ref().map_or(0, |(n, _)| *n as usize);
+            let Some(p) = self
+                .reader
+                .partition_table()?
+                .conv_partition_near(conv, kept)
+            else {
+                return Ok(0);
+            };
+            let start = p.saturating_mul(PARTITION_ENTRIES).min(count);
+            (start, start.saturating_add(PARTITION_ENTRIES).min(count))
+        };
+        while lo < hi {
+            let mid = lo.saturating_add(hi.saturating_sub(lo) / 2);
+            if self.conv_entry_at(mid)?.0 .0 < conv {
+                lo = mid.saturating_add(1);
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo)
     }
 
     /// The last block whose first key is not after (conv, id).

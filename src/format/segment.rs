@@ -2302,6 +2302,47 @@ mod tests {
         assert!(seg.read_block(200).is_err());
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// A merge's cursor answers what a model of the conversations answers, kept whole or
+        /// read a partition at a time, asked in key order (runs of it, as a merge asks), with
+        /// jumps forward past many entries and back, and for conversations it does not hold.
+        #[test]
+        fn the_cursor_walk_answers_what_a_model_holds(
+            convs in proptest::collection::btree_set(1u64..3_000, 1..600),
+            asks in proptest::collection::vec((0u64..3_100, 0usize..40), 1..40),
+        ) {
+            let model: std::collections::BTreeMap<u64, (u64, u64)> =
+                convs.iter().map(|&c| (c, (1, c % 3 + 1))).collect();
+            let msgs: Vec<Message> = model
+                .iter()
+                .flat_map(|(&c, &(first, last))| (first..=last).map(move |id| msg(c, id)))
+                .collect();
+            let (data, _) = build(&msgs, 256);
+            let (start, end) = message_index_span(&data);
+            let mut kept = SegmentReader::open(Path::new("k.seg"), Arc::new(data.clone())).unwrap();
+            kept.pin_indexes_from(IndexPins::new(end - start));
+            // A lookup pins them (a merge's cursor reads what lookups have left).
+            let first = model.keys().next().copied().unwrap_or(0);
+            kept.conversation_range(ConversationId(first)).unwrap();
+            let parted = SegmentReader::open(Path::new("p.seg"), Arc::new(data)).unwrap();
+            for seg in [&kept, &parted] {
+                let mut cursor = seg.index_cursor();
+                for &(from, run) in &asks {
+                    for conv in from..from + run as u64 {
+                        proptest::prop_assert_eq!(
+                            cursor.conversation_range(ConversationId(conv)).unwrap(),
+                            model.get(&conv).copied(),
+                            "conversation {}", conv
+                        );
+                    }
+                }
+            }
+            proptest::prop_assert!(kept.indexes_loaded());
+            proptest::prop_assert!(!parted.indexes_loaded());
+        }
+    }
+
     #[test]
     fn a_damaged_message_index_is_reported_at_the_first_lookup_with_its_offset() {
         let (data, _) = build(&sample(), 600);

@@ -7,9 +7,11 @@
 //! workload: half a million conversations, each searched for in every input, almost all
 //! of them cache misses in indexes of megabytes. A merge meets conversations in key order and
 //! the indexes are sorted the same way, so a cursor per input reads its conversation index a
-//! partition at a time as the merge moves on (`IndexCursor`): a conversation is nearly always
-//! in the partition the last one was in, or the next, and is found there by an interpolation
-//! search of 128 entries.
+//! partition at a time as the merge moves on (`IndexCursor`) and walks it: the merge asks for
+//! every conversation any input holds, so an input's next entry is nearly always the one asked
+//! for (found) or one after it (not there), one entry read per question. Searching instead,
+//! even by interpolation within a partition of 128 entries, was ~6 % of the CPU time of a
+//! sustained ingest.
 
 use std::sync::Arc;
 
