@@ -239,7 +239,14 @@ impl Engine {
         self.cutoff_in(v, conv, v.has_reserved_state())
     }
 
-    fn cutoff_in(&self, v: &Version, conv: ConversationId, reserved: bool) -> Result<Option<u64>> {
+    /// [`retention_cutoff`](Self::retention_cutoff) in `v`, given whether `v` holds reserved
+    /// state (a merge asks that once).
+    pub(crate) fn cutoff_in(
+        &self,
+        v: &Version,
+        conv: ConversationId,
+        reserved: bool,
+    ) -> Result<Option<u64>> {
         let now = self.opts.clock.now_ms();
         let mut cutoff = self
             .opts

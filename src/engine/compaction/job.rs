@@ -426,19 +426,20 @@ struct ConversationRules {
 
 impl ConversationRules {
     /// The rules for `conv` in a merge of `inputs`, whose first row of `conv` is `head`.
-    /// `durable` is the store's segments at the start of the compaction; the latest retention
-    /// setting is read from the current version and let go of at once: a version lists
-    /// memtables, and holding one for a whole compaction would keep every memtable flushed
-    /// meanwhile in memory.
+    /// `durable` is the store's segments at the start of the compaction, `reserved` whether
+    /// they hold any engine-reserved state (edits, deletes, retention, watermarks); the latest
+    /// retention setting is read from the current version, only if the segments say rows may
+    /// expire, and let go of at once: a version lists memtables, and holding one for a whole
+    /// compaction would keep every memtable flushed meanwhile in memory.
     fn load(
         engine: &Engine,
         durable: &Version,
+        reserved: bool,
         inputs: &mut ConversationCursors<'_>,
         head: &Message,
     ) -> Result<Self> {
         let conv = head.conversation;
         let mut overrides = Vec::new();
-        let reserved = durable.has_reserved_state();
         if reserved {
             let prefix = overrides::edit_prefix(conv);
             for (k, v) in durable.state_scan(&engine.readers.cache, &prefix, &prefix, usize::MAX)? {
@@ -453,12 +454,13 @@ impl ConversationRules {
         } else {
             1
         };
-        let cutoff = match (
-            engine.retention_cutoff(durable, conv)?,
-            engine.retention_cutoff(&engine.current(), conv)?,
-        ) {
-            (Some(on_disk), Some(latest)) => Some(on_disk.min(latest)),
-            _ => None,
+        // A row is dropped only if it has expired under both settings: when the segments'
+        // setting keeps everything (the common case) the latest one is not read at all.
+        let cutoff = match engine.cutoff_in(durable, conv, reserved)? {
+            Some(on_disk) => engine
+                .retention_cutoff(&engine.current(), conv)?
+                .map(|latest| on_disk.min(latest)),
+            None => None,
         };
 
         // The inputs' id ranges at and above the watermark. Inputs hold a gapless band of the
@@ -854,6 +856,8 @@ struct MessageMerge<'a, 'w> {
     /// Where each input holds the conversations the merge meets.
     held: ConversationCursors<'a>,
     durable: &'a Version,
+    /// Whether `durable` holds engine-reserved state (asked once, not per conversation).
+    reserved: bool,
     /// Outputs are split at this size, between conversations.
     target: u64,
     last_conv: Option<ConversationId>,
@@ -892,7 +896,13 @@ impl MessageMerge<'_, '_> {
         let conv = m.conversation;
         if self.last_conv != Some(conv) {
             self.end_conversation(out, &path)?;
-            self.rules = ConversationRules::load(self.engine, self.durable, &mut self.held, &m)?;
+            self.rules = ConversationRules::load(
+                self.engine,
+                self.durable,
+                self.reserved,
+                &mut self.held,
+                &m,
+            )?;
             self.last_conv = Some(conv);
         }
         if let Some(m) = self.rules.rewrite(m, &path)? {
@@ -945,8 +955,13 @@ impl MessageMerge<'_, '_> {
                 self.rules.keeps(run.first_id, end)
             } else {
                 let head = block.first_of(run);
-                let rules =
-                    ConversationRules::load(self.engine, self.durable, &mut self.held, &head)?;
+                let rules = ConversationRules::load(
+                    self.engine,
+                    self.durable,
+                    self.reserved,
+                    &mut self.held,
+                    &head,
+                )?;
                 let keeps = rules.keeps(run.first_id, end);
                 fresh.push(rules);
                 keeps
@@ -1082,6 +1097,7 @@ fn merge_messages(
         inputs,
         held: ConversationCursors::open(inputs),
         durable,
+        reserved: durable.has_reserved_state(),
         target,
         last_conv: None,
         rules: ConversationRules::default(),
