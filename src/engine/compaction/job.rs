@@ -1140,6 +1140,18 @@ fn merge_messages(
             }
         } else if let Some(m) = cursor.buf.pop_front() {
             merge.row(messages, i, m)?;
+            // The rows after it in this input go first while they sort before every other
+            // input's next row (a conversation's run in one input, the common case): the heap
+            // would hand them back one by one, in the same order.
+            let others = heap.peek().map(|Reverse(key)| *key);
+            while let Some(next) = cursor.buf.front() {
+                if others.is_some_and(|o| (next.conversation, next.id.0, i) >= o) {
+                    break;
+                }
+                if let Some(m) = cursor.buf.pop_front() {
+                    merge.row(messages, i, m)?;
+                }
+            }
         }
         if let Some((conv, id)) = cursor.head()? {
             heap.push(Reverse((conv, id, i)));
