@@ -152,28 +152,85 @@ fn flush_one(engine: &Engine, mem: Arc<Memtable>) -> Result<()> {
     Ok(())
 }
 
-/// How many flushes reuse a dictionary before it is trained again on fresh data.
+/// How many flushes reuse a dictionary before it is trained again on fresh data, at first and
+/// after a retrained one replaced it.
 const RETRAIN_EVERY: u64 = 16;
+/// The longest wait between two trainings: each one that keeps the current dictionary
+/// doubles the wait up to this. Training took ~1.7 % of a sustained ingest's CPU time and
+/// ~10 MiB for a moment, every 16 flushes, to keep the first dictionary nearly every time
+/// (chat text changes slowly); 256 flushes of 16 MiB memtables is 4 GiB of writes.
+const RETRAIN_EVERY_MOST: u64 = 256;
 /// Sample blocks a dictionary is trained on.
 const SAMPLE_BLOCKS: usize = 128;
 
 /// The zstd dictionary new segments are compressed with: trained by flushes (only this
-/// module replaces it), used by compaction.
-pub(super) struct SharedDictionary(parking_lot::Mutex<Option<Arc<bytes::Bytes>>>);
+/// module replaces it), used by compaction; and when the flush trains one again.
+pub(super) struct SharedDictionary(parking_lot::Mutex<DictionaryState>);
+
+struct DictionaryState {
+    current: Option<Arc<bytes::Bytes>>,
+    schedule: RetrainSchedule,
+}
+
+/// When a flush trains a dictionary again: `RETRAIN_EVERY` flushes after the last one that
+/// replaced it, twice as long after each that did not, up to `RETRAIN_EVERY_MOST`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RetrainSchedule {
+    /// The flush count from which the next training is due.
+    due_at: u64,
+    wait: u64,
+}
+
+impl RetrainSchedule {
+    fn new() -> Self {
+        RetrainSchedule {
+            due_at: RETRAIN_EVERY,
+            wait: RETRAIN_EVERY,
+        }
+    }
+
+    fn due(&self, flushes: u64) -> bool {
+        flushes >= self.due_at
+    }
+
+    /// A training at `flushes` replaced the dictionary (`true`) or kept it.
+    fn trained(&mut self, flushes: u64, replaced: bool) {
+        self.wait = if replaced {
+            RETRAIN_EVERY
+        } else {
+            self.wait.saturating_mul(2).min(RETRAIN_EVERY_MOST)
+        };
+        self.due_at = flushes.saturating_add(self.wait);
+    }
+}
 
 impl SharedDictionary {
     /// Starts with `dictionary` (the newest segment's, carried on until a flush retrains one).
     pub(super) fn new(dictionary: Option<Arc<bytes::Bytes>>) -> Self {
-        SharedDictionary(parking_lot::Mutex::new(dictionary))
+        SharedDictionary(parking_lot::Mutex::new(DictionaryState {
+            current: dictionary,
+            schedule: RetrainSchedule::new(),
+        }))
     }
 
     /// The dictionary in force.
     pub(super) fn current(&self) -> Option<Arc<bytes::Bytes>> {
-        self.0.lock().clone()
+        self.0.lock().current.clone()
     }
 
-    fn replace(&self, dictionary: Arc<bytes::Bytes>) {
-        *self.0.lock() = Some(dictionary);
+    /// Whether a flush at `flushes` should train a dictionary.
+    fn retrain_due(&self, flushes: u64) -> bool {
+        let state = self.0.lock();
+        state.current.is_none() || state.schedule.due(flushes)
+    }
+
+    /// A flush at `flushes` trained a dictionary: `Some` replaced the current one.
+    fn trained(&self, flushes: u64, replacement: Option<Arc<bytes::Bytes>>) {
+        let mut state = self.0.lock();
+        state.schedule.trained(flushes, replacement.is_some());
+        if let Some(d) = replacement {
+            state.current = Some(d);
+        }
     }
 }
 
@@ -190,7 +247,7 @@ impl Engine {
         }
         let flushes = self.counters.flushes.load(Ordering::Relaxed);
         let current = self.dictionary.current();
-        if current.is_some() && !flushes.is_multiple_of(RETRAIN_EVERY) {
+        if !self.dictionary.retrain_due(flushes) {
             return current;
         }
         let total: usize = runs
@@ -229,10 +286,15 @@ impl Engine {
         match crate::format::dictionary::train(&samples, max) {
             Some(d) if replaces(current.as_deref(), &d, &held_out, level) => {
                 let d = Arc::new(bytes::Bytes::from(d));
-                self.dictionary.replace(Arc::clone(&d));
+                self.dictionary.trained(flushes, Some(Arc::clone(&d)));
                 Some(d)
             }
-            _ => current,
+            Some(_) => {
+                self.dictionary.trained(flushes, None);
+                current
+            }
+            // Too little data to learn from: try again at the next flush.
+            None => current,
         }
     }
 }
@@ -342,6 +404,25 @@ mod tests {
         assert!(!replaces(Some(&same), &new, &held_out, 3));
         // Nothing to judge by: keep the current one.
         assert!(!replaces(Some(&old), &new, &[], 3));
+    }
+
+    #[test]
+    fn retraining_backs_off_while_the_dictionary_is_kept_and_resumes_once_one_is_replaced() {
+        let mut s = RetrainSchedule::new();
+        assert!(!s.due(0) && !s.due(RETRAIN_EVERY - 1) && s.due(RETRAIN_EVERY));
+        let mut at = RETRAIN_EVERY;
+        let mut waits = Vec::new();
+        for _ in 0..6 {
+            s.trained(at, false);
+            waits.push(s.due_at - at);
+            assert!(!s.due(s.due_at - 1) && s.due(s.due_at));
+            at = s.due_at;
+        }
+        assert_eq!(waits, [32, 64, 128, 256, 256, 256]);
+        s.trained(at, true);
+        assert_eq!(s.due_at, at + RETRAIN_EVERY);
+        s.trained(u64::MAX - 1, false);
+        assert_eq!(s.due_at, u64::MAX, "saturates");
     }
 
     #[test]
