@@ -379,10 +379,14 @@ impl<'a> IndexCursor<'a> {
         ))
     }
 
-    /// The i-th conversation index entry: (conversation, first id, last id).
+    /// The i-th conversation index entry: (conversation, first id, last id), from the kept
+    /// indexes if the segment keeps them whole, else from its partition.
     pub fn conversation_entry(&mut self, i: usize) -> Result<(ConversationId, u64, u64)> {
         if i >= self.reader.conversation_count() {
             return Err(self.out_of_range("conversation entry"));
+        }
+        if let Some(view) = self.reader.kept_indexes() {
+            return Ok(view.conversation_entry(i));
         }
         let part = self.part(IndexPart::Conversations((i / PARTITION_ENTRIES) as u32))?;
         Ok(conv_entry(part, 0, i % PARTITION_ENTRIES))
@@ -410,7 +414,7 @@ impl<'a> IndexCursor<'a> {
                 self.walk = Some((conv.0, count));
                 return Ok(None);
             }
-            let (key, first, last) = self.conv_entry_at(at)?;
+            let (key, first, last) = self.conversation_entry(at)?;
             match key.0.cmp(&conv.0) {
                 std::cmp::Ordering::Equal => {
                     self.walk = Some((conv.0, at.saturating_add(1)));
@@ -434,17 +438,6 @@ impl<'a> IndexCursor<'a> {
         }
     }
 
-    /// Conversation entry `i`: from the kept indexes if the segment keeps them whole, else
-    /// from its partition.
-    fn conv_entry_at(&mut self, i: usize) -> Result<(ConversationId, u64, u64)> {
-        if i < self.reader.conversation_count() {
-            if let Some(view) = self.reader.kept_indexes() {
-                return Ok(view.conversation_entry(i));
-            }
-        }
-        self.conversation_entry(i)
-    }
-
     /// The position of the first conversation entry not below `conv` (the entry count if
     /// there is none).
     fn conv_lower_bound(&mut self, conv: u64) -> Result<usize> {
@@ -465,7 +458,7 @@ impl<'a> IndexCursor<'a> {
         };
         while lo < hi {
             let mid = lo.saturating_add(hi.saturating_sub(lo) / 2);
-            if self.conv_entry_at(mid)?.0 .0 < conv {
+            if self.conversation_entry(mid)?.0 .0 < conv {
                 lo = mid.saturating_add(1);
             } else {
                 hi = mid;
