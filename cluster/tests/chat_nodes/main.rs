@@ -416,6 +416,11 @@ async fn killing_a_busy_shard_owner_loses_nothing_and_the_shard_serves_again() {
 
 /// Sends `conv` messages with client keys from a device on `addr` until `stop`, retrying a
 /// refused send with the same key; returns (key, id) of every acknowledged one.
+///
+/// A device the server drops (a node woken from a pause gets the pushes NATS held for it all
+/// at once, and a connection whose outgoing queue fills is dropped as too slow) connects
+/// again and sends its unanswered message again with the same key, as a client does; a send
+/// left unanswered on a live connection fails the test.
 async fn keep_sending(
     name: String,
     addr: std::net::SocketAddr,
@@ -423,8 +428,10 @@ async fn keep_sending(
     conv: u64,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Vec<(String, u64)> {
+    const MAX_RECONNECTS: usize = 3;
     let mut d = Device::connect(&name, addr, &token).await;
     let mut acked = Vec::new();
+    let mut reconnects = 0;
     let mut i = 0;
     while !*stop.borrow() {
         let key = format!("{name}-{i}");
@@ -436,7 +443,25 @@ async fn keep_sending(
                     break;
                 }
                 Some(_) => d.frames.lock().unwrap().retain(|v| v["client_key"] != key),
-                None => panic!("{name}: no answer for {key}"),
+                None => {
+                    let closed = d
+                        .frames
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .find(|v| v["type"] == "connection_closed")
+                        .cloned();
+                    let Some(closed) = closed else {
+                        panic!("{name}: no answer for {key} within 60 s");
+                    };
+                    reconnects += 1;
+                    assert!(
+                        reconnects <= MAX_RECONNECTS,
+                        "{name}: dropped {reconnects} times; the last: {closed}"
+                    );
+                    println!("{name}: connecting again after {key} was left unanswered: {closed}");
+                    d = Device::connect(&name, addr, &token).await;
+                }
             }
         }
         i += 1;
