@@ -641,11 +641,11 @@ fn write_state(
     }
     let path = inputs
         .get(i)
-        .map_or_else(|| engine.dir.clone(), |s| s.reader.path().to_path_buf());
+        .map_or(engine.dir.as_path(), |s| s.reader.path());
     if !out
         .writer()?
         .add_state(&k, v.as_deref())
-        .map_err(|e| Error::io(&path, e))?
+        .map_err(|e| Error::io(path, e))?
     {
         return Err(Error::corruption(path, 0, "state keys out of order"));
     }
@@ -863,19 +863,20 @@ struct MessageMerge<'a, 'w> {
     last_conv: Option<ConversationId>,
     rules: ConversationRules,
     /// The input the last row came from (named in errors).
-    last_path: PathBuf,
+    last_path: &'a Path,
     /// Watermarks raised, in conversation order.
     watermarks: &'w mut VecDeque<(Bytes, Option<Bytes>)>,
     /// Per input, whether it shares the outputs' dictionary (compared once, not per block).
     same_dictionary: Vec<bool>,
 }
 
-impl MessageMerge<'_, '_> {
-    fn path(&self, input: usize) -> PathBuf {
-        self.inputs.get(input).map_or_else(
-            || self.engine.dir.clone(),
-            |s| s.reader.path().to_path_buf(),
-        )
+impl<'a> MessageMerge<'a, '_> {
+    /// The file of input `input` (named in errors): borrowed, as this is asked per row.
+    fn path(&self, input: usize) -> &'a Path {
+        let (inputs, engine): (&'a [Arc<Segment>], &'a Engine) = (self.inputs, self.engine);
+        inputs
+            .get(input)
+            .map_or(engine.dir.as_path(), |s| s.reader.path())
     }
 
     /// Ends the conversation being merged (if any) before `conv` starts, and starts a new
@@ -895,7 +896,7 @@ impl MessageMerge<'_, '_> {
         let path = self.path(input);
         let conv = m.conversation;
         if self.last_conv != Some(conv) {
-            self.end_conversation(out, &path)?;
+            self.end_conversation(out, path)?;
             self.rules = ConversationRules::load(
                 self.engine,
                 self.durable,
@@ -905,8 +906,8 @@ impl MessageMerge<'_, '_> {
             )?;
             self.last_conv = Some(conv);
         }
-        if let Some(m) = self.rules.rewrite(m, &path)? {
-            write_row(out, &m, &path)?;
+        if let Some(m) = self.rules.rewrite(m, path)? {
+            write_row(out, &m, path)?;
         }
         self.last_path = path;
         Ok(())
@@ -926,9 +927,9 @@ impl MessageMerge<'_, '_> {
         block: &Block,
         next_other: Option<(ConversationId, u64)>,
     ) -> Result<bool> {
-        let Some(reader) = self.inputs.get(input).map(|s| &s.reader) else {
+        if self.inputs.get(input).is_none() {
             return Ok(false);
-        };
+        }
         let (Some(first), Some(last)) = (block.runs().first(), block.runs().last()) else {
             return Ok(false);
         };
@@ -970,25 +971,25 @@ impl MessageMerge<'_, '_> {
                 return Ok(false);
             }
         }
-        let path = reader.path().to_path_buf();
+        let path = self.path(input);
         let mut fresh = fresh.into_iter();
         if self.last_conv != Some(first.conversation) {
-            self.end_conversation(out, &path)?;
+            self.end_conversation(out, path)?;
             self.last_conv = None;
         }
         if !out
             .writer()?
             .add_stored_block(stored, block)
-            .map_err(|e| Error::io(&path, e))?
+            .map_err(|e| Error::io(path, e))?
         {
-            return Err(out_of_order(&path, first.conversation, first.first_id));
+            return Err(out_of_order(path, first.conversation, first.first_id));
         }
         self.count_copy(stored, false);
         for run in block.runs() {
             if self.last_conv != Some(run.conversation) {
                 if let Some(done) = self.last_conv {
                     // Its rows were all kept (in this block), so it writes no stub.
-                    finish_conversation(out, &mut self.rules, done, self.watermarks, &path)?;
+                    finish_conversation(out, &mut self.rules, done, self.watermarks, path)?;
                 }
                 self.rules = fresh.next().ok_or_else(|| {
                     Error::Internal("compaction lost a conversation's rules".into())
@@ -1037,9 +1038,9 @@ impl MessageMerge<'_, '_> {
                 meta.rows,
                 meta.logical,
             )
-            .map_err(|e| Error::io(&path, e))?
+            .map_err(|e| Error::io(path, e))?
         {
-            return Err(out_of_order(&path, meta.conversation, meta.first_id));
+            return Err(out_of_order(path, meta.conversation, meta.first_id));
         }
         self.count_copy(stored, true);
         self.rules.kept();
@@ -1064,7 +1065,7 @@ impl MessageMerge<'_, '_> {
     /// Ends the last conversation.
     fn finish(&mut self, out: &mut OutputSet<'_>) -> Result<()> {
         if let Some(done) = self.last_conv.take() {
-            finish_conversation(out, &mut self.rules, done, self.watermarks, &self.last_path)?;
+            finish_conversation(out, &mut self.rules, done, self.watermarks, self.last_path)?;
         }
         Ok(())
     }
@@ -1101,7 +1102,7 @@ fn merge_messages(
         target,
         last_conv: None,
         rules: ConversationRules::default(),
-        last_path: PathBuf::new(),
+        last_path: engine.dir.as_path(),
         watermarks: &mut watermarks,
         same_dictionary: inputs
             .iter()
