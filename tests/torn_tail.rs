@@ -434,3 +434,112 @@ fn a_flipped_bit_in_a_segment_is_corruption_naming_the_segment() {
         assert!(range_failed, "{ctx}");
     }
 }
+
+/// A store whose first segment was compacted (blocks in the compaction codec, which a later
+/// merge can copy as stored) and a flushed one after it adding to one conversation only:
+/// compacting both reads every block of the first, copying most of them. Returns the model
+/// and the compacted segment's path.
+fn store_with_compacted_segment(dir: &Path) -> (Model, PathBuf) {
+    store_with_segment(dir);
+    let store = Store::open(dir).unwrap_or_else(|e| panic!("setup open: {e}"));
+    store
+        .compact()
+        .unwrap_or_else(|e| panic!("setup compact: {e}"));
+    let compacted = newest(dir, "seg");
+    for i in 0..20 {
+        store
+            .append(
+                ConversationId(1),
+                text(&format!("after the compaction {i}")),
+            )
+            .unwrap_or_else(|e| panic!("setup append: {e}"));
+    }
+    store.flush().unwrap_or_else(|e| panic!("setup flush: {e}"));
+    let model = read_all(&store, "setup");
+    store.close().unwrap_or_else(|e| panic!("setup close: {e}"));
+    (model, compacted)
+}
+
+/// Compaction reads its inputs' blocks several at a time (a window of the file), decoding
+/// some and copying others as stored: a flipped bit in any block stops it with the damaged
+/// file and the block's offset, and leaves the input in place, every other message still
+/// readable. Checked on a flushed input (blocks decoded) and a compacted one (mostly copied).
+#[test]
+fn a_flipped_bit_in_a_block_stops_compaction_naming_the_segment_and_the_block() {
+    let _watchdog = watchdog::arm(Duration::from_secs(300));
+    let flushed = tempdir();
+    let flushed_model = store_with_segment(flushed.path());
+    let flushed_seg = newest(flushed.path(), "seg");
+    let compacted = tempdir();
+    let (compacted_model, compacted_seg) = store_with_compacted_segment(compacted.path());
+    // Undamaged, the second store's compaction copies blocks as stored: the damage below
+    // meets the copying path, not only the decoding one.
+    {
+        let dir = tempdir();
+        copy_dir(compacted.path(), dir.path());
+        let store = Store::open(dir.path()).unwrap_or_else(|e| panic!("open: {e}"));
+        store.compact().unwrap_or_else(|e| panic!("compact: {e}"));
+        assert!(store.stats().compaction_bytes_copied > 0, "nothing copied");
+    }
+    let mut rng = StdRng::seed_from_u64(5);
+    for (src, model, seg_path) in [
+        (&flushed, &flushed_model, &flushed_seg),
+        (&compacted, &compacted_model, &compacted_seg),
+    ] {
+        let name = seg_path.file_name().unwrap_or_default();
+        let seg = std::fs::read(seg_path).unwrap_or_else(|e| panic!("read segment: {e}"));
+        let index_start = u64_at(&seg, seg.len() - FOOTER_V1_LEN);
+        let mut positions: Vec<usize> = (0..16)
+            .map(|_| rng.gen_range(SEGMENT_HEADER..index_start))
+            .collect();
+        positions.extend([SEGMENT_HEADER, index_start - 1]);
+        for byte in positions {
+            let bit = rng.gen_range(0..8);
+            let ctx = format!("{} byte {byte} bit {bit}", seg_path.display());
+            let dir = tempdir();
+            copy_dir(src.path(), dir.path());
+            let mut bad = seg.clone();
+            bad[byte] ^= 1 << bit;
+            let path = dir.path().join(name);
+            std::fs::write(&path, &bad).unwrap_or_else(|e| panic!("write: {e}"));
+            let store = Store::open(dir.path()).unwrap_or_else(|e| panic!("{ctx}: open: {e}"));
+            match store.compact() {
+                Err(Error::Corruption {
+                    path: p, offset, ..
+                }) => {
+                    assert_eq!(p, path, "{ctx}");
+                    // The offset of the block holding the byte: blocks are ~1 KiB here.
+                    let offset = offset as usize;
+                    assert!(
+                        offset <= byte && byte - offset < 4096,
+                        "{ctx}: reported at {offset}"
+                    );
+                }
+                other => panic!("{ctx}: compaction of a damaged input gave {other:?}"),
+            }
+            drop(store);
+            // The input is still there, whole: reopened, all but the damaged block reads.
+            assert_eq!(
+                std::fs::read(&path).unwrap_or_else(|e| panic!("{ctx}: read back: {e}")),
+                bad,
+                "{ctx}: the damaged input was changed"
+            );
+            let store = Store::open(dir.path()).unwrap_or_else(|e| panic!("{ctx}: reopen: {e}"));
+            let mut read = 0;
+            for (c, messages) in model.iter() {
+                for want in messages {
+                    match store.get(ConversationId(*c), want.id) {
+                        Ok(Some(m)) => {
+                            assert_eq!(&m, want, "{ctx}");
+                            read += 1;
+                        }
+                        Err(Error::Corruption { .. }) => {}
+                        other => panic!("{ctx}: conversation {c} id {}: {other:?}", want.id),
+                    }
+                }
+            }
+            let total: usize = model.values().map(Vec::len).sum();
+            assert!(read > 0 && read < total, "{ctx}: {read} of {total} read");
+        }
+    }
+}

@@ -1459,6 +1459,38 @@ impl SegmentReader {
         Ok(stored)
     }
 
+    /// Reads `len` bytes at `offset`, or fewer if the file ends first: several blocks read
+    /// at once by a reader that goes through them in order (see
+    /// [`block_in_span`](Self::block_in_span)).
+    pub fn read_span(&self, offset: u64, len: usize) -> Result<Bytes> {
+        let left = self.file_len.saturating_sub(offset);
+        let len = len.min(usize::try_from(left).unwrap_or(usize::MAX));
+        self.file
+            .read_at(offset, len)
+            .map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// The block at `h` as stored, sliced out of `span` (bytes [`read_span`](Self::read_span)
+    /// read at `span_offset`) without a copy; `None` if the span does not hold all of it.
+    /// Not checked: [`decode_block_at`](Self::decode_block_at) checks what it decodes, and
+    /// [`check_stored_at`](Self::check_stored_at) what is copied as stored.
+    pub fn block_in_span(h: BlockHandle, span: &Bytes, span_offset: u64) -> Option<Bytes> {
+        let start = h.offset.checked_sub(span_offset)?;
+        let end = start.checked_add(u64::from(h.len))?;
+        if end > span.len() as u64 {
+            return None;
+        }
+        Some(span.slice(usize::try_from(start).ok()?..usize::try_from(end).ok()?))
+    }
+
+    /// Checks the checksum of the block at `h`, `stored` as read (the check
+    /// [`read_block_checked_at`](Self::read_block_checked_at) makes).
+    pub fn check_stored_at(&self, h: BlockHandle, stored: &[u8]) -> Result<()> {
+        check_stored(stored)
+            .map(|_| ())
+            .map_err(|why| Error::corruption(&self.path, h.offset, why))
+    }
+
     /// Decodes block `i` from `stored` (as read by
     /// [`read_block_checked`](Self::read_block_checked)), checking it all over again.
     pub fn decode_block(&self, i: usize, stored: &Bytes) -> Result<Block> {

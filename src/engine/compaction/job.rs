@@ -21,6 +21,7 @@ use super::super::Engine;
 use super::conversation_cursor::ConversationCursors;
 use super::parts::{self, PartWork};
 use super::picker::{fast_codec, SharedBlocks};
+use super::read_window::ReadWindow;
 use super::split::{self, KeyRange};
 use crate::error::{Error, Result};
 use crate::format::block::{self, Block};
@@ -204,11 +205,13 @@ struct MessageCursor<'a> {
     buf: VecDeque<Message>,
     /// The conversations this cursor hands out (one part of a merge cut in parts).
     range: KeyRange,
+    /// The input's file read ahead.
+    window: ReadWindow,
 }
 
 impl<'a> MessageCursor<'a> {
-    /// A cursor at the first row of `reader` in `range`.
-    fn open(reader: &'a SegmentReader, range: KeyRange) -> Result<Self> {
+    /// A cursor at the first row of `reader` in `range`, one of `inputs` read side by side.
+    fn open(reader: &'a SegmentReader, range: KeyRange, inputs: usize) -> Result<Self> {
         let mut index = reader.index_cursor();
         let mut start = 0;
         if let Some(lo) = range.lo {
@@ -227,6 +230,7 @@ impl<'a> MessageCursor<'a> {
             next_block: start,
             buf: VecDeque::new(),
             range,
+            window: ReadWindow::for_inputs(inputs),
         };
         if straddles {
             if let Some((_, block)) = cursor.next_block()? {
@@ -264,9 +268,11 @@ impl<'a> MessageCursor<'a> {
             return Ok(None);
         }
         let entry = self.index.block(self.next_block)?;
-        let read = self.reader.read_block_stored_at(entry)?;
+        let stored = self.window.block(self.reader, entry.handle)?;
+        // Decoding checks the checksum.
+        let block = self.reader.decode_block_at(entry, &stored)?;
         self.next_block = self.next_block.saturating_add(1);
-        Ok(Some(read))
+        Ok(Some((stored, block)))
     }
 
     /// The next block, if no row is buffered and the input's indexes show that it holds rows
@@ -322,7 +328,9 @@ impl<'a> MessageCursor<'a> {
     /// The next block as stored, its checksum checked, without decoding it or moving on.
     fn read_next_stored(&mut self) -> Result<Bytes> {
         let h = self.index.block(self.next_block)?.handle;
-        self.reader.read_block_checked_at(h)
+        let stored = self.window.block(self.reader, h)?;
+        self.reader.check_stored_at(h, &stored)?;
+        Ok(stored)
     }
 
     /// Decodes the next block from `stored` (as `read_next_stored` gave it) and moves on.
@@ -1085,7 +1093,7 @@ fn merge_messages(
     let mut watermarks = VecDeque::new();
     let mut cursors: Vec<MessageCursor<'_>> = inputs
         .iter()
-        .map(|s| MessageCursor::open(&s.reader, range))
+        .map(|s| MessageCursor::open(&s.reader, range, inputs.len()))
         .collect::<Result<_>>()?;
     let mut heap = BinaryHeap::new();
     for (i, c) in cursors.iter_mut().enumerate() {

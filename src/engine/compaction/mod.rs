@@ -10,6 +10,7 @@ pub(crate) mod conversation_cursor;
 pub(crate) mod job;
 pub(crate) mod parts;
 pub(crate) mod picker;
+mod read_window;
 pub(crate) mod split;
 
 use std::sync::atomic::Ordering;
