@@ -259,15 +259,20 @@ struct Workload {
 
 impl Workload {
     fn new(seed: u64) -> Self {
+        Self::over(seed, CONVERSATIONS)
+    }
+
+    /// The same stream over `conversations` conversations.
+    fn over(seed: u64, conversations: usize) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
-        let mut by_rank: Vec<usize> = (0..CONVERSATIONS).collect();
+        let mut by_rank: Vec<usize> = (0..conversations).collect();
         by_rank.shuffle(&mut rng);
         Workload {
             rng,
-            conversations: Zipf::new(CONVERSATIONS, CONVERSATION_SKEW),
+            conversations: Zipf::new(conversations, CONVERSATION_SKEW),
             words: Zipf::new(WORDS.len(), 1.0),
             by_rank,
-            counts: vec![0; CONVERSATIONS],
+            counts: vec![0; conversations],
         }
     }
 
@@ -524,9 +529,46 @@ fn last_id(c: &mut Criterion) {
     group.finish();
 }
 
+/// One memtable of ~16 MiB (the default size) written to a segment by `Store::flush`, as the
+/// background flush does under sustained ingest: 100 000 messages over 500 000 conversations
+/// (the comparison harness's long preset), so most rows belong to a conversation of their own
+/// and their content lies scattered through the memtable's chunks. Filling the memtable is not
+/// measured; compaction is off, so nothing else runs beside the flush.
+fn flush(c: &mut Criterion) {
+    let mut group = c.benchmark_group("flush");
+    group.sampling_mode(SamplingMode::Flat);
+    group.sample_size(10);
+    let dir = temp_dir();
+    let options = Options {
+        durability: BUFFERED,
+        background_compaction: false,
+        // Nothing flushes while the batch is being filled in.
+        memtable_bytes: 256 << 20,
+        memory_budget_bytes: 1 << 30,
+        ..Options::default()
+    };
+    let store = Store::open_with(dir.path(), options).expect("open store");
+    let mut workload = Workload::over(4, 500_000);
+    const MESSAGES: usize = 100_000;
+    group.throughput(Throughput::Elements(MESSAGES as u64));
+    group.bench_function("memtable_100k_messages_500k_conversations", |b| {
+        b.iter_batched(
+            || {
+                for _ in 0..MESSAGES / 1000 {
+                    store.append_batch(workload.batch(1000)).expect("append");
+                }
+            },
+            |()| store.flush().expect("flush"),
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+    store.close().expect("close");
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().without_plots();
-    targets = append, read, last_id
+    targets = append, read, last_id, flush
 }
 criterion_main!(benches);

@@ -67,6 +67,25 @@ fn sync_wait(every: Duration, since_last: Duration) -> Option<Duration> {
     (!left.is_zero()).then_some(left)
 }
 
+/// How many rows ahead of the copy the flush asks for a row's content: far enough for a
+/// memory load to arrive (~100 ns against ~20 ns a row), near enough to stay in cache.
+const PREFETCH_ROWS_AHEAD: usize = 8;
+
+/// Asks the CPU to bring `bytes` (a row's content, rarely over two cache lines) into cache.
+fn prefetch(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        for line in bytes.chunks(64).take(2) {
+            // SAFETY: a prefetch is a hint that reads nothing and cannot fault, whatever the
+            // address; `line` points into a live slice anyway.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes;
+}
+
 /// Writes `mem` (the oldest frozen memtable) to a new segment, records it in the manifest with
 /// the new WAL horizon, swaps it into the version and deletes the WAL files it made obsolete.
 fn flush_one(engine: &Engine, mem: Arc<Memtable>) -> Result<()> {
@@ -86,8 +105,17 @@ fn flush_one(engine: &Engine, mem: Arc<Memtable>) -> Result<()> {
             engine.opts.block_bytes,
             dict.as_deref().map(|d| d.as_ref()),
         );
+        // Rows are copied in conversation order, but their content lies in the memtable's
+        // chunks in arrival order: each copy is a cache miss unless asked for ahead.
+        let mut ahead = runs
+            .iter()
+            .flat_map(|r| r.messages())
+            .skip(PREFETCH_ROWS_AHEAD);
         for run in runs {
             for m in run.messages() {
+                if let Some(next) = ahead.next() {
+                    prefetch(next.content);
+                }
                 if !writer.add_ref(m).map_err(|e| Error::io(&path, e))? {
                     return Err(Error::corruption(
                         &path,
