@@ -155,6 +155,14 @@ impl Txn<'_> {
         self.from_log = true;
     }
 
+    /// Asks the CPU ahead for what [`last_id`](Self::last_id) of each of `convs` will read
+    /// in the last-id cache (a batch's appends, before they are made).
+    pub fn prefetch_last_ids(&self, convs: impl Iterator<Item = ConversationId>) {
+        for conv in convs {
+            self.last_ids.prefetch(conv);
+        }
+    }
+
     /// The conversation's last id including appends made earlier in the group or this txn.
     pub fn last_id(&self, conv: ConversationId) -> Result<u64> {
         if let Some(&id) = self.own_ids.get(&conv) {
@@ -384,6 +392,7 @@ impl Engine {
         }
         // The committed messages themselves are handed back: no per-message copy.
         let ((), messages) = self.transact_appending(move |txn| {
+            txn.prefetch_last_ids(batch.iter().map(|(conv, _)| *conv));
             for (conv, m) in batch {
                 txn.append_owned(conv, m)?;
             }

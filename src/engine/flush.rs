@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::files;
 use super::memtable::Memtable;
+use super::prefetch::prefetch_bytes;
 use super::version::{attach_reader, Segment};
 use super::version_set::VersionEdit;
 use super::Engine;
@@ -71,21 +72,6 @@ fn sync_wait(every: Duration, since_last: Duration) -> Option<Duration> {
 /// memory load to arrive (~100 ns against ~20 ns a row), near enough to stay in cache.
 const PREFETCH_ROWS_AHEAD: usize = 8;
 
-/// Asks the CPU to bring `bytes` (a row's content, rarely over two cache lines) into cache.
-fn prefetch(bytes: &[u8]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        for line in bytes.chunks(64).take(2) {
-            // SAFETY: a prefetch is a hint that reads nothing and cannot fault, whatever the
-            // address; `line` points into a live slice anyway.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = bytes;
-}
-
 /// Writes `mem` (the oldest frozen memtable) to a new segment, records it in the manifest with
 /// the new WAL horizon, swaps it into the version and deletes the WAL files it made obsolete.
 fn flush_one(engine: &Engine, mem: Arc<Memtable>) -> Result<()> {
@@ -114,7 +100,7 @@ fn flush_one(engine: &Engine, mem: Arc<Memtable>) -> Result<()> {
         for run in runs {
             for m in run.messages() {
                 if let Some(next) = ahead.next() {
-                    prefetch(next.content);
+                    prefetch_bytes(next.content);
                 }
                 if !writer.add_ref(m).map_err(|e| Error::io(&path, e))? {
                     return Err(Error::corruption(

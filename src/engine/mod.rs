@@ -14,6 +14,7 @@ mod log_writer;
 mod memory;
 mod memtable;
 pub(crate) mod overrides;
+mod prefetch;
 mod recovery;
 mod stats;
 mod verify;
