@@ -44,6 +44,24 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// A copy of the store in `src` whose file `name` (its bytes `data`) has bit `bit` of byte
+/// `byte` flipped: the copy's directory, the damaged file's path and its bytes.
+fn with_flipped_bit(
+    src: &Path,
+    name: &std::ffi::OsStr,
+    data: &[u8],
+    byte: usize,
+    bit: u32,
+) -> (tempfile::TempDir, PathBuf, Vec<u8>) {
+    let dir = tempdir();
+    copy_dir(src, dir.path());
+    let mut bad = data.to_vec();
+    bad[byte] ^= 1 << bit;
+    let path = dir.path().join(name);
+    std::fs::write(&path, &bad).unwrap_or_else(|e| panic!("write: {e}"));
+    (dir, path, bad)
+}
+
 /// The file with the highest number and the given extension.
 fn newest(dir: &Path, ext: &str) -> PathBuf {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -280,12 +298,7 @@ fn a_flipped_bit_in_a_complete_wal_record_is_corruption_naming_the_wal() {
         for byte in start..end {
             let bit = rng.gen_range(0..8);
             let ctx = format!("record {victim} byte {byte} bit {bit}");
-            let dir = tempdir();
-            copy_dir(src.path(), dir.path());
-            let mut bad = wal.clone();
-            bad[byte] ^= 1 << bit;
-            let path = dir.path().join(name);
-            std::fs::write(&path, &bad).unwrap_or_else(|e| panic!("write: {e}"));
+            let (dir, path, _) = with_flipped_bit(src.path(), name, &wal, byte, bit);
             match Store::open(dir.path()) {
                 Err(Error::Corruption {
                     path: p, offset, ..
@@ -362,12 +375,7 @@ fn a_flipped_bit_in_a_segment_is_corruption_naming_the_segment() {
         let in_message_index = (index_start..state_index_start).contains(&byte);
         let bit = rng.gen_range(0..8);
         let ctx = format!("segment byte {byte} bit {bit}");
-        let dir = tempdir();
-        copy_dir(src.path(), dir.path());
-        let mut bad = seg.clone();
-        bad[byte] ^= 1 << bit;
-        let path = dir.path().join(name);
-        std::fs::write(&path, &bad).unwrap_or_else(|e| panic!("write: {e}"));
+        let (dir, path, _) = with_flipped_bit(src.path(), name, &seg, byte, bit);
         let store = match Store::open(dir.path()) {
             Ok(store) => store,
             Err(Error::Corruption { path: p, .. }) if !in_blocks && !in_message_index => {
@@ -496,12 +504,7 @@ fn a_flipped_bit_in_a_block_stops_compaction_naming_the_segment_and_the_block() 
         for byte in positions {
             let bit = rng.gen_range(0..8);
             let ctx = format!("{} byte {byte} bit {bit}", seg_path.display());
-            let dir = tempdir();
-            copy_dir(src.path(), dir.path());
-            let mut bad = seg.clone();
-            bad[byte] ^= 1 << bit;
-            let path = dir.path().join(name);
-            std::fs::write(&path, &bad).unwrap_or_else(|e| panic!("write: {e}"));
+            let (dir, path, bad) = with_flipped_bit(src.path(), name, &seg, byte, bit);
             let store = Store::open(dir.path()).unwrap_or_else(|e| panic!("{ctx}: open: {e}"));
             match store.compact() {
                 Err(Error::Corruption {
