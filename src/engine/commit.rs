@@ -217,10 +217,11 @@ impl Txn<'_> {
                 });
             }
         }
-        self.own_ids.insert(conv, last + 1);
+        let next = next_id(conv, last)?;
+        self.own_ids.insert(conv, next);
         self.messages.push(Message {
             conversation: conv,
-            id: MessageId(last + 1),
+            id: MessageId(next),
             sender: m.sender,
             timestamp_ms: self.now,
             kind: m.kind,
@@ -237,15 +238,16 @@ impl Txn<'_> {
     /// export. Its id must be the conversation's next one.
     pub fn restore(&mut self, m: Message) -> Result<()> {
         let last = self.last_id(m.conversation)?;
-        if m.id.0 != last + 1 {
+        let next = next_id(m.conversation, last)?;
+        if m.id.0 != next {
             return Err(Error::InvalidArgument(format!(
-                "conversation {} continues at id {}, not {}",
-                m.conversation,
-                last + 1,
-                m.id
+                "conversation {} continues at id {next}, not {}",
+                m.conversation, m.id
             )));
         }
-        if m.content.len() + m.attachment.as_ref().map_or(0, |a| a.len())
+        if m.content
+            .len()
+            .saturating_add(m.attachment.as_ref().map_or(0, |a| a.len()))
             > self.engine.opts.max_message_bytes
         {
             return Err(Error::MessageTooLarge {
@@ -341,6 +343,16 @@ impl Txn<'_> {
         self.state.push((key, None));
         Ok(())
     }
+}
+
+/// The id after `last` in `conv`: an error, not an overflow, when `last` is the largest id
+/// (only a damaged segment or log can claim it: ids grow by one from 1).
+fn next_id(conv: ConversationId, last: u64) -> Result<u64> {
+    last.checked_add(1).ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "conversation {conv} has no id after {last}: the store holds the largest id"
+        ))
+    })
 }
 
 fn copy_error(e: &Error) -> Error {
@@ -750,5 +762,21 @@ impl Engine {
                 Err(e)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_largest_id_has_no_next_one() {
+        let conv = ConversationId(7);
+        assert_eq!(next_id(conv, 0).ok(), Some(1));
+        assert_eq!(next_id(conv, u64::MAX - 1).ok(), Some(u64::MAX));
+        assert!(matches!(
+            next_id(conv, u64::MAX),
+            Err(Error::InvalidArgument(_))
+        ));
     }
 }

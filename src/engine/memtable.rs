@@ -11,6 +11,9 @@
 //! twice the messages in the same memory, and dropping a flushed one frees a few hundred
 //! chunks rather than a hundred thousand buffers.
 
+// The flush thread reads frozen memtables: no arithmetic that can overflow.
+#![deny(clippy::arithmetic_side_effects)]
+
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -85,7 +88,7 @@ impl Arena {
         if bytes.len() > CHUNK_BYTES / 4 {
             // A big body gets a chunk of its own; the open chunk keeps filling.
             self.chunks.push(bytes.to_vec());
-            let chunk = (self.chunks.len() - 1) as u32;
+            let chunk = self.chunks.len().saturating_sub(1) as u32;
             return Span {
                 chunk,
                 offset: 0,
@@ -93,10 +96,17 @@ impl Arena {
             };
         }
         let open = match self.open {
-            Some(i) if self.chunks[i].capacity() - self.chunks[i].len() >= bytes.len() => i,
+            Some(i)
+                if self.chunks[i]
+                    .capacity()
+                    .saturating_sub(self.chunks[i].len())
+                    >= bytes.len() =>
+            {
+                i
+            }
             _ => {
                 self.chunks.push(Vec::with_capacity(CHUNK_BYTES));
-                let i = self.chunks.len() - 1;
+                let i = self.chunks.len().saturating_sub(1);
                 self.open = Some(i);
                 i
             }
@@ -115,7 +125,7 @@ impl Arena {
         let start = s.offset as usize;
         self.chunks
             .get(s.chunk as usize)
-            .and_then(|c| c.get(start..start + s.len as usize))
+            .and_then(|c| c.get(start..start.saturating_add(s.len as usize)))
             .unwrap_or_default()
     }
 }
@@ -203,7 +213,7 @@ impl<'a> RunRef<'a> {
             .rows
             .iter()
             .enumerate()
-            .map(move |(i, row)| inner.row_ref(conv, first + i as u64, row))
+            .map(move |(i, row)| inner.row_ref(conv, first.saturating_add(i as u64), row))
     }
 }
 
@@ -260,12 +270,13 @@ impl Memtable {
         let inner = &mut *guard;
         let before = inner.bytes;
         for m in messages {
-            let mut cost = PER_MESSAGE_OVERHEAD + m.content.len();
+            let mut cost = PER_MESSAGE_OVERHEAD.saturating_add(m.content.len());
             let extra = if m.attachment.is_some() || m.reply_to.is_some() || !m.mentions.is_empty()
             {
-                cost += EXTRA_OVERHEAD
-                    + m.attachment.as_ref().map_or(0, Bytes::len)
-                    + m.mentions.len() * 8;
+                cost = cost
+                    .saturating_add(EXTRA_OVERHEAD)
+                    .saturating_add(m.attachment.as_ref().map_or(0, Bytes::len))
+                    .saturating_add(m.mentions.len().saturating_mul(8));
                 Some(Box::new(Extra {
                     attachment: m.attachment.clone(),
                     reply_to: m.reply_to,
@@ -282,22 +293,25 @@ impl Memtable {
                 extra,
             };
             let run = inner.runs.entry(m.conversation).or_insert_with(|| {
-                cost += PER_RUN_OVERHEAD;
+                cost = cost.saturating_add(PER_RUN_OVERHEAD);
                 Run {
                     first_id: m.id.0,
                     rows: SmallVec::new(),
                 }
             });
             run.rows.push(row);
-            inner.bytes += cost;
-            inner.messages += 1;
+            inner.bytes = inner.bytes.saturating_add(cost);
+            inner.messages = inner.messages.saturating_add(1);
         }
         for (k, v) in state {
-            inner.bytes += STATE_OVERHEAD + k.len() + v.as_ref().map_or(0, Bytes::len);
+            let cost = STATE_OVERHEAD
+                .saturating_add(k.len())
+                .saturating_add(v.as_ref().map_or(0, Bytes::len));
+            inner.bytes = inner.bytes.saturating_add(cost);
             inner.state.insert(k.clone(), v.clone());
         }
         self.held
-            .fetch_add((inner.bytes - before) as u64, Ordering::Relaxed);
+            .fetch_add(inner.bytes.saturating_sub(before) as u64, Ordering::Relaxed);
     }
 
     /// The state entry for `key`: `None` if this memtable has none, `Some(None)` if deleted.
@@ -354,7 +368,12 @@ impl Memtable {
         let inner = self.inner.read();
         let run = inner.runs.get(&conv)?;
         let len = run.rows.len() as u64;
-        (len > 0).then(|| (run.first_id, run.first_id + len - 1))
+        (len > 0).then(|| {
+            (
+                run.first_id,
+                run.first_id.saturating_add(len.saturating_sub(1)),
+            )
+        })
     }
 
     /// Appends the messages of `conv` with ids in `lo..=hi` to `out`, oldest first.
@@ -368,11 +387,12 @@ impl Memtable {
             return;
         }
         let from = lo.saturating_sub(first) as usize;
-        let to = ((hi - first) as usize).min(run.rows.len() - 1);
-        if from <= to {
-            out.reserve(to - from + 1);
-            for (i, row) in run.rows[from..=to].iter().enumerate() {
-                out.push(inner.message(conv, first + (from + i) as u64, row));
+        let to = (hi.saturating_sub(first) as usize).min(run.rows.len().saturating_sub(1));
+        if let Some(rows) = run.rows.get(from..=to) {
+            out.reserve(rows.len());
+            for (i, row) in rows.iter().enumerate() {
+                let id = first.saturating_add(from.saturating_add(i) as u64);
+                out.push(inner.message(conv, id, row));
             }
         }
     }
@@ -415,6 +435,26 @@ mod tests {
             mentions: Vec::new(),
             edited_ms: None,
         }
+    }
+
+    /// Ids at the top of the range (a damaged segment can claim any last id) are read back
+    /// as they are, by readers and by the flush thread, without an overflow.
+    #[test]
+    fn ids_at_the_end_of_the_range_read_back_without_overflow() {
+        let mt = Memtable::new(1, &Arc::default());
+        let msgs = vec![msg(1, u64::MAX - 1), msg(1, u64::MAX)];
+        mt.apply(&msgs, &[], 1);
+        assert_eq!(mt.range(ConversationId(1)), Some((u64::MAX - 1, u64::MAX)));
+        let mut out = Vec::new();
+        mt.collect(ConversationId(1), 0, u64::MAX, &mut out);
+        assert_eq!(
+            out.iter().map(|m| m.id.0).collect::<Vec<_>>(),
+            vec![u64::MAX - 1, u64::MAX]
+        );
+        mt.with_sorted_runs(|runs| {
+            let ids: Vec<u64> = runs[0].messages().map(|m| m.id.0).collect();
+            assert_eq!(ids, vec![u64::MAX - 1, u64::MAX]);
+        });
     }
 
     #[test]
