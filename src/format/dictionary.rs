@@ -122,7 +122,10 @@ const FREQUENCY_TABLE_LOG: u32 = 17;
 /// [`FREQUENCY_TABLE_LOG`]).
 pub fn train(samples: &[Vec<u8>], max_bytes: usize) -> Option<Vec<u8>> {
     use zstd::zstd_safe::zstd_sys;
-    let total: usize = samples.iter().map(Vec::len).sum();
+    let total = samples
+        .iter()
+        .map(Vec::len)
+        .fold(0usize, usize::saturating_add);
     if samples.len() < 8 || total < max_bytes.saturating_mul(2) {
         return None;
     }

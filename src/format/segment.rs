@@ -1455,7 +1455,7 @@ impl SegmentReader {
     /// Reads the block at `h` as stored and checks its checksum (see `read_block_checked`).
     pub fn read_block_checked_at(&self, h: BlockHandle) -> Result<Bytes> {
         let stored = self.read_stored(h)?;
-        check_stored(&stored).map_err(|why| Error::corruption(&self.path, h.offset, why))?;
+        self.check_stored_at(h, &stored)?;
         Ok(stored)
     }
 
