@@ -28,6 +28,7 @@ pub mod compression;
 pub mod dictionary;
 pub mod index_partitions;
 pub mod manifest;
+mod packed_entries;
 pub mod segment;
 pub mod state_block;
 

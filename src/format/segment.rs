@@ -51,6 +51,7 @@ use super::index_partitions::{
     IndexPart, IndexPartitionCache, IndexPins, PartitionTable, Pin, SharedPartitions,
     PARTITION_ENTRIES,
 };
+use super::packed_entries::PackedEntries;
 use super::state_block::{self, StateBlock, StateBlockBuilder, MAX_KEY_LEN};
 use super::{within, OverLimit};
 use crate::error::{Error, Result};
@@ -115,10 +116,16 @@ pub struct SegmentWriter {
     block: BlockBuilder,
     out: Vec<u8>,
     offset: u64,
-    block_index: Vec<u8>,
-    conv_index: Vec<(u64, u64, u64)>,
+    /// (first conversation, first id, offset, stored length, rows) of each message block.
+    block_index: PackedEntries<5>,
+    /// (conversation, first id, last id) of each conversation before `open_conversation`.
+    conv_index: PackedEntries<3>,
+    /// The conversation index's last entry, still growing as rows arrive.
+    open_conversation: Option<(u64, u64, u64)>,
+    /// The first conversation of the segment.
+    first_conversation: Option<u64>,
     /// Each message block's logical size, in block order.
-    block_sizes: Vec<u32>,
+    block_sizes: PackedEntries<1>,
     /// Logical bytes of the rows in `block`, not yet in a finished block.
     pending_logical: u64,
     state: StateBlockBuilder,
@@ -180,7 +187,7 @@ impl SegmentWriter {
         block_bytes: usize,
         dictionary: Option<&[u8]>,
     ) -> Self {
-        let mut out = Vec::with_capacity(block_bytes * 2);
+        let mut out = Vec::with_capacity(OUT_CAPACITY.max(block_bytes.saturating_mul(2)));
         put_u64(&mut out, SEGMENT_MAGIC);
         put_u32(&mut out, SEGMENT_VERSION);
         put_u32(&mut out, 0);
@@ -201,9 +208,11 @@ impl SegmentWriter {
             block: BlockBuilder::new(),
             out,
             offset: 0,
-            block_index: Vec::new(),
-            conv_index: Vec::new(),
-            block_sizes: Vec::new(),
+            block_index: PackedEntries::new(),
+            conv_index: PackedEntries::new(),
+            open_conversation: None,
+            first_conversation: None,
+            block_sizes: PackedEntries::new(),
             pending_logical: 0,
             state: StateBlockBuilder::new(),
             state_started: false,
@@ -247,7 +256,7 @@ impl SegmentWriter {
             return Ok(false);
         }
         super::batch::check_message(m)?;
-        match self.conv_index.last_mut() {
+        match &mut self.open_conversation {
             Some(last) if last.0 == m.conversation.0 => {
                 if m.id.0 != last.2 + 1 {
                     return Ok(false);
@@ -255,7 +264,7 @@ impl SegmentWriter {
                 last.2 = m.id.0;
             }
             Some(last) if last.0 > m.conversation.0 => return Ok(false),
-            _ => self.conv_index.push((m.conversation.0, m.id.0, m.id.0)),
+            _ => self.open_conversation_entry(m.conversation.0, m.id.0, m.id.0),
         }
         let new_conversation = self
             .block
@@ -336,7 +345,7 @@ impl SegmentWriter {
             return Ok(false);
         }
         // Check the whole block against the conversation index before changing anything.
-        let mut prev = self.conv_index.last().map(|&(c, _, last)| (c, last));
+        let mut prev = self.open_conversation.map(|(c, _, last)| (c, last));
         let mut counted = 0u64;
         for run in runs {
             let conv = run.conversation;
@@ -368,9 +377,9 @@ impl SegmentWriter {
         for run in runs {
             // Checked above.
             let end = last_id_of(run.first_id, run.len).unwrap_or(run.first_id);
-            match self.conv_index.last_mut() {
+            match &mut self.open_conversation {
                 Some(last) if last.0 == run.conversation => last.2 = end,
-                _ => self.conv_index.push((run.conversation, run.first_id, end)),
+                _ => self.open_conversation_entry(run.conversation, run.first_id, end),
             }
         }
         let offset = self.offset + self.out.len() as u64;
@@ -378,19 +387,29 @@ impl SegmentWriter {
         if self.first_codec.is_none() {
             self.first_codec = stored_codec(stored);
         }
-        put_u64(&mut self.block_index, first.conversation);
-        put_u64(&mut self.block_index, first.first_id);
-        put_u64(&mut self.block_index, offset);
-        put_u32(&mut self.block_index, len);
-        put_u32(&mut self.block_index, rows);
-        self.block_sizes.push(block_logical);
+        self.block_index.push([
+            first.conversation,
+            first.first_id,
+            offset,
+            u64::from(len),
+            u64::from(rows),
+        ]);
+        self.block_sizes.push([u64::from(block_logical)]);
         self.summary.blocks += 1;
         self.summary.messages = self.summary.messages.saturating_add(u64::from(rows));
         self.summary.logical_bytes = self.summary.logical_bytes.saturating_add(logical);
-        if self.out.len() >= (1 << 20) {
+        if self.out.len() >= DRAIN_BYTES {
             self.drain()?;
         }
         Ok(true)
+    }
+
+    /// Starts the conversation index's entry for `conv`, closing the one before it.
+    fn open_conversation_entry(&mut self, conv: u64, first: u64, last: u64) {
+        if let Some((c, f, l)) = self.open_conversation.replace((conv, first, last)) {
+            self.conv_index.push([c, f, l]);
+        }
+        self.first_conversation.get_or_insert(conv);
     }
 
     fn finish_block(&mut self) -> std::io::Result<()> {
@@ -410,20 +429,17 @@ impl SegmentWriter {
             self.first_codec = stored_codec(&self.out[start..]);
         }
         let offset = self.offset + start as u64;
-        put_u64(&mut self.block_index, conv.0);
-        put_u64(&mut self.block_index, id);
-        put_u64(&mut self.block_index, offset);
-        put_u32(&mut self.block_index, len);
-        put_u32(&mut self.block_index, rows);
+        self.block_index
+            .push([conv.0, id, offset, u64::from(len), u64::from(rows)]);
         // A block holds at most `MAX_BLOCK_LEN` of rows, each counted at most a few times
         // its stored size: far below 4 GiB.
-        self.block_sizes.push(u32_field(
+        self.block_sizes.push([u64::from(u32_field(
             "logical bytes of one block",
             self.pending_logical as usize,
-        )?);
+        )?)]);
         self.pending_logical = 0;
         self.summary.blocks += 1;
-        if self.out.len() >= (1 << 20) {
+        if self.out.len() >= DRAIN_BYTES {
             self.drain()?;
         }
         Ok(())
@@ -476,7 +492,7 @@ impl SegmentWriter {
         let len = u32_field("bytes of one stored state block", self.out.len() - start)?;
         self.state_index
             .push((self.offset + start as u64, len, first));
-        if self.out.len() >= (1 << 20) {
+        if self.out.len() >= DRAIN_BYTES {
             self.drain()?;
         }
         Ok(())
@@ -506,20 +522,47 @@ impl SegmentWriter {
             crc: crc32fast::Hasher::new(),
             from: self.out.len(),
         };
-        let conv_index = std::mem::take(&mut self.conv_index);
-        for chunk in std::mem::take(&mut self.block_index).chunks(INDEX_SPILL_BYTES) {
-            self.out.extend_from_slice(chunk);
+        if let Some((conv, first, last)) = self.open_conversation.take() {
+            self.conv_index.push([conv, first, last]);
+        }
+        let block_index = std::mem::replace(&mut self.block_index, PackedEntries::new());
+        let mut blocks = 0usize;
+        for [conv, first, offset, len, rows] in block_index.iter() {
+            put_u64(&mut self.out, conv);
+            put_u64(&mut self.out, first);
+            put_u64(&mut self.out, offset);
+            // Pushed from `u32`s.
+            put_u32(&mut self.out, len as u32);
+            put_u32(&mut self.out, rows as u32);
+            blocks += 1;
             index.spill_if_full(&mut self)?;
         }
-        for &(conv, first, last) in &conv_index {
+        let conv_index = std::mem::replace(&mut self.conv_index, PackedEntries::new());
+        let mut conversations = 0usize;
+        let mut last_conv = 0;
+        for [conv, first, last] in conv_index.iter() {
             put_u64(&mut self.out, conv);
             put_u64(&mut self.out, first);
             put_u64(&mut self.out, last);
+            last_conv = conv;
+            conversations += 1;
             index.spill_if_full(&mut self)?;
         }
-        for size in std::mem::take(&mut self.block_sizes) {
-            put_u32(&mut self.out, size);
+        let block_sizes = std::mem::replace(&mut self.block_sizes, PackedEntries::new());
+        let mut sizes = 0usize;
+        for [size] in block_sizes.iter() {
+            // Pushed from `u32`s.
+            put_u32(&mut self.out, size as u32);
+            sizes += 1;
             index.spill_if_full(&mut self)?;
+        }
+        if blocks != block_index.len()
+            || conversations != conv_index.len()
+            || sizes != block_sizes.len()
+        {
+            return Err(std::io::Error::other(
+                "segment writer: an index entry did not read back",
+            ));
         }
         let message_index_crc = index.finish(&self.out);
         let state_index_offset = self.offset + self.out.len() as u64;
@@ -538,7 +581,7 @@ impl SegmentWriter {
         self.out.extend_from_slice(&keys);
         let state_index_len = u32_field("bytes of the state index", self.out.len() - state_start)?;
         let block_count = u32_field("blocks of one segment", self.summary.blocks as usize)?;
-        let conv_count = u32_field("conversations of one segment", conv_index.len())?;
+        let conv_count = u32_field("conversations of one segment", conversations)?;
         let state_blocks = u32_field("state blocks of one segment", self.state_index.len())?;
         let state_entries = u32_field(
             "state entries of one segment",
@@ -548,8 +591,7 @@ impl SegmentWriter {
         let footer_start = self.out.len();
         // The extension (version 2): what opening the segment needs without its message
         // indexes.
-        let first_conv = conv_index.first().map_or(0, |c| c.0);
-        let last_conv = conv_index.last().map_or(0, |c| c.0);
+        let first_conv = self.first_conversation.unwrap_or(0);
         put_u64(&mut self.out, first_conv);
         put_u64(&mut self.out, last_conv);
         put_u32(&mut self.out, message_index_crc);
@@ -572,14 +614,24 @@ impl SegmentWriter {
         put_u64(&mut self.out, SEGMENT_MAGIC);
         self.drain()?;
         self.file.sync()?;
-        self.summary.conversations = conv_index.len() as u64;
+        self.summary.conversations = conversations as u64;
         self.summary.file_bytes = self.offset;
         Ok(self.summary)
     }
 }
 
-/// Bytes of the message index gathered before they are handed to the file.
-const INDEX_SPILL_BYTES: usize = 256 << 10;
+/// Bytes of the message index gathered before they are handed to the file (with what the
+/// buffer held before it, below the mmap threshold too: see [`DRAIN_BYTES`]).
+const INDEX_SPILL_BYTES: usize = 32 << 10;
+
+/// The writer hands its buffer to the file once it holds this much. Small enough that the
+/// buffer (allocated at [`OUT_CAPACITY`]) stays below glibc's default mmap threshold while
+/// blocks of a few KiB go through it: a buffer of megabytes, freed with each segment, would
+/// raise the allocator's thresholds for the rest of the process (`docs/memory.md`).
+const DRAIN_BYTES: usize = 48 << 10;
+
+/// The capacity a writer's buffer starts with.
+const OUT_CAPACITY: usize = 64 << 10;
 
 /// The message index on its way out: its checksum so far, and where in the writer's buffer
 /// its bytes not yet in the checksum start.
