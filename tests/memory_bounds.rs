@@ -408,3 +408,153 @@ fn last_ids_are_searched_once_per_conversation_and_charged_to_the_budget() {
     assert_eq!(store.last_id(ConversationId(convs)).unwrap().0, 4);
     store.close().unwrap();
 }
+
+/// A file system that stops every segment's final sync until the test lets it go, so the
+/// test can look at the store while a flush is writing.
+mod gated {
+    use std::io;
+    use std::path::Path;
+    use std::sync::mpsc::{Receiver, SyncSender};
+    use std::sync::{Arc, Mutex};
+
+    use bytes::Bytes;
+    use chatstore::fs::{DirLock, FileSystem, RandomAccessFile, StdFileSystem, WritableFile};
+
+    #[derive(Debug)]
+    pub struct GatedFs {
+        /// Told when a segment's sync is reached; the sync waits for a message on `go`.
+        pub reached: SyncSender<()>,
+        pub go: Arc<Mutex<Receiver<()>>>,
+    }
+
+    struct GatedFile {
+        inner: Box<dyn WritableFile>,
+        reached: SyncSender<()>,
+        go: Arc<Mutex<Receiver<()>>>,
+    }
+
+    impl WritableFile for GatedFile {
+        fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+            self.inner.write_all(buf)
+        }
+        fn sync(&mut self) -> io::Result<()> {
+            let _ = self.reached.try_send(());
+            let _ = self.go.lock().map(|rx| rx.recv());
+            self.inner.sync()
+        }
+    }
+
+    impl FileSystem for GatedFs {
+        fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+            StdFileSystem.create_dir_all(dir)
+        }
+        fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+            StdFileSystem.list(dir)
+        }
+        fn create(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+            let inner = StdFileSystem.create(path)?;
+            if path.extension().is_some_and(|e| e == "seg") {
+                Ok(Box::new(GatedFile {
+                    inner,
+                    reached: self.reached.clone(),
+                    go: Arc::clone(&self.go),
+                }))
+            } else {
+                Ok(inner)
+            }
+        }
+        fn read(&self, path: &Path) -> io::Result<Bytes> {
+            StdFileSystem.read(path)
+        }
+        fn open_random_access(&self, path: &Path) -> io::Result<Arc<dyn RandomAccessFile>> {
+            StdFileSystem.open_random_access(path)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+            StdFileSystem.rename(from, to)
+        }
+        fn remove(&self, path: &Path) -> io::Result<()> {
+            StdFileSystem.remove(path)
+        }
+        fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+            StdFileSystem.truncate(path, len)
+        }
+        fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+            StdFileSystem.sync_dir(dir)
+        }
+        fn sync_file(&self, path: &Path) -> io::Result<()> {
+            StdFileSystem.sync_file(path)
+        }
+        fn try_lock(&self, path: &Path) -> io::Result<Option<Box<dyn DirLock>>> {
+            StdFileSystem.try_lock(path)
+        }
+        fn exists(&self, path: &Path) -> bool {
+            StdFileSystem.exists(path)
+        }
+    }
+}
+
+/// A flush under way charges its working memory to the budget (the block cache gives way to
+/// it), and gives it back when it ends.
+#[test]
+fn a_flush_under_way_is_charged_to_the_budget_and_gives_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (reached_tx, reached) = std::sync::mpsc::sync_channel(16);
+    let (go, go_rx) = std::sync::mpsc::channel();
+    let fs = gated::GatedFs {
+        reached: reached_tx,
+        go: std::sync::Arc::new(std::sync::Mutex::new(go_rx)),
+    };
+    let store = std::sync::Arc::new(
+        Store::open_with(
+            dir.path(),
+            Options {
+                fs: std::sync::Arc::new(fs),
+                l0_compaction_trigger: 100,
+                ..Options::default()
+            },
+        )
+        .unwrap(),
+    );
+    let before: Stats = store.stats();
+    assert_eq!(before.memory_working_bytes, 0);
+    store
+        .append(ConversationId(1), NewMessage::text(UserId(1), "hello"))
+        .unwrap();
+    let flusher = {
+        let store = std::sync::Arc::clone(&store);
+        std::thread::spawn(move || store.flush())
+    };
+    reached
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the flush reaches its segment's sync");
+    let during = store.stats();
+    assert!(
+        during.memory_working_bytes >= 1 << 20,
+        "working memory while the flush writes: {}",
+        during.memory_working_bytes
+    );
+    // The frozen memtable (one message) is charged too while it is written.
+    let gave_way = before.block_cache_capacity - during.block_cache_capacity;
+    assert!(
+        gave_way >= during.memory_working_bytes
+            && gave_way <= during.memory_working_bytes + (64 << 10),
+        "the cache gives way to the flush's working memory: {} then {}, working {}",
+        before.block_cache_capacity,
+        during.block_cache_capacity,
+        during.memory_working_bytes
+    );
+    go.send(()).unwrap();
+    flusher.join().unwrap().unwrap();
+    let after = store.stats();
+    assert_eq!(after.memory_working_bytes, 0);
+    assert_eq!(after.memtable_bytes, 0);
+    assert!(
+        // Capacities are multiples of 4 KiB.
+        after.block_cache_capacity + after.memory_index_bytes + 4096 >= before.block_cache_capacity,
+        "the cache gets the working memory back: {} then {} (indexes {})",
+        before.block_cache_capacity,
+        after.block_cache_capacity,
+        after.memory_index_bytes
+    );
+    drop(go);
+}

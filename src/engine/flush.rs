@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::files;
+use super::memory::FLUSH_WORKING_BYTES;
 use super::memtable::Memtable;
 use super::prefetch::prefetch_bytes;
 use super::version::{attach_reader, Segment};
@@ -77,6 +78,7 @@ const PREFETCH_ROWS_AHEAD: usize = 8;
 fn flush_one(engine: &Engine, mem: Arc<Memtable>) -> Result<()> {
     let number = engine.versions.new_file_number();
     let path = files::segment_path(&engine.dir, number);
+    let charge = engine.charge_working_memory(FLUSH_WORKING_BYTES);
     let summary = mem.with_sorted_runs(|runs| -> Result<SegmentSummary> {
         let dict = engine.dictionary_for_flush(runs);
         let file = engine.fs.create(&path).map_err(|e| Error::io(&path, e))?;
@@ -131,6 +133,7 @@ fn flush_one(engine: &Engine, mem: Arc<Memtable>) -> Result<()> {
         })?;
         writer.finish().map_err(|e| Error::io(&path, e))
     })?;
+    drop(charge);
     engine
         .fs
         .sync_dir(&engine.dir)

@@ -46,6 +46,36 @@ pub(crate) struct Charges {
     pub indexes: u64,
     /// The write leader's cache of conversations' last ids (a fixed size).
     pub last_ids: u64,
+    /// What flushes and merge threads under way work in ([`WorkingMemory`]).
+    pub working: u64,
+}
+
+/// What one merge thread works in while it writes an output, beyond the rows it moves: its
+/// inputs' read windows (1 MiB, `compaction/read_window.rs`), the output writer's buffer and
+/// packed indexes (~1–2 MiB for a 64 MiB output of ~200 K conversations), its block builder,
+/// and zstd's compression context with the dictionary (~1 MiB at level 3).
+pub(crate) const MERGE_THREAD_WORKING_BYTES: u64 = 4 << 20;
+
+/// What a flush works in beyond the memtable it writes: the segment writer (buffer and packed
+/// indexes, ~0.5 MiB for a 16 MiB memtable) and the dictionary trainer when it trains
+/// (~1.3 MiB, `format/dictionary.rs`).
+pub(crate) const FLUSH_WORKING_BYTES: u64 = 2 << 20;
+
+/// Working memory charged to the budget while it is held: the block cache gives way to a
+/// flush or merge under way as it does to memtables, and gets the memory back when it ends.
+#[must_use = "the charge ends when this is dropped"]
+pub(crate) struct WorkingMemory<'a> {
+    engine: &'a Engine,
+    bytes: u64,
+}
+
+impl Drop for WorkingMemory<'_> {
+    fn drop(&mut self) {
+        self.engine
+            .working_memory
+            .fetch_sub(self.bytes, Ordering::Relaxed);
+        self.engine.rebalance_memory();
+    }
 }
 
 /// The cache's capacity is a multiple of this: the cache splits it evenly among its shards
@@ -59,11 +89,22 @@ pub(crate) fn cache_capacity(budget: u64, charges: Charges) -> u64 {
         .saturating_sub(charges.memtables)
         .saturating_sub(charges.indexes)
         .saturating_sub(charges.last_ids)
+        .saturating_sub(charges.working)
         .max(budget / CACHE_FLOOR_DIVISOR);
     (capacity / CACHE_CAPACITY_STEP * CACHE_CAPACITY_STEP).max(1)
 }
 
 impl Engine {
+    /// Charges `bytes` of working memory to the budget until the result is dropped.
+    pub(crate) fn charge_working_memory(&self, bytes: u64) -> WorkingMemory<'_> {
+        self.working_memory.fetch_add(bytes, Ordering::Relaxed);
+        self.rebalance_memory();
+        WorkingMemory {
+            engine: self,
+            bytes,
+        }
+    }
+
     /// What memtables and live segments hold now.
     pub(crate) fn memory_charges(&self) -> Charges {
         let v = self.current();
@@ -78,6 +119,7 @@ impl Engine {
                 .map(|s| s.resident_bytes())
                 .fold(0u64, u64::saturating_add),
             last_ids: last_id_cache_bytes(&self.opts),
+            working: self.working_memory.load(Ordering::Relaxed),
         }
     }
 
@@ -113,6 +155,7 @@ mod tests {
             memtables,
             indexes,
             last_ids: 0,
+            working: 0,
         };
         assert_eq!(cache_capacity(budget, charges(0, 0)), budget);
         assert_eq!(cache_capacity(budget, charges(16 << 20, 2 << 20)), 46 << 20);
@@ -130,5 +173,10 @@ mod tests {
             ..charges(16 << 20, 2 << 20)
         };
         assert_eq!(cache_capacity(budget, with_last_ids), 42 << 20);
+        let while_merging = Charges {
+            working: 2 * MERGE_THREAD_WORKING_BYTES + FLUSH_WORKING_BYTES,
+            ..with_last_ids
+        };
+        assert_eq!(cache_capacity(budget, while_merging), 32 << 20);
     }
 }

@@ -19,7 +19,7 @@ use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use parking_lot::RwLock;
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
@@ -130,11 +130,43 @@ impl Arena {
     }
 }
 
+/// Size of a chunk state keys and values are copied into: below glibc's default mmap
+/// threshold (128 KiB), so a chunk freed with its memtable never raises it.
+const STATE_CHUNK_BYTES: usize = 32 << 10;
+
+/// State keys and values, copied into chunks they share.
+///
+/// The caller's `Bytes` are each an allocation of their own (a key built for one write, a
+/// value encoded for it), sometimes with spare capacity, or a slice keeping a whole log
+/// record alive; held by the memtable they were hundreds of thousands of small allocations
+/// living exactly as long as it (a chat model's setup writes millions of entries), freed
+/// together at its flush between allocations that live on, which the allocator could then
+/// seldom give back. Copied here, a memtable's entries hold a few chunks.
+#[derive(Debug, Default)]
+struct StateArena {
+    chunk: BytesMut,
+}
+
+impl StateArena {
+    /// `bytes`, copied into the open chunk (a large one into an allocation of its own).
+    fn copy(&mut self, bytes: &[u8]) -> Bytes {
+        if bytes.len() > STATE_CHUNK_BYTES / 4 {
+            return Bytes::copy_from_slice(bytes);
+        }
+        if self.chunk.capacity().saturating_sub(self.chunk.len()) < bytes.len() {
+            self.chunk = BytesMut::with_capacity(STATE_CHUNK_BYTES);
+        }
+        self.chunk.extend_from_slice(bytes);
+        self.chunk.split().freeze()
+    }
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     runs: FxHashMap<ConversationId, Run>,
     arena: Arena,
     state: BTreeMap<Bytes, Option<Bytes>>,
+    state_arena: StateArena,
     bytes: usize,
     messages: usize,
 }
@@ -308,7 +340,11 @@ impl Memtable {
                 .saturating_add(k.len())
                 .saturating_add(v.as_ref().map_or(0, Bytes::len));
             inner.bytes = inner.bytes.saturating_add(cost);
-            inner.state.insert(k.clone(), v.clone());
+            let value = v.as_deref().map(|v| inner.state_arena.copy(v));
+            // A key written again keeps its first copy; the new one's bytes stay unused in
+            // their chunk (charged like any entry) rather than costing a second search.
+            let key = inner.state_arena.copy(k);
+            inner.state.insert(key, value);
         }
         self.held
             .fetch_add(inner.bytes.saturating_sub(before) as u64, Ordering::Relaxed);
@@ -435,6 +471,47 @@ mod tests {
             mentions: Vec::new(),
             edited_ms: None,
         }
+    }
+
+    /// State entries are copied: the memtable keeps none of the caller's buffers alive (a key
+    /// sliced from a whole log record would keep the record), and the last write of a key
+    /// wins, a deletion included.
+    #[test]
+    fn state_entries_are_copied_out_of_the_callers_buffers() {
+        let mt = Memtable::new(1, &Arc::default());
+        let record = Bytes::from(vec![7u8; 1 << 20]);
+        let within = |b: &Bytes| {
+            let (p, r) = (b.as_ptr() as usize, record.as_ptr() as usize);
+            p >= r && p < r + record.len()
+        };
+        let key = record.slice(10..30);
+        let value = record.slice(100..200);
+        mt.apply(&[], &[(key.clone(), Some(value.clone()))], 1);
+        let big = Bytes::from(vec![9u8; 64 << 10]);
+        mt.apply(&[], &[(Bytes::from_static(b"big"), Some(big.clone()))], 2);
+
+        let got = mt.state_get(&key).flatten().expect("the value");
+        assert_eq!(got, value);
+        assert!(
+            !within(&got),
+            "the value still points into the caller's record"
+        );
+        let scanned = mt.state_scan(b"", b"", 10);
+        let (k, _) = scanned.iter().find(|(k, _)| *k == key).expect("the key");
+        assert!(!within(k), "the key still points into the caller's record");
+        assert_eq!(mt.state_get(b"big"), Some(Some(big)));
+
+        mt.apply(&[], &[(key.clone(), Some(Bytes::from_static(b"v2")))], 3);
+        assert_eq!(mt.state_get(&key), Some(Some(Bytes::from_static(b"v2"))));
+        mt.apply(&[], &[(key.clone(), None)], 4);
+        assert_eq!(mt.state_get(&key), Some(None));
+        let mut keys = Vec::new();
+        mt.try_for_each_state(|k, _| -> Result<(), ()> {
+            keys.push(k.to_vec());
+            Ok(())
+        })
+        .expect("no error");
+        assert_eq!(keys, vec![key.to_vec(), b"big".to_vec()]);
     }
 
     /// Ids at the top of the range (a damaged segment can claim any last id) are read back

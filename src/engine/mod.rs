@@ -69,6 +69,8 @@ pub(crate) struct Engine {
     counters: Counters,
     /// Bytes of every memtable still in memory (see [`Stats::memtable_bytes_held`]).
     memtables_held: Arc<AtomicU64>,
+    /// Bytes flushes and merge threads work in right now (see [`memory::WorkingMemory`]).
+    working_memory: AtomicU64,
     /// The directory lock; released when the store closes, even if handles linger.
     lock: Mutex<Option<Box<dyn DirLock>>>,
 }
@@ -367,10 +369,12 @@ impl Engine {
         let charges = self.memory_charges();
         s.memory_budget_bytes = self.opts.memory_budget_bytes as u64;
         s.memory_index_bytes = charges.indexes;
+        s.memory_working_bytes = charges.working;
         s.memory_charged_bytes = charges
             .memtables
             .saturating_add(charges.indexes)
             .saturating_add(charges.last_ids)
+            .saturating_add(charges.working)
             .saturating_add(s.block_cache_capacity);
         s
     }

@@ -306,6 +306,7 @@ fn open_once(dir: PathBuf, opts: Options) -> Result<Arc<Engine>, OpenFailure> {
         lifecycle: Lifecycle::default(),
         counters: Counters::default(),
         memtables_held,
+        working_memory: AtomicU64::new(0),
         lock: Mutex::new(lock),
         opts,
     }))

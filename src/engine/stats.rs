@@ -98,8 +98,12 @@ pub struct Stats {
     /// Bytes of the live segments' resident indexes (block and conversation indexes, footers,
     /// conversation filters), charged to the budget.
     pub memory_index_bytes: u64,
-    /// Memtables (the active one at its full size) + indexes + the cache's capacity: the
-    /// budget, or more when memtables and indexes alone exceed it.
+    /// Working memory of the flushes and merge threads under way (a fixed charge each for
+    /// their output writers, read windows and codec contexts), charged to the budget while
+    /// they run: the block cache gives way to it.
+    pub memory_working_bytes: u64,
+    /// Memtables (the active one at its full size) + indexes + the last-id cache + working
+    /// memory + the cache's capacity: the budget, or more when the others alone exceed it.
     pub memory_charged_bytes: u64,
 }
 

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::super::files;
+use super::super::memory::{WorkingMemory, MERGE_THREAD_WORKING_BYTES};
 use super::super::overrides::{self, Override};
 use super::super::version::{attach_reader, Segment, Version};
 use super::super::Engine;
@@ -51,7 +52,7 @@ struct OutputSet<'a> {
     number: Option<u64>,
     /// The codec of blocks holding several conversations.
     shared_blocks: SharedBlocks,
-    current: Option<(u64, PathBuf, SegmentWriter)>,
+    current: Option<(u64, PathBuf, SegmentWriter, WorkingMemory<'a>)>,
     done: Vec<(u64, PathBuf, SegmentSummary)>,
 }
 
@@ -110,10 +111,13 @@ impl<'a> OutputSet<'a> {
             if self.shared_blocks != SharedBlocks::StoreCodec {
                 w.store_shared_blocks_with(self.shared_codec());
             }
-            self.current = Some((number, path, w));
+            let charge = self
+                .engine
+                .charge_working_memory(MERGE_THREAD_WORKING_BYTES);
+            self.current = Some((number, path, w, charge));
         }
         match &mut self.current {
-            Some((_, _, w)) => Ok(w),
+            Some((_, _, w, _)) => Ok(w),
             None => Err(Error::Poisoned("compaction output vanished".into())),
         }
     }
@@ -150,11 +154,11 @@ impl<'a> OutputSet<'a> {
     fn current_bytes(&self) -> u64 {
         self.current
             .as_ref()
-            .map_or(0, |(_, _, w)| w.written_bytes())
+            .map_or(0, |(_, _, w, _)| w.written_bytes())
     }
 
     fn finish_current(&mut self) -> Result<()> {
-        if let Some((number, path, w)) = self.current.take() {
+        if let Some((number, path, w, _charge)) = self.current.take() {
             let summary = w.finish().map_err(|e| Error::io(&path, e))?;
             self.done.push((number, path, summary));
         }
@@ -188,7 +192,7 @@ impl<'a> OutputSet<'a> {
         for (_, path, _) in &self.done {
             let _ = self.engine.fs.remove(path);
         }
-        if let Some((_, path, _)) = &self.current {
+        if let Some((_, path, _, _)) = &self.current {
             let _ = self.engine.fs.remove(path);
         }
     }
