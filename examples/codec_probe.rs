@@ -123,6 +123,7 @@ fn probe(name: &str, messages: usize, convs: usize, median: f64) {
     for (level, plain, with_dict) in [
         (-3, None, "zstd -3 + dictionary"),
         (1, Some("zstd 1"), "zstd 1 + dictionary"),
+        (2, None, "zstd 2 + dictionary"),
         (3, Some("zstd 3"), "zstd 3 + dictionary"),
     ] {
         if let Some(codec) = plain {

@@ -155,6 +155,14 @@ impl Txn<'_> {
         self.from_log = true;
     }
 
+    /// Makes room for `n` more appends, so that a batch's messages are not moved again each
+    /// time the transaction's vectors grow (~1 % of the writer's time in a profile of the
+    /// long preset's durable ingest).
+    pub fn reserve_appends(&mut self, n: usize) {
+        self.messages.reserve(n);
+        self.own_ids.reserve(n);
+    }
+
     /// Asks the CPU ahead for what [`last_id`](Self::last_id) of each of `convs` will read
     /// in the last-id cache (a batch's appends, before they are made).
     pub fn prefetch_last_ids(&self, convs: impl Iterator<Item = ConversationId>) {
@@ -404,6 +412,7 @@ impl Engine {
         }
         // The committed messages themselves are handed back: no per-message copy.
         let ((), messages) = self.transact_appending(move |txn| {
+            txn.reserve_appends(batch.len());
             txn.prefetch_last_ids(batch.iter().map(|(conv, _)| *conv));
             for (conv, m) in batch {
                 txn.append_owned(conv, m)?;
