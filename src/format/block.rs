@@ -38,16 +38,17 @@ const MAX_RUN: usize = 10 + 10 + 5;
 
 /// The most bytes a row can add to a block's body: `bytes` of content and attachment, and
 /// the optional fields it has.
+#[deny(clippy::arithmetic_side_effects)]
 const fn row_bound(bytes: usize, attachment: bool, reply: bool, mentions: usize) -> usize {
-    let mut n = MAX_RUN + MAX_ROW_FIXED + 10 + bytes;
+    let mut n = (MAX_RUN + MAX_ROW_FIXED + 10).saturating_add(bytes);
     if attachment {
-        n += 10;
+        n = n.saturating_add(10);
     }
     if reply {
-        n += 10;
+        n = n.saturating_add(10);
     }
     if mentions > 0 {
-        n += 10 + 10 * mentions;
+        n = n.saturating_add(mentions.saturating_mul(10).saturating_add(10));
     }
     n
 }
@@ -145,6 +146,8 @@ pub struct BlockBuilder {
     body: Vec<u8>,
 }
 
+// Flushes and compactions build blocks on background threads: no arithmetic that can overflow.
+#[deny(clippy::arithmetic_side_effects)]
 impl BlockBuilder {
     /// An empty builder.
     pub fn new() -> Self {
@@ -168,27 +171,40 @@ impl BlockBuilder {
 
     /// Rough uncompressed size of the block so far.
     pub fn estimated_len(&self) -> usize {
-        self.content.len() + self.attachments.len() + self.rows() * 8 + self.mentions.len()
+        [
+            self.content.len(),
+            self.attachments.len(),
+            self.rows().saturating_mul(8),
+            self.mentions.len(),
+        ]
+        .into_iter()
+        .fold(0, usize::saturating_add)
     }
 
     /// The most bytes the block's body can take so far (the estimate above undercounts rows
     /// whose senders, timestamps or replies take long encodings).
     pub(crate) fn max_body_len(&self) -> usize {
-        MAX_BODY_FIXED
-            + self.runs.len() * MAX_RUN
-            + self.rows() * MAX_ROW_FIXED
-            + self.replies.len()
-            + self.mentions.len()
-            + self.content_lens.len()
-            + self.content.len()
-            + self.attachment_lens.len()
-            + self.attachments.len()
+        [
+            MAX_BODY_FIXED,
+            self.runs.len().saturating_mul(MAX_RUN),
+            self.rows().saturating_mul(MAX_ROW_FIXED),
+            self.replies.len(),
+            self.mentions.len(),
+            self.content_lens.len(),
+            self.content.len(),
+            self.attachment_lens.len(),
+            self.attachments.len(),
+        ]
+        .into_iter()
+        .fold(0, usize::saturating_add)
     }
 
     /// The most bytes `m` can add to a block's body.
     pub(crate) fn max_row_len(m: MessageRef<'_>) -> usize {
         row_bound(
-            m.content.len() + m.attachment.map_or(0, <[u8]>::len),
+            m.content
+                .len()
+                .saturating_add(m.attachment.map_or(0, <[u8]>::len)),
             m.attachment.is_some(),
             m.reply_to.is_some(),
             m.mentions.len(),
@@ -199,7 +215,7 @@ impl BlockBuilder {
     /// [`MAX_BLOCK_LEN`] however long the encodings turn out. A writer that closes the block
     /// when this is false never writes a block a reader refuses.
     pub(crate) fn has_room_for(&self, m: MessageRef<'_>) -> bool {
-        self.is_empty() || self.max_body_len() + Self::max_row_len(m) <= MAX_BLOCK_LEN
+        self.is_empty() || self.max_body_len().saturating_add(Self::max_row_len(m)) <= MAX_BLOCK_LEN
     }
 
     /// The conversation of the last row, if any.
@@ -221,7 +237,9 @@ impl BlockBuilder {
     pub(crate) fn accepts_ref(&self, m: MessageRef<'_>) -> bool {
         match self.runs.last() {
             None => true,
-            Some(r) if r.conversation == m.conversation => m.id.0 == r.first_id + u64::from(r.len),
+            Some(r) if r.conversation == m.conversation => {
+                r.first_id.checked_add(u64::from(r.len)) == Some(m.id.0)
+            }
             Some(r) => m.conversation > r.conversation,
         }
     }
@@ -243,7 +261,7 @@ impl BlockBuilder {
         }
         let row = self.rows() as u32;
         match self.runs.last_mut() {
-            Some(r) if r.conversation == m.conversation => r.len += 1,
+            Some(r) if r.conversation == m.conversation => r.len = r.len.saturating_add(1),
             _ => self.runs.push(Run {
                 conversation: m.conversation,
                 first_id: m.id.0,
@@ -299,12 +317,13 @@ impl BlockBuilder {
     /// capacity of its columns.
     fn encode_body(&mut self, body: &mut Vec<u8>) {
         body.clear();
-        body.reserve(self.estimated_len() + 64);
+        body.reserve(self.estimated_len().saturating_add(64));
         put_varint(body, self.rows() as u64);
         put_varint(body, self.runs.len() as u64);
         let mut prev_conv = 0u64;
         for r in &self.runs {
-            put_varint(body, r.conversation.0 - prev_conv);
+            // Runs are in conversation order (`add` refuses others).
+            put_varint(body, r.conversation.0.saturating_sub(prev_conv));
             prev_conv = r.conversation.0;
             put_varint(body, r.first_id);
             put_varint(body, u64::from(r.len));
@@ -318,7 +337,7 @@ impl BlockBuilder {
         put_varint(body, dict.len() as u64);
         let mut prev = 0u64;
         for &s in &dict {
-            put_varint(body, s - prev);
+            put_varint(body, s.saturating_sub(prev));
             prev = s;
         }
         for &s in &self.senders {
@@ -362,6 +381,7 @@ impl BlockBuilder {
 
 /// Compresses `body` (unless that does not shrink it) and appends it with its trailer to `out`.
 /// With `dict`, zstd blocks are compressed against the segment's dictionary.
+#[deny(clippy::arithmetic_side_effects)]
 pub fn pack(
     body: &[u8],
     compression: Compression,
@@ -382,10 +402,10 @@ pub fn pack(
             Compression::Lz4 => {
                 // Compress straight into `out`, without an intermediate buffer.
                 let bound = lz4_flex::block::get_maximum_output_size(body.len());
-                out.resize(start + bound, 0);
+                out.resize(start.saturating_add(bound), 0);
                 match lz4_flex::block::compress_into(body, &mut out[start..]) {
                     Ok(n) if n < body.len() => {
-                        out.truncate(start + n);
+                        out.truncate(start.saturating_add(n));
                         CODEC_LZ4
                     }
                     _ => {

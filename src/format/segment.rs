@@ -162,9 +162,14 @@ struct StoredRun {
 const LOGICAL_FIXED_BYTES: u64 = 33;
 
 /// The logical size of a block's rows, as a segment counts it (`logical_bytes`).
+#[deny(clippy::arithmetic_side_effects)]
 pub fn logical_bytes_of(block: &Block) -> u64 {
     let (content, attachments, mentions) = block.payload();
-    LOGICAL_FIXED_BYTES * block.rows() as u64 + content + attachments + 8 * mentions
+    LOGICAL_FIXED_BYTES
+        .saturating_mul(block.rows() as u64)
+        .saturating_add(content)
+        .saturating_add(attachments)
+        .saturating_add(mentions.saturating_mul(8))
 }
 
 /// `v` as a u32 field of the format, refused if it would wrap.
@@ -173,6 +178,9 @@ fn u32_field(what: &'static str, v: usize) -> Result<u32, OverLimit> {
     Ok(v as u32)
 }
 
+// Flushes and compactions write segments on background threads: no arithmetic that can
+// overflow.
+#[deny(clippy::arithmetic_side_effects)]
 impl SegmentWriter {
     /// Starts a segment in `file`.
     pub fn new(file: Box<dyn WritableFile>, compression: Compression, block_bytes: usize) -> Self {
@@ -197,7 +205,7 @@ impl SegmentWriter {
             if let Some(enc) = DictEncoder::new(d, level) {
                 let start = out.len();
                 pack(d, Compression::None, None, &mut out);
-                dict_at = (start as u64, (out.len() - start) as u32);
+                dict_at = (start as u64, out.len().saturating_sub(start) as u32);
                 dict = Some(enc);
             }
         }
@@ -258,7 +266,7 @@ impl SegmentWriter {
         super::batch::check_message(m)?;
         match &mut self.open_conversation {
             Some(last) if last.0 == m.conversation.0 => {
-                if m.id.0 != last.2 + 1 {
+                if last.2.checked_add(1) != Some(m.id.0) {
                     return Ok(false);
                 }
                 last.2 = m.id.0;
@@ -283,12 +291,12 @@ impl SegmentWriter {
                 "a block refused a row it had accepted",
             ));
         }
-        self.summary.messages += 1;
+        self.summary.messages = self.summary.messages.saturating_add(1);
         let logical = LOGICAL_FIXED_BYTES
-            + m.content.len() as u64
-            + m.attachment.map_or(0, |a| a.len() as u64)
-            + 8 * m.mentions.len() as u64;
-        self.summary.logical_bytes += logical;
+            .saturating_add(m.content.len() as u64)
+            .saturating_add(m.attachment.map_or(0, |a| a.len() as u64))
+            .saturating_add((m.mentions.len() as u64).saturating_mul(8));
+        self.summary.logical_bytes = self.summary.logical_bytes.saturating_add(logical);
         self.pending_logical = self.pending_logical.saturating_add(logical);
         if self.block.estimated_len() >= self.block_bytes {
             self.finish_block()?;
@@ -382,7 +390,7 @@ impl SegmentWriter {
                 _ => self.open_conversation_entry(run.conversation, run.first_id, end),
             }
         }
-        let offset = self.offset + self.out.len() as u64;
+        let offset = self.file_offset(self.out.len());
         self.out.extend_from_slice(stored);
         if self.first_codec.is_none() {
             self.first_codec = stored_codec(stored);
@@ -395,13 +403,18 @@ impl SegmentWriter {
             u64::from(rows),
         ]);
         self.block_sizes.push([u64::from(block_logical)]);
-        self.summary.blocks += 1;
+        self.summary.blocks = self.summary.blocks.saturating_add(1);
         self.summary.messages = self.summary.messages.saturating_add(u64::from(rows));
         self.summary.logical_bytes = self.summary.logical_bytes.saturating_add(logical);
         if self.out.len() >= DRAIN_BYTES {
             self.drain()?;
         }
         Ok(true)
+    }
+
+    /// The file offset of byte `pos` of the buffer not yet written.
+    fn file_offset(&self, pos: usize) -> u64 {
+        self.offset.saturating_add(pos as u64)
     }
 
     /// Starts the conversation index's entry for `conv`, closing the one before it.
@@ -424,11 +437,14 @@ impl SegmentWriter {
         };
         self.block
             .finish_into(compression, self.dict.as_mut(), &mut self.out);
-        let len = u32_field("bytes of one stored block", self.out.len() - start)?;
+        let len = u32_field(
+            "bytes of one stored block",
+            self.out.len().saturating_sub(start),
+        )?;
         if self.first_codec.is_none() {
             self.first_codec = stored_codec(&self.out[start..]);
         }
-        let offset = self.offset + start as u64;
+        let offset = self.file_offset(start);
         self.block_index
             .push([conv.0, id, offset, u64::from(len), u64::from(rows)]);
         // A block holds at most `MAX_BLOCK_LEN` of rows, each counted at most a few times
@@ -438,7 +454,7 @@ impl SegmentWriter {
             self.pending_logical as usize,
         )?)]);
         self.pending_logical = 0;
-        self.summary.blocks += 1;
+        self.summary.blocks = self.summary.blocks.saturating_add(1);
         if self.out.len() >= DRAIN_BYTES {
             self.drain()?;
         }
@@ -474,7 +490,7 @@ impl SegmentWriter {
         }
         self.last_state_key.clear();
         self.last_state_key.extend_from_slice(key);
-        self.summary.state_entries += 1;
+        self.summary.state_entries = self.summary.state_entries.saturating_add(1);
         if self.state.estimated_len() >= STATE_BLOCK_BYTES {
             self.finish_state_block()?;
         }
@@ -489,9 +505,11 @@ impl SegmentWriter {
         within("bytes of one state block", body.len(), MAX_BLOCK_LEN)?;
         let start = self.out.len();
         pack(&body, self.compression, self.dict.as_mut(), &mut self.out);
-        let len = u32_field("bytes of one stored state block", self.out.len() - start)?;
-        self.state_index
-            .push((self.offset + start as u64, len, first));
+        let len = u32_field(
+            "bytes of one stored state block",
+            self.out.len().saturating_sub(start),
+        )?;
+        self.state_index.push((self.file_offset(start), len, first));
         if self.out.len() >= DRAIN_BYTES {
             self.drain()?;
         }
@@ -500,12 +518,12 @@ impl SegmentWriter {
 
     /// Bytes written or buffered so far.
     pub fn written_bytes(&self) -> u64 {
-        self.offset + self.out.len() as u64
+        self.file_offset(self.out.len())
     }
 
     fn drain(&mut self) -> std::io::Result<()> {
         self.file.write_all(&self.out)?;
-        self.offset += self.out.len() as u64;
+        self.offset = self.file_offset(self.out.len());
         self.out.clear();
         Ok(())
     }
@@ -514,7 +532,7 @@ impl SegmentWriter {
     pub fn finish(mut self) -> std::io::Result<SegmentSummary> {
         self.finish_block()?;
         self.finish_state_block()?;
-        let block_index_offset = self.offset + self.out.len() as u64;
+        let block_index_offset = self.file_offset(self.out.len());
         // The message index is streamed to the file a slice at a time: gathered whole, a
         // large segment's (megabytes) would be one transient buffer, whose freeing raises
         // the allocator's thresholds and leaves its size resident in an arena.
@@ -534,7 +552,7 @@ impl SegmentWriter {
             // Pushed from `u32`s.
             put_u32(&mut self.out, len as u32);
             put_u32(&mut self.out, rows as u32);
-            blocks += 1;
+            blocks = blocks.saturating_add(1);
             index.spill_if_full(&mut self)?;
         }
         let conv_index = std::mem::replace(&mut self.conv_index, PackedEntries::new());
@@ -545,7 +563,7 @@ impl SegmentWriter {
             put_u64(&mut self.out, first);
             put_u64(&mut self.out, last);
             last_conv = conv;
-            conversations += 1;
+            conversations = conversations.saturating_add(1);
             index.spill_if_full(&mut self)?;
         }
         let block_sizes = std::mem::replace(&mut self.block_sizes, PackedEntries::new());
@@ -553,7 +571,7 @@ impl SegmentWriter {
         for [size] in block_sizes.iter() {
             // Pushed from `u32`s.
             put_u32(&mut self.out, size as u32);
-            sizes += 1;
+            sizes = sizes.saturating_add(1);
             index.spill_if_full(&mut self)?;
         }
         if blocks != block_index.len()
@@ -565,7 +583,7 @@ impl SegmentWriter {
             ));
         }
         let message_index_crc = index.finish(&self.out);
-        let state_index_offset = self.offset + self.out.len() as u64;
+        let state_index_offset = self.file_offset(self.out.len());
         let state_start = self.out.len();
         let mut keys = Vec::new();
         for (offset, len, first) in &self.state_index {
@@ -579,7 +597,10 @@ impl SegmentWriter {
             keys.extend_from_slice(first);
         }
         self.out.extend_from_slice(&keys);
-        let state_index_len = u32_field("bytes of the state index", self.out.len() - state_start)?;
+        let state_index_len = u32_field(
+            "bytes of the state index",
+            self.out.len().saturating_sub(state_start),
+        )?;
         let block_count = u32_field("blocks of one segment", self.summary.blocks as usize)?;
         let conv_count = u32_field("conversations of one segment", conversations)?;
         let state_blocks = u32_field("state blocks of one segment", self.state_index.len())?;
