@@ -522,6 +522,8 @@ pub fn unpack(stored: &Bytes, dict: Option<&DictDecoder>) -> Result<Bytes, &'sta
     Ok(out)
 }
 
+// Compactions decode blocks on background threads: no arithmetic that can overflow.
+#[deny(clippy::arithmetic_side_effects)]
 impl Block {
     /// Decodes an uncompressed block body.
     pub fn decode(data: Bytes) -> Result<Block, &'static str> {
@@ -574,7 +576,8 @@ impl Block {
         } else {
             let mut idx = Vec::with_capacity(rows);
             for _ in 0..rows {
-                idx.push(r.len(ndict - 1).ok_or("bad sender index")? as u32);
+                // More than 256 senders here.
+                idx.push(r.len(ndict.saturating_sub(1)).ok_or("bad sender index")? as u32);
             }
             SenderColumn::Wide(idx)
         };
@@ -590,7 +593,8 @@ impl Block {
             let n = r.len(buf.len()).ok_or("bad section length")?;
             let start = r.position();
             r.bytes(n).ok_or("section runs past the block")?;
-            *s = (start, start + n);
+            // `bytes(n)` succeeded: `start + n` is within the block.
+            *s = (start, start.saturating_add(n));
         }
         if !r.is_empty() {
             return Err("trailing bytes in block");
@@ -601,7 +605,7 @@ impl Block {
         let mut mention_rows = Vec::new();
         let mut mentions = Vec::new();
         let mut attachments = Vec::new();
-        let mut content_offsets = Vec::with_capacity(rows + 1);
+        let mut content_offsets = Vec::with_capacity(rows.saturating_add(1));
         let mut rr = Reader::new(&buf[replies_s.0..replies_s.1]);
         let mut mr = Reader::new(&buf[mentions_s.0..mentions_s.1]);
         let mut cr = Reader::new(&buf[clens_s.0..clens_s.1]);
@@ -611,8 +615,9 @@ impl Block {
         content_offsets.push(coff as u32);
         for run in &runs {
             for i in 0..run.len {
-                let row = run.start_row + i;
-                let id = run.first_id + u64::from(i);
+                // Runs were checked above: rows and ids within range.
+                let row = run.start_row.saturating_add(i);
+                let id = run.first_id.saturating_add(u64::from(i));
                 let kf = kind_flags[row as usize];
                 MessageKind::from_u8(kf & 0x0f).ok_or("bad kind")?;
                 let f = kf >> 4;
@@ -632,11 +637,17 @@ impl Block {
                         mentions.push(mr.varint().ok_or("bad mention")?);
                     }
                 }
-                coff += cr.len(content_s.1 - coff).ok_or("bad content length")?;
+                coff = coff.saturating_add(
+                    cr.len(content_s.1.saturating_sub(coff))
+                        .ok_or("bad content length")?,
+                );
                 content_offsets.push(coff as u32);
                 if f & flags::HAS_ATTACHMENT != 0 {
                     let start = aoff;
-                    aoff += ar.len(attach_s.1 - aoff).ok_or("bad attachment length")?;
+                    aoff = aoff.saturating_add(
+                        ar.len(attach_s.1.saturating_sub(aoff))
+                            .ok_or("bad attachment length")?,
+                    );
                     attachments.push((row, start as u32, aoff as u32));
                 }
             }
@@ -675,15 +686,24 @@ impl Block {
     /// Memory this decoded block holds, for cache accounting.
     pub fn footprint(&self) -> usize {
         use std::mem::size_of;
-        self.data.len()
-            + self.rows() * (8 + 1 + 4 + self.senders.bytes_per_row())
-            + self.runs.len() * size_of::<Run>()
-            + self.sender_dict.len() * 8
-            + self.replies.len() * size_of::<(u32, u64)>()
-            + self.mention_rows.len() * size_of::<(u32, u32)>()
-            + self.mentions.len() * 8
-            + self.attachments.len() * size_of::<(u32, u32, u32)>()
-            + size_of::<Block>()
+        [
+            self.data.len(),
+            self.rows()
+                .saturating_mul(self.senders.bytes_per_row().saturating_add(8 + 1 + 4)),
+            self.runs.len().saturating_mul(size_of::<Run>()),
+            self.sender_dict.len().saturating_mul(8),
+            self.replies.len().saturating_mul(size_of::<(u32, u64)>()),
+            self.mention_rows
+                .len()
+                .saturating_mul(size_of::<(u32, u32)>()),
+            self.mentions.len().saturating_mul(8),
+            self.attachments
+                .len()
+                .saturating_mul(size_of::<(u32, u32, u32)>()),
+            size_of::<Block>(),
+        ]
+        .into_iter()
+        .fold(0, usize::saturating_add)
     }
 
     /// The run of `conv` in this block.
@@ -700,14 +720,15 @@ impl Block {
         let Some(run) = self.run_of(conv) else {
             return;
         };
-        let last = run.first_id + u64::from(run.len) - 1;
-        let from = lo.max(run.first_id);
-        let to = hi.min(last);
-        let mut id = from;
-        while id <= to {
-            let row = run.start_row as usize + (id - run.first_id) as usize;
+        // Decoding checked that a run's ids neither start at 0 nor overflow.
+        let last = run
+            .first_id
+            .saturating_add(u64::from(run.len))
+            .saturating_sub(1);
+        for id in lo.max(run.first_id)..=hi.min(last) {
+            let row =
+                (run.start_row as usize).saturating_add(id.saturating_sub(run.first_id) as usize);
             out.push(self.message(row, conv, id));
-            id += 1;
         }
     }
 
@@ -736,8 +757,9 @@ impl Block {
         out.reserve(self.rows());
         for run in &self.runs {
             for i in 0..run.len {
-                let row = (run.start_row + i) as usize;
-                out.push(self.message(row, run.conversation, run.first_id + u64::from(i)));
+                let row = run.start_row.saturating_add(i) as usize;
+                let id = run.first_id.saturating_add(u64::from(i));
+                out.push(self.message(row, run.conversation, id));
             }
         }
     }
@@ -762,7 +784,7 @@ impl Block {
                     let start = self.mention_rows[i].1 as usize;
                     let end = self
                         .mention_rows
-                        .get(i + 1)
+                        .get(i.saturating_add(1))
                         .map_or(self.mentions.len(), |&(_, s)| s as usize);
                     self.mentions[start..end]
                         .iter()
@@ -791,9 +813,10 @@ impl Block {
             sender: UserId(self.sender_dict[self.senders.get(row)]),
             timestamp_ms: self.timestamps[row],
             kind: MessageKind::from_u8(kf & 0x0f).unwrap_or_default(),
-            content: self
-                .data
-                .slice(self.content_offsets[row] as usize..self.content_offsets[row + 1] as usize),
+            content: self.data.slice(
+                self.content_offsets[row] as usize
+                    ..self.content_offsets[row.saturating_add(1)] as usize,
+            ),
             attachment,
             reply_to,
             mentions,
