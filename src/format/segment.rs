@@ -661,6 +661,7 @@ struct IndexStream {
     from: usize,
 }
 
+#[deny(clippy::arithmetic_side_effects)]
 impl IndexStream {
     /// Hands the buffer to the file once it holds `INDEX_SPILL_BYTES`, checksumming the
     /// index bytes in it first.
@@ -765,6 +766,7 @@ struct Footer {
     extension: Option<(u64, u64, u32, u32)>,
 }
 
+#[deny(clippy::arithmetic_side_effects)]
 impl Footer {
     /// Reads and checks the footer at the end of the file: magic, checksum, version. Returns
     /// the bytes read too (the file's tail, which may hold the state index).
@@ -775,14 +777,14 @@ impl Footer {
     ) -> Result<(u32, Footer, Bytes)> {
         let corrupt = |offset: u64, why: &str| Error::corruption(path, offset, why);
         // Read enough for the larger footer at once; a version-1 footer is its last 84 bytes.
-        let tail_len = (FOOTER_LEN as u64).min(file_len - HEADER_LEN as u64) as usize;
-        let tail_at = file_len - tail_len as u64;
+        let tail_len = (FOOTER_LEN as u64).min(file_len.saturating_sub(HEADER_LEN as u64)) as usize;
+        let tail_at = file_len.saturating_sub(tail_len as u64);
         let tail = file
             .read_at(tail_at, tail_len)
             .map_err(|e| Error::io(path, e))?;
-        let base_at = tail_len - FOOTER_V1_LEN;
+        let base_at = tail_len.saturating_sub(FOOTER_V1_LEN);
         let base = &tail[base_at..];
-        let f = file_len - FOOTER_V1_LEN as u64;
+        let f = file_len.saturating_sub(FOOTER_V1_LEN as u64);
         if get_u64(base, 76) != Some(SEGMENT_MAGIC) {
             return Err(corrupt(f, "bad footer magic"));
         }
@@ -810,11 +812,11 @@ impl Footer {
         if footer_len > tail_len {
             return Err(corrupt(0, "file too short to be a segment"));
         }
-        let footer = &tail[tail_len - footer_len..];
-        let crc_at = footer_len - 12;
+        let footer = &tail[tail_len.saturating_sub(footer_len)..];
+        let crc_at = footer_len.saturating_sub(12);
         if crc32fast::hash(&footer[..crc_at]) != get_u32(footer, crc_at).unwrap_or(0) {
             return Err(corrupt(
-                file_len - footer_len as u64,
+                file_len.saturating_sub(footer_len as u64),
                 "footer checksum mismatch",
             ));
         }
@@ -850,6 +852,7 @@ impl Footer {
     }
 }
 
+#[deny(clippy::arithmetic_side_effects)]
 impl SegmentReader {
     /// Checks the segment in `file` (footer, state index and its checksum, dictionary) and
     /// keeps what every lookup needs. The block and conversation indexes of a version-2
@@ -874,7 +877,7 @@ impl SegmentReader {
         } else {
             FOOTER_V1_LEN
         };
-        let f = file_len - footer_len as u64;
+        let f = file_len.saturating_sub(footer_len as u64);
         let block_index_offset = footer.block_index_offset;
         let state_index_offset = footer.state_index_offset;
         let message_index_len = (footer.block_count as u64)
@@ -895,11 +898,14 @@ impl SegmentReader {
         let message_index = OnceLock::new();
         let (state_meta, message_index_crc) = match footer.extension {
             Some((_, _, crc, _)) => {
-                let tail_at = file_len - tail.len() as u64;
+                let tail_at = file_len.saturating_sub(tail.len() as u64);
                 let meta = match state_index_offset.checked_sub(tail_at) {
                     // The footer read took it all (no state, or little).
                     Some(within) => tail.slice(within as usize..),
-                    None => read(state_index_offset, (file_len - state_index_offset) as usize)?,
+                    None => read(
+                        state_index_offset,
+                        file_len.saturating_sub(state_index_offset) as usize,
+                    )?,
                 };
                 if crc32fast::hash(&meta[..footer.state_index_len as usize]) != footer.index_crc {
                     return Err(corrupt(state_index_offset, "state index checksum mismatch"));
@@ -907,13 +913,16 @@ impl SegmentReader {
                 (meta, crc)
             }
             None => {
-                let meta = read(block_index_offset, (file_len - block_index_offset) as usize)?;
-                let index_len = (f - block_index_offset) as usize;
+                let meta = read(
+                    block_index_offset,
+                    file_len.saturating_sub(block_index_offset) as usize,
+                )?;
+                let index_len = f.saturating_sub(block_index_offset) as usize;
                 let crc = crc32fast::hash(&meta[..index_len]);
                 if crc != footer.index_crc {
                     return Err(corrupt(block_index_offset, "index checksum mismatch"));
                 }
-                let split = (state_index_offset - block_index_offset) as usize;
+                let split = state_index_offset.saturating_sub(block_index_offset) as usize;
                 let _ = message_index.set(meta.slice(..split));
                 // Checked above with the state index; never loaded again, so no checksum of
                 // its own is needed.
@@ -963,7 +972,7 @@ impl SegmentReader {
             version,
             state_meta,
             state_block_count: footer.state_block_count,
-            state_keys_offset: footer.state_block_count * STATE_ENTRY_LEN,
+            state_keys_offset: footer.state_block_count.saturating_mul(STATE_ENTRY_LEN),
             footer_len,
             state_entry_count: footer.state_entry_count,
             message_index,
@@ -991,7 +1000,12 @@ impl SegmentReader {
             reader.conversations = (reader.conv_count > 0).then(|| {
                 (
                     conv_entry(index, reader.block_count, 0).0,
-                    conv_entry(index, reader.block_count, reader.conv_count - 1).0,
+                    conv_entry(
+                        index,
+                        reader.block_count,
+                        reader.conv_count.saturating_sub(1),
+                    )
+                    .0,
                 )
             });
             reader.first_codec = reader.read_first_block_codec()?;
@@ -1008,7 +1022,7 @@ impl SegmentReader {
             let h = self.state_handle(i);
             let end = h.offset.checked_add(u64::from(h.len));
             let key = self.state_first_key(i);
-            let at = state_index_offset + (i * STATE_ENTRY_LEN) as u64;
+            let at = state_index_offset.saturating_add(i.saturating_mul(STATE_ENTRY_LEN) as u64);
             if h.offset < HEADER_LEN as u64 || end.is_none_or(|e| e > self.data_end) {
                 return Err(corrupt(at, "state block handle outside the data area"));
             }
@@ -1032,7 +1046,8 @@ impl SegmentReader {
             if h.offset < HEADER_LEN as u64 || end.is_none_or(|e| e > self.data_end) {
                 return Err(Error::corruption(
                     &self.path,
-                    self.message_index_offset + (i * BLOCK_ENTRY_LEN) as u64,
+                    self.message_index_offset
+                        .saturating_add(i.saturating_mul(BLOCK_ENTRY_LEN) as u64),
                     "block handle outside the data area",
                 ));
             }
@@ -1062,7 +1077,7 @@ impl SegmentReader {
         }
         if self.version >= 2 && self.conv_count > 0 {
             let first = conv_entry(index, self.block_count, 0).0;
-            let last = conv_entry(index, self.block_count, self.conv_count - 1).0;
+            let last = conv_entry(index, self.block_count, self.conv_count.saturating_sub(1)).0;
             if self.conversations != Some((first, last)) {
                 return Err(Error::corruption(
                     &self.path,
@@ -1076,8 +1091,10 @@ impl SegmentReader {
 
     /// Reads and checks the block and conversation indexes.
     fn load_message_index(&self) -> Result<Bytes> {
-        let len = (self.block_count * block_entries_len(self.version))
-            + (self.conv_count * CONV_ENTRY_LEN);
+        let len = self
+            .block_count
+            .saturating_mul(block_entries_len(self.version))
+            .saturating_add(self.conv_count.saturating_mul(CONV_ENTRY_LEN));
         let index = self
             .file
             .read_at(self.message_index_offset, len)
@@ -1198,7 +1215,7 @@ impl SegmentReader {
         if let Some(index) = self.message_index.get() {
             return index
                 .get(at..at.saturating_add(len))
-                .map(|_| index.slice(at..at + len))
+                .map(|_| index.slice(at..at.saturating_add(len)))
                 .ok_or_else(|| {
                     Error::corruption(&self.path, self.message_index_offset, "index too short")
                 });
@@ -1283,7 +1300,7 @@ impl SegmentReader {
                 "block shorter than its trailer",
             ));
         }
-        let at = h.offset + u64::from(h.len) - 5;
+        let at = h.offset.saturating_add(u64::from(h.len)).saturating_sub(5);
         let byte = self
             .file
             .read_at(at, 1)
@@ -1322,9 +1339,10 @@ impl SegmentReader {
     /// block and conversation indexes once loaded. The dictionary is shared by the segments
     /// that use it and not counted here.
     pub fn resident_bytes(&self) -> usize {
-        self.state_meta.len()
-            + self.message_index.get().map_or(0, Bytes::len)
-            + self.table.get().map_or(0, PartitionTable::footprint)
+        self.state_meta
+            .len()
+            .saturating_add(self.message_index.get().map_or(0, Bytes::len))
+            .saturating_add(self.table.get().map_or(0, PartitionTable::footprint))
     }
 
     /// File size.
@@ -1359,21 +1377,21 @@ impl SegmentReader {
 
     /// Where state block `i` is. REQUIRES: `i < state_block_count()`.
     pub fn state_handle(&self, i: usize) -> BlockHandle {
-        let at = i * STATE_ENTRY_LEN;
+        let at = i.saturating_mul(STATE_ENTRY_LEN);
         BlockHandle {
             offset: get_u64(&self.state_meta, at).unwrap_or(0),
-            len: get_u32(&self.state_meta, at + 8).unwrap_or(0),
+            len: get_u32(&self.state_meta, at.saturating_add(8)).unwrap_or(0),
         }
     }
 
     /// The first key of state block `i`, or `None` if the index entry is malformed (checked
     /// for every block when the segment is opened).
     fn state_first_key(&self, i: usize) -> Option<&[u8]> {
-        let at = i * STATE_ENTRY_LEN;
-        let pos = get_u32(&self.state_meta, at + 12)? as usize;
+        let at = i.saturating_mul(STATE_ENTRY_LEN);
+        let pos = get_u32(&self.state_meta, at.saturating_add(12))? as usize;
         let area = self
             .state_meta
-            .get(self.state_keys_offset..self.state_meta.len() - self.footer_len)?;
+            .get(self.state_keys_offset..self.state_meta.len().saturating_sub(self.footer_len))?;
         let mut r = Reader::new(area.get(pos..)?);
         let len = r.len(MAX_KEY_LEN)?;
         r.bytes(len)
@@ -1383,9 +1401,9 @@ impl SegmentReader {
     pub fn find_state_block(&self, key: &[u8]) -> Option<usize> {
         let (mut lo, mut hi) = (0, self.state_block_count);
         while lo < hi {
-            let mid = lo + (hi - lo) / 2;
+            let mid = lo.saturating_add(hi.saturating_sub(lo) / 2);
             if self.state_first_key(mid).unwrap_or(&[]) <= key {
-                lo = mid + 1;
+                lo = mid.saturating_add(1);
             } else {
                 hi = mid;
             }
@@ -1458,7 +1476,7 @@ impl SegmentReader {
             return Ok(None);
         }
         let first = self.state_first_key(0).unwrap_or(&[]);
-        let last_block = self.read_state_block(self.state_block_count - 1)?;
+        let last_block = self.read_state_block(self.state_block_count.saturating_sub(1))?;
         let last = last_block
             .entries()
             .last()
@@ -1618,6 +1636,7 @@ pub struct IndexView<'a> {
     has_block_sizes: bool,
 }
 
+#[deny(clippy::arithmetic_side_effects)]
 impl IndexView<'_> {
     /// The (conversation, id) of block `i`'s first row. REQUIRES: `i < block_count()`.
     pub fn block_first_key(&self, i: usize) -> (ConversationId, u64) {
@@ -1637,7 +1656,11 @@ impl IndexView<'_> {
 
     /// The number of rows in block `i`. REQUIRES: `i < block_count()`.
     pub fn block_rows(&self, i: usize) -> u32 {
-        get_u32(self.index, i * BLOCK_ENTRY_LEN + 28).unwrap_or(0)
+        get_u32(
+            self.index,
+            i.saturating_mul(BLOCK_ENTRY_LEN).saturating_add(28),
+        )
+        .unwrap_or(0)
     }
 
     /// The logical size of block `i`'s rows (what the segment counts in `logical_bytes`), if
@@ -1667,6 +1690,7 @@ impl IndexView<'_> {
 
 /// Bytes of the message index per block: its block index entry, and from version 3 on its
 /// entry in the block sizes.
+#[deny(clippy::arithmetic_side_effects)]
 fn block_entries_len(version: u32) -> usize {
     if version >= 3 {
         BLOCK_ENTRY_LEN + BLOCK_SIZE_ENTRY_LEN
@@ -1677,12 +1701,13 @@ fn block_entries_len(version: u32) -> usize {
 
 /// The last of the first `n` entries of a block index (or partition) whose first key is not
 /// after `key`.
+#[deny(clippy::arithmetic_side_effects)]
 pub(crate) fn last_block_not_after(index: &[u8], n: usize, key: (u64, u64)) -> Option<usize> {
     let (mut lo, mut hi) = (0, n);
     while lo < hi {
-        let mid = lo + (hi - lo) / 2;
+        let mid = lo.saturating_add(hi.saturating_sub(lo) / 2);
         if block_entry(index, mid) <= key {
-            lo = mid + 1;
+            lo = mid.saturating_add(1);
         } else {
             hi = mid;
         }
@@ -1691,20 +1716,22 @@ pub(crate) fn last_block_not_after(index: &[u8], n: usize, key: (u64, u64)) -> O
 }
 
 /// Block index entry `i`'s first key, from the loaded message index.
+#[deny(clippy::arithmetic_side_effects)]
 fn block_entry(index: &[u8], i: usize) -> (u64, u64) {
-    let at = i * BLOCK_ENTRY_LEN;
+    let at = i.saturating_mul(BLOCK_ENTRY_LEN);
     (
         get_u64(index, at).unwrap_or(0),
-        get_u64(index, at + 8).unwrap_or(0),
+        get_u64(index, at.saturating_add(8)).unwrap_or(0),
     )
 }
 
 /// Block index entry `i`'s location, from the loaded message index.
+#[deny(clippy::arithmetic_side_effects)]
 fn block_handle_in(index: &[u8], i: usize) -> BlockHandle {
-    let at = i * BLOCK_ENTRY_LEN;
+    let at = i.saturating_mul(BLOCK_ENTRY_LEN);
     BlockHandle {
-        offset: get_u64(index, at + 16).unwrap_or(0),
-        len: get_u32(index, at + 24).unwrap_or(0),
+        offset: get_u64(index, at.saturating_add(16)).unwrap_or(0),
+        len: get_u32(index, at.saturating_add(24)).unwrap_or(0),
     }
 }
 
@@ -1768,17 +1795,27 @@ pub(crate) fn search_sorted(n: usize, target: u64, key: impl Fn(usize) -> u64) -
 }
 
 /// The conversation of index entry `i` alone (see `conv_entry`).
+#[deny(clippy::arithmetic_side_effects)]
 pub(crate) fn conv_key(index: &[u8], blocks: usize, i: usize) -> u64 {
-    get_u64(index, blocks * BLOCK_ENTRY_LEN + i * CONV_ENTRY_LEN).unwrap_or(0)
+    get_u64(
+        index,
+        blocks
+            .saturating_mul(BLOCK_ENTRY_LEN)
+            .saturating_add(i.saturating_mul(CONV_ENTRY_LEN)),
+    )
+    .unwrap_or(0)
 }
 
 /// Conversation index entry `i`, from the loaded message index of a segment of `blocks` blocks.
+#[deny(clippy::arithmetic_side_effects)]
 pub(crate) fn conv_entry(index: &[u8], blocks: usize, i: usize) -> (ConversationId, u64, u64) {
-    let at = blocks * BLOCK_ENTRY_LEN + i * CONV_ENTRY_LEN;
+    let at = blocks
+        .saturating_mul(BLOCK_ENTRY_LEN)
+        .saturating_add(i.saturating_mul(CONV_ENTRY_LEN));
     (
         ConversationId(conv_key(index, blocks, i)),
-        get_u64(index, at + 8).unwrap_or(0),
-        get_u64(index, at + 16).unwrap_or(0),
+        get_u64(index, at.saturating_add(8)).unwrap_or(0),
+        get_u64(index, at.saturating_add(16)).unwrap_or(0),
     )
 }
 
