@@ -71,10 +71,11 @@ pub(crate) struct WorkingMemory<'a> {
 
 impl Drop for WorkingMemory<'_> {
     fn drop(&mut self) {
+        let _rebalancing = self.engine.rebalancing.lock();
         self.engine
             .working_memory
             .fetch_sub(self.bytes, Ordering::Relaxed);
-        self.engine.rebalance_memory();
+        self.engine.rebalance_memory_locked();
     }
 }
 
@@ -97,8 +98,11 @@ pub(crate) fn cache_capacity(budget: u64, charges: Charges) -> u64 {
 impl Engine {
     /// Charges `bytes` of working memory to the budget until the result is dropped.
     pub(crate) fn charge_working_memory(&self, bytes: u64) -> WorkingMemory<'_> {
+        // Under the lock `Stats` reads the charges and the cache's capacity with: a charge
+        // counted before the cache gave way to it would show the store over its budget.
+        let _rebalancing = self.rebalancing.lock();
         self.working_memory.fetch_add(bytes, Ordering::Relaxed);
-        self.rebalance_memory();
+        self.rebalance_memory_locked();
         WorkingMemory {
             engine: self,
             bytes,
@@ -137,6 +141,12 @@ impl Engine {
     /// down to it if it shrank). Called after every change of the memtables or of the live
     /// segments.
     pub(crate) fn rebalance_memory(&self) {
+        let _rebalancing = self.rebalancing.lock();
+        self.rebalance_memory_locked();
+    }
+
+    /// [`rebalance_memory`](Self::rebalance_memory), the caller holding `rebalancing`.
+    fn rebalance_memory_locked(&self) {
         let budget = self.opts.memory_budget_bytes as u64;
         self.readers
             .cache

@@ -71,6 +71,9 @@ pub(crate) struct Engine {
     memtables_held: Arc<AtomicU64>,
     /// Bytes flushes and merge threads work in right now (see [`memory::WorkingMemory`]).
     working_memory: AtomicU64,
+    /// Held while the cache's capacity is set from the charges, and while `stats` reads
+    /// both, so that it never sees one without the other.
+    rebalancing: Mutex<()>,
     /// The directory lock; released when the store closes, even if handles linger.
     lock: Mutex<Option<Box<dyn DirLock>>>,
 }
@@ -365,8 +368,10 @@ impl Engine {
         s.block_cache_hits = hits;
         s.block_cache_misses = misses;
         s.block_cache_bytes = cache_bytes;
+        let rebalancing = self.rebalancing.lock();
         s.block_cache_capacity = self.readers.cache.capacity();
         let charges = self.memory_charges();
+        drop(rebalancing);
         s.memory_budget_bytes = self.opts.memory_budget_bytes as u64;
         s.memory_index_bytes = charges.indexes;
         s.memory_working_bytes = charges.working;

@@ -307,6 +307,7 @@ fn open_once(dir: PathBuf, opts: Options) -> Result<Arc<Engine>, OpenFailure> {
         counters: Counters::default(),
         memtables_held,
         working_memory: AtomicU64::new(0),
+        rebalancing: Mutex::new(()),
         lock: Mutex::new(lock),
         opts,
     }))
