@@ -26,6 +26,13 @@
 //! and timed. The data written is the same every run, yet compaction's bytes vary by up to
 //! ~10 % between runs of one build (most likely where memtables switch during the setup):
 //! compare builds by the total time of runs that wrote about the same bytes.
+//!
+//! `cargo run --release --example compaction_policies wal-sync [MESSAGES] [ROUNDS]` measures
+//! durable writes with and without reused WAL files (`Options::recycled_wal_files` 0 and 2,
+//! alternated ROUNDS times, default 2): each round writes MESSAGES (default 3 M) in
+//! `Durability::Sync` batches of 100 over 500 K conversations with default options
+//! (compaction in the background), and prints msgs/s, the median and 99th percentile of a
+//! batch's call, WAL syncs and files reused.
 
 #[path = "support/workload.rs"]
 mod workload;
@@ -322,6 +329,62 @@ fn merge_cost(rounds: usize) {
     }
 }
 
+fn wal_sync() {
+    let mut args = std::env::args().skip(2);
+    let messages: u64 = args
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(3_000_000);
+    let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(2);
+    println!("| recycled_wal_files | msgs/s | batch p50 µs | batch p99 µs | WAL syncs | files reused | stalled s |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    for _ in 0..rounds {
+        for recycled in [0, 2] {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let opts = Options {
+                recycled_wal_files: recycled,
+                ..Options::default()
+            };
+            let store = Store::open_with(dir.path(), opts).expect("open");
+            let zipf = Zipf::new(500_000, 1.0);
+            let mut rng = Rng::new(11);
+            let mut calls = Vec::with_capacity((messages / 100) as usize);
+            let mut busy = Duration::ZERO;
+            let mut batch = Vec::with_capacity(100);
+            for _ in 0..messages {
+                let conv = zipf.sample(&mut rng);
+                let sender = UserId(conv * 8 + rng.below(3));
+                batch.push((
+                    ConversationId(conv),
+                    NewMessage::text(sender, &workload::text(&mut rng, 100.0)),
+                ));
+                if batch.len() == 100 {
+                    let t = Instant::now();
+                    store
+                        .append_batch(std::mem::take(&mut batch))
+                        .expect("append");
+                    let took = t.elapsed();
+                    busy += took;
+                    calls.push(took);
+                }
+            }
+            calls.sort_unstable();
+            let at = |q: f64| calls[((calls.len() - 1) as f64 * q) as usize].as_micros();
+            let s = store.stats();
+            println!(
+                "| {recycled} | {:.0} k | {} | {} | {} | {} | {:.1} |",
+                messages as f64 / busy.as_secs_f64() / 1e3,
+                at(0.5),
+                at(0.99),
+                s.wal_syncs,
+                s.wal_files_recycled,
+                s.write_stall_micros as f64 / 1e6,
+            );
+            store.close().expect("close");
+        }
+    }
+}
+
 fn compaction_cost(cycles: usize) {
     let opts = Options {
         durability: chatstore::Durability::Buffered {
@@ -395,6 +458,7 @@ fn main() {
     match std::env::args().nth(1).as_deref() {
         Some("compaction-cost") => return compaction_cost(count_arg(16)),
         Some("merge-cost") => return merge_cost(count_arg(3)),
+        Some("wal-sync") => return wal_sync(),
         _ => {}
     }
     if std::env::args().nth(1).as_deref() == Some("sustained") {

@@ -43,6 +43,13 @@ pub struct Options {
     pub memtable_bytes: usize,
     /// How many frozen memtables may wait for flush before writers are slowed down.
     pub max_frozen_memtables: usize,
+    /// How many retired WAL files (their records all flushed to segments) are kept to become
+    /// the logs of later memtables instead of being deleted. A reused file's blocks are
+    /// already written, so the fsync of each record commits data only, where a growing new
+    /// file also commits its new length to the file system's journal: in `Sync` durability
+    /// that is most of what a write waits for (see `docs/format-wal.md`, *Reused files*).
+    /// 0 creates a new file for every log.
+    pub recycled_wal_files: usize,
     /// Largest accepted message (content plus attachment link), in bytes.
     pub max_message_bytes: usize,
     /// Compression of the segments compaction writes (where nearly all data lives).
@@ -127,6 +134,7 @@ impl Default for Options {
             durability: Durability::Sync,
             memtable_bytes: 16 << 20,
             max_frozen_memtables: 2,
+            recycled_wal_files: 2,
             max_message_bytes: 64 << 10,
             compression: Compression::Zstd(3),
             flush_compression: Compression::None,

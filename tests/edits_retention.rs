@@ -28,6 +28,59 @@ fn opts() -> Options {
     }
 }
 
+/// Retired WAL files are reused for newer logs (`Options::recycled_wal_files`), and a reused
+/// file holds the records of its earlier use past its own until it is sealed. Whatever the
+/// rotations did before, a deleted message's text is in no file once `compact` returns: not
+/// in a log kept for reuse, nor in the old records of the log being written.
+#[test]
+fn a_deleted_message_is_in_no_reused_log_after_compaction() {
+    let cases = [0usize, 30, 60, 90, 120, 150, 200, 260]
+        .into_iter()
+        .flat_map(|filler| [(filler, false), (filler, true)]);
+    for (filler, flushed) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            memtable_bytes: 4 << 10,
+            ..opts()
+        };
+        let store = Store::open_with(dir.path(), opts).unwrap();
+        let conv = ConversationId(9);
+        // Logs first, so that the secret lands in a file that is later reused.
+        for i in 0..60 {
+            store
+                .append(
+                    ConversationId(1),
+                    NewMessage::text(B, &format!("warm-up {i:040}")),
+                )
+                .unwrap();
+        }
+        let secret = store
+            .append(conv, NewMessage::text(A, "SECRET-IN-A-RECYCLED-LOG"))
+            .unwrap();
+        for i in 0..filler {
+            store
+                .append(
+                    ConversationId(2),
+                    NewMessage::text(B, &format!("filler {i:040}")),
+                )
+                .unwrap();
+        }
+        store.delete(conv, secret.id).unwrap();
+        if flushed {
+            // The log after this flush may be a reused file, and `compact` then finds the
+            // memtable empty: it has nothing to flush, and no reason to start a new log.
+            store.flush().unwrap();
+        }
+        store.compact().unwrap();
+        assert!(
+            !files_contain(dir.path(), b"SECRET-IN-A-RECYCLED-LOG"),
+            "filler {filler}, flushed {flushed}: the deleted text is still on disk (logs reused: {})",
+            store.stats().wal_files_recycled
+        );
+        assert!(filler < 120 || store.stats().wal_files_recycled > 0);
+    }
+}
+
 #[test]
 fn edits_and_deletes_follow_the_rules() {
     let dir = tempfile::tempdir().unwrap();

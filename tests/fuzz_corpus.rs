@@ -209,7 +209,14 @@ fn wal_batch_entry_count_amplification() {
     payload.resize(len, 0);
     let mut log = Vec::new();
     wal::encode_file_header(&mut log);
-    wal::encode_record(&mut log, wal::RecordType::Batch, 0, 1, &payload);
+    wal::encode_record(
+        &mut log,
+        wal::RecordType::Batch,
+        0,
+        1,
+        &payload,
+        crate::wal_reader::LOG_NUMBER,
+    );
     assert_eq!(run_one(wal_reader::run, &log), Ok(()));
 }
 
@@ -343,7 +350,14 @@ mod seeds {
             for m in chunk {
                 batch::put_message(&mut payload, m);
             }
-            wal::encode_record(&mut log, wal::RecordType::Batch, 0, 1, &payload);
+            wal::encode_record(
+                &mut log,
+                wal::RecordType::Batch,
+                0,
+                1,
+                &payload,
+                crate::wal_reader::LOG_NUMBER,
+            );
         }
         let mut payload = Vec::new();
         batch::put_count(&mut payload, 4);
@@ -351,7 +365,14 @@ mod seeds {
         batch::put_state(&mut payload, b"U\x00\x00\x00\x01cursor", Some(b"\x05"));
         batch::put_state(&mut payload, b"gone", None);
         batch::put_state(&mut payload, b"", Some(b""));
-        wal::encode_record(&mut log, wal::RecordType::Batch, 0, 1, &payload);
+        wal::encode_record(
+            &mut log,
+            wal::RecordType::Batch,
+            0,
+            1,
+            &payload,
+            crate::wal_reader::LOG_NUMBER,
+        );
         write("wal_reader", "batches", &log);
 
         // A torn tail: the last record cut short, then zero fill.

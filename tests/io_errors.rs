@@ -31,6 +31,7 @@ const ALL_OPS: &[Op] = &[
     Op::Write,
     Op::Sync,
     Op::Create,
+    Op::Overwrite,
     Op::Rename,
     Op::Remove,
     Op::Read,
@@ -315,14 +316,26 @@ fn run_until_failure(
 }
 
 fn fault_scenario(op: Op, suffix: &'static str, expect: fn(&'static str) -> Expect, torn: bool) {
+    fault_scenario_any(&[op], suffix, expect, torn);
+}
+
+/// [`fault_scenario`] with a rule that matches any of `ops`.
+fn fault_scenario_any(
+    ops: &[Op],
+    suffix: &'static str,
+    expect: fn(&'static str) -> Expect,
+    torn: bool,
+) {
     for (i, after) in [0u64, 1, 2, 3, 5, 8, 13, 21, 40].into_iter().enumerate() {
         let error = if i % 2 == 0 {
             Injected::NoSpace
         } else {
             Injected::Io
         };
-        let ctx = format!("{op:?} on {suffix} failing after {after} ({error:?})");
-        let mut rule = FaultRule::new(op).on_paths_ending_with(suffix).after(after);
+        let ctx = format!("{ops:?} on {suffix} failing after {after} ({error:?})");
+        let mut rule = FaultRule::any_of(ops)
+            .on_paths_ending_with(suffix)
+            .after(after);
         if torn {
             rule = rule.torn();
         }
@@ -376,7 +389,10 @@ fn directory_sync_errors_poison_the_store_and_lose_nothing() {
 #[test]
 fn wal_creation_errors_poison_the_store_and_lose_nothing() {
     let _watchdog = watchdog::arm(Duration::from_secs(180));
-    fault_scenario(Op::Create, ".wal", Expect::Either, false);
+    // A memtable switch starts its log by creating a file, or by reusing a retired one
+    // (renamed, then written over) once flushes have retired some.
+    fault_scenario_any(&[Op::Create, Op::Overwrite], ".wal", Expect::Either, false);
+    fault_scenario(Op::Rename, ".wal", Expect::Either, false);
 }
 
 /// A fault on any operation at any point of a workload, sticky like a full disk.

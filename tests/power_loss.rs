@@ -36,6 +36,7 @@ const ALL_OPS: &[Op] = &[
     Op::Write,
     Op::Sync,
     Op::Create,
+    Op::Overwrite,
     Op::Rename,
     Op::Remove,
     Op::Read,
@@ -49,6 +50,7 @@ const ALL_OPS: &[Op] = &[
 /// Operations that switch files: few, and where ordering mistakes hide.
 const METADATA_OPS: &[Op] = &[
     Op::Create,
+    Op::Overwrite,
     Op::Rename,
     Op::Remove,
     Op::SyncDir,
@@ -202,6 +204,7 @@ struct Totals {
     flushes: u64,
     compactions: u64,
     max_segments: u64,
+    recycled_logs: u64,
 }
 
 impl Totals {
@@ -210,6 +213,7 @@ impl Totals {
         self.flushes += s.flushes;
         self.compactions += s.compactions;
         self.max_segments = self.max_segments.max(s.segments);
+        self.recycled_logs += s.wal_files_recycled;
     }
 
     /// The workloads are meant to cut power around flushes and compactions; make sure they
@@ -220,6 +224,7 @@ impl Totals {
             "no flush happened"
         );
         assert!(self.compactions > 0, "no compaction happened");
+        assert!(self.recycled_logs > 0, "no WAL file was reused");
     }
 }
 

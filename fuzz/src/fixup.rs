@@ -15,6 +15,8 @@ fn put32(buf: &mut [u8], at: usize, v: u32) {
 /// file, walking from the 16-byte file header.
 pub fn wal(data: &[u8]) -> Vec<u8> {
     let mut buf = data.to_vec();
+    // From version 3 the header checksum covers the log's number first.
+    let seeded = get_u32(&buf, 8).is_some_and(|v| v >= 3);
     let mut pos = 16usize;
     while pos + 16 <= buf.len() {
         let len = get_u32(&buf, pos).unwrap_or(0) as usize;
@@ -24,7 +26,12 @@ pub fn wal(data: &[u8]) -> Vec<u8> {
         }
         let payload_crc = crc32fast::hash(&buf[start..start + len]);
         put32(&mut buf, pos + 8, payload_crc);
-        let header_crc = crc32fast::hash(&buf[pos..pos + 12]);
+        let mut h = crc32fast::Hasher::new();
+        if seeded {
+            h.update(&crate::wal_reader::LOG_NUMBER.to_le_bytes());
+        }
+        h.update(&buf[pos..pos + 12]);
+        let header_crc = h.finalize();
         put32(&mut buf, pos + 12, header_crc);
         pos = start + len;
     }

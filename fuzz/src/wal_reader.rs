@@ -7,6 +7,9 @@ use chatstore::format::batch::{self, Entry};
 use chatstore::format::state_block::MAX_KEY_LEN;
 use chatstore::format::wal::{self, LogReader, ReadStep, FILE_HEADER_LEN, RECORD_HEADER_LEN};
 
+/// The number the input is read as the log file of (version 3 record checksums cover it).
+pub const LOG_NUMBER: u64 = 2;
+
 /// Runs one input.
 pub fn run(data: &[u8]) {
     check(data);
@@ -31,7 +34,7 @@ fn check(data: &[u8]) {
         }
         Err(_) => return,
     }
-    let mut reader = LogReader::new(&owner);
+    let mut reader = LogReader::new(&owner, LOG_NUMBER);
     let mut next = FILE_HEADER_LEN as u64;
     let end = loop {
         match reader.next_step() {

@@ -62,7 +62,7 @@ impl Engine {
             let from = files::wal_path(&self.dir, n);
             let to = files::wal_path(dest, n);
             let data = self.fs.read(&from).map_err(|e| Error::io(&from, e))?;
-            let mut reader = LogReader::new(&data);
+            let mut reader = LogReader::new(&data, n);
             while let ReadStep::Record { lsn: record, .. } = reader.next_step() {
                 lsn = if record == 0 { lsn + 1 } else { record };
             }

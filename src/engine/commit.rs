@@ -60,6 +60,33 @@ pub(super) struct Committer {
     /// The log sequence number of the last commit record applied (visible); only the write
     /// leader advances it.
     last_lsn: AtomicU64,
+    /// Retired WAL files kept to be reused by the next memtable switches. Lock order: after
+    /// `wal`.
+    retired: Mutex<RetiredLogs>,
+}
+
+/// WAL files whose records are all in segments, kept to become newer logs instead of being
+/// deleted (`Options::recycled_wal_files`). Only logs this process created are kept: they
+/// are of the current format, whose record checksums cover the file's number.
+struct RetiredLogs {
+    numbers: Vec<u64>,
+    /// The first log number this process created.
+    first_own: u64,
+    /// Callers of [`Engine::pause_log_recycling`] still under way: none is kept or reused.
+    paused: usize,
+}
+
+/// Keeps retired WAL files from being kept or reused while it lives (see
+/// [`Engine::pause_log_recycling`]).
+pub(crate) struct RecyclingPaused<'a> {
+    engine: &'a Engine,
+}
+
+impl Drop for RecyclingPaused<'_> {
+    fn drop(&mut self) {
+        let mut retired = self.engine.committer.retired.lock();
+        retired.paused = retired.paused.saturating_sub(1);
+    }
 }
 
 impl Committer {
@@ -70,6 +97,11 @@ impl Committer {
         last_lsn: u64,
         memory_budget: usize,
     ) -> Self {
+        let retired = RetiredLogs {
+            numbers: Vec::new(),
+            first_own: wal.number(),
+            paused: 0,
+        };
         Committer {
             queue: Mutex::new(WriteQueue::default()),
             queue_cv: Condvar::new(),
@@ -78,10 +110,12 @@ impl Committer {
                 ids: FxHashMap::default(),
                 last_ids: LastIds::for_budget(memory_budget),
                 state: FxHashMap::default(),
+                wal_number: wal.number(),
             }),
             wal: Mutex::new(wal),
             wal_synced,
             last_lsn: AtomicU64::new(last_lsn),
+            retired: Mutex::new(retired),
         }
     }
 
@@ -116,6 +150,9 @@ struct LeaderScratch {
     last_ids: LastIds,
     /// State written in this group.
     state: FxHashMap<Bytes, Option<Bytes>>,
+    /// The number of the WAL file records are framed for (their checksums cover it); changed
+    /// only by a memtable switch, which holds the leader's lock.
+    wal_number: u64,
 }
 
 /// One transaction's view and effects. Reads see the store as of the start of the group plus
@@ -549,7 +586,12 @@ impl Engine {
                 let body_start = start + wal::record_overhead(synced_through, lsn + 1);
                 let encoded = batch::encode(&mut scratch.frame, &txn_messages, &txn_state)
                     .and_then(|()| {
-                        wal::finish_record(&mut scratch.frame, start, wal::RecordType::Batch)
+                        wal::finish_record(
+                            &mut scratch.frame,
+                            start,
+                            wal::RecordType::Batch,
+                            scratch.wal_number,
+                        )
                     });
                 if let Err(e) = encoded {
                     // Recovery (or a segment reader) would refuse it, so the write is refused.
@@ -668,7 +710,7 @@ impl Engine {
     /// Freezes the active memtable and starts a new one with a new WAL file, first waiting
     /// (not failing) while too many frozen memtables wait for flush.
     /// REQUIRES: the caller holds the leader lock (passes its scratch as proof).
-    fn freeze(&self, _leader: &mut LeaderScratch) -> Result<()> {
+    fn freeze(&self, leader: &mut LeaderScratch) -> Result<()> {
         let mut stalled: Option<Instant> = None;
         // Time waited for the flush (memory) and for compaction (level 0), apart.
         let (mut for_flush, mut for_level0) = (Duration::ZERO, Duration::ZERO);
@@ -716,16 +758,15 @@ impl Engine {
         let mut wal = self.committer.wal.lock();
         // The old log must be complete on disk before a newer one exists: recovery treats a
         // torn tail anywhere but in the newest log as corruption.
-        if wal.sync()? {
+        if wal.seal(&*self.fs)? {
             self.counters.wal_syncs.fetch_add(1, Ordering::Relaxed);
         }
-        let created = LogWriter::create(&*self.fs, &path, Arc::clone(&self.committer.wal_synced))
-            .and_then(|w| {
-                self.fs
-                    .sync_dir(&self.dir)
-                    .map_err(|e| Error::io(&self.dir, e))?;
-                Ok(w)
-            });
+        let created = self.start_log(&path, number).and_then(|w| {
+            self.fs
+                .sync_dir(&self.dir)
+                .map_err(|e| Error::io(&self.dir, e))?;
+            Ok(w)
+        });
         let new_wal = match created {
             Ok(w) => w,
             Err(e) => {
@@ -736,12 +777,90 @@ impl Engine {
             }
         };
         *wal = new_wal;
+        leader.wal_number = number;
         drop(wal);
         self.versions
             .switch_memtable(Memtable::new(number, &self.memtables_held));
         self.rebalance_memory();
         self.lifecycle.notify();
         Ok(())
+    }
+
+    /// The WAL file numbered `number` at `path`: a retired log reused if one is kept, else a
+    /// new file.
+    fn start_log(&self, path: &std::path::Path, number: u64) -> Result<LogWriter> {
+        let synced = Arc::clone(&self.committer.wal_synced);
+        // Held until the file is renamed: `retire_logs` would otherwise delete it meanwhile.
+        let mut retired = self.committer.retired.lock();
+        let Some(old) = retired.numbers.pop().filter(|_| retired.paused == 0) else {
+            drop(retired);
+            return LogWriter::create(&*self.fs, path, number, synced);
+        };
+        let from = files::wal_path(&self.dir, old);
+        let log = LogWriter::reuse(&*self.fs, &from, path, number, synced)?;
+        drop(retired);
+        self.counters
+            .wal_files_recycled
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(log)
+    }
+
+    /// Deletes the WAL files numbered below `horizon` (their records are all in segments),
+    /// or keeps some of them for [`start_log`](Self::start_log) to reuse. Best effort: files
+    /// left behind are deleted at the next open.
+    pub(super) fn retire_logs(&self, horizon: u64) {
+        let mut retired = self.committer.retired.lock();
+        let Ok(names) = self.fs.list(&self.dir) else {
+            return;
+        };
+        for name in names {
+            let Some(files::FileKind::Wal(n)) = files::parse_name(&name) else {
+                continue;
+            };
+            if n >= horizon || retired.numbers.contains(&n) {
+                continue;
+            }
+            if retired.paused == 0
+                && n >= retired.first_own
+                && retired.numbers.len() < self.opts.recycled_wal_files
+            {
+                retired.numbers.push(n);
+            } else {
+                let _ = self.fs.remove(&self.dir.join(name));
+            }
+        }
+    }
+
+    /// Deletes the retired WAL files kept for reuse, and keeps or reuses none until the guard
+    /// drops. A reused file holds the records of its earlier use past its own until it is
+    /// sealed, and those may hold content a compaction is about to remove from disk
+    /// (deleted or edited messages): `Store::compact` promises it gone.
+    pub(crate) fn pause_log_recycling(&self) -> Result<RecyclingPaused<'_>> {
+        // Lock order: `wal` before `retired`.
+        let mut wal = self.committer.wal.lock();
+        let mut retired = self.committer.retired.lock();
+        retired.paused = retired.paused.saturating_add(1);
+        let paused = RecyclingPaused { engine: self };
+        for n in std::mem::take(&mut retired.numbers) {
+            // Best effort, as any retired log: one left behind is deleted at the next open.
+            let _ = self.fs.remove(&files::wal_path(&self.dir, n));
+        }
+        drop(retired);
+        // The log being written may be a reused file, and the compaction may find nothing
+        // to flush (so no reason to start a new log): cut its old records now.
+        match wal.seal(&*self.fs) {
+            Ok(synced) => {
+                if synced {
+                    self.counters.wal_syncs.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(paused)
+            }
+            Err(e) => {
+                // As any failed WAL sync: the kernel may have dropped the dirty pages.
+                self.set_poison(format!("WAL sync failed: {e}"));
+                Err(e)
+            }
+        }
     }
 
     /// Freezes the active memtable if it holds anything (a flush asked for by the user).

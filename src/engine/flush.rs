@@ -165,7 +165,7 @@ fn flush_one(engine: &Engine, mem: Arc<Memtable>) -> Result<()> {
         .counters
         .flush_bytes_written
         .fetch_add(summary.file_bytes, Ordering::Relaxed);
-    delete_obsolete_wals(engine, applied.log_number);
+    engine.retire_logs(applied.log_number);
     Ok(())
 }
 
@@ -352,20 +352,6 @@ fn replaces(
         // The current dictionary does not work (zstd refuses it): take the new one.
         (None, Some(_)) => true,
         _ => false,
-    }
-}
-
-fn delete_obsolete_wals(engine: &Engine, horizon: u64) {
-    let Ok(names) = engine.fs.list(&engine.dir) else {
-        return;
-    };
-    for name in names {
-        if let Some(files::FileKind::Wal(n)) = files::parse_name(&name) {
-            if n < horizon {
-                // Best effort: leftovers are removed at the next open.
-                let _ = engine.fs.remove(&engine.dir.join(name));
-            }
-        }
     }
 }
 

@@ -11,8 +11,13 @@ use crate::fs::{FileSystem, WritableFile};
 /// The open WAL file new records go to.
 pub struct LogWriter {
     path: PathBuf,
+    /// The number in the file's name, which its records' checksums cover.
+    number: u64,
     file: Box<dyn WritableFile>,
     len: u64,
+    /// How long the file is on disk, when it was reused and is longer than what was written
+    /// to it: its last bytes are records of its earlier use.
+    stale_end: Option<u64>,
     synced_len: u64,
     /// `synced_len`, published for the commit leader, which frames records (each carrying
     /// how much of the file was durable) before it takes the lock on this writer.
@@ -26,6 +31,7 @@ impl std::fmt::Debug for LogWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LogWriter")
             .field("path", &self.path)
+            .field("number", &self.number)
             .field("len", &self.len)
             .field("synced_len", &self.synced_len)
             .finish()
@@ -33,21 +39,63 @@ impl std::fmt::Debug for LogWriter {
 }
 
 impl LogWriter {
-    /// Creates the WAL file at `path` and writes its header. The caller syncs the
-    /// directory so the new name is durable before any record in it is acknowledged.
-    /// `synced_mark` follows the file's durable length from now on.
-    pub fn create(fs: &dyn FileSystem, path: &Path, synced_mark: Arc<AtomicU64>) -> Result<Self> {
-        let mut file = fs.create(path).map_err(|e| Error::io(path, e))?;
+    /// Creates the WAL file numbered `number` at `path` and writes its header. The caller
+    /// syncs the directory so the new name is durable before any record in it is
+    /// acknowledged. `synced_mark` follows the file's durable length from now on.
+    pub fn create(
+        fs: &dyn FileSystem,
+        path: &Path,
+        number: u64,
+        synced_mark: Arc<AtomicU64>,
+    ) -> Result<Self> {
+        let file = fs.create(path).map_err(|e| Error::io(path, e))?;
+        Self::start(file, path, number, None, synced_mark)
+    }
+
+    /// Makes the retired WAL file `from` the log numbered `number` at `path`: renames it and
+    /// writes over it from the start, header first. Its blocks are already allocated and
+    /// written, so syncing a record in it commits data only, not a new file length too. The
+    /// records of its earlier use that lie past the new ones do not check out under the new
+    /// number (see `docs/format-wal.md`), so they end the log like a torn tail; the file is
+    /// cut to its new records when it is sealed ([`seal`](Self::seal)). As with
+    /// [`create`](Self::create), the caller syncs the directory before any record is
+    /// acknowledged.
+    pub fn reuse(
+        fs: &dyn FileSystem,
+        from: &Path,
+        path: &Path,
+        number: u64,
+        synced_mark: Arc<AtomicU64>,
+    ) -> Result<Self> {
+        let old_len = fs
+            .open_random_access(from)
+            .map_err(|e| Error::io(from, e))?
+            .len();
+        fs.rename(from, path).map_err(|e| Error::io(from, e))?;
+        let file = fs.overwrite(path).map_err(|e| Error::io(path, e))?;
+        Self::start(file, path, number, Some(old_len), synced_mark)
+    }
+
+    fn start(
+        mut file: Box<dyn WritableFile>,
+        path: &Path,
+        number: u64,
+        old_len: Option<u64>,
+        synced_mark: Arc<AtomicU64>,
+    ) -> Result<Self> {
         let mut header = Vec::new();
         encode_file_header(&mut header);
         file.write_all(&header).map_err(|e| Error::io(path, e))?;
         synced_mark.store(0, Ordering::Release);
+        let len = header.len() as u64;
         Ok(LogWriter {
             path: path.to_path_buf(),
+            number,
             file,
-            len: header.len() as u64,
-            synced_len: 0,
+            len,
+            stale_end: old_len.filter(|&old| old > len),
             synced_mark,
+            synced_len: 0,
             dir_sync: None,
         })
     }
@@ -76,8 +124,10 @@ impl LogWriter {
         }
         LogWriter {
             path: path.to_path_buf(),
+            number: 0,
             file: Box::new(Refuse),
             len: 0,
+            stale_end: None,
             synced_len: 0,
             synced_mark: Arc::default(),
             dir_sync: None,
@@ -89,13 +139,35 @@ impl LogWriter {
         self.len
     }
 
+    /// The number in the file's name.
+    pub fn number(&self) -> u64 {
+        self.number
+    }
+
     /// Appends already-framed records.
     pub fn append(&mut self, framed: &[u8]) -> Result<()> {
         self.file
             .write_all(framed)
             .map_err(|e| Error::io(&self.path, e))?;
         self.len += framed.len() as u64;
+        if self.stale_end.is_some_and(|end| end <= self.len) {
+            self.stale_end = None;
+        }
         Ok(())
+    }
+
+    /// Makes the log complete on disk before a newer one starts: everything appended
+    /// durable, and a reused file cut to its own records (recovery takes an incomplete
+    /// record in any log but the newest for corruption, and a reused file's old records
+    /// read as one). Returns whether an fsync of the file was issued.
+    pub fn seal(&mut self, fs: &dyn FileSystem) -> Result<bool> {
+        let synced = self.sync()?;
+        if self.stale_end.take().is_some() {
+            // `truncate` makes the new length durable.
+            fs.truncate(&self.path, self.len)
+                .map_err(|e| Error::io(&self.path, e))?;
+        }
+        Ok(synced)
     }
 
     /// Makes everything appended durable (the header too: a log older than the newest must
@@ -130,7 +202,7 @@ mod tests {
         let fs = Arc::new(FaultFs::new());
         fs.create_dir_all(Path::new("/s")).unwrap();
         let path = Path::new("/s/000001.wal");
-        let mut log = LogWriter::create(&*fs, path, Arc::default()).unwrap();
+        let mut log = LogWriter::create(&*fs, path, 1, Arc::default()).unwrap();
         log.defer_dir_sync(fs.clone(), PathBuf::from("/s"));
         let (files, dirs) = (fs.op_count(Op::Sync), fs.op_count(Op::SyncDir));
         assert!(log.sync().unwrap(), "the header is synced");
@@ -147,5 +219,99 @@ mod tests {
             fs.durable_names(Path::new("/s")),
             vec!["000001.wal".to_string()]
         );
+    }
+
+    fn record(buf: &mut Vec<u8>, lsn: u64, body: &[u8], log: u64) {
+        crate::format::wal::encode_record(
+            buf,
+            crate::format::wal::RecordType::Batch,
+            0,
+            lsn,
+            body,
+            log,
+        );
+    }
+
+    fn bodies(fs: &FaultFs, path: &Path, log: u64) -> (Vec<Vec<u8>>, String) {
+        use crate::format::wal::{LogReader, ReadStep};
+        let data = fs.read(path).unwrap();
+        let mut reader = LogReader::new(&data, log);
+        let mut out = Vec::new();
+        loop {
+            match reader.next_step() {
+                ReadStep::Record { payload, .. } => out.push(payload.to_vec()),
+                end => return (out, format!("{end:?}")),
+            }
+        }
+    }
+
+    /// A retired log becomes a newer one: its old records end the new log like a torn tail
+    /// until it is sealed, which cuts the file to the new records (a log older than the
+    /// newest must end at its last record).
+    #[test]
+    fn a_reused_log_reads_as_its_new_records_and_is_cut_to_them_when_sealed() {
+        let fs = Arc::new(FaultFs::new());
+        fs.create_dir_all(Path::new("/s")).unwrap();
+        let (old, new) = (Path::new("/s/000003.wal"), Path::new("/s/000009.wal"));
+        let mut log = LogWriter::create(&*fs, old, 3, Arc::default()).unwrap();
+        let mut framed = Vec::new();
+        for lsn in 1..=20 {
+            record(&mut framed, lsn, &[lsn as u8; 100], 3);
+        }
+        log.append(&framed).unwrap();
+        log.seal(&*fs).unwrap();
+        drop(log);
+        let old_len = fs.file_len(old).unwrap();
+
+        let mark = Arc::new(AtomicU64::new(77));
+        let mut log = LogWriter::reuse(&*fs, old, new, 9, Arc::clone(&mark)).unwrap();
+        fs.sync_dir(Path::new("/")).unwrap();
+        fs.sync_dir(Path::new("/s")).unwrap();
+        assert_eq!(
+            mark.load(Ordering::Acquire),
+            0,
+            "nothing of the new log is durable"
+        );
+        assert!(!fs.exists(old));
+        let mut framed = Vec::new();
+        record(&mut framed, 21, b"first of log 9", 9);
+        log.append(&framed).unwrap();
+        log.sync().unwrap();
+        assert_eq!(fs.file_len(new), Some(old_len), "written over, not cut");
+        let (records, end) = bodies(&fs, new, 9);
+        assert_eq!(records, vec![b"first of log 9".to_vec()]);
+        assert!(end.starts_with("TornTail"), "{end}");
+
+        let truncations = fs.op_count(Op::Truncate);
+        log.seal(&*fs).unwrap();
+        assert_eq!(fs.op_count(Op::Truncate), truncations + 1);
+        assert_eq!(fs.file_len(new), Some(log.len()));
+        let (records, end) = bodies(&fs.power_cut(), new, 9);
+        assert_eq!(records, vec![b"first of log 9".to_vec()]);
+        assert!(end.starts_with("End"), "{end}");
+    }
+
+    /// A reused log that outgrows the old file holds no old bytes: sealing it cuts nothing.
+    #[test]
+    fn a_reused_log_longer_than_the_old_file_is_not_cut() {
+        let fs = Arc::new(FaultFs::new());
+        fs.create_dir_all(Path::new("/s")).unwrap();
+        let (old, new) = (Path::new("/s/000003.wal"), Path::new("/s/000004.wal"));
+        let mut log = LogWriter::create(&*fs, old, 3, Arc::default()).unwrap();
+        let mut framed = Vec::new();
+        record(&mut framed, 1, b"short", 3);
+        log.append(&framed).unwrap();
+        log.seal(&*fs).unwrap();
+        drop(log);
+        let mut log = LogWriter::reuse(&*fs, old, new, 4, Arc::default()).unwrap();
+        let mut framed = Vec::new();
+        record(&mut framed, 2, &[1u8; 500], 4);
+        log.append(&framed).unwrap();
+        let truncations = fs.op_count(Op::Truncate);
+        log.seal(&*fs).unwrap();
+        assert_eq!(fs.op_count(Op::Truncate), truncations);
+        let (records, end) = bodies(&fs, new, 4);
+        assert_eq!(records.len(), 1);
+        assert!(end.starts_with("End"), "{end}");
     }
 }

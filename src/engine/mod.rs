@@ -119,6 +119,9 @@ impl Engine {
     /// Merges everything into one sorted run (see [`Store::compact`](crate::Store::compact)).
     pub(crate) fn compact(&self) -> Result<()> {
         self.check_writable()?;
+        // No log kept for reuse, the current one cut to its own records, and the logs its
+        // flush retires deleted: deleted content must be in no file when it returns.
+        let _fresh_logs = self.pause_log_recycling()?;
         self.compact_all()
     }
 

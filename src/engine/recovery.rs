@@ -248,7 +248,7 @@ fn open_once(dir: PathBuf, opts: Options) -> Result<Arc<Engine>, OpenFailure> {
     let wal = if opts.read_only {
         LogWriter::refusing(&wal_path)
     } else {
-        let mut wal = LogWriter::create(&*fs, &wal_path, Arc::clone(&wal_synced))?;
+        let mut wal = LogWriter::create(&*fs, &wal_path, wal_number, Arc::clone(&wal_synced))?;
         // The new name becomes durable with the first record made durable in it (opening a
         // store to read never syncs the directory); the logs replayed above were synced.
         wal.defer_dir_sync(Arc::clone(&fs), dir.clone());
@@ -342,9 +342,7 @@ fn replay(
             // Created, but its header never reached the disk: nothing in it was acknowledged
             // (the fsync of any record would have made the header durable too), unless a
             // valid record says otherwise.
-            Ok(None) | Err(_)
-                if newest && wal::vouched_after(&data, FILE_HEADER_LEN, 0).is_none() =>
-            {
+            Ok(None) | Err(_) if newest && !vouched_without_header(&data, n) => {
                 if !read_only {
                     fs.remove(&path).map_err(|e| Error::io(&path, e))?;
                 }
@@ -353,7 +351,7 @@ fn replay(
             Ok(None) => return Err(Error::corruption(&path, 0, "WAL file header is incomplete")),
             Err(why) => return Err(Error::corruption(&path, 0, why)),
         }
-        let mut reader = LogReader::new(&data);
+        let mut reader = LogReader::new(&data, n);
         loop {
             match reader.next_step() {
                 ReadStep::Record {
@@ -425,4 +423,10 @@ fn replay(
         }
     }
     Ok(last_lsn)
+}
+
+/// Whether a valid record of the log numbered `n`, read as any version that carries durability
+/// claims (the damaged header no longer says which), claims that some of the file was durable.
+fn vouched_without_header(data: &[u8], n: u64) -> bool {
+    (2..=WAL_VERSION).any(|v| wal::vouched_after(data, FILE_HEADER_LEN, 0, v, n).is_some())
 }

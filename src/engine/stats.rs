@@ -19,6 +19,9 @@ pub struct Stats {
     pub wal_syncs: u64,
     /// WAL bytes written since open.
     pub wal_bytes_written: u64,
+    /// Memtable switches since open whose new WAL file was a retired one reused
+    /// (`Options::recycled_wal_files`) rather than a new file.
+    pub wal_files_recycled: u64,
     /// Size of the current WAL file.
     pub wal_file_bytes: u64,
     /// Approximate bytes held by the active memtable.
@@ -114,6 +117,7 @@ pub(crate) struct Counters {
     pub write_groups: AtomicU64,
     pub wal_syncs: AtomicU64,
     pub wal_bytes_written: AtomicU64,
+    pub wal_files_recycled: AtomicU64,
     pub flushes: AtomicU64,
     pub flush_bytes_written: AtomicU64,
     pub write_stalls: AtomicU64,
@@ -168,6 +172,7 @@ impl Counters {
             write_groups: l(&self.write_groups),
             wal_syncs: l(&self.wal_syncs),
             wal_bytes_written: l(&self.wal_bytes_written),
+            wal_files_recycled: l(&self.wal_files_recycled),
             flushes: l(&self.flushes),
             flush_bytes_written: l(&self.flush_bytes_written),
             write_stalls: l(&self.write_stalls),

@@ -228,7 +228,7 @@ impl Engine {
                 report.problem(Error::corruption(&path, 0, why));
                 continue;
             }
-            let mut reader = LogReader::new(&data);
+            let mut reader = LogReader::new(&data, n);
             loop {
                 match reader.next_step() {
                     ReadStep::Record {

@@ -4,11 +4,15 @@
 //! file    := file_header record*
 //! header  := magic:u64 = WAL_MAGIC | version:u32 | reserved:u32 = 0           (16 bytes)
 //! record  := len:u32 | type:u8 | 0:u8[3] | payload_crc:u32 | header_crc:u32 | payload[len]
-//! payload := synced_through:varint lsn:varint body               (version 2; v1: body only)
+//! payload := synced_through:varint lsn:varint body          (versions 2 and 3; v1: body only)
 //! ```
 //!
 //! `header_crc` covers the first 12 bytes of the record header, so a damaged length is caught
 //! before it is trusted; `payload_crc` covers the payload. All integers are little-endian.
+//! From version 3 `header_crc` also covers the number of the log file the record was written
+//! to (the number in its name, which no byte of the file holds): a file reused for a newer log
+//! keeps the records of its earlier use past the newer records, and those no longer check
+//! out, so they end the log like any torn tail.
 //! `synced_through` is how many bytes of the file were known durable (fsynced) when the record
 //! was written. It tells damage apart from a torn tail: bytes that a later valid record says
 //! were durable cannot have been lost by a power cut, so damage there is corruption; damage
@@ -25,9 +29,11 @@ use super::{within, OverLimit};
 /// "CHATWAL" followed by a format byte, as a little-endian u64.
 pub const WAL_MAGIC: u64 = u64::from_le_bytes(*b"CHATWAL\x01");
 /// The newest WAL format version this build writes and reads.
-pub const WAL_VERSION: u32 = 2;
+pub const WAL_VERSION: u32 = 3;
 /// The first version whose records carry `synced_through`.
 const SYNCED_THROUGH_VERSION: u32 = 2;
+/// The first version whose record checksums cover the log file's number.
+const LOG_NUMBER_VERSION: u32 = 3;
 /// Size of the file header.
 pub const FILE_HEADER_LEN: usize = 16;
 /// Size of a record header.
@@ -67,21 +73,22 @@ pub fn encode_file_header_version(buf: &mut Vec<u8>, version: u32) {
     put_u32(buf, 0);
 }
 
-/// Appends one framed record (of the newest version) to `buf`; `synced_through` is how many
-/// bytes of the file were durable when it was written, `lsn` its sequence number. For tests
-/// and tools: a payload over [`MAX_RECORD_LEN`] is left with a zeroed header, which readers
-/// take for damage (the store's own write path refuses such a write instead, see
-/// [`finish_record`]).
+/// Appends one framed record (of the newest version) for the log file numbered `log_number`
+/// to `buf`; `synced_through` is how many bytes of the file were durable when it was written,
+/// `lsn` its sequence number. For tests and tools: a payload over [`MAX_RECORD_LEN`] is left
+/// with a zeroed header, which readers take for damage (the store's own write path refuses
+/// such a write instead, see [`finish_record`]).
 pub fn encode_record(
     buf: &mut Vec<u8>,
     ty: RecordType,
     synced_through: u64,
     lsn: u64,
     body: &[u8],
+    log_number: u64,
 ) {
     let start = begin_record(buf, synced_through, lsn);
     buf.extend_from_slice(body);
-    let _ = finish_record(buf, start, ty);
+    let _ = finish_record(buf, start, ty, log_number);
 }
 
 /// Appends one framed version-1 record (no `synced_through`) to `buf`, as
@@ -90,7 +97,21 @@ pub fn encode_record_v1(buf: &mut Vec<u8>, ty: RecordType, body: &[u8]) {
     let start = buf.len();
     buf.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
     buf.extend_from_slice(body);
-    let _ = finish_record(buf, start, ty);
+    let _ = frame(buf, start, ty, None);
+}
+
+/// Appends one framed version-2 record (its checksum covers no log number) to `buf`, as
+/// [`encode_record`] does.
+pub fn encode_record_v2(
+    buf: &mut Vec<u8>,
+    ty: RecordType,
+    synced_through: u64,
+    lsn: u64,
+    body: &[u8],
+) {
+    let start = begin_record(buf, synced_through, lsn);
+    buf.extend_from_slice(body);
+    let _ = frame(buf, start, ty, None);
 }
 
 /// Begins a record in `buf` whose body the caller appends next; finish it with
@@ -113,10 +134,35 @@ fn varint_len(v: u64) -> usize {
     bits.div_ceil(7)
 }
 
-/// Fills in the header of a record begun at `start` with [`begin_record`]. Refuses (leaving the
-/// header unwritten: the caller drops the record) a payload over [`MAX_RECORD_LEN`], which a
-/// reader would take for corruption.
-pub fn finish_record(buf: &mut [u8], start: usize, ty: RecordType) -> Result<(), OverLimit> {
+/// Fills in the header of a record begun at `start` with [`begin_record`], for the log file
+/// numbered `log_number`. Refuses (leaving the header unwritten: the caller drops the record)
+/// a payload over [`MAX_RECORD_LEN`], which a reader would take for corruption.
+pub fn finish_record(
+    buf: &mut [u8],
+    start: usize,
+    ty: RecordType,
+    log_number: u64,
+) -> Result<(), OverLimit> {
+    frame(buf, start, ty, Some(log_number))
+}
+
+/// The checksum of a record header's first 12 bytes: in version 3 and later over the log's
+/// number first (`Some`), in earlier versions over the bytes alone (`None`).
+fn header_crc(header: &[u8], log_number: Option<u64>) -> u32 {
+    let mut h = Hasher::new();
+    if let Some(n) = log_number {
+        h.update(&n.to_le_bytes());
+    }
+    h.update(header);
+    h.finalize()
+}
+
+fn frame(
+    buf: &mut [u8],
+    start: usize,
+    ty: RecordType,
+    log_number: Option<u64>,
+) -> Result<(), OverLimit> {
     let payload_start = start + RECORD_HEADER_LEN;
     let payload = buf.len().saturating_sub(payload_start);
     within(
@@ -132,8 +178,8 @@ pub fn finish_record(buf: &mut [u8], start: usize, ty: RecordType) -> Result<(),
     buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
     buf[start + 4..start + 8].copy_from_slice(&[ty as u8, 0, 0, 0]);
     buf[start + 8..start + 12].copy_from_slice(&payload_crc.to_le_bytes());
-    let header_crc = crc32fast::hash(&buf[start..start + 12]);
-    buf[start + 12..start + 16].copy_from_slice(&header_crc.to_le_bytes());
+    let crc = header_crc(&buf[start..start + 12], log_number);
+    buf[start + 12..start + 16].copy_from_slice(&crc.to_le_bytes());
     Ok(())
 }
 
@@ -180,6 +226,8 @@ pub struct LogReader<'a> {
     buf: &'a [u8],
     pos: usize,
     version: u32,
+    /// The number in the file's name, which version 3 record checksums cover.
+    log_number: u64,
     done: bool,
     /// The final step, once reached (it repeats).
     last: Option<ReadStep<'a>>,
@@ -208,12 +256,19 @@ struct Found<'a> {
     end: usize,
 }
 
-fn record_at(buf: &[u8], pos: usize, version: u32) -> Option<Found<'_>> {
+/// The log number a record checksum of `version` covers, if any.
+fn seed(version: u32, log_number: u64) -> Option<u64> {
+    (version >= LOG_NUMBER_VERSION).then_some(log_number)
+}
+
+fn record_at(buf: &[u8], pos: usize, version: u32, log_number: u64) -> Option<Found<'_>> {
     let h = buf.get(pos..pos.checked_add(RECORD_HEADER_LEN)?)?;
-    if crc32fast::hash(&h[..12]) != get_u32(h, 12)? {
+    // The type first: a cheap test that rules out most positions of a scan for the next
+    // record (a reused file's old records, or damage) before a checksum is computed.
+    let ty = RecordType::from_u8(h[4])?;
+    if header_crc(&h[..12], seed(version, log_number)) != get_u32(h, 12)? {
         return None;
     }
-    let ty = RecordType::from_u8(h[4])?;
     let len = get_u32(h, 0)? as usize;
     if len > MAX_RECORD_LEN {
         return None;
@@ -241,13 +296,19 @@ fn record_at(buf: &[u8], pos: usize, version: u32) -> Option<Found<'_>> {
 }
 
 /// The earliest durability claim a valid record after `from` makes about bytes at or past
-/// `damage`: the offset of such a record, if any. Scans every position (a damaged length
-/// cannot be trusted to find the next record); a false match needs two 32-bit checksums to
-/// agree by chance.
-pub fn vouched_after(buf: &[u8], from: usize, damage: usize) -> Option<u64> {
+/// `damage`, in a log of `version` numbered `log_number`: the offset of such a record, if
+/// any. Scans every position (a damaged length cannot be trusted to find the next record); a
+/// false match needs two 32-bit checksums to agree by chance.
+pub fn vouched_after(
+    buf: &[u8],
+    from: usize,
+    damage: usize,
+    version: u32,
+    log_number: u64,
+) -> Option<u64> {
     let mut pos = from;
     while pos.saturating_add(RECORD_HEADER_LEN) <= buf.len() {
-        match record_at(buf, pos, WAL_VERSION) {
+        match record_at(buf, pos, version, log_number) {
             Some(found) => {
                 if found.synced_through > damage as u64 {
                     return Some(pos as u64);
@@ -261,9 +322,10 @@ pub fn vouched_after(buf: &[u8], from: usize, damage: usize) -> Option<u64> {
 }
 
 impl<'a> LogReader<'a> {
-    /// Reads the records of `buf`, which must start with a valid file header (its version
-    /// decides the record layout; an unreadable one is taken as the newest).
-    pub fn new(buf: &'a [u8]) -> Self {
+    /// Reads the records of `buf`, the log file numbered `log_number` (the number in its
+    /// name), which must start with a valid file header (its version decides the record
+    /// layout; an unreadable one is taken as the newest).
+    pub fn new(buf: &'a [u8], log_number: u64) -> Self {
         let version = match check_file_header(buf) {
             Ok(Some(v)) => v,
             _ => WAL_VERSION,
@@ -272,6 +334,7 @@ impl<'a> LogReader<'a> {
             buf,
             pos: FILE_HEADER_LEN.min(buf.len()),
             version,
+            log_number,
             done: false,
             last: None,
         }
@@ -305,7 +368,7 @@ impl<'a> LogReader<'a> {
         if self.pos == self.buf.len() {
             return ReadStep::End { offset };
         }
-        if let Some(found) = record_at(self.buf, self.pos, self.version) {
+        if let Some(found) = record_at(self.buf, self.pos, self.version, self.log_number) {
             self.pos = found.end;
             return ReadStep::Record {
                 ty: found.ty,
@@ -315,7 +378,13 @@ impl<'a> LogReader<'a> {
                 lsn: found.lsn,
             };
         }
-        match vouched_after(self.buf, self.pos + 1, self.pos) {
+        match vouched_after(
+            self.buf,
+            self.pos + 1,
+            self.pos,
+            self.version,
+            self.log_number,
+        ) {
             None => ReadStep::TornTail { offset },
             Some(_) => ReadStep::Corrupt {
                 offset,
@@ -405,6 +474,9 @@ impl<'a> LogReader<'a> {
 mod tests {
     use super::*;
 
+    /// The number of the log file the tests' records are written to.
+    const LOG: u64 = 7;
+
     fn log_of(payloads: &[&[u8]]) -> (Vec<u8>, Vec<usize>) {
         let mut buf = Vec::new();
         encode_file_header(&mut buf);
@@ -417,6 +489,7 @@ mod tests {
                 synced,
                 ends.len() as u64 + 1,
                 p,
+                LOG,
             );
             ends.push(buf.len());
         }
@@ -424,7 +497,7 @@ mod tests {
     }
 
     fn read_all(buf: &[u8]) -> (Vec<Vec<u8>>, ReadStep<'_>) {
-        let mut r = LogReader::new(buf);
+        let mut r = LogReader::new(buf, LOG);
         let mut out = Vec::new();
         loop {
             match r.next_step() {
@@ -451,14 +524,14 @@ mod tests {
     #[test]
     fn begin_finish_matches_encode() {
         let mut a = Vec::new();
-        encode_record(&mut a, RecordType::Batch, 77, 300, b"payload bytes");
+        encode_record(&mut a, RecordType::Batch, 77, 300, b"payload bytes", LOG);
         assert_eq!(a.len(), record_overhead(77, 300) + 13);
         assert_eq!(record_overhead(0, 127), RECORD_HEADER_LEN + 2);
         assert_eq!(record_overhead(128, 1 << 63), RECORD_HEADER_LEN + 2 + 10);
         let mut b = Vec::new();
         let start = begin_record(&mut b, 77, 300);
         b.extend_from_slice(b"payload bytes");
-        finish_record(&mut b, start, RecordType::Batch).unwrap();
+        finish_record(&mut b, start, RecordType::Batch, LOG).unwrap();
         assert_eq!(a, b);
     }
 
@@ -468,10 +541,10 @@ mod tests {
         encode_file_header(&mut log);
         let start = begin_record(&mut log, 0, 1);
         log.resize(start + RECORD_HEADER_LEN + MAX_RECORD_LEN + 1, 7);
-        assert!(finish_record(&mut log, start, RecordType::Batch).is_err());
+        assert!(finish_record(&mut log, start, RecordType::Batch, LOG).is_err());
         log.pop();
-        finish_record(&mut log, start, RecordType::Batch).unwrap();
-        let mut r = LogReader::new(&log);
+        finish_record(&mut log, start, RecordType::Batch, LOG).unwrap();
+        let mut r = LogReader::new(&log, LOG);
         assert!(
             // The body is what follows the one-byte `synced_through` and `lsn`.
             matches!(r.next_step(), ReadStep::Record { payload, .. } if payload.len() == MAX_RECORD_LEN - 2),
@@ -568,6 +641,7 @@ mod tests {
                 durable,
                 ends.len() as u64 + 1,
                 p,
+                LOG,
             );
             ends.push(buf.len());
         }
@@ -603,7 +677,14 @@ mod tests {
         let (mut buf, ends) = unsynced_log(&[b"synced", &big], 0);
         // A later group written after an fsync that covered the damaged bytes.
         let synced = buf.len() as u64;
-        encode_record(&mut buf, RecordType::Batch, synced, 3, b"after the sync");
+        encode_record(
+            &mut buf,
+            RecordType::Batch,
+            synced,
+            3,
+            b"after the sync",
+            LOG,
+        );
         for b in &mut buf[ends[0] + 20..ends[0] + 300] {
             *b = 0;
         }
@@ -614,7 +695,7 @@ mod tests {
             "{end:?}"
         );
         assert_eq!(
-            vouched_after(&buf, ends[0] + 1, ends[0]),
+            vouched_after(&buf, ends[0] + 1, ends[0], WAL_VERSION, LOG),
             Some(ends[1] as u64)
         );
     }
@@ -622,7 +703,7 @@ mod tests {
     #[test]
     fn records_report_what_was_durable_when_they_were_written() {
         let (buf, ends) = log_of(&[b"a", b"b"]);
-        let mut r = LogReader::new(&buf);
+        let mut r = LogReader::new(&buf, LOG);
         for (i, want) in [FILE_HEADER_LEN, ends[0]].into_iter().enumerate() {
             match r.next_step() {
                 ReadStep::Record {
@@ -670,6 +751,111 @@ mod tests {
         assert!(matches!(end, ReadStep::Corrupt { .. }), "{end:?}");
     }
 
+    /// A file reused for a newer log: its header and first records rewritten, the records of
+    /// its earlier use left past them, still with valid checksums for the old number and
+    /// durability claims reaching far into the file.
+    fn reused(old: &[&[u8]], new: &[&[u8]]) -> (Vec<u8>, Vec<usize>) {
+        let mut file = Vec::new();
+        encode_file_header(&mut file);
+        for (i, p) in old.iter().enumerate() {
+            let synced = file.len() as u64;
+            encode_record(&mut file, RecordType::Batch, synced, i as u64 + 1, p, 5);
+        }
+        let mut fresh = Vec::new();
+        encode_file_header(&mut fresh);
+        let mut ends = Vec::new();
+        for (i, p) in new.iter().enumerate() {
+            let synced = fresh.len() as u64;
+            encode_record(&mut fresh, RecordType::Batch, synced, i as u64 + 40, p, LOG);
+            ends.push(fresh.len());
+        }
+        assert!(fresh.len() < file.len(), "the new records are the shorter");
+        file[..fresh.len()].copy_from_slice(&fresh);
+        (file, ends)
+    }
+
+    #[test]
+    fn a_reused_file_ends_where_its_own_records_end() {
+        let old: Vec<Vec<u8>> = (0..6).map(|i| vec![b'o'; 50 + i * 7]).collect();
+        let old: Vec<&[u8]> = old.iter().map(|v| &v[..]).collect();
+        let (file, ends) = reused(&old, &[b"one", b"two"]);
+        let (recs, end) = read_all(&file);
+        assert_eq!(recs, vec![b"one".to_vec(), b"two".to_vec()]);
+        assert_eq!(
+            end,
+            ReadStep::TornTail {
+                offset: ends[1] as u64
+            },
+            "the old records no longer check out"
+        );
+        // The old records' durability claims vouch for nothing: damage in the new records
+        // is still a torn tail.
+        let mut damaged = file.clone();
+        damaged[ends[0] + 20] ^= 0x40;
+        let (recs, end) = read_all(&damaged);
+        assert_eq!(recs, vec![b"one".to_vec()]);
+        assert_eq!(
+            end,
+            ReadStep::TornTail {
+                offset: ends[0] as u64
+            }
+        );
+        // Under its old number the new records are what does not check out, and the old
+        // records past them say those bytes were durable: the number in the name, which
+        // the checksums cover, is what tells the two uses apart.
+        let mut r = LogReader::new(&file[..], 5);
+        assert!(matches!(
+            r.next_step(),
+            ReadStep::Corrupt { offset: 16, .. }
+        ));
+    }
+
+    #[test]
+    fn a_record_checks_out_only_in_the_log_it_was_written_to() {
+        let (buf, _) = log_of(&[b"hello"]);
+        assert!(matches!(
+            LogReader::new(&buf, LOG).next_step(),
+            ReadStep::Record { .. }
+        ));
+        for other in [0, LOG - 1, LOG + 1, LOG << 32] {
+            assert_eq!(
+                LogReader::new(&buf, other).next_step(),
+                ReadStep::TornTail { offset: 16 },
+                "log {other}"
+            );
+        }
+    }
+
+    #[test]
+    fn version_2_logs_are_read_without_a_log_number() {
+        let mut buf = Vec::new();
+        encode_file_header_version(&mut buf, 2);
+        let mut ends = Vec::new();
+        for (i, p) in [&b"first"[..], b"second"].iter().enumerate() {
+            let synced = buf.len() as u64;
+            encode_record_v2(&mut buf, RecordType::Batch, synced, i as u64 + 1, p);
+            ends.push(buf.len());
+        }
+        for number in [0, LOG, 1 << 40] {
+            let mut r = LogReader::new(&buf, number);
+            assert!(matches!(r.next_step(), ReadStep::Record { lsn: 1, .. }));
+            assert!(matches!(r.next_step(), ReadStep::Record { lsn: 2, .. }));
+            assert_eq!(
+                r.next_step(),
+                ReadStep::End {
+                    offset: buf.len() as u64
+                }
+            );
+        }
+        // Damage vouched for by a later version 2 record is still found.
+        let mut three = buf.clone();
+        encode_record_v2(&mut three, RecordType::Batch, buf.len() as u64, 3, b"third");
+        three[ends[0] + 18] ^= 1;
+        let (recs, end) = read_all(&three);
+        assert_eq!(recs.len(), 1);
+        assert!(matches!(end, ReadStep::Corrupt { .. }), "{end:?}");
+    }
+
     #[test]
     fn the_documented_example_is_what_the_encoder_writes() {
         let body: &[u8] = &[
@@ -679,10 +865,11 @@ mod tests {
         ];
         let mut buf = Vec::new();
         encode_file_header(&mut buf);
-        encode_record(&mut buf, RecordType::Batch, 0, 1, body);
+        // A new store's first log is 000002.wal: the example's record is in log 2.
+        encode_record(&mut buf, RecordType::Batch, 0, 1, body, 2);
         let header: &[u8] = &[
-            0x43, 0x48, 0x41, 0x54, 0x57, 0x41, 0x4c, 0x01, 0x02, 0, 0, 0, 0, 0, 0, 0, 0x22, 0, 0,
-            0, 0x01, 0, 0, 0, 0x06, 0x6e, 0x2d, 0x71, 0x25, 0x21, 0x7f, 0x23, 0x00, 0x01,
+            0x43, 0x48, 0x41, 0x54, 0x57, 0x41, 0x4c, 0x01, 0x03, 0, 0, 0, 0, 0, 0, 0, 0x22, 0, 0,
+            0, 0x01, 0, 0, 0, 0x06, 0x6e, 0x2d, 0x71, 0x4b, 0x0a, 0xb1, 0x9d, 0x00, 0x01,
         ];
         assert_eq!(&buf[..header.len()], header);
         assert_eq!(&buf[header.len()..], body);

@@ -71,6 +71,8 @@ pub enum Op {
     Sync,
     /// [`FileSystem::create`].
     Create,
+    /// [`FileSystem::overwrite`].
+    Overwrite,
     /// [`FileSystem::rename`]; a rule's path filter matches either name.
     Rename,
     /// [`FileSystem::remove`].
@@ -229,8 +231,42 @@ pub enum CrashMode {
 
 struct Inode {
     data: Vec<u8>,
+    /// Bytes at the start of `data` that are durable.
     synced: usize,
+    /// What the disk durably holds from offset `synced` on, from writes before the file was
+    /// opened to be overwritten (empty for a file only ever appended to): a power cut
+    /// leaves these bytes wherever the newer writes over them were not synced, and the file
+    /// at least this long.
+    underneath: Vec<u8>,
     writers: usize,
+}
+
+impl Inode {
+    fn empty() -> Self {
+        Inode {
+            data: Vec::new(),
+            synced: 0,
+            underneath: Vec::new(),
+            writers: 0,
+        }
+    }
+
+    /// Everything written is now durable.
+    fn sync(&mut self) {
+        let newly = self.data.len().saturating_sub(self.synced);
+        self.underneath.drain(..newly.min(self.underneath.len()));
+        self.synced = self.data.len();
+        if self.underneath.is_empty() {
+            self.underneath = Vec::new();
+        }
+    }
+
+    /// What survives a power cut that loses everything not synced.
+    fn durable_image(&self) -> Vec<u8> {
+        let mut image = self.data[..self.synced.min(self.data.len())].to_vec();
+        image.extend_from_slice(&self.underneath);
+        image
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -394,14 +430,7 @@ impl State {
 
     fn new_inode(&mut self) -> u64 {
         self.next_ino += 1;
-        self.inodes.insert(
-            self.next_ino,
-            Inode {
-                data: Vec::new(),
-                synced: 0,
-                writers: 0,
-            },
-        );
+        self.inodes.insert(self.next_ino, Inode::empty());
         self.next_ino
     }
 
@@ -411,8 +440,10 @@ impl State {
         let existing = self.dir_mut(&dir)?.current.get(&name).copied();
         if let Some(ino) = existing {
             if let Some(inode) = self.inodes.get_mut(&ino) {
-                inode.data.clear();
-                inode.synced = 0;
+                *inode = Inode {
+                    writers: inode.writers,
+                    ..Inode::empty()
+                };
                 return Ok(ino);
             }
         }
@@ -488,18 +519,22 @@ impl State {
             let Some(inode) = self.inodes.get(&ino) else {
                 continue;
             };
-            let synced = inode.synced.min(inode.data.len());
-            let mut data = inode.data[..synced].to_vec();
-            if let Some(rng) = rng.as_mut() {
-                tear_unsynced_tail(&mut data, &inode.data, rng);
-            }
+            let data = match rng.as_mut() {
+                Some(rng) => {
+                    let synced = inode.synced.min(inode.data.len());
+                    let mut data = inode.data[..synced].to_vec();
+                    tear_unsynced_tail(&mut data, &inode.data, &inode.underneath, rng);
+                    data
+                }
+                None => inode.durable_image(),
+            };
             let synced = data.len();
             inodes.insert(
                 ino,
                 Inode {
                     data,
                     synced,
-                    writers: 0,
+                    ..Inode::empty()
                 },
             );
         }
@@ -524,6 +559,7 @@ impl State {
                     Inode {
                         data: inode.data.clone(),
                         synced: inode.synced,
+                        underneath: inode.underneath.clone(),
                         writers: 0,
                     },
                 )
@@ -541,19 +577,43 @@ impl State {
 }
 
 /// The bytes of the unsynced tail `written[data.len()..]` that a torn power cut leaves after
-/// the synced prefix `data`. The file's new size reached the disk for a random part of the
-/// tail; within it each page independently holds what was written, zeroes (never written),
-/// or stale bytes from an earlier use of the disk block, so a later page can survive while an
-/// earlier one is lost.
-fn tear_unsynced_tail(data: &mut Vec<u8>, written: &[u8], rng: &mut SplitMix) {
-    let start = data.len();
-    let unsynced = written.len().saturating_sub(start);
-    let extra = rng.below(unsynced as u64 + 1) as usize;
-    let end = start + extra;
+/// the synced prefix `data`, over `underneath` (what the disk durably held there, for a file
+/// opened to be overwritten). Where the file durably had bytes, each page holds the old or the
+/// new ones. Past that the file's new size reached the disk for a random part of the tail;
+/// within it each page independently holds what was written, zeroes (never written), or stale
+/// bytes from an earlier use of the disk block, so a later page can survive while an earlier
+/// one is lost.
+fn tear_unsynced_tail(data: &mut Vec<u8>, written: &[u8], underneath: &[u8], rng: &mut SplitMix) {
     // Small pages, so that the small files of tests get torn in the middle too.
     let page = TORN_PAGE;
     // One case in two keeps an exact prefix (the tidy failure); otherwise pages are mixed.
     let mixed = rng.below(2) == 0;
+    let start = data.len();
+    let old_end = start + underneath.len();
+    let over_end = written.len().min(old_end);
+    if start < over_end {
+        let tidy_end = start + rng.below((over_end - start) as u64 + 1) as usize;
+        let mut pos = start;
+        while pos < over_end {
+            let page_end = ((pos / page + 1) * page).min(over_end);
+            let new = if mixed {
+                rng.below(2) == 0
+            } else {
+                pos < tidy_end
+            };
+            if new {
+                data.extend_from_slice(&written[pos..page_end]);
+            } else {
+                data.extend_from_slice(&underneath[pos - start..page_end - start]);
+            }
+            pos = page_end;
+        }
+    }
+    data.extend_from_slice(&underneath[over_end - start..]);
+    let start = data.len();
+    let unsynced = written.len().saturating_sub(start);
+    let extra = rng.below(unsynced as u64 + 1) as usize;
+    let end = start + extra;
     let mut pos = start;
     while pos < end {
         let page_end = ((pos / page + 1) * page).min(end);
@@ -720,6 +780,9 @@ struct FaultFile {
     state: Arc<Mutex<State>>,
     ino: u64,
     path: PathBuf,
+    /// Where the next write lands, for a file opened to be overwritten; `None` appends at
+    /// the end.
+    pos: Option<usize>,
 }
 
 impl WritableFile for FaultFile {
@@ -732,7 +795,22 @@ impl WritableFile for FaultFile {
             Err(_) => &[],
         };
         if let Some(inode) = s.inodes.get_mut(&self.ino) {
-            inode.data.extend_from_slice(stored);
+            let pos = self.pos.unwrap_or(inode.data.len());
+            if pos < inode.synced {
+                // Overwriting durable bytes: until the next sync the disk holds the old ones.
+                let mut old = inode.data[pos..inode.synced].to_vec();
+                old.append(&mut inode.underneath);
+                inode.underneath = old;
+                inode.synced = pos;
+            }
+            let end = pos + stored.len();
+            if inode.data.len() < end {
+                inode.data.resize(end, 0);
+            }
+            inode.data[pos..end].copy_from_slice(stored);
+            if self.pos.is_some() {
+                self.pos = Some(end);
+            }
         }
         outcome.map_err(|f| f.error)
     }
@@ -741,7 +819,7 @@ impl WritableFile for FaultFile {
         let mut s = self.state.lock();
         s.check(Op::Sync, &[&self.path]).map_err(|f| f.error)?;
         if let Some(inode) = s.inodes.get_mut(&self.ino) {
-            inode.synced = inode.data.len();
+            inode.sync();
         }
         Ok(())
     }
@@ -826,6 +904,22 @@ impl FileSystem for FaultFs {
             state: Arc::clone(&self.state),
             ino,
             path: normalize(path),
+            pos: None,
+        }))
+    }
+
+    fn overwrite(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+        let mut s = self.state.lock();
+        s.check(Op::Overwrite, &[path]).map_err(|f| f.error)?;
+        let ino = s.lookup(path)?;
+        if let Some(inode) = s.inodes.get_mut(&ino) {
+            inode.writers += 1;
+        }
+        Ok(Box::new(FaultFile {
+            state: Arc::clone(&self.state),
+            ino,
+            path: normalize(path),
+            pos: Some(0),
         }))
     }
 
@@ -886,6 +980,7 @@ impl FileSystem for FaultFs {
             inode.data.resize(len, 0);
             // Like the real implementation, this syncs the whole file.
             inode.synced = len;
+            inode.underneath = Vec::new();
         }
         Ok(())
     }
@@ -911,7 +1006,7 @@ impl FileSystem for FaultFs {
         s.check(Op::Sync, &[path]).map_err(|f| f.error)?;
         let ino = s.lookup(path)?;
         if let Some(inode) = s.inodes.get_mut(&ino) {
-            inode.synced = inode.data.len();
+            inode.sync();
         }
         Ok(())
     }
@@ -1297,5 +1392,93 @@ mod tests {
         );
         fs.sync_dir(dir()).unwrap();
         assert!(fs.state.lock().inodes.is_empty());
+    }
+
+    #[test]
+    fn an_overwritten_file_keeps_its_old_bytes_until_the_new_ones_are_synced() {
+        let fs = fs_with_dir();
+        let old: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8 | 1).collect();
+        drop(write(&fs, "log", &old, true));
+        fs.sync_dir(dir()).unwrap();
+        let mut f = fs.overwrite(&dir().join("log")).unwrap();
+        f.write_all(&[0xAA; 1200]).unwrap();
+        let mut now = vec![0xAA; 1200];
+        now.extend_from_slice(&old[1200..]);
+        assert_eq!(content(&fs, "log").unwrap(), now, "reads see the new bytes");
+
+        let lost = fs.crash_copy(CrashMode::LoseUnsynced);
+        assert_eq!(
+            content(&lost, "log").unwrap(),
+            old,
+            "nothing new was synced"
+        );
+        let mut seen_both = false;
+        for seed in 0..64 {
+            let torn = fs.crash_copy(CrashMode::Torn { seed });
+            let got = content(&torn, "log").unwrap();
+            assert_eq!(got.len(), old.len(), "seed {seed}: the file never shrinks");
+            for (page, chunk) in got.chunks(TORN_PAGE).enumerate() {
+                let at = page * TORN_PAGE;
+                let want_old = &old[at..at + chunk.len()];
+                let want_new = &now[at..at + chunk.len()];
+                assert!(
+                    chunk == want_old || chunk == want_new,
+                    "seed {seed}: page {page} is neither the old nor the new bytes"
+                );
+            }
+            seen_both |= got[..TORN_PAGE] == now[..TORN_PAGE] && got[1024..1200] == old[1024..1200];
+        }
+        assert!(
+            seen_both,
+            "some cut keeps an earlier new page and loses a later one"
+        );
+
+        // Past the old end the file grows as any other.
+        f.write_all(&[0xBB; 2000]).unwrap();
+        f.sync().unwrap();
+        let mut synced = vec![0xAA; 1200];
+        synced.extend_from_slice(&[0xBB; 2000]);
+        assert_eq!(fs.synced_len(&dir().join("log")), Some(3200));
+        assert_eq!(
+            content(&fs.crash_copy(CrashMode::LoseUnsynced), "log").unwrap(),
+            synced
+        );
+    }
+
+    #[test]
+    fn a_sync_of_an_overwrite_makes_the_rest_of_the_old_file_durable_as_it_was() {
+        let fs = fs_with_dir();
+        drop(write(&fs, "log", &[7u8; 2048], true));
+        fs.sync_dir(dir()).unwrap();
+        let mut f = fs.overwrite(&dir().join("log")).unwrap();
+        f.write_all(b"header").unwrap();
+        f.sync().unwrap();
+        f.write_all(b" and more").unwrap();
+        let mut want = b"header".to_vec();
+        want.extend_from_slice(&[7u8; 2042]);
+        for mode in [CrashMode::LoseUnsynced, CrashMode::Torn { seed: 3 }] {
+            let got = content(&fs.crash_copy(mode), "log").unwrap();
+            assert_eq!(got.len(), 2048);
+            assert_eq!(&got[..6], b"header", "{mode:?}");
+            if mode == CrashMode::LoseUnsynced {
+                assert_eq!(got, want);
+            }
+        }
+        fs.truncate(&dir().join("log"), 15).unwrap();
+        assert_eq!(
+            content(&fs.crash_copy(CrashMode::Torn { seed: 9 }), "log").unwrap(),
+            b"header and more"
+        );
+    }
+
+    #[test]
+    fn overwriting_a_missing_file_is_an_error_and_counts_as_an_operation() {
+        let fs = fs_with_dir();
+        assert!(fs.overwrite(&dir().join("none")).is_err());
+        assert_eq!(fs.op_count(Op::Overwrite), 1);
+        fs.inject(FaultRule::new(Op::Overwrite).times(1));
+        drop(write(&fs, "log", b"x", true));
+        assert!(fs.overwrite(&dir().join("log")).is_err(), "injected");
+        assert!(fs.overwrite(&dir().join("log")).is_ok());
     }
 }

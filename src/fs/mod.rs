@@ -81,6 +81,18 @@ pub trait FileSystem: Send + Sync + fmt::Debug {
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
     /// Creates (or truncates) a file for writing.
     fn create(&self, path: &Path) -> io::Result<Box<dyn WritableFile>>;
+    /// Opens the existing file at `path` to be written again from its start: writes replace
+    /// its bytes in place and extend it past its end; bytes past the last write keep what
+    /// they held, and its length does not shrink. The store reuses retired WAL files this way
+    /// (`Options::recycled_wal_files`), so that syncing a record does not also commit a new
+    /// file length. The default refuses with `Unsupported`, and the store then creates new
+    /// files.
+    fn overwrite(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("{}: overwriting in place is not supported", path.display()),
+        ))
+    }
     /// Reads a whole file into memory.
     fn read(&self, path: &Path) -> io::Result<Bytes>;
     /// Opens an immutable file for positioned reads. The file must not change while open.
@@ -181,6 +193,12 @@ impl FileSystem for StdFileSystem {
             .create(true)
             .truncate(true)
             .open(path)?;
+        Ok(Box::new(StdWritableFile { file }))
+    }
+
+    fn overwrite(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+        // Neither `truncate` nor `append`: writes start at offset 0 over the old bytes.
+        let file = OpenOptions::new().write(true).open(path)?;
         Ok(Box::new(StdWritableFile { file }))
     }
 
