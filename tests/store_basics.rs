@@ -661,3 +661,75 @@ fn a_bad_flush_codec_is_refused() {
     .unwrap_err();
     assert!(matches!(err, chatstore::Error::InvalidOption(_)), "{err}");
 }
+
+/// The WAL files (name, bytes) in `dir`.
+fn wal_contents(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read(&p).unwrap())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Retired WAL files kept for reuse cost disk while the store runs; a closed store keeps none,
+/// and its logs end at their last record (a reused log's old records are cut off), so the
+/// next open reads only what it replays.
+#[test]
+fn a_closed_store_keeps_no_retired_log_and_its_logs_end_at_their_records() {
+    use chatstore::format::wal::{LogReader, ReadStep};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(
+        dir.path(),
+        Options {
+            memtable_bytes: 8 << 10,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let conv = ConversationId(3);
+    let mut reused_at_flush = 0;
+    for round in 0..200 {
+        store
+            .append_batch(
+                (0..20)
+                    .map(|i| (conv, text(1, &format!("round {round} message {i:030}"))))
+                    .collect(),
+            )
+            .unwrap();
+        if round % 10 == 9 {
+            store.flush().unwrap();
+            reused_at_flush = store.stats().wal_files_recycled;
+        }
+    }
+    assert!(reused_at_flush > 0, "no log was reused");
+    let open_wals = wal_contents(dir.path()).len();
+    assert!(open_wals >= 2, "the kept files: {open_wals}");
+    store.close().unwrap();
+    let closed = wal_contents(dir.path());
+    assert!(closed.len() < open_wals, "{} of {open_wals}", closed.len());
+    for (name, data) in &closed {
+        let number: u64 = name.trim_end_matches(".wal").parse().unwrap();
+        let mut reader = LogReader::new(data, number);
+        let end = loop {
+            match reader.next_step() {
+                ReadStep::Record { .. } => continue,
+                end => break end,
+            }
+        };
+        assert_eq!(
+            end,
+            ReadStep::End {
+                offset: data.len() as u64
+            },
+            "{name}"
+        );
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.latest(conv, 1).unwrap()[0].id.0, 200 * 20);
+}

@@ -836,11 +836,20 @@ impl Engine {
     /// sealed, and those may hold content a compaction is about to remove from disk
     /// (deleted or edited messages): `Store::compact` promises it gone.
     pub(crate) fn pause_log_recycling(&self) -> Result<RecyclingPaused<'_>> {
+        self.stop_log_recycling()?;
+        Ok(RecyclingPaused { engine: self })
+    }
+
+    /// Deletes the retired WAL files kept for reuse, keeps or reuses none from now on (until
+    /// as many [`RecyclingPaused`] guards drop as calls made), and cuts the current log to
+    /// its own records. The store does this when it closes too: kept files would otherwise
+    /// stay on disk until the next open, and the next open would read a reused log's old
+    /// records to find where it ends.
+    pub(crate) fn stop_log_recycling(&self) -> Result<()> {
         // Lock order: `wal` before `retired`.
         let mut wal = self.committer.wal.lock();
         let mut retired = self.committer.retired.lock();
         retired.paused = retired.paused.saturating_add(1);
-        let paused = RecyclingPaused { engine: self };
         for n in std::mem::take(&mut retired.numbers) {
             // Best effort, as any retired log: one left behind is deleted at the next open.
             let _ = self.fs.remove(&files::wal_path(&self.dir, n));
@@ -853,7 +862,7 @@ impl Engine {
                 if synced {
                     self.counters.wal_syncs.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(paused)
+                Ok(())
             }
             Err(e) => {
                 // As any failed WAL sync: the kernel may have dropped the dirty pages.

@@ -143,7 +143,12 @@ impl Engine {
     pub(crate) fn shutdown(&self) -> Result<()> {
         self.lifecycle.shut_down();
         self.committer.wake_writers();
-        self.sync()
+        self.sync()?;
+        if self.opts.read_only {
+            return Ok(());
+        }
+        // No retired log left behind, and the current one cut to its own records.
+        self.stop_log_recycling()
     }
 
     /// Lets another store open the directory. REQUIRES: shut down, background threads joined.

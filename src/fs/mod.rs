@@ -260,3 +260,29 @@ impl FileSystem for StdFileSystem {
         File::open(to)?.sync_all()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reused WAL file is written over in place: the new bytes replace the old ones from
+    /// offset 0, the rest keeps what it held, and the length never shrinks.
+    #[test]
+    fn overwrite_writes_from_the_start_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("000007.wal");
+        let fs = StdFileSystem;
+        let mut f = fs.create(&path).unwrap();
+        f.write_all(b"0123456789").unwrap();
+        f.sync().unwrap();
+        drop(f);
+        let mut f = fs.overwrite(&path).unwrap();
+        f.write_all(b"ab").unwrap();
+        f.write_all(b"cd").unwrap();
+        f.sync().unwrap();
+        assert_eq!(&fs.read(&path).unwrap()[..], b"abcd456789");
+        f.write_all(b"efghijkl").unwrap();
+        assert_eq!(&fs.read(&path).unwrap()[..], b"abcdefghijkl");
+        assert!(fs.overwrite(&dir.path().join("missing")).is_err());
+    }
+}
