@@ -103,6 +103,12 @@ fn crash_child() {
                         .append_batch(batch)
                         .unwrap_or_else(|e| panic!("child append: {e}"));
                     let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
+                    if w == 0 && seq % 20 == 0 {
+                        // How many logs were reused files so far: the parent checks that
+                        // kills also met reused logs.
+                        let reused = store.stats().wal_files_recycled;
+                        let _ = writeln!(out, "REUSED {reused}");
+                    }
                     for m in got {
                         let line = format!("ACK {} {} {}\n", m.conversation, m.id, fnv(&m.content));
                         // The parent is gone if stdout is: stop.
@@ -124,8 +130,9 @@ fn crash_child() {
 }
 
 /// Runs one child until it has acknowledged `kill_after` messages, kills it and returns the
-/// acknowledgements it printed: (conversation, id, content hash).
-fn run_child(dir: &Path, round: u64, kill_after: usize) -> Vec<(u64, u64, u64)> {
+/// acknowledgements it printed, (conversation, id, content hash), and the number of logs it
+/// said were reused files.
+fn run_child(dir: &Path, round: u64, kill_after: usize) -> (Vec<(u64, u64, u64)>, u64) {
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
     let mut child = Command::new(exe)
         .args(["--exact", "crash_child", "--nocapture", "--ignored"])
@@ -144,6 +151,7 @@ fn run_child(dir: &Path, round: u64, kill_after: usize) -> Vec<(u64, u64, u64)> 
     });
     let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
     let mut acks = Vec::new();
+    let mut reused = 0;
     let mut killed = false;
     if kill_after == 0 {
         child.kill().unwrap_or_else(|e| panic!("kill: {e}"));
@@ -153,6 +161,10 @@ fn run_child(dir: &Path, round: u64, kill_after: usize) -> Vec<(u64, u64, u64)> 
     // count too: read to the end.
     for line in BufReader::new(stdout).lines() {
         let line = line.unwrap_or_else(|e| panic!("child stdout: {e}"));
+        if let Some(n) = line.strip_prefix("REUSED ") {
+            reused = n.parse().unwrap_or_else(|_| panic!("bad line {line:?}"));
+            continue;
+        }
         let Some(rest) = line.strip_prefix("ACK ") else {
             continue;
         };
@@ -183,7 +195,7 @@ fn run_child(dir: &Path, round: u64, kill_after: usize) -> Vec<(u64, u64, u64)> 
             "round {round}: the child was not killed but ended with {status}:\n{stderr}"
         );
     }
-    acks
+    (acks, reused)
 }
 
 #[test]
@@ -194,14 +206,16 @@ fn acknowledged_messages_survive_sigkill() {
     // Content hashes of every message known to be stored, per conversation (index = id - 1).
     let mut model: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
     let mut total_acks = 0;
+    let mut reused_logs = 0;
     for round in 0..ROUNDS {
         let kill_after = if rng.gen_ratio(1, 8) {
             0
         } else {
             rng.gen_range(1..800)
         };
-        let acks = run_child(dir.path(), round, kill_after);
+        let (acks, reused) = run_child(dir.path(), round, kill_after);
         total_acks += acks.len();
+        reused_logs += reused;
 
         let ctx = format!("round {round} (killed after {} acks)", acks.len());
         let store = Store::open_with(dir.path(), options())
@@ -253,6 +267,7 @@ fn acknowledged_messages_survive_sigkill() {
             .unwrap_or_else(|e| panic!("{ctx}: close: {e}"));
     }
     assert!(total_acks > 0);
+    assert!(reused_logs > 0, "no kill met a reused WAL file");
     let segments = std::fs::read_dir(dir.path())
         .unwrap_or_else(|e| panic!("read_dir: {e}"))
         .filter(|e| {
