@@ -379,6 +379,36 @@ mod seeds {
         let mut torn = log[..log.len() - 7].to_vec();
         torn.extend_from_slice(&[0; 24]);
         write("wal_reader", "torn-tail", &torn);
+
+        // A reused file: a newer log's header and first record written over a file that held
+        // another log's records, which no longer check out and end the log.
+        let mut reused = Vec::new();
+        wal::encode_file_header(&mut reused);
+        for _ in 0..3 {
+            let synced = reused.len() as u64;
+            wal::encode_record(
+                &mut reused,
+                wal::RecordType::Batch,
+                synced,
+                1,
+                &payload,
+                crate::wal_reader::LOG_NUMBER - 1,
+            );
+        }
+        let mut one = Vec::new();
+        batch::put_count(&mut one, 1);
+        batch::put_message(&mut one, &msgs[0]);
+        let mut fresh = header.clone();
+        wal::encode_record(
+            &mut fresh,
+            wal::RecordType::Batch,
+            0,
+            1,
+            &one,
+            crate::wal_reader::LOG_NUMBER,
+        );
+        reused[..fresh.len()].copy_from_slice(&fresh);
+        write("wal_reader", "reused-file", &reused);
     }
 
     fn segment(
