@@ -568,6 +568,52 @@ fn errors_during_recovery_fail_the_open_and_destroy_nothing() {
     }
 }
 
+/// A torn WAL write poisons the store; its close must leave the log as the failure left it,
+/// for the next open to judge. A reused log file is normally cut to its records when the
+/// store closes: after a poison that would also cut the torn record, and the open would no
+/// longer see (or report) it.
+#[test]
+fn a_poisoned_store_leaves_its_reused_log_for_recovery_to_judge() {
+    let _watchdog = watchdog::arm(Duration::from_secs(180));
+    let mut rng = StdRng::seed_from_u64(5);
+    let fs = FaultFs::new();
+    let store = open(&fs, "setup");
+    let mut model = Model::default();
+    // Until a flush starts its new log in a reused file (the flushes before retire some).
+    let mut rounds = 0;
+    loop {
+        warm_up(&store, &mut model, &mut rng, 20, "setup");
+        let before = store.stats().wal_files_recycled;
+        store.flush().unwrap_or_else(|e| panic!("setup flush: {e}"));
+        if store.stats().wal_files_recycled > before {
+            break;
+        }
+        rounds += 1;
+        assert!(rounds < 50, "no log was reused");
+    }
+    warm_up(&store, &mut model, &mut rng, 3, "reused log");
+    fs.inject(
+        FaultRule::new(Op::Write)
+            .on_paths_ending_with(".wal")
+            .times(1)
+            .torn(),
+    );
+    let call = random_call(&mut rng, &model, "torn");
+    assert!(send(&store, &call).is_err());
+    model.failed.push(call);
+    drop(store);
+    // The open must meet the torn record and cut it: failing that cut fails the open.
+    let failing = fs.crash_copy(CrashMode::KeepWritten);
+    failing.inject(FaultRule::new(Op::Truncate).on_paths_ending_with(".wal"));
+    match Store::open_with(DIR, options(&failing)) {
+        Err(Error::Io { path, .. }) => {
+            assert!(path.to_string_lossy().ends_with(".wal"), "{path:?}");
+        }
+        other => panic!("the torn record was gone before the open: {other:?}"),
+    }
+    reopen_and_check(&fs, &model, "after the poison");
+}
+
 #[test]
 fn read_errors_on_open_name_the_file() {
     let _watchdog = watchdog::arm(Duration::from_secs(180));

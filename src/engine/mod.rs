@@ -144,7 +144,9 @@ impl Engine {
         self.lifecycle.shut_down();
         self.committer.wake_writers();
         self.sync()?;
-        if self.opts.read_only {
+        // A poisoned store's log stays as the failure left it: the next open decides from it
+        // what was committed (cutting a reused file to its records would also cut a torn one).
+        if self.opts.read_only || self.lifecycle.poisoned().is_some() {
             return Ok(());
         }
         // No retired log left behind, and the current one cut to its own records.

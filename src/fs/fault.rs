@@ -668,6 +668,25 @@ impl fmt::Debug for FaultFs {
 }
 
 impl FaultFs {
+    /// A writer of inode `ino` (at `path`), appending (`pos` `None`) or writing from `pos`.
+    fn writer(
+        &self,
+        s: &mut State,
+        ino: u64,
+        path: &Path,
+        pos: Option<usize>,
+    ) -> Box<dyn WritableFile> {
+        if let Some(inode) = s.inodes.get_mut(&ino) {
+            inode.writers += 1;
+        }
+        Box::new(FaultFile {
+            state: Arc::clone(&self.state),
+            ino,
+            path: normalize(path),
+            pos,
+        })
+    }
+
     /// An empty file system (not even a root directory: [`FileSystem::create_dir_all`] makes
     /// directories, as the store does on open).
     pub fn new() -> Self {
@@ -897,30 +916,14 @@ impl FileSystem for FaultFs {
         let mut s = self.state.lock();
         s.check(Op::Create, &[path]).map_err(|f| f.error)?;
         let ino = s.create_file(path)?;
-        if let Some(inode) = s.inodes.get_mut(&ino) {
-            inode.writers += 1;
-        }
-        Ok(Box::new(FaultFile {
-            state: Arc::clone(&self.state),
-            ino,
-            path: normalize(path),
-            pos: None,
-        }))
+        Ok(self.writer(&mut s, ino, path, None))
     }
 
     fn overwrite(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
         let mut s = self.state.lock();
         s.check(Op::Overwrite, &[path]).map_err(|f| f.error)?;
         let ino = s.lookup(path)?;
-        if let Some(inode) = s.inodes.get_mut(&ino) {
-            inode.writers += 1;
-        }
-        Ok(Box::new(FaultFile {
-            state: Arc::clone(&self.state),
-            ino,
-            path: normalize(path),
-            pos: Some(0),
-        }))
+        Ok(self.writer(&mut s, ino, path, Some(0)))
     }
 
     fn read(&self, path: &Path) -> io::Result<Bytes> {
