@@ -4,6 +4,7 @@
 //! matches against).
 //!
 //! `cargo run --release --example codec_probe [MESSAGES] [CONVERSATIONS]`
+//! (`DICT_KIB` sets the dictionary's size, 64 KiB by default as the store's).
 //!
 //! Blocks are built as compaction lays them out (rows sorted by conversation and id, a new
 //! block at 4 KiB, or at 2 KiB when a conversation starts) from a Zipf(1.0) chat workload, for
@@ -115,7 +116,11 @@ fn probe(name: &str, messages: usize, convs: usize, median: f64) {
     let (train_set, held): (Vec<_>, Vec<_>) = all.iter().enumerate().partition(|(i, _)| i % 2 == 0);
     let samples: Vec<Vec<u8>> = train_set.iter().map(|(_, b)| (*b).clone()).collect();
     let held: Vec<&Vec<u8>> = held.into_iter().map(|(_, b)| b).collect();
-    let dict = train(&samples, DICT_BYTES).expect("training a dictionary");
+    let dict_bytes = std::env::var("DICT_KIB")
+        .ok()
+        .and_then(|k| k.parse::<usize>().ok())
+        .map_or(DICT_BYTES, |k| k << 10);
+    let dict = train(&samples, dict_bytes).expect("training a dictionary");
     let raw: usize = held.iter().map(|b| b.len()).sum();
     let rows_per_block = messages as f64 / all.len() as f64;
 
@@ -157,10 +162,11 @@ fn probe(name: &str, messages: usize, convs: usize, median: f64) {
     ));
 
     println!(
-        "\n### {name}: {messages} messages over {convs} conversations, {} blocks ({rows_per_block:.1} rows each), {} held out ({:.1} MB raw)\n",
+        "\n### {name}: {messages} messages over {convs} conversations, {} blocks ({rows_per_block:.1} rows each), {} held out ({:.1} MB raw), dictionary {} KiB\n",
         all.len(),
         held.len(),
-        raw as f64 / 1e6
+        raw as f64 / 1e6,
+        dict.len() >> 10
     );
     println!("| codec | stored ÷ raw | bytes per message | decode MB/s | µs per block decoded | encode MB/s |");
     println!("|---|---:|---:|---:|---:|---:|");
