@@ -792,7 +792,8 @@ impl Engine {
         let synced = Arc::clone(&self.committer.wal_synced);
         // Held until the file is renamed: `retire_logs` would otherwise delete it meanwhile.
         let mut retired = self.committer.retired.lock();
-        let Some(old) = retired.numbers.pop().filter(|_| retired.paused == 0) else {
+        // While paused the list is empty (see `stop_log_recycling`).
+        let Some(old) = retired.numbers.pop() else {
             drop(retired);
             return LogWriter::create(&*self.fs, path, number, synced);
         };
@@ -866,7 +867,7 @@ impl Engine {
             }
             Err(e) => {
                 // As any failed WAL sync: the kernel may have dropped the dirty pages.
-                self.set_poison(format!("WAL sync failed: {e}"));
+                self.set_poison(format!("WAL sync or truncation failed: {e}"));
                 Err(e)
             }
         }

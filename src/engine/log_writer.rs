@@ -162,10 +162,11 @@ impl LogWriter {
     /// read as one). Returns whether an fsync of the file was issued.
     pub fn seal(&mut self, fs: &dyn FileSystem) -> Result<bool> {
         let synced = self.sync()?;
-        if self.stale_end.take().is_some() {
+        if self.stale_end.is_some() {
             // `truncate` makes the new length durable.
             fs.truncate(&self.path, self.len)
                 .map_err(|e| Error::io(&self.path, e))?;
+            self.stale_end = None;
         }
         Ok(synced)
     }
