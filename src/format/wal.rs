@@ -54,6 +54,7 @@ pub enum RecordType {
 
 impl RecordType {
     fn from_u8(v: u8) -> Option<Self> {
+        // A new type must also be searched for in `vouched_after`.
         match v {
             1 => Some(RecordType::Batch),
             _ => None,
@@ -308,6 +309,13 @@ pub fn vouched_after(
 ) -> Option<u64> {
     let mut pos = from;
     while pos.saturating_add(RECORD_HEADER_LEN) <= buf.len() {
+        // Only where the type byte holds a known type can a record start: jump there (a
+        // reused file's old records past the new ones are megabytes to scan).
+        let type_byte = buf.get(pos + 4..).unwrap_or_default();
+        pos += memchr::memchr(RecordType::Batch as u8, type_byte)?;
+        if pos + RECORD_HEADER_LEN > buf.len() {
+            break;
+        }
         match record_at(buf, pos, version, log_number) {
             Some(found) => {
                 if found.synced_through > damage as u64 {
@@ -698,6 +706,32 @@ mod tests {
             vouched_after(&buf, ends[0] + 1, ends[0], WAL_VERSION, LOG),
             Some(ends[1] as u64)
         );
+    }
+
+    /// The scan for a vouching record jumps between type bytes: damage full of them, or
+    /// with none at all, still leads to the record behind it.
+    #[test]
+    fn the_scan_after_damage_finds_the_record_whatever_the_damage_holds() {
+        for fill in [0u8, 1, 0x5a] {
+            let big = [7u8; 600];
+            let (mut buf, ends) = unsynced_log(&[b"synced", &big], 0);
+            let synced = buf.len() as u64;
+            encode_record(&mut buf, RecordType::Batch, synced, 3, b"after", LOG);
+            for b in &mut buf[ends[0] + 3..ends[1]] {
+                *b = fill;
+            }
+            let (recs, end) = read_all(&buf);
+            assert_eq!(recs.len(), 1, "fill {fill}");
+            assert!(
+                matches!(end, ReadStep::Corrupt { offset, .. } if offset == ends[0] as u64),
+                "fill {fill}: {end:?}"
+            );
+            assert_eq!(
+                vouched_after(&buf, ends[0] + 1, ends[0], WAL_VERSION, LOG),
+                Some(ends[1] as u64),
+                "fill {fill}"
+            );
+        }
     }
 
     #[test]
