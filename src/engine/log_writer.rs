@@ -149,7 +149,7 @@ impl LogWriter {
         self.file
             .write_all(framed)
             .map_err(|e| Error::io(&self.path, e))?;
-        self.len += framed.len() as u64;
+        self.len = self.len.saturating_add(framed.len() as u64);
         if self.stale_end.is_some_and(|end| end <= self.len) {
             self.stale_end = None;
         }
@@ -246,22 +246,30 @@ mod tests {
         }
     }
 
+    /// The retired log `/s/000003.wal`, written with one record per body and sealed.
+    fn retired_log(bodies: &[&[u8]]) -> (Arc<FaultFs>, &'static Path) {
+        let fs = Arc::new(FaultFs::new());
+        fs.create_dir_all(Path::new("/s")).unwrap();
+        let old = Path::new("/s/000003.wal");
+        let mut log = LogWriter::create(&*fs, old, 3, Arc::default()).unwrap();
+        let mut framed = Vec::new();
+        for (lsn, body) in (1..).zip(bodies) {
+            record(&mut framed, lsn, body, 3);
+        }
+        log.append(&framed).unwrap();
+        log.seal(&*fs).unwrap();
+        (fs, old)
+    }
+
     /// A retired log becomes a newer one: its old records end the new log like a torn tail
     /// until it is sealed, which cuts the file to the new records (a log older than the
     /// newest must end at its last record).
     #[test]
     fn a_reused_log_reads_as_its_new_records_and_is_cut_to_them_when_sealed() {
-        let fs = Arc::new(FaultFs::new());
-        fs.create_dir_all(Path::new("/s")).unwrap();
-        let (old, new) = (Path::new("/s/000003.wal"), Path::new("/s/000009.wal"));
-        let mut log = LogWriter::create(&*fs, old, 3, Arc::default()).unwrap();
-        let mut framed = Vec::new();
-        for lsn in 1..=20 {
-            record(&mut framed, lsn, &[lsn as u8; 100], 3);
-        }
-        log.append(&framed).unwrap();
-        log.seal(&*fs).unwrap();
-        drop(log);
+        let old_bodies: Vec<[u8; 100]> = (1..=20u8).map(|i| [i; 100]).collect();
+        let old_bodies: Vec<&[u8]> = old_bodies.iter().map(|b| &b[..]).collect();
+        let (fs, old) = retired_log(&old_bodies);
+        let new = Path::new("/s/000009.wal");
         let old_len = fs.file_len(old).unwrap();
 
         let mark = Arc::new(AtomicU64::new(77));
@@ -295,15 +303,8 @@ mod tests {
     /// A reused log that outgrows the old file holds no old bytes: sealing it cuts nothing.
     #[test]
     fn a_reused_log_longer_than_the_old_file_is_not_cut() {
-        let fs = Arc::new(FaultFs::new());
-        fs.create_dir_all(Path::new("/s")).unwrap();
-        let (old, new) = (Path::new("/s/000003.wal"), Path::new("/s/000004.wal"));
-        let mut log = LogWriter::create(&*fs, old, 3, Arc::default()).unwrap();
-        let mut framed = Vec::new();
-        record(&mut framed, 1, b"short", 3);
-        log.append(&framed).unwrap();
-        log.seal(&*fs).unwrap();
-        drop(log);
+        let (fs, old) = retired_log(&[b"short"]);
+        let new = Path::new("/s/000004.wal");
         let mut log = LogWriter::reuse(&*fs, old, new, 4, Arc::default()).unwrap();
         let mut framed = Vec::new();
         record(&mut framed, 2, &[1u8; 500], 4);
