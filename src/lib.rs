@@ -74,7 +74,7 @@ pub use chat::{
     InboxEntry, InboxPage, MessageReceipts, Reaction, ReceiptState, SendOutcome, Unread,
 };
 pub use commit_log::{CommitLog, CommitRecord};
-pub use engine::{Problem, Stats, VerifyReport, ABORT_ON_PANIC_VAR};
+pub use engine::{LevelCompactionStats, Problem, Stats, VerifyReport, ABORT_ON_PANIC_VAR};
 pub use error::{Error, Result};
 pub use options::{CompactionPolicy, Compression, Durability, Options};
 pub use store::{Export, Store};

@@ -707,3 +707,68 @@ fn blocks_copied_undecoded_read_back_and_edits_inside_them_still_apply() {
     let store = Store::open_with(dir.path(), Options::default()).unwrap();
     check(&store);
 }
+
+/// Writes `rounds` flushed memtables' worth of messages over many conversations into `store`,
+/// running every compaction due after each flush.
+fn fill_and_compact(store: &Store, rounds: u64) {
+    for round in 0..rounds {
+        for i in 0..400u64 {
+            let conv = (i * 7919 + round) % 300;
+            store
+                .append(
+                    ConversationId(conv),
+                    NewMessage::text(UserId(conv), &body(conv, round * 1000 + i)),
+                )
+                .unwrap();
+        }
+        store.flush().unwrap();
+        while store.compact_step().unwrap() {}
+    }
+}
+
+#[test]
+fn per_level_compaction_stats_add_up_to_the_totals() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(dir.path(), small(false)).unwrap();
+    fill_and_compact(&store, 30);
+    let s = store.stats();
+    let levels = &s.compaction_levels;
+    let sum = |f: fn(&chatstore::LevelCompactionStats) -> u64| levels.iter().map(f).sum::<u64>();
+    assert_eq!(sum(|l| l.compactions), s.compactions, "{levels:?}");
+    assert_eq!(sum(|l| l.bytes_read), s.compaction_bytes_read);
+    assert_eq!(sum(|l| l.bytes_written), s.compaction_bytes_written);
+    assert_eq!(sum(|l| l.bytes_copied), s.compaction_bytes_copied);
+    // Level 0 merged into level 1, which overflowed into level 2; level 1's merges after
+    // the first rewrote what level 1 already held.
+    assert!(levels[1].compactions > 1, "{levels:?}");
+    assert!(levels[2].compactions > 0, "{levels:?}");
+    assert!(levels[1].bytes_read_same_level > 0, "{levels:?}");
+    for (level, l) in levels.iter().enumerate() {
+        assert!(
+            l.bytes_read_same_level <= l.bytes_read,
+            "level {level}: {l:?}"
+        );
+        assert!(l.bytes_copied <= l.bytes_written, "level {level}: {l:?}");
+        if l.compactions > 0 {
+            // zstd compressed the rows each level's merges re-encoded.
+            assert!(l.bytes_compressed > 0, "level {level}: {l:?}");
+        }
+    }
+}
+
+#[test]
+fn compaction_without_a_codec_counts_no_compressed_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        compression: Compression::None,
+        ..small(false)
+    };
+    let store = Store::open_with(dir.path(), opts).unwrap();
+    fill_and_compact(&store, 12);
+    let s = store.stats();
+    assert!(s.compaction_levels[1].compactions > 0, "{s:?}");
+    assert!(
+        s.compaction_levels.iter().all(|l| l.bytes_compressed == 0),
+        "{s:?}"
+    );
+}

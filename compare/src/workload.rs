@@ -90,6 +90,19 @@ pub const PRESETS: &[Preset] = &[
         slice: 1_000_000,
         ingest_only: true,
     },
+    // Three times `long` (same seed and conversations, so the same first 20 M messages):
+    // whether the curve holds as the store keeps growing.
+    Preset {
+        name: "long-60m",
+        messages: 60_000_000,
+        conversations: 500_000,
+        reads: 0,
+        unread_users: 0,
+        tail: 0,
+        seed: 42,
+        slice: 3_000_000,
+        ingest_only: true,
+    },
     // The first quarter of `long` (same seed and conversations, so the same first 5 M
     // messages): a check of the long preset in a fraction of its time.
     Preset {

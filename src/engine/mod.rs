@@ -30,7 +30,7 @@ use parking_lot::Mutex;
 
 pub use background::ABORT_ON_PANIC_VAR;
 pub(crate) use commit::Txn;
-pub use stats::Stats;
+pub use stats::{LevelCompactionStats, Stats};
 pub use verify::{Problem, VerifyReport};
 
 use self::background::Lifecycle;

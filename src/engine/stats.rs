@@ -71,6 +71,10 @@ pub struct Stats {
     pub pending_compaction_bytes: u64,
     /// Live segments per level (level 0 first).
     pub segments_per_level: [u64; 7],
+    /// Compactions since open by the level they wrote (level 0 first: rewrites within level
+    /// 0), with what each level's compactions read, wrote, copied and compressed, and how
+    /// long they ran: where compaction's work goes as the store grows.
+    pub compaction_levels: [LevelCompactionStats; 7],
     /// Times a writer waited at a memtable switch (for a flush to catch up, or for compaction
     /// to drain level 0).
     pub write_stalls: u64,
@@ -133,6 +137,31 @@ pub(crate) struct Counters {
     pub compaction_errors: AtomicU64,
     pub reads: AtomicU64,
     pub segments_read: AtomicU64,
+    pub compaction_levels: [LevelCounters; 7],
+}
+
+/// What the compactions writing one level did since open (see `Stats::compaction_levels`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default))]
+#[non_exhaustive]
+pub struct LevelCompactionStats {
+    /// Compactions that wrote this level.
+    pub compactions: u64,
+    /// Segment bytes they read.
+    pub bytes_read: u64,
+    /// Of `bytes_read`, the bytes of inputs already at this level: data rewritten only because
+    /// newer data fell into its key range (leveling's fan-out).
+    pub bytes_read_same_level: u64,
+    /// Segment bytes they wrote.
+    pub bytes_written: u64,
+    /// Of `bytes_written`, bytes of blocks copied as stored from their inputs.
+    pub bytes_copied: u64,
+    /// Bytes of block bodies they compressed, before compression: the codec's work (each
+    /// row's first compression, plus any row compressed again because its block was rebuilt).
+    pub bytes_compressed: u64,
+    /// Wall time they ran, in microseconds.
+    pub micros: u64,
 }
 
 impl Stats {
@@ -163,6 +192,47 @@ impl Stats {
     }
 }
 
+/// The counters behind one [`LevelCompactionStats`].
+#[derive(Debug, Default)]
+pub(crate) struct LevelCounters {
+    pub compactions: AtomicU64,
+    pub bytes_read: AtomicU64,
+    pub bytes_read_same_level: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub bytes_copied: AtomicU64,
+    pub bytes_compressed: AtomicU64,
+    pub micros: AtomicU64,
+}
+
+impl LevelCounters {
+    /// Adds one compaction that wrote this level.
+    pub fn record(&self, done: &LevelCompactionStats) {
+        let add = |a: &AtomicU64, v: u64| {
+            a.fetch_add(v, Ordering::Relaxed);
+        };
+        add(&self.compactions, done.compactions);
+        add(&self.bytes_read, done.bytes_read);
+        add(&self.bytes_read_same_level, done.bytes_read_same_level);
+        add(&self.bytes_written, done.bytes_written);
+        add(&self.bytes_copied, done.bytes_copied);
+        add(&self.bytes_compressed, done.bytes_compressed);
+        add(&self.micros, done.micros);
+    }
+
+    fn snapshot(&self) -> LevelCompactionStats {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        LevelCompactionStats {
+            compactions: l(&self.compactions),
+            bytes_read: l(&self.bytes_read),
+            bytes_read_same_level: l(&self.bytes_read_same_level),
+            bytes_written: l(&self.bytes_written),
+            bytes_copied: l(&self.bytes_copied),
+            bytes_compressed: l(&self.bytes_compressed),
+            micros: l(&self.micros),
+        }
+    }
+}
+
 impl Counters {
     pub fn snapshot(&self) -> Stats {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -188,6 +258,9 @@ impl Counters {
             write_stall_level0_micros: l(&self.write_stall_level0_micros),
             reads: l(&self.reads),
             segments_read: l(&self.segments_read),
+            compaction_levels: std::array::from_fn(|level| {
+                self.compaction_levels[level].snapshot()
+            }),
             ..Stats::default()
         }
     }

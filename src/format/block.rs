@@ -293,17 +293,20 @@ impl BlockBuilder {
     }
 
     /// Encodes the block (body, compressed, plus trailer) onto `out` and resets the builder.
+    /// Returns the length of the block's body before compression.
     pub fn finish_into(
         &mut self,
         compression: Compression,
         dict: Option<&mut DictEncoder>,
         out: &mut Vec<u8>,
-    ) {
+    ) -> usize {
         let mut body = std::mem::take(&mut self.body);
         self.encode_body(&mut body);
         pack(&body, compression, dict, out);
+        let len = body.len();
         // Keep the buffer: a segment writer builds thousands of blocks.
         self.body = body;
+        len
     }
 
     /// Encodes the uncompressed block body and resets the builder.

@@ -105,6 +105,10 @@ pub struct SegmentSummary {
     pub logical_bytes: u64,
     /// State entries (tombstones included).
     pub state_entries: u64,
+    /// Bytes of the block bodies this writer compressed (before compression; blocks written
+    /// with `Compression::None` and blocks copied as stored do not count): the work its
+    /// codec did.
+    pub compressed_bytes: u64,
 }
 
 /// Writes a segment to a file. Messages must arrive in (conversation, id) order with gapless
@@ -425,6 +429,15 @@ impl SegmentWriter {
         self.first_conversation.get_or_insert(conv);
     }
 
+    fn count_compressed(&mut self, compression: Compression, body_len: usize) {
+        if compression != Compression::None {
+            self.summary.compressed_bytes = self
+                .summary
+                .compressed_bytes
+                .saturating_add(body_len as u64);
+        }
+    }
+
     fn finish_block(&mut self) -> std::io::Result<()> {
         let Some((conv, id)) = self.block.first_key() else {
             return Ok(());
@@ -435,8 +448,10 @@ impl SegmentWriter {
             Some(shared) if self.block.conversations() > 1 => shared,
             _ => self.compression,
         };
-        self.block
+        let body_len = self
+            .block
             .finish_into(compression, self.dict.as_mut(), &mut self.out);
+        self.count_compressed(compression, body_len);
         let len = u32_field(
             "bytes of one stored block",
             self.out.len().saturating_sub(start),
@@ -505,6 +520,7 @@ impl SegmentWriter {
         within("bytes of one state block", body.len(), MAX_BLOCK_LEN)?;
         let start = self.out.len();
         pack(&body, self.compression, self.dict.as_mut(), &mut self.out);
+        self.count_compressed(self.compression, body.len());
         let len = u32_field(
             "bytes of one stored state block",
             self.out.len().saturating_sub(start),

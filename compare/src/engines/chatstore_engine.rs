@@ -37,6 +37,28 @@ impl Chat {
     }
 }
 
+/// What the compactions writing each level did (`Stats::compaction_levels`), for levels that
+/// any compaction wrote.
+fn compaction_levels(s: &chatstore::Stats) -> serde_json::Value {
+    s.compaction_levels
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.compactions > 0)
+        .map(|(level, l)| {
+            serde_json::json!({
+                "level": level,
+                "compactions": l.compactions,
+                "bytes_read": l.bytes_read,
+                "bytes_read_same_level": l.bytes_read_same_level,
+                "bytes_written": l.bytes_written,
+                "bytes_copied": l.bytes_copied,
+                "bytes_compressed": l.bytes_compressed,
+                "secs": l.micros as f64 / 1e6,
+            })
+        })
+        .collect()
+}
+
 fn got(msgs: &[chatstore::Message]) -> Got {
     Got {
         msgs: msgs.len() as u64,
@@ -175,6 +197,7 @@ impl Engine for Chat {
             "wal_syncs": s.wal_syncs,
             "wal_file_bytes": s.wal_file_bytes,
             "last_id_searches": s.last_id_searches,
+            "compaction_levels": compaction_levels(&s),
         })
     }
 

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use self::picker::{Pick, PickerOptions, SegmentMeta};
+use super::stats::LevelCompactionStats;
 use super::version::Segment;
 use super::version_set::VersionEdit;
 use super::Engine;
@@ -148,6 +149,17 @@ impl Engine {
             return Ok(false);
         }
         let read: u64 = inputs.iter().map(|s| s.reader.file_bytes()).sum();
+        let read_same_level: u64 = inputs
+            .iter()
+            .filter(|s| s.level == pick.output_level)
+            .map(|s| s.reader.file_bytes())
+            .sum();
+        let started = Instant::now();
+        // One compaction runs at a time, so the copies counted meanwhile are this one's.
+        let copied_before = self
+            .counters
+            .compaction_bytes_copied
+            .load(Ordering::Relaxed);
         let outputs = job::run(
             self,
             &inputs,
@@ -193,6 +205,23 @@ impl Engine {
         self.counters
             .compaction_bytes_written
             .fetch_add(written, Ordering::Relaxed);
+        let levels = &self.counters.compaction_levels;
+        let level = usize::try_from(pick.output_level).unwrap_or(usize::MAX);
+        if let Some(counters) = levels.get(level).or_else(|| levels.last()) {
+            counters.record(&LevelCompactionStats {
+                compactions: 1,
+                bytes_read: read,
+                bytes_read_same_level: read_same_level,
+                bytes_written: written,
+                bytes_copied: self
+                    .counters
+                    .compaction_bytes_copied
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(copied_before),
+                bytes_compressed: outputs.iter().map(|o| o.summary.compressed_bytes).sum(),
+                micros: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            });
+        }
         Ok(true)
     }
 
