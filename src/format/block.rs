@@ -393,12 +393,12 @@ pub fn pack(
 ) {
     let start = out.len();
     let codec = match (compression, dict) {
-        (Compression::Zstd(_), Some(enc)) => match enc.compress(body) {
-            Some(c) if c.len() < body.len() => {
-                out.extend_from_slice(&c);
-                CODEC_ZSTD_DICT
+        (Compression::Zstd(_), Some(enc)) => match enc.compress_into(body, out) {
+            Some(n) if n < body.len() => CODEC_ZSTD_DICT,
+            _ => {
+                out.truncate(start);
+                CODEC_NONE
             }
-            _ => CODEC_NONE,
         },
         (compression, _) => match compression {
             Compression::None => CODEC_NONE,

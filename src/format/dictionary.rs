@@ -35,11 +35,26 @@ impl DictEncoder {
 
     /// Compresses `body`; `None` if zstd fails.
     pub fn compress(&mut self, body: &[u8]) -> Option<Vec<u8>> {
-        let mut out = Vec::with_capacity(zstd_safe::compress_bound(body.len()));
-        self.cctx
-            .compress_using_cdict(&mut out, body, &self.cdict)
-            .ok()?;
+        let mut out = Vec::new();
+        self.compress_into(body, &mut out)?;
         Some(out)
+    }
+
+    /// Compresses `body` onto the end of `out` and returns the compressed length; `None` (and
+    /// `out` as it was) if zstd fails. A segment writer packs its blocks this way, straight
+    /// into its output buffer, without a buffer of their own to allocate and copy from.
+    pub fn compress_into(&mut self, body: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+        let start = out.len();
+        out.reserve(zstd_safe::compress_bound(body.len()));
+        let mut at = std::io::Cursor::new(&mut *out);
+        at.set_position(start as u64);
+        match self.cctx.compress_using_cdict(&mut at, body, &self.cdict) {
+            Ok(n) => Some(n),
+            Err(_) => {
+                out.truncate(start);
+                None
+            }
+        }
     }
 }
 
@@ -200,6 +215,23 @@ mod tests {
         assert!(c.len() < zstd::bulk::compress(&body, 3).unwrap().len());
         assert!(dec.decompress(&c, body.len() + 1).is_err());
         assert!(dec.decompress(&c[..c.len() / 2], body.len()).is_err());
+    }
+
+    #[test]
+    fn compress_into_appends_after_what_the_buffer_holds() {
+        let s = samples();
+        let dict = train(&s, 4096).unwrap();
+        let mut enc = DictEncoder::new(&dict, 3).unwrap();
+        let dec = DictDecoder::new(&dict).unwrap();
+        let mut out = b"earlier blocks".to_vec();
+        for body in [&s[0][..], &s[1][..], b"x"] {
+            let start = out.len();
+            let n = enc.compress_into(body, &mut out).unwrap();
+            assert_eq!(out.len(), start + n);
+            assert_eq!(&out[..14], b"earlier blocks");
+            assert_eq!(dec.decompress(&out[start..], body.len()).unwrap(), body);
+            assert_eq!(enc.compress(body).unwrap(), &out[start..]);
+        }
     }
 
     #[test]
