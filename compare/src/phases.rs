@@ -322,6 +322,12 @@ fn build(engine: &str, w: &Workload, dir: &Path) -> Res<Value> {
     };
     // After the chat setup: its writes are not part of the curve's counters.
     let before = e.sample();
+    // What the setup leaves resident, and the engine's state then (chatstore: its block
+    // cache and indexes), apart from the ingest's own peak.
+    let after_setup = json!({
+        "rss_kib": resident_kib().saturating_sub(resident0),
+        "sample": before.clone(),
+    });
     let took = ingest(e.as_mut(), &arena, &mut counts, Some(&mut curve))?;
     let t = Instant::now();
     e.settle()?;
@@ -335,6 +341,7 @@ fn build(engine: &str, w: &Workload, dir: &Path) -> Res<Value> {
         "buffered_msgs_s": arena.len() as f64 / secs(took),
         "buffered_s": secs(took),
         "chat_setup_s": secs(setup),
+        "after_setup": after_setup,
         "settle_s": secs(settle),
         "rss_kib": hwm.saturating_sub(hwm0),
         "anon_kib": anon,

@@ -221,6 +221,9 @@ impl Engine for Chat {
             "segment_bytes": s.segment_bytes,
             "messages_appended": s.messages_appended,
             "last_id_searches": s.last_id_searches,
+            "block_cache_bytes": s.block_cache_bytes,
+            "memory_index_bytes": s.memory_index_bytes,
+            "memtable_bytes_held": s.memtable_bytes_held,
         })
     }
 
