@@ -43,7 +43,11 @@ impl Engine {
             })
             .collect();
         wals.sort_unstable();
-        let total: u64 = manifest.segments.iter().map(|s| s.file_bytes).sum();
+        let total = manifest
+            .segments
+            .iter()
+            .map(|s| s.file_bytes)
+            .fold(0, u64::saturating_add);
         let mut done = 0;
         progress(done, total);
         for s in &manifest.segments {

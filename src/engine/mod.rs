@@ -363,15 +363,24 @@ impl Engine {
         s.memtable_bytes = v.active.bytes() as u64;
         s.memtable_messages = v.active.len() as u64;
         s.frozen_memtables = v.frozen.len() as u64;
-        s.frozen_memtable_bytes = v.frozen.iter().map(|m| m.bytes() as u64).sum();
+        s.frozen_memtable_bytes = v
+            .frozen
+            .iter()
+            .map(|m| m.bytes() as u64)
+            .fold(0, u64::saturating_add);
         s.memtable_bytes_held = self.memtables_held.load(Ordering::Relaxed);
         s.segments = v.segments.len() as u64;
         for seg in &v.segments {
             let level = (seg.level as usize).min(s.segments_per_level.len() - 1);
-            s.segments_per_level[level] += 1;
-            s.segment_bytes += seg.reader.file_bytes();
-            s.segment_messages += seg.reader.message_count();
-            s.segment_logical_bytes += seg.reader.logical_bytes();
+            // Sizes come from the segments' footers: added saturating, whatever a file says.
+            s.segments_per_level[level] = s.segments_per_level[level].saturating_add(1);
+            s.segment_bytes = s.segment_bytes.saturating_add(seg.reader.file_bytes());
+            s.segment_messages = s
+                .segment_messages
+                .saturating_add(seg.reader.message_count());
+            s.segment_logical_bytes = s
+                .segment_logical_bytes
+                .saturating_add(seg.reader.logical_bytes());
         }
         s.wal_file_bytes = self.committer.wal_len();
         s.pending_compaction_bytes = self.pending_compaction_bytes();

@@ -76,7 +76,11 @@ impl Engine {
     pub(crate) fn verify(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyReport> {
         let v = self.current();
         let mut report = VerifyReport::default();
-        let total: u64 = v.segments.iter().map(|s| s.reader.file_bytes()).sum();
+        let total = v
+            .segments
+            .iter()
+            .map(|s| s.reader.file_bytes())
+            .fold(0, u64::saturating_add);
         // Per conversation, the id ranges each segment holds, to check they never overlap.
         let mut ranges: BTreeMap<ConversationId, Vec<(u64, u64, u64)>> = BTreeMap::new();
         for seg in &v.segments {

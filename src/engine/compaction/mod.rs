@@ -148,12 +148,15 @@ impl Engine {
         if inputs.is_empty() {
             return Ok(false);
         }
-        let read: u64 = inputs.iter().map(|s| s.reader.file_bytes()).sum();
+        let read = inputs
+            .iter()
+            .map(|s| s.reader.file_bytes())
+            .fold(0, u64::saturating_add);
         let read_same_level: u64 = inputs
             .iter()
             .filter(|s| s.level == pick.output_level)
             .map(|s| s.reader.file_bytes())
-            .sum();
+            .fold(0, u64::saturating_add);
         let started = Instant::now();
         // One compaction runs at a time, so the copies counted meanwhile are this one's.
         let copied_before = self
@@ -169,7 +172,10 @@ impl Engine {
             pick.shared_blocks,
             threads,
         )?;
-        let written: u64 = outputs.iter().map(|o| o.summary.file_bytes).sum();
+        let written = outputs
+            .iter()
+            .map(|o| o.summary.file_bytes)
+            .fold(0, u64::saturating_add);
 
         let edit = VersionEdit {
             removed: pick.inputs.clone(),
@@ -218,7 +224,10 @@ impl Engine {
                     .compaction_bytes_copied
                     .load(Ordering::Relaxed)
                     .saturating_sub(copied_before),
-                bytes_compressed: outputs.iter().map(|o| o.summary.compressed_bytes).sum(),
+                bytes_compressed: outputs
+                    .iter()
+                    .map(|o| o.summary.compressed_bytes)
+                    .fold(0, u64::saturating_add),
                 micros: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
             });
         }
