@@ -109,6 +109,8 @@ pub struct SegmentSummary {
     /// with `Compression::None` and blocks copied as stored do not count): the work its
     /// codec did.
     pub compressed_bytes: u64,
+    /// Bytes of the blocks added as stored (copied from another segment without encoding).
+    pub copied_bytes: u64,
 }
 
 /// Writes a segment to a file. Messages must arrive in (conversation, id) order with gapless
@@ -410,6 +412,7 @@ impl SegmentWriter {
         self.summary.blocks = self.summary.blocks.saturating_add(1);
         self.summary.messages = self.summary.messages.saturating_add(u64::from(rows));
         self.summary.logical_bytes = self.summary.logical_bytes.saturating_add(logical);
+        self.summary.copied_bytes = self.summary.copied_bytes.saturating_add(u64::from(len));
         if self.out.len() >= DRAIN_BYTES {
             self.drain()?;
         }

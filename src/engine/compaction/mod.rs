@@ -158,11 +158,6 @@ impl Engine {
             .map(|s| s.reader.file_bytes())
             .fold(0, u64::saturating_add);
         let started = Instant::now();
-        // One compaction runs at a time, so the copies counted meanwhile are this one's.
-        let copied_before = self
-            .counters
-            .compaction_bytes_copied
-            .load(Ordering::Relaxed);
         let outputs = job::run(
             self,
             &inputs,
@@ -219,11 +214,10 @@ impl Engine {
                 bytes_read: read,
                 bytes_read_same_level: read_same_level,
                 bytes_written: written,
-                bytes_copied: self
-                    .counters
-                    .compaction_bytes_copied
-                    .load(Ordering::Relaxed)
-                    .saturating_sub(copied_before),
+                bytes_copied: outputs
+                    .iter()
+                    .map(|o| o.summary.copied_bytes)
+                    .fold(0, u64::saturating_add),
                 bytes_compressed: outputs
                     .iter()
                     .map(|o| o.summary.compressed_bytes)
