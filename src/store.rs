@@ -75,13 +75,21 @@ pub(crate) fn check_appends<'a>(
 }
 
 /// [`check_appends`] for restored messages (`limit` is [`Options::max_message_bytes`]),
-/// which must also reply to an earlier message.
+/// which must also have an id (from 1) and reply to an earlier message. Whether each id
+/// continues its conversation is checked when it is restored.
 fn check_imports(limit: usize, messages: &[Message]) -> Result<()> {
     let mut record = MIN_COUNT_LEN;
     for m in messages {
         let size = m.content.len() + m.attachment.as_ref().map_or(0, Bytes::len);
         if size > limit {
             return Err(Error::MessageTooLarge { size, limit });
+        }
+        // Said before the reply check, which measures the reply against this id.
+        if m.id.0 == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "message ids start at 1: conversation {} has no message 0 to restore",
+                m.conversation
+            )));
         }
         if let Some(r) = m.reply_to {
             if r.0 == 0 || r.0 >= m.id.0 {

@@ -187,6 +187,40 @@ fn export_then_import_round_trips() {
 }
 
 #[test]
+fn an_import_of_message_zero_says_the_id_is_wrong_before_judging_its_reply() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(dir.path(), small()).unwrap();
+    let conv = ConversationId(2);
+    for i in 0..8u64 {
+        store
+            .append(conv, NewMessage::text(UserId(1), &body(2, i)))
+            .unwrap();
+    }
+    let mut zero = store.get(conv, MessageId(3)).unwrap().unwrap();
+    zero.id = MessageId(0);
+    for reply_to in [None, Some(MessageId(0)), Some(MessageId(2))] {
+        zero.reply_to = reply_to;
+        let got = store.import(vec![zero.clone()]);
+        assert!(
+            matches!(&got, Err(Error::InvalidArgument(why)) if why.contains("start at 1")),
+            "reply_to {reply_to:?}: {got:?}"
+        );
+    }
+    // A reply to a later message is still the reply's error.
+    let mut next = zero.clone();
+    next.id = MessageId(9);
+    next.reply_to = Some(MessageId(9));
+    assert!(matches!(
+        store.import(vec![next]),
+        Err(Error::IdOutOfRange {
+            id: MessageId(9),
+            ..
+        })
+    ));
+    assert_eq!(store.last_id(conv).unwrap(), MessageId(8));
+}
+
+#[test]
 fn read_only_open_works_beside_the_writer() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open_with(dir.path(), small()).unwrap();

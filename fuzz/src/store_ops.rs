@@ -817,7 +817,11 @@ impl Harness {
         let now = now_ms();
         let mut lasts: BTreeMap<u64, u64> = BTreeMap::new();
         let mut msgs = Vec::new();
-        let mut expect = Expect::Ok;
+        // `Store::import` checks every message's own fields first (size, an id from 1, a
+        // reply to an earlier id), then restores them in order (each id must continue its
+        // conversation): the first failure of the first pass wins over any of the second.
+        let mut own_fields = Expect::Ok;
+        let mut continues = Expect::Ok;
         for _ in 0..n {
             let conv = pick_conv(input.byte());
             let last = *lasts.entry(conv).or_insert_with(|| self.len(conv));
@@ -850,18 +854,28 @@ impl Harness {
                 mentions: m.mentions,
                 edited_ms,
             };
-            if expect == Expect::Ok {
-                if id != last + 1 {
-                    expect = Expect::Invalid;
-                } else if msg.content.len() + msg.attachment.as_ref().map_or(0, Bytes::len)
+            if own_fields == Expect::Ok {
+                if msg.content.len() + msg.attachment.as_ref().map_or(0, Bytes::len)
                     > MAX_MESSAGE_BYTES
                 {
-                    expect = Expect::TooLarge;
+                    own_fields = Expect::TooLarge;
+                } else if id == 0 {
+                    own_fields = Expect::Invalid;
+                } else if msg.reply_to.is_some_and(|r| r.0 == 0 || r.0 >= id) {
+                    own_fields = Expect::OutOfRange;
                 }
+            }
+            if continues == Expect::Ok && id != last + 1 {
+                continues = Expect::Invalid;
             }
             lasts.insert(conv, last + 1);
             msgs.push(msg);
         }
+        let expect = if own_fields == Expect::Ok {
+            continues
+        } else {
+            own_fields
+        };
         self.log(format!(
             "import {:?} -> {expect:?}",
             msgs.iter()
