@@ -1,6 +1,8 @@
 //! Random sequences of chat operations checked against a simple in-memory model after every
 //! step: outcomes, unread counts and mentions, inbox order, cursors.
 
+#[path = "common/cases.rs"]
+mod cases;
 use std::collections::{BTreeMap, BTreeSet};
 
 use chatstore::{ChatOptions, ChatStore, ConversationId, MessageId, NewMessage, Options, UserId};
@@ -333,7 +335,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases::cases(48), ..ProptestConfig::default() })]
 
     #[test]
     fn chat_matches_the_model(ops in proptest::collection::vec(op(), 1..60)) {

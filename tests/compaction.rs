@@ -1,5 +1,7 @@
 //! Compaction keeps every message and state entry while shrinking the segment count.
 
+#[path = "common/cases.rs"]
+mod cases;
 use chatstore::{
     ChatOptions, ChatStore, Compression, ConversationId, MessageId, NewMessage, Options, Store,
     UserId,
@@ -198,7 +200,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases::cases(24), ..ProptestConfig::default() })]
 
     #[test]
     fn appends_flushes_compactions_and_reopens_match_a_model(ops in proptest::collection::vec(op(), 1..80)) {

@@ -1,6 +1,8 @@
 //! Random appends, edits, deletes, flushes, compactions, reopens and simulated power cuts
 //! against a `BTreeMap` model: every read must return exactly what the model holds.
 
+#[path = "common/cases.rs"]
+mod cases;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -84,7 +86,7 @@ fn check(store: &Store, model: &BTreeMap<u64, Vec<Row>>) -> Result<(), TestCaseE
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases::cases(96), ..ProptestConfig::default() })]
 
     #[test]
     fn engine_matches_the_model(ops in proptest::collection::vec(op(), 1..70)) {

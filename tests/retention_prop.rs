@@ -12,6 +12,8 @@
 //! partial compaction may raise it up to the first live message, and a read narrows it.
 //! No operation may ever fail with `Corruption` or `Poisoned`.
 
+#[path = "common/cases.rs"]
+mod cases;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -589,15 +591,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     check_all(&store, &mut model)
 }
 
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(256)
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(), max_shrink_iters: 20_000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases::cases(256), max_shrink_iters: 20_000, ..ProptestConfig::default() })]
 
     #[test]
     fn retention_matches_the_model(ops in proptest::collection::vec(op(), 1..80)) {
