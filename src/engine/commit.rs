@@ -76,6 +76,27 @@ struct RetiredLogs {
     paused: usize,
 }
 
+impl RetiredLogs {
+    /// Whether retired log `n` is kept for reuse; if not, the caller deletes it.
+    fn keep(&mut self, n: u64, capacity: usize) -> bool {
+        let keep = self.paused == 0 && n >= self.first_own && self.numbers.len() < capacity;
+        if keep {
+            self.numbers.push(n);
+        }
+        keep
+    }
+
+    /// The kept log to reuse next: the oldest. Each rotation takes one and each flush keeps
+    /// at most as many as it retired, so taking the newest would leave the oldest kept for as
+    /// long as the store stays open under writes, with its records (the text of messages
+    /// deleted or edited since) on disk. Taking the oldest reuses every kept log within
+    /// `capacity` rotations, and the rotation after its reuse cuts it to its own records.
+    fn take_oldest(&mut self) -> Option<u64> {
+        let (at, _) = self.numbers.iter().enumerate().min_by_key(|&(_, &n)| n)?;
+        Some(self.numbers.swap_remove(at))
+    }
+}
+
 /// Keeps retired WAL files from being kept or reused while it lives (see
 /// [`Engine::pause_log_recycling`]).
 pub(crate) struct RecyclingPaused<'a> {
@@ -793,7 +814,7 @@ impl Engine {
         // Held until the file is renamed: `retire_logs` would otherwise delete it meanwhile.
         let mut retired = self.committer.retired.lock();
         // While paused the list is empty (see `stop_log_recycling`).
-        let Some(old) = retired.numbers.pop() else {
+        let Some(old) = retired.take_oldest() else {
             drop(retired);
             return LogWriter::create(&*self.fs, path, number, synced);
         };
@@ -821,12 +842,7 @@ impl Engine {
             if n >= horizon || retired.numbers.contains(&n) {
                 continue;
             }
-            if retired.paused == 0
-                && n >= retired.first_own
-                && retired.numbers.len() < self.opts.recycled_wal_files
-            {
-                retired.numbers.push(n);
-            } else {
+            if !retired.keep(n, self.opts.recycled_wal_files) {
                 let _ = self.fs.remove(&self.dir.join(name));
             }
         }
@@ -906,6 +922,43 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rotations that outran a flush leave two logs to retire at once; from then on each
+    /// rotation takes one and each flush retires one, as under sustained ingest. Whatever
+    /// order the directory lists them in, every kept log is reused, oldest first.
+    #[test]
+    fn every_kept_log_is_reused_within_as_many_rotations_as_are_kept() {
+        for listed in [[1, 2], [2, 1]] {
+            let mut kept = RetiredLogs {
+                numbers: Vec::new(),
+                first_own: 1,
+                paused: 0,
+            };
+            for n in listed {
+                assert!(kept.keep(n, 2));
+            }
+            assert!(!kept.keep(9, 2), "no more than the capacity is kept");
+            let mut reused = Vec::new();
+            for next in 3..9 {
+                reused.extend(kept.take_oldest());
+                assert!(kept.keep(next, 2));
+            }
+            assert_eq!(reused, [1, 2, 3, 4, 5, 6], "listed {listed:?}");
+        }
+    }
+
+    #[test]
+    fn logs_of_an_earlier_process_or_while_paused_are_not_kept() {
+        let mut kept = RetiredLogs {
+            numbers: Vec::new(),
+            first_own: 5,
+            paused: 0,
+        };
+        assert!(!kept.keep(4, 2));
+        kept.paused = 1;
+        assert!(!kept.keep(6, 2));
+        assert_eq!(kept.take_oldest(), None);
+    }
 
     #[test]
     fn the_largest_id_has_no_next_one() {
